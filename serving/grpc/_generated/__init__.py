@@ -1,0 +1,1 @@
+"""protoc output for protos/*.proto; regenerate with scripts/gen_protos.py."""

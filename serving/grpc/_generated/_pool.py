@@ -1,0 +1,5 @@
+"""The descriptor pool deepr's generated messages live in (see scripts/gen_protos.py)."""
+
+from google.protobuf import descriptor_pool
+
+POOL = descriptor_pool.DescriptorPool()
