@@ -1,0 +1,84 @@
+"""The model registry: every zoo model by name, with what it needs to train and serve."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import nn
+
+__all__ = ["ModelSpec", "register_model", "get_model", "get_model_spec", "list_models"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the zoo knows about one registered model."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    section: str
+    """The tutorial section the model comes from."""
+    input_shape: tuple[int, ...]
+    """One example's shape, without the batch axis (channels first for images)."""
+    dataset: str
+    """Dataset the default recipe trains on; it also gives labels and preprocessing."""
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """TrainConfig fields that the default recipe sets for this model."""
+    description: str = ""
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    section: str,
+    input_shape: tuple[int, ...],
+    dataset: str,
+    recipe: Mapping[str, Any] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under `name`; a name can be registered once."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].builder.__module__})")
+        doc = (builder.__doc__ or "").strip().splitlines()
+        _MODELS[name] = ModelSpec(
+            name=name,
+            builder=builder,
+            section=section,
+            input_shape=tuple(input_shape),
+            dataset=dataset,
+            recipe=dict(recipe or {}),
+            description=doc[0] if doc else "",
+        )
+        return builder
+
+    return wrap
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry for `name`; KeyError naming the known models otherwise."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def get_model(name: str, **options: Any) -> nn.Module:
+    """Build the registered model `name` with freshly initialised weights."""
+    return get_model_spec(name).builder(**options)
+
+
+def list_models(include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None) -> list[str]:
+    """Registered model names, sorted, filtered by fnmatch patterns."""
+
+    def patterns(p: str | Iterable[str] | None) -> list[str]:
+        return [p] if isinstance(p, str) else list(p or [])
+
+    names = sorted(_MODELS)
+    if include is not None:
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns(include))]
+    return [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns(exclude))]

@@ -1,0 +1,7 @@
+"""Training recipes: one config dataclass, one loop, one evaluation."""
+
+from .config import TrainConfig
+from .evaluate import evaluate
+from .train import TrainResult, load_weights, train
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_weights", "train"]

@@ -1,0 +1,129 @@
+"""Fit a zoo classifier with validation, then evaluate it on the held-out test split.
+
+    result = train(TrainConfig.for_model("mnist_convnet", out="runs/mnist_convnet"))
+
+A run directory receives weights.pt (the state dict), history.json and
+history.png (loss and accuracy per epoch), metrics.json (held-out test loss and
+accuracy, training time) and config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .._registry import get_model, get_model_spec
+from ..datasets import ImageClassificationData, load_dataset
+from .config import TrainConfig
+from .evaluate import categorical_crossentropy, evaluate
+from .plot import plot_history
+
+__all__ = ["TrainResult", "train", "load_weights"]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: dict[str, list[float]]
+    test: dict[str, float]
+    """Held-out test metrics: loss and accuracy."""
+    seconds: float
+    """Wall time of the fit, without data loading and evaluation."""
+    out: Path
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA device")
+    return name
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-7)  # Keras' rho and epsilon
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, eps=1e-7)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict saved by `train` (tensors only: nothing is unpickled)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model
+
+
+def train(cfg: TrainConfig, data: ImageClassificationData | None = None) -> TrainResult:
+    """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
+    spec = get_model_spec(cfg.model)
+    device = _device(cfg.device)
+    data = data or load_dataset(cfg.data)
+
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model).to(device)
+
+    # Validation: a seeded random slice of the training split, never trained on.
+    split_gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(data.train), generator=split_gen).tolist()
+    n_val = int(round(cfg.validation_split * len(order)))
+    train_set, val_set = Subset(data.train, order[n_val:]), Subset(data.train, order[:n_val])
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    optimizer = _optimizer(cfg, model.parameters())
+    total_steps = cfg.epochs * len(loader)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    bar = tqdm(total=total_steps, desc=cfg.model, unit="batch", disable=not cfg.progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device).reshape(len(x), *spec.input_shape), y.to(device)
+            probs = model(x)  # (B, classes)
+            loss = categorical_crossentropy(probs, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (probs.argmax(1) == y).sum().item()
+            bar.update()
+        history["loss"].append(loss_sum / seen)
+        history["accuracy"].append(correct / seen)
+        if n_val:
+            val = evaluate(model, val_set, input_shape=spec.input_shape, device=device)
+            history["val_loss"].append(val["loss"])
+            history["val_accuracy"].append(val["accuracy"])
+        bar.set_postfix_str(
+            f"epoch {epoch + 1}/{cfg.epochs} loss {history['loss'][-1]:.3f} acc {history['accuracy'][-1]:.3f}"
+            + (f" val_acc {history['val_accuracy'][-1]:.3f}" if n_val else "")
+        )
+    seconds = time.perf_counter() - start
+    bar.close()
+
+    test = evaluate(model, data.test, input_shape=spec.input_shape, device=device)
+    model = model.cpu().eval()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cfg.out / "weights.pt")
+    (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
+    (cfg.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    metrics = {"model": cfg.model, "dataset": data.description, "test": test, "train_seconds": round(seconds, 2)}
+    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_history(history, cfg.out / "history.png", title=f"{cfg.model} on {data.name}")
+    return TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
