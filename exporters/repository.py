@@ -1,0 +1,53 @@
+"""Write exported models into a model repository in Triton's layout."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from serving.grpc._generated import model_config_pb2 as mc
+from serving.model_config import write_config
+
+__all__ = ["add_to_repository", "next_version", "LABELS_FILE"]
+
+LABELS_FILE = "labels.txt"
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def add_to_repository(
+    repository: Path,
+    config: mc.ModelConfig,
+    onnx_file: Path,
+    *,
+    labels: Sequence[str] | None = None,
+    version: int | None = None,
+) -> Path:
+    """Copy `onnx_file` in as `<repository>/<name>/<version>/model.onnx`, and write
+    config.pbtxt and labels beside it; returns the version directory.
+
+    The version directory appears whole (renamed into place), so a server
+    scanning the repository never loads a half-copied file.
+    """
+    model_dir = Path(repository) / config.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(model_dir)
+    target = model_dir / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose another version or remove it")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        shutil.copyfile(onnx_file, staging / (config.default_model_filename or "model.onnx"))
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if labels is not None:
+        (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    write_config(model_dir, config)
+    return target
