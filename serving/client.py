@@ -1,0 +1,108 @@
+"""InferenceClient: a small synchronous KServe V2 gRPC client returning numpy arrays.
+
+    with InferenceClient("localhost:8001") as client:
+        probs = client.infer("mnist_convnet", {"images": batch})["probabilities"]
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from .codecs import decode_outputs, serialize_bytes
+from .datatypes import v2_dtype
+from .grpc._generated import grpc_predict_v2_pb2 as pb
+from .grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from .grpc._generated import model_config_pb2 as mc
+
+__all__ = ["InferenceClient", "InferenceServerError", "DEFAULT_URL"]
+
+DEFAULT_URL = "localhost:8001"
+
+
+class InferenceServerError(Exception):
+    """The server answered with an error status (or could not be reached)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code.name}: {message}")
+
+
+class InferenceClient:
+    def __init__(self, url: str = DEFAULT_URL, *, timeout: float | None = 30.0, max_message_bytes: int = 256 * 1024 * 1024) -> None:
+        self.url = url
+        self.timeout = timeout
+        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        self._channel = grpc.insecure_channel(url, options=options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def __enter__(self) -> "InferenceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: object) -> object:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
+                details = f"no deepr server reachable at {self.url} ({details}); start one with `deepr serve`"
+            raise InferenceServerError(code, details or "") from None
+
+    def is_server_live(self) -> bool:
+        return self._call("ServerLive", pb.ServerLiveRequest()).live
+
+    def is_server_ready(self) -> bool:
+        return self._call("ServerReady", pb.ServerReadyRequest()).ready
+
+    def is_model_ready(self, model: str, version: str = "") -> bool:
+        return self._call("ModelReady", pb.ModelReadyRequest(name=model, version=version)).ready
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return self._call("ServerMetadata", pb.ServerMetadataRequest())
+
+    def model_metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
+        return self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version))
+
+    def model_config(self, model: str, version: str = "") -> mc.ModelConfig:
+        return self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version)).config
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        class_count: Mapping[str, int] | None = None,
+        version: str = "",
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run `model` on `inputs`; returns the requested outputs (default: all).
+
+        `class_count` maps an output name to K to receive its top K classes as
+        "score:index:label" bytes (see serving.classification.parse_class_string).
+        """
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+        for name, array in inputs.items():
+            array = np.asarray(array)
+            datatype = v2_dtype(array)
+            request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+            if datatype == "BYTES":
+                request.raw_input_contents.append(serialize_bytes(array))
+            else:
+                request.raw_input_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        wanted = list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
+        for name in wanted:
+            out = request.outputs.add(name=name)
+            if class_count and name in class_count:
+                out.parameters["classification"].int64_param = class_count[name]
+        return decode_outputs(self._call("ModelInfer", request))

@@ -1,0 +1,175 @@
+"""V2 tensors <-> numpy arrays: decode requests with every check, encode responses.
+
+Raw contents are little-endian and row-major; numeric raw inputs become
+zero-copy, read-only numpy views of the request's bytes. BYTES elements are each
+prefixed by their length as a 4-byte little-endian integer.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .datatypes import V2_TO_NUMPY, v2_dtype
+from .errors import InvalidInput
+from .grpc._generated import grpc_predict_v2_pb2 as pb
+
+__all__ = ["TensorSpec", "decode_inputs", "decode_outputs", "encode_output", "serialize_bytes", "deserialize_bytes"]
+
+# V2 datatype -> the InferTensorContents field that carries it when sent typed.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the V2 protocol describes it; -1 marks a free dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape))
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """BYTES tensor -> raw contents: each element length-prefixed, row-major."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Raw contents -> object array of `count` bytes elements."""
+    out = np.empty(count, dtype=np.object_)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(raw):
+            raise InvalidInput(f"input {name!r}: raw BYTES contents end after {i} of {count} elements")
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise InvalidInput(f"input {name!r}: BYTES element {i} announces {size} bytes, only {len(raw) - pos} remain")
+        out[i] = raw[pos : pos + size]
+        pos += size
+    if pos != len(raw):
+        raise InvalidInput(f"input {name!r}: {len(raw) - pos} bytes left over after {count} BYTES elements")
+    return out
+
+
+def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> tuple[int, ...]:
+    shape = tuple(tensor.shape)
+    if tensor.datatype != spec.datatype:
+        known = "" if tensor.datatype in V2_TO_NUMPY else " (not a V2 datatype)"
+        raise InvalidInput(f"input {spec.name!r}: datatype {tensor.datatype!r}{known}, expected {spec.datatype!r}")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {spec.name!r}: shape {list(shape)} has a negative dimension")
+    if not spec.accepts(shape):
+        want = "[" + ", ".join("-1" if d == -1 else str(d) for d in spec.shape) + "]"
+        raise InvalidInput(f"input {spec.name!r}: shape {list(shape)} does not match the model's {want} (-1: any size)")
+    return shape
+
+
+def _decode_raw(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    count = math.prod(shape)  # Python ints: a huge shape cannot overflow
+    if spec.datatype == "BYTES":
+        return deserialize_bytes(raw, count, spec.name).reshape(shape)
+    dtype = V2_TO_NUMPY[spec.datatype].newbyteorder("<")
+    if count * dtype.itemsize != len(raw):
+        raise InvalidInput(
+            f"input {spec.name!r}: shape {list(shape)} of {spec.datatype} needs {count * dtype.itemsize} bytes, "
+            f"raw_input_contents has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _decode_typed(contents: pb.InferTensorContents, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(spec.datatype)
+    if field is None:
+        raise InvalidInput(f"input {spec.name!r}: {spec.datatype} cannot travel in typed contents; send it in raw_input_contents")
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(f"input {spec.name!r}: shape {list(shape)} needs {count} values, contents.{field} has {len(values)}")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise InvalidInput(f"input {spec.name!r}: {spec.datatype} data must be in contents.{field}, found {', '.join(others)}")
+    if spec.datatype == "BYTES":
+        return np.array(list(values), dtype=np.object_).reshape(shape)
+    return np.array(values, dtype=V2_TO_NUMPY[spec.datatype]).reshape(shape)
+
+
+def decode_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """The request's inputs as arrays, checked against the model's `specs`.
+
+    Raises InvalidInput naming the first problem: unknown, duplicate or missing
+    inputs, datatype, shape, or a byte/value count that does not fit the shape.
+    """
+    by_name = {s.name: s for s in specs}
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"unknown input {tensor.name!r}; model {request.model_name!r} takes {sorted(by_name)}")
+        if tensor.name in arrays:
+            raise InvalidInput(f"input {tensor.name!r} is given twice")
+        shape = _check_header(tensor, spec)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {tensor.name!r} has typed contents while the request uses raw_input_contents; use one")
+            arrays[tensor.name] = _decode_raw(raw[i], spec, shape)
+        else:
+            arrays[tensor.name] = _decode_typed(tensor.contents, spec, shape)
+    missing = [n for n in by_name if n not in arrays]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}; model {request.model_name!r} takes {sorted(by_name)}")
+    return arrays
+
+
+def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> None:
+    """Append `array` to `response` as an output tensor with raw contents."""
+    datatype = v2_dtype(array)
+    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    if datatype == "BYTES":
+        response.raw_output_contents.append(serialize_bytes(array))
+    else:
+        response.raw_output_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+
+
+def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """The response's outputs as arrays (raw or typed contents); BYTES as object arrays."""
+    arrays: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, tensor in enumerate(response.outputs):
+        shape = tuple(tensor.shape)
+        if tensor.datatype not in V2_TO_NUMPY:
+            raise ValueError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")
+        spec = TensorSpec(tensor.name, tensor.datatype, shape)
+        try:
+            arrays[tensor.name] = _decode_raw(raw[i], spec, shape) if raw else _decode_typed(tensor.contents, spec, shape)
+        except InvalidInput as exc:
+            raise ValueError(f"malformed response: {exc}".replace("input ", "output ")) from None
+    return arrays

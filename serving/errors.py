@@ -1,0 +1,43 @@
+"""Errors the serving layers raise; each carries the gRPC status it maps to."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable"]
+
+
+class ServingError(Exception):
+    """Base class: `code` is the gRPC status a client receives with the message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class ModelNotFound(ServingError):
+    """No such model, or no such version of it."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelNotReady(ServingError):
+    """The model exists but cannot serve now (failed to load, unloaded)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class InvalidInput(ServingError):
+    """The request does not match the model: names, shapes, datatypes or sizes."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelLoadError(ServingError):
+    """A model in the repository cannot be loaded (bad config, bad ONNX file)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(ServingError):
+    """The server cannot take the request now."""
+
+    code = grpc.StatusCode.UNAVAILABLE

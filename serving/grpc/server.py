@@ -1,0 +1,104 @@
+"""The asyncio gRPC server: inference service + grpc.health.v1, graceful stop on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from typing import Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..dataplane import DataPlane
+from ..repository import ModelRepository
+from ..settings import ServerSettings
+from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from .servicer import InferenceServicer
+
+__all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+class InferenceServer:
+    """Serves a model repository over gRPC.
+
+        server = InferenceServer(ServerSettings(repository="models", port=8001))
+        await server.serve_forever()        # until SIGTERM / SIGINT
+
+    or `await server.start()` / `await server.stop()` to embed it.
+    """
+
+    def __init__(self, settings: ServerSettings, dataplane: DataPlane | None = None) -> None:
+        self.settings = settings
+        self.dataplane = dataplane or DataPlane(
+            ModelRepository(settings.repository, device=settings.device, intra_op_threads=settings.intra_op_threads), settings
+        )
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Load the repository, bind, start serving; returns the bound port."""
+        await asyncio.get_running_loop().run_in_executor(None, self.dataplane.start)
+        size = self.settings.max_message_bytes
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on %s:%d", self.settings.repository, self.settings.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace` seconds, release models."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        self._server = None
+        self.dataplane.stop()
+        logger.info("server stopped")
+
+    async def serve_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        logger.info("signal received: draining in-flight requests")
+        await self.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
+    """Run a server on its own event loop in a background thread, for apps and tests.
+
+        with serve_in_thread(ServerSettings(repository=repo, port=0)) as server:
+            client = InferenceClient(f"localhost:{server.port}")
+    """
+    server = InferenceServer(settings)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="deepr-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(grace=0), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

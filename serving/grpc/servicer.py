@@ -1,0 +1,107 @@
+"""GRPCInferenceService: each RPC converts protobuf -> dataplane call -> protobuf."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from ..codecs import decode_inputs, encode_output
+from ..dataplane import DataPlane, RequestedOutput
+from ..errors import InvalidInput, ServingError
+from ._generated import grpc_predict_v2_pb2 as pb
+from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+
+__all__ = ["InferenceServicer"]
+
+logger = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+
+def _status_on_error(rpc: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Map deepr's errors to their gRPC status; anything else is INTERNAL, and logged."""
+
+    @functools.wraps(rpc)
+    async def wrapper(self: "InferenceServicer", request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await rpc(self, request, context)
+        except ServingError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception as exc:  # a bug, not bad input: keep the server up and say so
+            logger.exception("%s failed", rpc.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{rpc.__name__} failed: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
+    param = output.parameters.get("classification")
+    if param is None:
+        return 0
+    if param.WhichOneof("parameter_choice") != "int64_param":
+        raise InvalidInput(f"output {output.name!r}: the 'classification' parameter must be an int64 class count")
+    return param.int64_param
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @_status_on_error
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_status_on_error
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_status_on_error
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @_status_on_error
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        name, version, extensions = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    @_status_on_error
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        model = self.dataplane.model(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self.dataplane.model_versions(model.name),
+            platform=model.config.platform or "onnxruntime_onnx",
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.outputs],
+        )
+
+    @_status_on_error
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
+
+    @_status_on_error
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        model = self.dataplane.model(request.model_name, request.model_version)
+        inputs = decode_inputs(request, model.inputs)
+        requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
+        outputs = await self.dataplane.infer(model, inputs, requested)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        for name, array in outputs.items():
+            encode_output(name, array, response)
+        return response
+
+    @_status_on_error
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = [
+            index(name=e.name, version=v, state=e.state, reason=e.reason)
+            for e in self.dataplane.repository.entries()
+            for v in (sorted(e.versions, key=int) or [""])
+            if e.state == "READY" or not request.ready
+        ]
+        return pb.RepositoryIndexResponse(models=models)

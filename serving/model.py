@@ -1,0 +1,131 @@
+"""OnnxModel: one version of one model, owning its onnxruntime session."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .codecs import TensorSpec
+from .datatypes import CONFIG_TO_V2, ONNX_TO_V2
+from .errors import InvalidInput, ModelLoadError
+from .grpc._generated import model_config_pb2 as mc
+from .providers import select_providers
+
+__all__ = ["OnnxModel"]
+
+logger = logging.getLogger(__name__)
+
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+class OnnxModel:
+    """An ONNX file served under a name and version, described by its config.pbtxt."""
+
+    def __init__(self, name: str, version: str, path: Path, config: mc.ModelConfig, *, device: str = "auto", intra_op_threads: int = 0) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.config = config
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self._session: ort.InferenceSession | None = None
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        """Create the session and check the config against the graph (ModelLoadError on any mismatch)."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.log_severity_level = 3  # errors only: deepr reports its own
+        if self.config.HasField("optimization"):
+            level = self.config.optimization.graph.level
+            if level not in _GRAPH_LEVELS:
+                raise ModelLoadError(f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}")
+            options.graph_optimization_level = _GRAPH_LEVELS[level]
+        start = time.perf_counter()
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=list(select_providers(self.device)))
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}") from None
+        self.inputs = self._specs(session.get_inputs(), list(self.config.input), "input")
+        self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self._session = session
+        logger.info("loaded %s version %s in %.2fs on %s", self.name, self.version, time.perf_counter() - start, session.get_providers()[0])
+
+    def _specs(self, graph_args: list, configured: list, kind: str) -> list[TensorSpec]:
+        """Tensor specs from the graph, cross-checked with the config entries when there are any."""
+        batched = self.max_batch_size > 0
+        specs = []
+        for arg in graph_args:
+            datatype = ONNX_TO_V2.get(arg.type)
+            if datatype is None:
+                raise ModelLoadError(f"{self.name}: {kind} {arg.name!r} has type {arg.type}, which deepr cannot serve")
+            shape = _onnx_shape(arg.shape)
+            if batched:
+                if not shape or shape[0] != -1:
+                    raise ModelLoadError(f"{self.name}: max_batch_size is {self.max_batch_size}, but {kind} {arg.name!r} has no variable first (batch) axis: {list(shape)}")
+                shape = (-1, *shape[1:])
+            specs.append(TensorSpec(arg.name, datatype, shape))
+        if configured:
+            by_name = {s.name: s for s in specs}
+            for entry in configured:
+                spec = by_name.get(entry.name)
+                if spec is None:
+                    raise ModelLoadError(f"{self.name}: config {kind} {entry.name!r} is not in the graph; the graph has {sorted(by_name)}")
+                want_type = CONFIG_TO_V2.get(mc.DataType.Name(entry.data_type))
+                dims = tuple(entry.dims)
+                graph_dims = spec.shape[1:] if batched else spec.shape
+                if want_type != spec.datatype or len(dims) != len(graph_dims) or any(g not in (-1, c) for c, g in zip(dims, graph_dims)):
+                    raise ModelLoadError(
+                        f"{self.name}: config {kind} {entry.name!r} is {want_type} dims {list(dims)}, "
+                        f"the graph has {spec.datatype} dims {list(graph_dims)}"
+                    )
+                # The config may pin a dimension the graph leaves free.
+                by_name[entry.name] = TensorSpec(spec.name, spec.datatype, ((-1,) if batched else ()) + dims)
+            specs = [by_name[s.name] for s in specs]
+        return specs
+
+    def unload(self) -> None:
+        self._session = None
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph; `outputs` limits what is returned (default: every output)."""
+        session = self._session
+        if session is None:
+            raise ModelLoadError(f"{self.name} version {self.version} is not loaded")
+        if self.max_batch_size > 0:
+            sizes = {a.shape[0] for a in inputs.values()}
+            if len(sizes) > 1:
+                raise InvalidInput(f"inputs of {self.name} disagree on the batch size: {sorted(sizes)}")
+            batch = sizes.pop() if sizes else 0
+            if batch > self.max_batch_size:
+                raise InvalidInput(f"batch of {batch} exceeds {self.name}'s max_batch_size {self.max_batch_size}")
+            if batch == 0:
+                raise InvalidInput(f"empty batch: {self.name} needs at least one example")
+        names = list(outputs) if outputs else [o.name for o in self.outputs]
+        results = session.run(names, inputs)
+        return dict(zip(names, results))

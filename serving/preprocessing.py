@@ -1,0 +1,103 @@
+"""Image preprocessing that travels with a model (ONNX metadata and config.pbtxt).
+
+Only numpy and Pillow: an app that embeds deepr's runtime needs no PyTorch to
+turn its pictures into a model's input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["ImagePreprocessing", "ImageInput", "load_image"]
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """A PIL image from a path, a PIL image or a HxW / HxWxC uint8 array."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise ValueError(f"an image array must be uint8 HxW or HxWxC, got {source.dtype} with shape {source.shape}")
+        return Image.fromarray(source)
+    path = Path(source)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image file at {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path} is not an image Pillow can read (PNG, JPEG, ...): {exc}") from None
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How a picture becomes one example of a model's input.
+
+    The image is converted to `color_mode`, resized to `size`, multiplied by
+    `scale`, then normalised by `mean` / `std` per channel when they are given.
+    """
+
+    size: tuple[int, int]
+    """(height, width) the model takes."""
+    color_mode: str = "L"
+    """Pillow mode: "L" for one grey channel, "RGB" for three."""
+    scale: float = 1 / 255
+    """Factor applied to the 0..255 pixel values."""
+    mean: tuple[float, ...] | None = None
+    """Per-channel mean subtracted after scaling."""
+    std: tuple[float, ...] | None = None
+    """Per-channel standard deviation divided by after the mean."""
+    layout: str = "NCHW"
+    """Axis order of the batch the model takes: "NCHW" or "NHWC"."""
+    resample: str = "bilinear"
+    """Resize filter: nearest, bilinear or bicubic."""
+
+    def __post_init__(self) -> None:
+        if self.color_mode not in ("L", "RGB"):
+            raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "L" else 3
+
+    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """A float32 batch of `images` in the model's layout."""
+        height, width = self.size
+        batch = np.empty((len(images), height, width, self.channels), dtype=np.float32)
+        for i, source in enumerate(images):
+            img = load_image(source).convert(self.color_mode)
+            if img.size != (width, height):
+                img = img.resize((width, height), _RESAMPLE[self.resample])
+            batch[i] = np.asarray(img, dtype=np.float32).reshape(height, width, self.channels)
+        batch *= self.scale
+        if self.mean is not None:
+            batch -= np.asarray(self.mean, dtype=np.float32)
+        if self.std is not None:
+            batch /= np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else batch
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ImagePreprocessing":
+        fields = json.loads(text)
+        for key in ("size", "mean", "std"):
+            if fields.get(key) is not None:
+                fields[key] = tuple(fields[key])
+        return cls(**fields)

@@ -1,0 +1,56 @@
+"""Choose onnxruntime execution providers: CUDA when it can really run, else CPU."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+import onnxruntime as ort
+
+__all__ = ["select_providers", "DEVICES"]
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_usable() -> tuple[bool, str]:
+    """(usable, reason). Checked before any session exists, because asking
+    onnxruntime for CUDA on a machine without it prints a stack of errors."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider"
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no NVIDIA driver (libcuda.so.1) on this machine"
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return False, "the NVIDIA driver reports no usable GPU"
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()  # CUDA / cuDNN from the nvidia-* wheels, when they are installed
+    return True, f"{count.value} GPU(s)"
+
+
+@functools.lru_cache(maxsize=None)
+def select_providers(device: str = "auto") -> tuple[str, ...]:
+    """Provider list for a session; logs the choice once per device setting.
+
+    Args:
+        device: "auto" (CUDA if usable, else CPU), "cuda" (error if unusable) or "cpu".
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        logger.info("onnxruntime: CPUExecutionProvider (device=cpu)")
+        return ("CPUExecutionProvider",)
+    usable, reason = _cuda_usable()
+    if usable:
+        logger.info("onnxruntime: CUDAExecutionProvider (%s), CPU for unsupported ops", reason)
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    if device == "cuda":
+        raise RuntimeError(f"device 'cuda' was asked for, but CUDA cannot be used: {reason}")
+    logger.info("onnxruntime: CPUExecutionProvider (CUDA not used: %s)", reason)
+    return ("CPUExecutionProvider",)

@@ -1,0 +1,147 @@
+"""A model repository on disk, in Triton's layout, and the models loaded from it.
+
+    <root>/<model>/config.pbtxt
+    <root>/<model>/<version>/model.onnx      (version: a positive integer)
+    <root>/<model>/labels.txt                (optional; named by an output's label_filename)
+
+A model that fails to load is kept as UNAVAILABLE with the reason, and the
+others serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from .grpc._generated import model_config_pb2 as mc
+from .model import OnnxModel
+from .model_config import CONFIG_FILE, read_config
+
+__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE"]
+
+logger = logging.getLogger(__name__)
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ModelEntry:
+    """What the repository holds for one model name."""
+
+    name: str
+    state: str
+    reason: str = ""
+    config: mc.ModelConfig | None = None
+    versions: dict[str, OnnxModel] = field(default_factory=dict)
+    """Loaded versions by version string."""
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """Class labels by output name."""
+
+    @property
+    def latest(self) -> OnnxModel:
+        return self.versions[max(self.versions, key=int)]
+
+
+def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        return [v for v in available if v in set(policy.specific.versions)]
+    latest = policy.latest.num_versions if choice == "latest" else 1
+    return sorted(available)[-max(latest, 1):]
+
+
+class ModelRepository:
+    def __init__(self, root: str | Path, *, device: str = "auto", intra_op_threads: int = 0) -> None:
+        self.root = Path(root)
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.Lock()
+
+    def model_names(self) -> list[str]:
+        """Model directories on disk (those holding a config.pbtxt)."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {self.root} does not exist or is not a directory")
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file() and _MODEL_NAME.match(p.name))
+
+    def load_all(self) -> None:
+        for name in self.model_names():
+            self.load(name)
+
+    def load(self, name: str) -> ModelEntry:
+        """(Re)load `name` from disk. The new entry replaces the old one only when built."""
+        if not _MODEL_NAME.match(name):
+            raise ModelNotFound(f"{name!r} is not a model name (letters, digits, '_', '.', '-')")
+        model_dir = self.root / name
+        if not (model_dir / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
+        try:
+            entry = self._build(name, model_dir)
+        except ServingError as exc:
+            logger.error("model %s is unavailable: %s", name, exc)
+            entry = ModelEntry(name, UNAVAILABLE, reason=str(exc))
+        with self._lock:
+            self._models[name] = entry
+        return entry
+
+    def _build(self, name: str, model_dir: Path) -> ModelEntry:
+        config = read_config(model_dir)
+        filename = config.default_model_filename or "model.onnx"
+        available = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and (p / filename).is_file())
+        if not available:
+            raise ModelLoadError(f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})")
+        versions = {}
+        for v in _chosen_versions(config, available):
+            model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, device=self.device, intra_op_threads=self.intra_op_threads)
+            model.load()
+            versions[str(v)] = model
+        if not versions:
+            raise ModelLoadError(f"{name}: the version policy selects none of the versions on disk {available}")
+        labels = {}
+        for output in config.output:
+            if output.label_filename:
+                path = model_dir / output.label_filename
+                try:
+                    labels[output.name] = path.read_text().splitlines()
+                except OSError as exc:
+                    raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
+        return ModelEntry(name, READY, config=config, versions=versions, labels=labels)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            self._models[name] = ModelEntry(name, UNAVAILABLE, reason="unloaded")
+
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            return [self._models[n] for n in sorted(self._models)]
+
+    def entry(self, name: str) -> ModelEntry:
+        with self._lock:
+            entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model {name!r}; the repository has {sorted(self._models) or 'no models'}")
+        return entry
+
+    def get(self, name: str, version: str = "") -> OnnxModel:
+        """The ready model `name` at `version` ("" for the latest loaded one)."""
+        entry = self.entry(name)
+        if entry.state != READY:
+            raise ModelNotReady(f"model {name!r} is not ready: {entry.reason}")
+        if not version:
+            return entry.latest
+        model = entry.versions.get(version)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} has no version {version!r} loaded; loaded versions: {sorted(entry.versions, key=int)}")
+        return model

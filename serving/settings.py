@@ -1,0 +1,75 @@
+"""ServerSettings: every server knob, from CLI flags or DEEPR_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServerSettings", "ENV_PREFIX", "default_repository"]
+
+ENV_PREFIX = "DEEPR_"
+
+
+def default_repository() -> Path:
+    """$DEEPR_HOME/repository, DEEPR_HOME defaulting to ~/.cache/deepr."""
+    return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "repository"
+
+
+@dataclass
+class ServerSettings:
+    repository: Path = field(default_factory=default_repository)
+    """Model repository directory (Triton layout). Env: DEEPR_REPOSITORY."""
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds. Env: DEEPR_HOST."""
+    port: int = 8001
+    """gRPC port (Triton's default); 0 picks a free one. Env: DEEPR_PORT."""
+    device: str = "auto"
+    """onnxruntime device: auto (CUDA when usable), cuda or cpu. Env: DEEPR_DEVICE."""
+    infer_threads: int = 4
+    """Threads running onnxruntime sessions concurrently. Env: DEEPR_INFER_THREADS."""
+    intra_op_threads: int = 0
+    """onnxruntime intra-op threads per session; 0 lets onnxruntime choose. Env: DEEPR_INTRA_OP_THREADS."""
+    max_message_bytes: int = 256 * 1024 * 1024
+    """Largest gRPC message received or sent. Env: DEEPR_MAX_MESSAGE_BYTES."""
+    grace_seconds: float = 10.0
+    """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
+    strict_readiness: bool = True
+    """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "ServerSettings":
+        """Defaults, then DEEPR_* variables, then `overrides` that are not None."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        self.repository = Path(self.repository)
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
+        if self.infer_threads < 1:
+            raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
