@@ -1,0 +1,41 @@
+"""The `deepr` command line. Each subcommand lives in its own module and imports
+PyTorch only if it needs it, so client commands start fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from . import classify_cmd, serve_cmd, zoo_cmds
+from .errors import CLIError
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (zoo_cmds, serve_cmd, classify_cmd):
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args) or 0
+    except CLIError as exc:
+        print(f"deepr {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"deepr {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,73 @@
+"""deepr serve"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from serving.settings import ENV_PREFIX, ServerSettings, default_repository
+
+from .errors import EXIT_USAGE, CLIError
+
+logger = logging.getLogger("deepr.serve")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = ServerSettings.from_env(
+            repository=args.repository,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            infer_threads=args.infer_threads,
+            intra_op_threads=args.intra_op_threads,
+            max_message_bytes=args.max_message_bytes,
+            grace_seconds=args.grace_seconds,
+            strict_readiness=args.strict_readiness,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    if not settings.repository.exists():
+        if settings.repository != default_repository() and not args.build_defaults:
+            raise CLIError(
+                f"model repository {settings.repository} does not exist; export models into it with "
+                f"`deepr export MODEL --repository {settings.repository}`, or add --build-defaults",
+                EXIT_USAGE,
+            )
+        from exporters.defaults import build_default_repository
+
+        logger.info("building the default model repository in %s (first run only)", settings.repository)
+        build_default_repository(settings.repository)
+
+    from serving.grpc.server import InferenceServer
+
+    try:
+        asyncio.run(InferenceServer(settings).serve_forever())
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository over gRPC (KServe V2)",
+        description="Serve a model repository over gRPC (KServe V2 / Triton protocol). Every setting "
+        f"can also come from an environment variable {ENV_PREFIX}<SETTING> (e.g. {ENV_PREFIX}PORT); flags win.",
+    )
+    p.add_argument("--repository", type=Path,
+                   help=f"model repository directory (default: {default_repository()}, built with the "
+                   "default models on first use)")
+    p.add_argument("--build-defaults", action="store_true", help="if the repository does not exist, build the default models into it")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free port)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)")
+    p.add_argument("--infer-threads", type=int, help="sessions run concurrently (default 4)")
+    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)")
+    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
+    p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,
+                   help="ready only when every model is ready (default on)")
+    p.set_defaults(run=_serve)

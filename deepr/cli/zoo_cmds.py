@@ -1,0 +1,146 @@
+"""deepr models | summary | train | evaluate | export"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from serving.settings import default_repository
+
+from .errors import EXIT_USAGE, CLIError
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one-line CLI errors."""
+    from zoo.datasets import DatasetError
+
+    try:
+        yield
+    except KeyError as exc:  # unknown model name
+        raise CLIError(str(exc.args[0]), EXIT_USAGE) from None
+    except (DatasetError, FileNotFoundError, ValueError, TypeError) as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+
+
+def _models(args: argparse.Namespace) -> int:
+    import zoo
+
+    for name in zoo.list_models(args.include or None):
+        spec = zoo.get_model_spec(name)
+        params = sum(p.numel() for p in zoo.get_model(name).parameters())
+        print(f"{name:<24} {params:>12,}  {spec.section}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import zoo
+
+    with _user_errors():
+        spec = zoo.get_model_spec(args.model)
+        print(zoo.summary(zoo.get_model(args.model), spec.input_shape, name=args.model))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from zoo.recipes import TrainConfig, train
+
+    with _user_errors():
+        cfg = TrainConfig.for_model(
+            args.model,
+            out=args.out or Path("runs") / args.model,
+            data=args.data,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            lr_schedule=args.lr_schedule,
+            seed=args.seed,
+            device=args.device,
+        )
+        result = train(cfg)
+    print(
+        f"{args.model}: held-out accuracy {result.test['accuracy']:.4f}, loss {result.test['loss']:.4f}, "
+        f"trained in {result.seconds:.1f}s; weights {result.out / 'weights.pt'}, curves {result.out / 'history.png'}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import zoo
+    from zoo.datasets import load_dataset
+    from zoo.recipes import evaluate, load_weights
+
+    with _user_errors():
+        spec = zoo.get_model_spec(args.model)
+        model = load_weights(zoo.get_model(args.model), args.weights)
+        data = load_dataset(args.data or spec.dataset)
+        metrics = evaluate(model, data.test, input_shape=spec.input_shape)
+    print(json.dumps({"model": args.model, "dataset": data.description, **metrics}, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from exporters import ExportConfig, ExportError, export_model
+
+    with _user_errors(), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        try:
+            result = export_model(
+                args.model,
+                args.repository,
+                weights=args.weights,
+                config=ExportConfig(max_batch_size=args.max_batch_size),
+                version=args.version,
+            )
+        except ExportError as exc:
+            raise CLIError(str(exc)) from None
+    v = result.validation
+    print(
+        f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
+        f"at batch sizes {list(v.batch_sizes)}: max |diff| {v.max_abs_diff:.2g} (atol {v.atol:g})"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the zoo's models: name, parameters, tutorial section")
+    p.add_argument("include", nargs="*", help="fnmatch patterns, e.g. 'mnist_*'")
+    p.set_defaults(run=_models)
+
+    p = sub.add_parser("summary", help="print a model's Keras-style summary table")
+    p.add_argument("model")
+    p.set_defaults(run=_summary)
+
+    p = sub.add_parser("train", help="train a model by its default recipe (flags override it)")
+    p.add_argument("model")
+    p.add_argument("--data", help="dataset: digits (embedded), mnist (cached/downloaded) or a directory of MNIST IDX files")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"))
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="held-out loss and accuracy of trained weights")
+    p.add_argument("model")
+    p.add_argument("--weights", type=Path, required=True, help="weights.pt written by deepr train")
+    p.add_argument("--data", help="dataset (default: the model's)")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("export", help="export a model to ONNX, validate it, add it to a model repository")
+    p.add_argument("model")
+    p.add_argument("--weights", type=Path, help="weights.pt from deepr train (default: untrained weights, with a warning)")
+    p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
+    p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
+    p.set_defaults(run=_export)
