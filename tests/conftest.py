@@ -1,0 +1,50 @@
+"""Fixtures shared by every test folder: the embedded digits, one trained convnet, a
+model repository and a running server built from them (each made once per session)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from zoo.datasets import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_convnet(tmp_path_factory, digits):
+    """mnist_convnet trained by its default recipe on the embedded digits."""
+    from zoo.recipes import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "mnist_convnet"
+    return train(TrainConfig.for_model("mnist_convnet", out=out, progress=False), data=digits)
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, trained_convnet) -> Path:
+    """A repository with the trained mnist_convnet and an untrained mnist_dense."""
+    from exporters import UntrainedWeightsWarning, export_model
+
+    repo = tmp_path_factory.mktemp("repository")
+    export_model("mnist_convnet", repo, weights=trained_convnet.out / "weights.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        export_model("mnist_dense", repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server_url(repository) -> Iterator[str]:
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
+        yield f"127.0.0.1:{server.port}"

@@ -1,0 +1,85 @@
+"""classify() and `deepr classify` on held-out digits, through the server."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from serving.classify import classify
+from serving.client import InferenceClient, InferenceServerError
+
+
+@pytest.fixture(scope="module")
+def held_out(digits):
+    x, y = digits.test.tensors
+    pictures = [(img[0].numpy() * 255).round().astype(np.uint8) for img in x[:40]]
+    return pictures, y[:40].numpy()
+
+
+def test_classify_agrees_with_the_trained_model(server_url, held_out, trained_convnet, digits):
+    pictures, labels = held_out
+    results = classify(pictures, "mnist_convnet", url=server_url, top_k=3)
+    assert all(len(r) == 3 and r[0].score >= r[1].score >= r[2].score for r in results)
+    predicted = np.array([r[0].index for r in results])
+    with torch.no_grad():
+        expected = trained_convnet.model(digits.test.tensors[0][:40]).argmax(1).numpy()
+    assert np.array_equal(predicted, expected)
+    assert (predicted == labels).mean() >= 0.9
+    assert [r[0].label for r in results] == [str(i) for i in predicted]
+
+
+def test_dense_model_gets_flattened_input(server_url, held_out):
+    results = classify(held_out[0][:3], "mnist_dense", url=server_url, top_k=10)
+    assert [len(r) for r in results] == [10, 10, 10]
+    assert all(abs(sum(p.score for p in r) - 1.0) < 1e-4 for r in results)
+
+
+def test_client_reports_server_errors(server_url):
+    with InferenceClient(server_url) as client, pytest.raises(InferenceServerError, match="NOT_FOUND: unknown model"):
+        client.model_config("nope")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "deepr", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_top_k_per_image(server_url, held_out, tmp_path):
+    pictures, labels = held_out
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(pictures[i]).save(paths[-1])
+    result = run_cli("classify", "--model", "mnist_convnet", "--url", server_url, "--top-k", "2", *map(str, paths))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, path in zip(lines, paths):
+        name, first, _score1, second, _score2 = line.split()
+        assert name == str(path) and first != second
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--model", "mnist_convnet", "missing.png"], 2, "no image file at missing.png"),
+        (["--model", "nope", "DIGIT"], 1, "NOT_FOUND: unknown model 'nope'"),
+        (["--model", "mnist_convnet", "NOTIMAGE"], 2, "is not an image Pillow can read"),
+    ],
+)
+def test_cli_errors(server_url, held_out, tmp_path, args, code, message):
+    digit, not_image = tmp_path / "d.png", tmp_path / "n.png"
+    Image.fromarray(held_out[0][0]).save(digit)
+    not_image.write_text("hello")
+    args = [{"DIGIT": str(digit), "NOTIMAGE": str(not_image)}.get(a, a) for a in args]
+    result = run_cli("classify", "--url", server_url, *args)
+    assert result.returncode == code and message in result.stderr, result.stderr
+
+
+def test_cli_unreachable_server(tmp_path, held_out):
+    digit = tmp_path / "d.png"
+    Image.fromarray(held_out[0][0]).save(digit)
+    result = run_cli("classify", "--model", "mnist_convnet", "--url", "127.0.0.1:1", str(digit))
+    assert result.returncode == 1 and "no deepr server reachable at 127.0.0.1:1" in result.stderr

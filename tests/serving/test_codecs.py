@@ -1,0 +1,73 @@
+"""Tensor encoding edge cases that a client cannot easily send through tritonclient."""
+
+import numpy as np
+import pytest
+
+from serving.codecs import TensorSpec, decode_inputs, decode_outputs, deserialize_bytes, encode_output, serialize_bytes
+from serving.errors import InvalidInput
+from serving.grpc._generated import grpc_predict_v2_pb2 as pb
+
+SPEC = [TensorSpec("x", "FP32", (-1, 3))]
+
+
+def request_with(shape, raw):
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+def test_raw_input_is_a_zero_copy_view():
+    data = np.arange(6, dtype="<f4").tobytes()
+    array = decode_inputs(request_with((2, 3), data), SPEC)["x"]
+    assert array.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert not array.flags.writeable  # a view of the request's bytes, not a copy
+
+
+def test_shape_whose_product_overflows_int64():
+    with pytest.raises(InvalidInput, match="needs 55340232221128654848 bytes"):
+        decode_inputs(request_with((2**62, 3), b"\0" * 12), [TensorSpec("x", "FP32", (-1, 3))])
+
+
+def test_bytes_round_trip():
+    array = np.array([[b"cat", b""], ["d\u00f6g", b"\x00\xff"]], dtype=object)
+    raw = serialize_bytes(array)
+    back = deserialize_bytes(raw, 4, "t").reshape(2, 2)
+    assert back.tolist() == [[b"cat", b""], ["d\u00f6g".encode(), b"\x00\xff"]]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [(b"\x05\x00\x00\x00ab", "announces 5 bytes, only 2 remain"), (b"\x01\x00", "end after 0 of 1"),
+     (b"\x01\x00\x00\x00ab", "1 bytes left over")],
+)
+def test_malformed_bytes(raw, message):
+    with pytest.raises(InvalidInput, match=message):
+        deserialize_bytes(raw, 1, "t")
+
+
+def test_typed_contents_in_the_wrong_field():
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=(1, 3))
+    tensor.contents.fp32_contents.extend([1, 2, 3])
+    tensor.contents.int_contents.extend([1])
+    with pytest.raises(InvalidInput, match="must be in contents.fp32_contents, found int_contents"):
+        decode_inputs(request, SPEC)
+
+
+def test_fp16_needs_raw_contents():
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP16", shape=(1, 3))
+    with pytest.raises(InvalidInput, match="FP16 cannot travel in typed contents"):
+        decode_inputs(request, [TensorSpec("x", "FP16", (-1, 3))])
+
+
+def test_outputs_round_trip():
+    response = pb.ModelInferResponse()
+    arrays = {"f": np.random.rand(2, 5).astype(np.float32), "i": np.arange(4, dtype=np.int64), "s": np.array([b"a", b"bc"], dtype=object)}
+    for name, array in arrays.items():
+        encode_output(name, array, response)
+    back = decode_outputs(response)
+    assert [o.datatype for o in response.outputs] == ["FP32", "INT64", "BYTES"]
+    for name in arrays:
+        assert back[name].tolist() == arrays[name].tolist()

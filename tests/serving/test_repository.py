@@ -1,0 +1,80 @@
+"""A repository with broken or multi-version models: bad models are UNAVAILABLE with a reason, the rest serve."""
+
+import shutil
+
+import pytest
+
+from serving.dataplane import DataPlane
+from serving.errors import ModelNotFound, ModelNotReady
+from serving.repository import READY, UNAVAILABLE, ModelRepository
+from serving.settings import ServerSettings
+
+
+@pytest.fixture
+def repo(tmp_path, repository):
+    target = tmp_path / "repo"
+    shutil.copytree(repository, target)
+    return target
+
+
+def load(path, **settings):
+    plane = DataPlane(ModelRepository(path, device="cpu"), ServerSettings(repository=path, **settings))
+    plane.start()
+    return plane
+
+
+def test_corrupt_onnx_leaves_other_models_serving(repo):
+    (repo / "mnist_dense" / "1" / "model.onnx").write_bytes(b"\x08\x01garbage")
+    plane = load(repo)
+    dense = plane.repository.entry("mnist_dense")
+    assert dense.state == UNAVAILABLE and "onnxruntime cannot load" in dense.reason
+    assert plane.repository.entry("mnist_convnet").state == READY
+    assert not plane.model_ready("mnist_dense") and plane.model_ready("mnist_convnet")
+    assert not plane.ready()  # strict readiness: every model must be ready
+    assert load(repo, strict_readiness=False).ready()
+    with pytest.raises(ModelNotReady, match="mnist_dense' is not ready"):
+        plane.model("mnist_dense")
+
+
+def test_config_that_contradicts_the_graph(repo):
+    config = repo / "mnist_convnet" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: 28\n  dims: 28", "dims: 32\n  dims: 32"))
+    entry = load(repo).repository.entry("mnist_convnet")
+    assert entry.state == UNAVAILABLE and "dims [1, 32, 32], the graph has FP32 dims [1, 28, 28]" in entry.reason
+
+
+def test_config_naming_another_model(repo):
+    config = repo / "mnist_convnet" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "mnist_convnet"', 'name: "other"'))
+    assert "names the model 'other'" in load(repo).repository.entry("mnist_convnet").reason
+
+
+def test_unparsable_config(repo):
+    (repo / "mnist_convnet" / "config.pbtxt").write_text("max_batch_size: lots")
+    assert "is not a valid model configuration" in load(repo).repository.entry("mnist_convnet").reason
+
+
+def test_missing_version_directory(repo):
+    shutil.rmtree(repo / "mnist_dense" / "1")
+    assert "no version directory holding model.onnx" in load(repo).repository.entry("mnist_dense").reason
+
+
+def test_version_policy(repo):
+    shutil.copytree(repo / "mnist_dense" / "1", repo / "mnist_dense" / "2")
+    plane = load(repo)
+    assert plane.model_versions("mnist_dense") == ["2"]  # default: latest 1
+    assert plane.model("mnist_dense").version == "2"
+    with pytest.raises(ModelNotFound, match=r"no version '1' loaded; loaded versions: \['2'\]"):
+        plane.model("mnist_dense", "1")
+    config = repo / "mnist_dense" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    assert load(repo).model_versions("mnist_dense") == ["1", "2"]
+    config.write_text(config.read_text().replace("all { }", "specific { versions: 1 }"))
+    assert load(repo).model_versions("mnist_dense") == ["1"]
+
+
+def test_missing_repository(tmp_path):
+    from serving.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load(tmp_path / "nowhere")

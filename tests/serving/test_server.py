@@ -1,0 +1,184 @@
+"""The gRPC server answering NVIDIA's tritonclient, and refusing bad requests with the right status."""
+
+import re
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from serving.grpc._generated import grpc_predict_v2_pb2 as pb
+from serving.grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="module")
+def client(server_url):
+    with triton.InferenceServerClient(server_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(server_url):
+    with grpc.insecure_channel(server_url) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def in_process(repository):
+    return ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def images(batch, seed=0):
+    return np.random.default_rng(seed).random((batch, 1, 28, 28), dtype=np.float32)
+
+
+def triton_input(x, name="images", datatype="FP32"):
+    inp = triton.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mnist_convnet") and client.is_model_ready("mnist_convnet", "1")
+    assert not client.is_model_ready("mnist_convnet", "2")
+    assert not client.is_model_ready("no_such_model")
+    meta = client.get_server_metadata()
+    assert meta.name == "deepr" and "classification" in meta.extensions
+
+
+def test_model_metadata(client):
+    meta = client.get_model_metadata("mnist_convnet")
+    assert meta.name == "mnist_convnet" and list(meta.versions) == ["1"] and meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("images", "FP32", [-1, 1, 28, 28])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("probabilities", "FP32", [-1, 10])]
+
+
+def test_model_config(client):
+    config = client.get_model_config("mnist_dense").config
+    assert config.name == "mnist_dense" and config.max_batch_size == 256 and config.backend == "onnxruntime"
+    assert list(config.input[0].dims) == [784]
+    assert config.output[0].label_filename == "labels.txt"
+    assert "deepr.preprocessing" in config.parameters
+
+
+@pytest.mark.parametrize("batch", [1, 5, 256])
+def test_infer_equals_in_process_onnxruntime(client, in_process, batch):
+    x = images(batch, seed=batch)
+    result = client.infer("mnist_convnet", [triton_input(x)], request_id=f"req-{batch}")
+    got = result.as_numpy("probabilities")
+    want = in_process.run(None, {"images": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert result.get_response().id == f"req-{batch}" and result.get_response().model_version == "1"
+
+
+def test_classification_extension(client, in_process):
+    x = images(4, seed=9)
+    result = client.infer(
+        "mnist_convnet", [triton_input(x)], outputs=[triton.InferRequestedOutput("probabilities", class_count=3)]
+    )
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (4, 3)
+    probs = in_process.run(None, {"images": x})[0]
+    for row, p in zip(classes, probs):
+        score, index, label = row[0].decode().split(":")
+        assert int(index) == p.argmax() and label == str(p.argmax())
+        assert float(score) == pytest.approx(p.max(), abs=1e-6)
+
+
+def test_typed_contents_equal_raw(stub, in_process):
+    x = images(2, seed=3)
+    request = pb.ModelInferRequest(model_name="mnist_convnet")
+    request.inputs.add(name="images", datatype="FP32", shape=x.shape).contents.fp32_contents.extend(x.ravel().tolist())
+    response = stub.ModelInfer(request)
+    got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(2, 10)
+    np.testing.assert_allclose(got, in_process.run(None, {"images": x})[0], rtol=1e-6, atol=1e-7)
+
+
+def test_health_service(server_url):
+    with grpc.insecure_channel(server_url) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for service in ("", "inference.GRPCInferenceService"):
+            assert check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def raw_request(shape=(1, 1, 28, 28), datatype="FP32", name="images", data=None, model="mnist_convnet", version=""):
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name=name, datatype=datatype, shape=shape)
+    request.raw_input_contents.append(data if data is not None else images(shape[0] if shape and shape[0] > 0 else 1).tobytes())
+    return request
+
+
+def with_duplicate_input():
+    request = raw_request()
+    request.inputs.add(name="images", datatype="FP32", shape=(1, 1, 28, 28))
+    request.raw_input_contents.append(images(1).tobytes())
+    return request
+
+
+def with_extra_raw():
+    request = raw_request()
+    request.raw_input_contents.append(b"\x00" * 8)
+    return request
+
+
+def with_unknown_output():
+    request = raw_request()
+    request.outputs.add(name="logits")
+    return request
+
+
+def with_bad_typed_count():
+    request = pb.ModelInferRequest(model_name="mnist_convnet")
+    request.inputs.add(name="images", datatype="FP32", shape=(1, 1, 28, 28)).contents.fp32_contents.extend([0.0] * 10)
+    return request
+
+
+def with_bad_classification_param():
+    request = raw_request()
+    request.outputs.add(name="probabilities").parameters["classification"].string_param = "3"
+    return request
+
+
+BAD_REQUESTS = {
+    "unknown model": (raw_request(model="mnist_resnet"), grpc.StatusCode.NOT_FOUND, "unknown model 'mnist_resnet'"),
+    "unknown version": (raw_request(version="7"), grpc.StatusCode.NOT_FOUND, "no version '7'"),
+    "wrong input name": (raw_request(name="pixels"), grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'pixels'.*images"),
+    "wrong rank": (raw_request(shape=(1, 28, 28), data=images(1).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, r"shape \[1, 28, 28\] does not match.*\[-1, 1, 28, 28\]"),
+    "wrong size": (raw_request(shape=(1, 1, 32, 32), data=b"\0" * 4096), grpc.StatusCode.INVALID_ARGUMENT, "does not match"),
+    "wrong datatype": (raw_request(datatype="FP64", data=b"\0" * 6272), grpc.StatusCode.INVALID_ARGUMENT, "datatype 'FP64', expected 'FP32'"),
+    "unknown datatype": (raw_request(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "not a V2 datatype"),
+    "short bytes": (raw_request(data=b"\0" * 3000), grpc.StatusCode.INVALID_ARGUMENT, "needs 3136 bytes, raw_input_contents has 3000"),
+    "negative dim": (raw_request(shape=(-1, 1, 28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "negative dimension"),
+    "empty batch": (raw_request(shape=(0, 1, 28, 28), data=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
+    "over max batch": (raw_request(shape=(257, 1, 28, 28), data=images(257).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "exceeds .*max_batch_size 256"),
+    "missing input": (pb.ModelInferRequest(model_name="mnist_convnet"), grpc.StatusCode.INVALID_ARGUMENT, r"missing input\(s\) \['images'\]"),
+    "duplicate input": (with_duplicate_input(), grpc.StatusCode.INVALID_ARGUMENT, "given twice"),
+    "raw count": (with_extra_raw(), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents has 2 entries for 1 inputs"),
+    "unknown output": (with_unknown_output(), grpc.StatusCode.INVALID_ARGUMENT, r"unknown output\(s\) \['logits'\]"),
+    "typed count": (with_bad_typed_count(), grpc.StatusCode.INVALID_ARGUMENT, "needs 784 values, contents.fp32_contents has 10"),
+    "classification type": (with_bad_classification_param(), grpc.StatusCode.INVALID_ARGUMENT, "int64 class count"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_status_and_message(stub, case):
+    request, code, message = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == code
+    assert re.search(message, info.value.details()), info.value.details()
+    # The server stays correct for the next good request.
+    assert len(stub.ModelInfer(raw_request()).raw_output_contents[0]) == 40
+
+
+def test_tritonclient_sees_the_status(client):
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("mnist_convnet", "3")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "does not match" in info.value.message()

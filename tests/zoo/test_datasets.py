@@ -1,0 +1,101 @@
+"""The MNIST IDX loader on files made here from the embedded digits, and the digits themselves."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from zoo.datasets import DatasetError, load_dataset, load_mnist, read_idx
+from zoo.datasets.digits import load_digits_28x28
+
+
+def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
+    type_code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}[array.dtype]
+    data = struct.pack(">HBB", 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture(scope="module")
+def digit_arrays():
+    return load_digits_28x28()
+
+
+def make_mnist_dir(root, images, labels, compress=False):
+    suffix = ".gz" if compress else ""
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx(root / f"train-images-idx3-ubyte{suffix}", images[:1000], compress)
+    write_idx(root / f"train-labels-idx1-ubyte{suffix}", labels[:1000].astype(np.uint8), compress)
+    write_idx(root / f"t10k-images-idx3-ubyte{suffix}", images[1000:], compress)
+    write_idx(root / f"t10k-labels-idx1-ubyte{suffix}", labels[1000:].astype(np.uint8), compress)
+    return root
+
+
+def test_digits_are_mnist_shaped(digit_arrays):
+    images, labels = digit_arrays
+    assert images.shape == (1797, 28, 28) and images.dtype == np.uint8
+    assert sorted(set(labels.tolist())) == list(range(10))
+    # MNIST framing: ink inside the central 20x20 box, dark border.
+    assert images[:, :4].max() == 0 and images[:, 24:].max() == 0
+    assert images.max() == 255
+
+
+def test_digits_split_is_fixed_and_stratified():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert len(a.test) == 359 and len(a.train) == 1438
+    assert np.array_equal(a.test.tensors[1].numpy(), b.test.tensors[1].numpy())
+    assert np.bincount(a.test.tensors[1].numpy()).min() >= 35
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_idx_round_trip(tmp_path, digit_arrays, compress, layout):
+    images, labels = digit_arrays
+    root = tmp_path / "mnist"
+    make_mnist_dir(root / "MNIST" / "raw" if layout == "torchvision" else root, images, labels, compress)
+    splits = load_mnist(root)
+    assert np.array_equal(splits["train"][0], images[:1000])
+    assert np.array_equal(splits["test"][1], labels[1000:])
+    data = load_dataset(str(root))
+    assert data.train.tensors[0].shape == (1000, 1, 28, 28)
+    assert float(data.train.tensors[0].max()) == 1.0
+
+
+def test_truncated_file_is_named(tmp_path, digit_arrays):
+    root = make_mnist_dir(tmp_path, *digit_arrays)
+    path = root / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte is truncated or corrupt"):
+        load_mnist(root)
+
+
+def test_not_idx_is_named(tmp_path, digit_arrays):
+    root = make_mnist_dir(tmp_path, *digit_arrays)
+    (root / "train-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 this is a zip file")
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte is not an IDX file"):
+        load_mnist(root)
+
+
+def test_bad_gzip_is_named(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DatasetError, match="cannot read .*train-images-idx3-ubyte.gz"):
+        read_idx(path)
+
+
+def test_mismatched_label_count(tmp_path, digit_arrays):
+    images, labels = digit_arrays
+    root = make_mnist_dir(tmp_path, images, labels)
+    write_idx(root / "train-labels-idx1-ubyte", labels[:999].astype(np.uint8))
+    with pytest.raises(DatasetError, match=r"holds \(999,\) labels for the 1000 images"):
+        load_mnist(root)
+
+
+def test_missing_files_are_listed(tmp_path):
+    with pytest.raises(DatasetError, match="no MNIST file train-images-idx3-ubyte or train-labels-idx1-ubyte"):
+        load_mnist(tmp_path)
+
+
+def test_unknown_dataset():
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
