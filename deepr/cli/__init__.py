@@ -13,6 +13,8 @@ from .errors import CLIError
 
 __all__ = ["main"]
 
+_OWN_LOGGERS = ("deepr", "zoo", "exporters", "serving")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
@@ -27,10 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # deepr's own progress at INFO; other libraries' chatter only when it matters
+        for name in _OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         return args.run(args) or 0
     except CLIError as exc:
