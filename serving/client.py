@@ -11,8 +11,7 @@ from typing import Mapping, Sequence
 import grpc
 import numpy as np
 
-from .codecs import decode_outputs, serialize_bytes
-from .datatypes import v2_dtype
+from .codecs import decode_outputs, to_raw
 from .grpc._generated import grpc_predict_v2_pb2 as pb
 from .grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from .grpc._generated import model_config_pb2 as mc
@@ -94,12 +93,9 @@ class InferenceClient:
         request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
         for name, array in inputs.items():
             array = np.asarray(array)
-            datatype = v2_dtype(array)
+            datatype, raw = to_raw(array)
             request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-            if datatype == "BYTES":
-                request.raw_input_contents.append(serialize_bytes(array))
-            else:
-                request.raw_input_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+            request.raw_input_contents.append(raw)
         wanted = list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
         for name in wanted:
             out = request.outputs.add(name=name)

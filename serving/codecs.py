@@ -18,7 +18,7 @@ from .datatypes import V2_TO_NUMPY, v2_dtype
 from .errors import InvalidInput
 from .grpc._generated import grpc_predict_v2_pb2 as pb
 
-__all__ = ["TensorSpec", "decode_inputs", "decode_outputs", "encode_output", "serialize_bytes", "deserialize_bytes"]
+__all__ = ["TensorSpec", "decode_inputs", "decode_outputs", "encode_output", "to_raw", "serialize_bytes", "deserialize_bytes"]
 
 # V2 datatype -> the InferTensorContents field that carries it when sent typed.
 _CONTENTS_FIELD = {
@@ -149,14 +149,19 @@ def decode_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) ->
     return arrays
 
 
+def to_raw(array: np.ndarray) -> tuple[str, bytes]:
+    """(V2 datatype, raw contents) of an array: little-endian row-major, or length-prefixed BYTES."""
+    datatype = v2_dtype(array)
+    if datatype == "BYTES":
+        return datatype, serialize_bytes(array)
+    return datatype, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> None:
     """Append `array` to `response` as an output tensor with raw contents."""
-    datatype = v2_dtype(array)
+    datatype, raw = to_raw(array)
     response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-    if datatype == "BYTES":
-        response.raw_output_contents.append(serialize_bytes(array))
-    else:
-        response.raw_output_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+    response.raw_output_contents.append(raw)
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -35,25 +35,34 @@ def _activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
     return _ACTIVATIONS[name]
 
 
-class Dense(nn.Linear):
+class _Activated(nn.Module):
+    """Applies the Keras `activation` after the wrapped PyTorch layer's own forward."""
+
+    activation: str | None
+
+    def _set_activation(self, activation: str | None) -> None:
+        self.activation = activation
+        self._act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._act(super().forward(x))  # type: ignore[misc]  (the PyTorch layer's forward)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+class Dense(_Activated, nn.Linear):
     """`layer_dense(units, activation)`: a linear layer followed by its activation."""
 
     keras_type = "Dense"
     keras_name = "dense"
 
     def __init__(self, in_features: int, units: int, activation: str | None = None) -> None:
-        super().__init__(in_features, units)
-        self.activation = activation
-        self._act = _activation(activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._act(super().forward(x))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}"
+        nn.Linear.__init__(self, in_features, units)
+        self._set_activation(activation)
 
 
-class Conv2D(nn.Conv2d):
+class Conv2D(_Activated, nn.Conv2d):
     """`layer_conv_2d(filters, kernel_size, activation, padding)` on NCHW tensors."""
 
     keras_type = "Conv2D"
@@ -67,15 +76,8 @@ class Conv2D(nn.Conv2d):
         activation: str | None = None,
         padding: str = "valid",
     ) -> None:
-        super().__init__(in_channels, filters, kernel_size, padding=padding)
-        self.activation = activation
-        self._act = _activation(activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._act(super().forward(x))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}"
+        nn.Conv2d.__init__(self, in_channels, filters, kernel_size, padding=padding)
+        self._set_activation(activation)
 
 
 class MaxPooling2D(nn.MaxPool2d):
