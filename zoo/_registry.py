@@ -19,29 +19,45 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     section: str
     """The tutorial section the model comes from."""
-    input_shape: tuple[int, ...]
-    """One example's shape, without the batch axis (channels first for images)."""
+    input_shape: tuple[int | None, ...]
+    """One example's shape, without the batch axis (channels first for images); None: any length."""
     dataset: str
     """Dataset the default recipe trains on; it also gives labels and preprocessing."""
     recipe: Mapping[str, Any] = field(default_factory=dict)
     """TrainConfig fields that the default recipe sets for this model."""
+    task: str = "multiclass"
+    """"multiclass" (softmax over classes, integer labels) or "binary" (one sigmoid probability)."""
+    input_dtype: str = "float32"
+    """"float32", or "int64" for token ids."""
+    export: Mapping[str, Any] = field(default_factory=dict)
+    """ExportConfig fields this model needs (input/output names, dynamic axes, exporter)."""
     description: str = ""
+
+    def example_shape(self, length: int = 8) -> tuple[int, ...]:
+        """input_shape with every free dimension set to `length`."""
+        return tuple(length if d is None else d for d in self.input_shape)
 
 
 _MODELS: dict[str, ModelSpec] = {}
+TASKS = ("multiclass", "binary")
 
 
 def register_model(
     name: str,
     *,
     section: str,
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int | None, ...],
     dataset: str,
     recipe: Mapping[str, Any] | None = None,
+    task: str = "multiclass",
+    input_dtype: str = "float32",
+    export: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model builder under `name`; a name can be registered once."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if task not in TASKS:
+            raise ValueError(f"{name}: task must be one of {TASKS}, got {task!r}")
         if name in _MODELS:
             raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].builder.__module__})")
         doc = (builder.__doc__ or "").strip().splitlines()
@@ -52,6 +68,9 @@ def register_model(
             input_shape=tuple(input_shape),
             dataset=dataset,
             recipe=dict(recipe or {}),
+            task=task,
+            input_dtype=input_dtype,
+            export=dict(export or {}),
             description=doc[0] if doc else "",
         )
         return builder

@@ -29,6 +29,8 @@ class Summary:
     rows: tuple[LayerRow, ...]
     total_params: int
     trainable_params: int
+    notes: tuple[str, ...] = ()
+    """Where a layer's count differs from Keras' for the same layer, and why."""
 
     @property
     def non_trainable_params(self) -> int:
@@ -51,6 +53,7 @@ class Summary:
             f"Non-trainable params: {self.non_trainable_params:,}",
             "_" * _WIDTH,
         ]
+        out += [f"Note: {note}" for note in self.notes]
         return "\n".join(out)
 
 
@@ -59,53 +62,81 @@ def _is_layer(module: nn.Module) -> bool:
     return hasattr(module, "keras_type") or not any(True for _ in module.children())
 
 
-def summary(model: nn.Module, input_shape: tuple[int, ...], *, name: str | None = None, dtype: torch.dtype = torch.float32) -> Summary:
+_WHY = {
+    "SimpleRNN": "PyTorch's recurrent layers keep an input and a recurrent bias vector where Keras keeps one",
+    "LSTM": "PyTorch's recurrent layers keep an input and a recurrent bias vector where Keras keeps one",
+    "BatchNormalization": "Keras counts the moving mean and variance as non-trainable parameters; PyTorch keeps them as buffers",
+}
+
+
+def _shapes(model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[int, ...], dtype: torch.dtype) -> list[tuple[int, ...]]:
+    """Output shape of each layer, in the order the layers ran, for one example of `shape`."""
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.append((name, tuple((out[0] if isinstance(out, tuple) else out).shape[1:])))
+        )
+        for name, module in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes  # type: ignore[return-value]
+
+
+def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str | None = None, dtype: torch.dtype = torch.float32) -> Summary:
     """Summarise `model` for one example of `input_shape` (no batch axis).
 
-    Output shapes come from running the model once on zeros, with the batch
-    axis shown as None, as Keras does.
+    Output shapes come from running the model on zeros, with the batch axis
+    shown as None, as Keras does. A None in `input_shape` (a sequence length)
+    is tried at two sizes; output dimensions that follow it print as None.
     """
-    rows: list[LayerRow] = []
-    handles = []
-
-    def record(layer_name: str):
-        def hook(module: nn.Module, _inputs: object, output: object) -> None:
-            tensor = output[0] if isinstance(output, tuple) else output
-            params = list(module.parameters())
-            rows.append(
-                LayerRow(
-                    name=layer_name,
-                    layer_type=getattr(module, "keras_type", type(module).__name__),
-                    output_shape=(None, *tuple(tensor.shape[1:])),
-                    params=sum(p.numel() for p in params),
-                    trainable=sum(p.numel() for p in params if p.requires_grad),
-                )
-            )
-
-        return hook
+    layers: list[tuple[str, nn.Module]] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
         for child_name, child in module.named_children():
             full = f"{prefix}.{child_name}" if prefix else child_name
             if _is_layer(child):
-                handles.append(child.register_forward_hook(record(full)))
+                layers.append((full, child))
             else:
                 visit(child, full)
 
     visit(model, "")
+    modules = dict(layers)
     was_training = model.training
+    model.eval()
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), dtype=dtype))
+        first = _shapes(model, layers, tuple(7 if d is None else d for d in input_shape), dtype)
+        second = _shapes(model, layers, tuple(11 if d is None else d for d in input_shape), dtype) if None in input_shape else first
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
+    rows, notes = [], []
+    for (layer_name, a), (_, b) in zip(first, second):
+        module = modules[layer_name]
+        params = list(module.parameters())
+        count = sum(p.numel() for p in params)
+        layer_type = getattr(module, "keras_type", type(module).__name__)
+        rows.append(
+            LayerRow(
+                name=layer_name,
+                layer_type=layer_type,
+                output_shape=(None, *(x if x == y else None for x, y in zip(a, b))),
+                params=count,
+                trainable=sum(p.numel() for p in params if p.requires_grad),
+            )
+        )
+        keras = module.keras_params() if hasattr(module, "keras_params") else count
+        if keras != count:
+            notes.append(f"{layer_name} has {count:,} parameters here, {keras:,} in Keras: {_WHY.get(layer_type, 'see its docstring')}.")
+
     params = list(model.parameters())
     return Summary(
         model_name=name or type(model).__name__,
         rows=tuple(rows),
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        notes=tuple(notes),
     )

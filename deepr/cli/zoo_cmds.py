@@ -80,7 +80,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         spec = zoo.get_model_spec(args.model)
         model = load_weights(zoo.get_model(args.model), args.weights)
         data = load_dataset(args.data or spec.dataset)
-        metrics = evaluate(model, data.test, input_shape=spec.input_shape)
+        metrics = evaluate(model, data.test, task=spec.task, input_shape=spec.input_shape)
     print(json.dumps({"model": args.model, "dataset": data.description, **metrics}, indent=2))
     return 0
 

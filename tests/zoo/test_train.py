@@ -13,7 +13,7 @@ def test_convnet_default_recipe_beats_97_percent_held_out(trained_convnet, digit
     assert trained_convnet.test["accuracy"] >= 0.97, trained_convnet.test
     # The stored weights give the same held-out number when evaluated afresh.
     model = load_weights(zoo.get_model("mnist_convnet"), trained_convnet.out / "weights.pt")
-    again = evaluate(model, digits.test, input_shape=(1, 28, 28))
+    again = evaluate(model, digits.test)
     assert again["accuracy"] == pytest.approx(trained_convnet.test["accuracy"])
 
 

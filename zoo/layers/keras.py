@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Conv2D", "Dense", "Flatten", "MaxPooling2D", "keras_sequential"]
+from .regularizers import L1L2
+
+__all__ = ["BatchNormalization", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPooling2D", "SeparableConv2D", "keras_sequential"]
 
 _ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     None: lambda x: x,
@@ -36,13 +38,16 @@ def _activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class _Activated(nn.Module):
-    """Applies the Keras `activation` after the wrapped PyTorch layer's own forward."""
+    """Applies the Keras `activation` after the wrapped PyTorch layer's own forward,
+    and holds the optional `kernel_regularizer` (see regularizers.py)."""
 
     activation: str | None
+    kernel_regularizer: L1L2 | None
 
-    def _set_activation(self, activation: str | None) -> None:
+    def _set_activation(self, activation: str | None, kernel_regularizer: L1L2 | None = None) -> None:
         self.activation = activation
         self._act = _activation(activation)
+        self.kernel_regularizer = kernel_regularizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._act(super().forward(x))  # type: ignore[misc]  (the PyTorch layer's forward)
@@ -57,9 +62,9 @@ class Dense(_Activated, nn.Linear):
     keras_type = "Dense"
     keras_name = "dense"
 
-    def __init__(self, in_features: int, units: int, activation: str | None = None) -> None:
+    def __init__(self, in_features: int, units: int, activation: str | None = None, kernel_regularizer: L1L2 | None = None) -> None:
         nn.Linear.__init__(self, in_features, units)
-        self._set_activation(activation)
+        self._set_activation(activation, kernel_regularizer)
 
 
 class Conv2D(_Activated, nn.Conv2d):
@@ -75,9 +80,10 @@ class Conv2D(_Activated, nn.Conv2d):
         kernel_size: int | tuple[int, int],
         activation: str | None = None,
         padding: str = "valid",
+        kernel_regularizer: L1L2 | None = None,
     ) -> None:
         nn.Conv2d.__init__(self, in_channels, filters, kernel_size, padding=padding)
-        self._set_activation(activation)
+        self._set_activation(activation, kernel_regularizer)
 
 
 class MaxPooling2D(nn.MaxPool2d):
@@ -95,6 +101,61 @@ class Flatten(nn.Flatten):
 
     keras_type = "Flatten"
     keras_name = "flatten"
+
+
+class Dropout(nn.Dropout):
+    """`layer_dropout(rate)`: zeroes a fraction `rate` of features in training only."""
+
+    keras_type = "Dropout"
+    keras_name = "dropout"
+
+
+class BatchNormalization(nn.Module):
+    """`layer_batch_normalization()` after a Conv2D (NCHW, per channel) or a Dense layer (per feature).
+
+    Keras' defaults: momentum 0.99 (PyTorch counts it the other way: 0.01) and
+    epsilon 1e-3. Its moving mean and variance are non-trainable parameters in
+    Keras' count; here they are buffers, so Keras' "Non-trainable params" of a
+    BatchNormalization layer show up as 2 x features in `keras_params`.
+    """
+
+    keras_type = "BatchNormalization"
+    keras_name = "batch_normalization"
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(features, eps=1e-3, momentum=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # (B, C, H, W): normalise each channel over batch and space
+            return F.batch_norm(
+                x, self.norm.running_mean, self.norm.running_var, self.norm.weight, self.norm.bias,
+                self.training, self.norm.momentum, self.norm.eps,
+            )
+        return self.norm(x)
+
+    def keras_params(self) -> int:
+        return 4 * self.norm.num_features
+
+
+class SeparableConv2D(nn.Module):
+    """`layer_separable_conv_2d`: a depthwise conv (one filter per input channel) then a 1x1 pointwise conv.
+
+    Parameters: in*k*k (depthwise, no bias) + in*filters + filters (pointwise), as in Keras.
+    """
+
+    keras_type = "SeparableConv2D"
+    keras_name = "separable_conv2d"
+
+    def __init__(self, in_channels: int, filters: int, kernel_size: int, activation: str | None = None, padding: str = "valid") -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, filters, 1)
+        self.activation = activation
+        self._act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._act(self.pointwise(self.depthwise(x)))
 
 
 def keras_sequential(*layers: nn.Module) -> nn.Sequential:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from .._registry import get_model, get_model_spec
 from ..datasets import ImageClassificationData, load_dataset
 from .config import TrainConfig
-from .evaluate import categorical_crossentropy, evaluate
+from ..layers import regularization_loss
+from .evaluate import count_correct, evaluate, fit_input, task_loss
 from .plot import plot_history
 
 __all__ = ["TrainResult", "train", "load_weights"]
@@ -92,9 +93,10 @@ def train(cfg: TrainConfig, data: ImageClassificationData | None = None) -> Trai
         model.train()
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in loader:
-            x, y = x.to(device).reshape(len(x), *spec.input_shape), y.to(device)
-            probs = model(x)  # (B, classes)
-            loss = categorical_crossentropy(probs, y)
+            x, y = fit_input(x.to(device), spec.input_shape), y.to(device)
+            probs = model(x)  # (B, classes) softmax or (B, 1) sigmoid
+            # Weight penalties join the loss, and the reported loss, as in Keras.
+            loss = task_loss(spec.task, probs, y) + regularization_loss(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -102,12 +104,12 @@ def train(cfg: TrainConfig, data: ImageClassificationData | None = None) -> Trai
                 scheduler.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
-            correct += (probs.argmax(1) == y).sum().item()
+            correct += count_correct(spec.task, probs, y)
             bar.update()
         history["loss"].append(loss_sum / seen)
         history["accuracy"].append(correct / seen)
         if n_val:
-            val = evaluate(model, val_set, input_shape=spec.input_shape, device=device)
+            val = evaluate(model, val_set, task=spec.task, input_shape=spec.input_shape, device=device)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val["accuracy"])
         bar.set_postfix_str(
@@ -117,7 +119,7 @@ def train(cfg: TrainConfig, data: ImageClassificationData | None = None) -> Trai
     seconds = time.perf_counter() - start
     bar.close()
 
-    test = evaluate(model, data.test, input_shape=spec.input_shape, device=device)
+    test = evaluate(model, data.test, task=spec.task, input_shape=spec.input_shape, device=device)
     model = model.cpu().eval()
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cfg.out / "weights.pt")
