@@ -21,6 +21,11 @@ class ExportConfig:
     """Largest batch the serving config allows (config.pbtxt max_batch_size)."""
     validation_batch_sizes: tuple[int, ...] = (1, 7)
     """Batch sizes on which onnxruntime is checked against PyTorch."""
+    validation_lengths: tuple[int, ...] = (5, 23)
+    """Sizes tried for every other dynamic axis (sequence length), with each batch size."""
+    dynamo: bool = True
+    """Use torch.export (dynamo); False uses the TorchScript exporter, which alone
+    keeps nn.RNN's sequence length dynamic (it maps to ONNX's RNN op)."""
     atol: float = 1e-5
     """Absolute tolerance of the validation."""
     rtol: float = 1e-4

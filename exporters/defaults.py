@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zoo.datasets import load_dataset
+from zoo.datasets import SupervisedData, load_dataset
 from zoo.recipes import TrainConfig, train
 
 from .zoo_models import export_model
@@ -36,11 +36,12 @@ def build_default_repository(repository: str | Path, *, progress: bool = True) -
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}-", dir=repository.parent))
     records = []
     try:
-        data_cache: dict[str, object] = {}
+        loaded: dict[str, SupervisedData] = {}  # the default models share their dataset
         for name in DEFAULT_MODELS:
             cfg = TrainConfig.for_model(name, out=runs / name, progress=progress)
-            data = data_cache.setdefault(cfg.data, load_dataset(cfg.data))
-            result = train(cfg, data=data)  # type: ignore[arg-type]
+            if cfg.data not in loaded:
+                loaded[cfg.data] = load_dataset(cfg.data)
+            result = train(cfg, data=loaded[cfg.data])
             exported = export_model(name, staging, weights=runs / name / "weights.pt")
             records.append(
                 {

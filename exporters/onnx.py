@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import onnx
 import torch
@@ -16,6 +19,63 @@ from .errors import ExportError
 __all__ = ["export_onnx", "METADATA_PREFIX"]
 
 METADATA_PREFIX = "deepr."
+
+
+@contextlib.contextmanager
+def _quiet_torch_internals() -> Iterator[None]:
+    """Silence the notices torch's exporters raise about their own internals (deprecations
+    inside torch.export, recurrent layers' flat-weight bookkeeping, the TorchScript
+    tracer's shape checks inside nn.RNN): nothing a caller could act on. Whether the
+    graph generalises is what validate_onnx checks, at several batch sizes and lengths."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
+        # Raised for every recurrent layer, whatever the graph does; the batch-size
+        # checks in validate_onnx show whether the exported initial state follows the batch.
+        warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        yield
+
+
+def _axis_name(input_name: str, axis: int) -> str:
+    return "batch" if axis == 0 else f"{input_name}_dim{axis}"
+
+
+def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig) -> onnx.ModelProto:
+    dims = tuple(
+        {axis: torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
+        for name, axes in zip(config.input_names, config.dynamic_axes)
+    )
+    program = torch.onnx.export(
+        model,
+        example_inputs,
+        dynamo=True,
+        opset_version=config.opset,
+        input_names=list(config.input_names),
+        output_names=list(config.output_names),
+        dynamic_shapes=dims,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _torchscript_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig) -> onnx.ModelProto:
+    axes = {name: {axis: _axis_name(name, axis) for axis in dims} for name, dims in zip(config.input_names, config.dynamic_axes)}
+    for name in config.output_names:
+        axes[name] = {0: "batch"}
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        example_inputs,
+        buffer,
+        dynamo=False,
+        opset_version=config.opset,
+        input_names=list(config.input_names),
+        output_names=list(config.output_names),
+        dynamic_axes=axes,
+    )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def export_onnx(
@@ -32,29 +92,16 @@ def export_onnx(
     """
     if len(example_inputs) != len(config.input_names):
         raise ExportError(f"{len(example_inputs)} example inputs for input names {config.input_names}")
-    dims = [
-        {axis: torch.export.Dim(f"{name}_dim{axis}" if axis else "batch", min=1) for axis in axes}
-        for name, axes in zip(config.input_names, config.dynamic_axes)
-    ]
     was_training = model.training
     model.eval()
     try:
-        program = torch.onnx.export(
-            model,
-            example_inputs,
-            dynamo=True,
-            opset_version=config.opset,
-            input_names=list(config.input_names),
-            output_names=list(config.output_names),
-            dynamic_shapes=tuple(dims),
-            verbose=False,
-        )
+        with _quiet_torch_internals():
+            proto = _dynamo_export(model, example_inputs, config) if config.dynamo else _torchscript_export(model, example_inputs, config)
     except Exception as exc:  # torch raises many types here; the caller needs one
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
     finally:
         model.train(was_training)
 
-    proto = program.model_proto
     del proto.metadata_props[:]  # drop torch's internal bookkeeping; keep only what deepr documents
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()

@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from serving.classify import PREPROCESSING_PARAMETER
@@ -37,20 +38,43 @@ class ExportResult:
 
 
 def model_config_for(name: str, config: ExportConfig, output_dims: tuple[int, ...]) -> mc.ModelConfig:
-    """The config.pbtxt of a zoo image classifier."""
+    """The config.pbtxt of a zoo model."""
     spec = get_model_spec(name)
     info = dataset_info(spec.dataset)
     model_config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=config.max_batch_size)
-    image_like = len(spec.input_shape) == 3
+    image = info.preprocessing is not None and len(spec.input_shape) == 3
     model_config.input.add(
         name=config.input_names[0],
-        data_type=mc.TYPE_FP32,
-        format=mc.ModelInput.FORMAT_NCHW if image_like else mc.ModelInput.FORMAT_NONE,
-        dims=spec.input_shape,
+        data_type=mc.TYPE_INT64 if spec.input_dtype == "int64" else mc.TYPE_FP32,
+        format=mc.ModelInput.FORMAT_NCHW if image else mc.ModelInput.FORMAT_NONE,
+        dims=[-1 if d is None else d for d in spec.input_shape],
     )
     model_config.output.add(name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE)
-    model_config.parameters[PREPROCESSING_PARAMETER].string_value = info.preprocessing.to_json()
+    if info.preprocessing is not None:
+        model_config.parameters[PREPROCESSING_PARAMETER].string_value = info.preprocessing.to_json()
     return model_config
+
+
+def _labels(name: str) -> tuple[str, ...]:
+    """One label per output element: every class, or for a binary model the positive class."""
+    spec = get_model_spec(name)
+    classes = dataset_info(spec.dataset).classes
+    return classes[-1:] if spec.task == "binary" else classes
+
+
+def _validation_cases(model: torch.nn.Module, name: str, config: ExportConfig) -> list[tuple[np.ndarray, ...]]:
+    """Random inputs at every validation batch size (and sequence length, for free dimensions)."""
+    spec = get_model_spec(name)
+    rng = np.random.default_rng(0)
+    vocabulary = next((m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)), 2)
+    lengths = config.validation_lengths if None in spec.input_shape else (0,)
+    cases = []
+    for batch in config.validation_batch_sizes:
+        for length in lengths:
+            shape = (batch, *spec.example_shape(length))
+            array = rng.integers(0, vocabulary, shape) if spec.input_dtype == "int64" else rng.random(shape, dtype=np.float32)
+            cases.append((array,))
+    return cases
 
 
 def export_model(
@@ -58,13 +82,18 @@ def export_model(
     repository: str | Path,
     *,
     weights: str | Path | None = None,
-    config: ExportConfig = ExportConfig(),
+    max_batch_size: int = 256,
     version: int | None = None,
 ) -> ExportResult:
-    """Export zoo model `name` (trained `weights`, or fresh ones with a warning) into `repository`."""
+    """Export zoo model `name` (trained `weights`, or fresh ones with a warning) into `repository`.
+
+    Input/output names, dynamic axes and the exporter come from the model's
+    registry entry; the graph is checked against PyTorch at two batch sizes
+    (and two sequence lengths where the length is free) before it is added.
+    """
     start = time.perf_counter()
     spec = get_model_spec(name)
-    info = dataset_info(spec.dataset)
+    config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
     model = get_model(name)
     if weights is None:
         warnings.warn(
@@ -75,20 +104,22 @@ def export_model(
     else:
         load_weights(model, weights)
     model.eval()
-    example = torch.zeros((2, *spec.input_shape))
+    cases = _validation_cases(model, name, config)
+    example = torch.from_numpy(cases[-1][0][:2])  # torch.export would fix a size of 1
     with torch.no_grad():
         output_dims = tuple(model(example).shape[1:])
+    info = dataset_info(spec.dataset)
     metadata = {
         "model": name,
         "weights": Path(weights).name if weights else "untrained",
-        "labels": list(info.classes),
-        "preprocessing": info.preprocessing.to_json(),
+        "labels": list(_labels(name)),
+        **({"preprocessing": info.preprocessing.to_json()} if info.preprocessing else {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(model, (example,), onnx_file, config, metadata)
-        report = validate_onnx(model, onnx_file, (spec.input_shape,), config)
+        report = validate_onnx(model, onnx_file, cases, config)
         version_dir = add_to_repository(
-            Path(repository), model_config_for(name, config, output_dims), onnx_file, labels=info.classes, version=version
+            Path(repository), model_config_for(name, config, output_dims), onnx_file, labels=_labels(name), version=version
         )
     return ExportResult(name, version_dir, report, time.perf_counter() - start)

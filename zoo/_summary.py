@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LayerRow", "Summary", "summary"]
+__all__ = ["LayerRow", "Summary", "model_summary", "summary"]
 
 _WIDTH = 80
 
@@ -19,6 +19,8 @@ class LayerRow:
     output_shape: tuple[int | None, ...]
     params: int
     trainable: int
+    keras_params: int
+    """The same layer's count in Keras (differs for SimpleRNN, LSTM, BatchNormalization)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class Summary:
     trainable_params: int
     notes: tuple[str, ...] = ()
     """Where a layer's count differs from Keras' for the same layer, and why."""
+
+    @property
+    def keras_total_params(self) -> int:
+        """What Keras' summary() would print as Total params for the same layers."""
+        return self.total_params + sum(r.keras_params - r.params for r in self.rows)
 
     @property
     def non_trainable_params(self) -> int:
@@ -119,6 +126,7 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
         params = list(module.parameters())
         count = sum(p.numel() for p in params)
         layer_type = getattr(module, "keras_type", type(module).__name__)
+        keras = module.keras_params() if hasattr(module, "keras_params") else count
         rows.append(
             LayerRow(
                 name=layer_name,
@@ -126,9 +134,9 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
                 output_shape=(None, *(x if x == y else None for x, y in zip(a, b))),
                 params=count,
                 trainable=sum(p.numel() for p in params if p.requires_grad),
+                keras_params=keras,
             )
         )
-        keras = module.keras_params() if hasattr(module, "keras_params") else count
         if keras != count:
             notes.append(f"{layer_name} has {count:,} parameters here, {keras:,} in Keras: {_WHY.get(layer_type, 'see its docstring')}.")
 
@@ -140,3 +148,12 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         notes=tuple(notes),
     )
+
+
+def model_summary(name: str) -> Summary:
+    """The summary of registered model `name` with freshly built weights, at its registered input."""
+    from ._registry import get_model, get_model_spec
+
+    spec = get_model_spec(name)
+    dtype = torch.int64 if spec.input_dtype == "int64" else torch.float32
+    return summary(get_model(name), spec.input_shape, name=name, dtype=dtype)

@@ -42,8 +42,7 @@ def _summary(args: argparse.Namespace) -> int:
     import zoo
 
     with _user_errors():
-        spec = zoo.get_model_spec(args.model)
-        print(zoo.summary(zoo.get_model(args.model), spec.input_shape, name=args.model))
+        print(zoo.model_summary(args.model))
     return 0
 
 
@@ -79,14 +78,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _user_errors():
         spec = zoo.get_model_spec(args.model)
         model = load_weights(zoo.get_model(args.model), args.weights)
-        data = load_dataset(args.data or spec.dataset)
+        data = load_dataset(args.data or spec.dataset, like=spec.dataset)
         metrics = evaluate(model, data.test, task=spec.task, input_shape=spec.input_shape)
     print(json.dumps({"model": args.model, "dataset": data.description, **metrics}, indent=2))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from exporters import ExportConfig, ExportError, export_model
+    from exporters import ExportError, export_model
 
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -96,7 +95,7 @@ def _export(args: argparse.Namespace) -> int:
                 args.model,
                 args.repository,
                 weights=args.weights,
-                config=ExportConfig(max_batch_size=args.max_batch_size),
+                max_batch_size=args.max_batch_size,
                 version=args.version,
             )
         except ExportError as exc:
@@ -104,7 +103,7 @@ def _export(args: argparse.Namespace) -> int:
     v = result.validation
     print(
         f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
-        f"at batch sizes {list(v.batch_sizes)}: max |diff| {v.max_abs_diff:.2g} (atol {v.atol:g})"
+        f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g} (atol {v.atol:g})"
     )
     return 0
 

@@ -32,25 +32,45 @@ def exported(tmp_path_factory):
     return repo, results
 
 
+def free_length(name):
+    return None in zoo.get_model_spec(name).input_shape
+
+
 @pytest.mark.parametrize("name", zoo.list_models())
-def test_parity_at_two_batch_sizes(exported, name):
+def test_parity_at_two_batch_sizes_and_lengths(exported, name):
     report = exported[1][name].validation
-    assert report.batch_sizes == (1, 7)
-    assert report.max_abs_diff < 1e-5
+    batches = sorted({shape[0] for shape in report.input_shapes})
+    assert batches == [1, 7]
+    if free_length(name):
+        assert sorted({shape[1] for shape in report.input_shapes}) == [5, 23]
+    assert report.max_abs_diff < 2e-5
+
+
+def random_input(name, batch, length):
+    spec = zoo.get_model_spec(name)
+    shape = (batch, *spec.example_shape(length))
+    rng = np.random.default_rng(batch)
+    return rng.integers(0, 1000, shape) if spec.input_dtype == "int64" else rng.random(shape, dtype=np.float32)
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
-def test_batch_axis_is_dynamic(exported, name):
+def test_batch_and_length_axes_are_dynamic(exported, name):
     repo, _ = exported
     path = repo / name / "1" / "model.onnx"
     graph_input = onnx.load(path).graph.input[0]
-    assert graph_input.type.tensor_type.shape.dim[0].dim_param  # symbolic, not a number
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param  # symbolic, not a number
+    if free_length(name):
+        assert dims[1].dim_param
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    spec = zoo.get_model_spec(name)
-    for batch in (3, 64):
-        out = session.run(None, {"images": np.random.rand(batch, *spec.input_shape).astype(np.float32)})[0]
-        assert out.shape == (batch, 10)
-        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    for batch, length in ((3, 9), (64, 40)):
+        x = random_input(name, batch, length)
+        out = session.run(None, {graph_input.name: x})[0]
+        assert out.shape[0] == batch
+        if zoo.get_model_spec(name).task == "multiclass":
+            np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+        else:
+            assert out.shape == (batch, 1) and ((out > 0) & (out < 1)).all()
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -59,12 +79,17 @@ def test_config_is_valid_triton_and_matches_graph(exported, name):
     config = text_format.Parse((repo / name / "config.pbtxt").read_text(), triton_config.ModelConfig())
     assert config.name == name and config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 256
+    spec = zoo.get_model_spec(name)
     graph = onnx.load(repo / name / "1" / "model.onnx").graph
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
-    assert list(config.input[0].dims) == dims == list(zoo.get_model_spec(name).input_shape)
-    assert config.output[0].name == graph.output[0].name and list(config.output[0].dims) == [10]
+    dims = [d.dim_value or -1 for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert list(config.input[0].dims) == dims == [-1 if d is None else d for d in spec.input_shape]
+    elem_type = graph.input[0].type.tensor_type.elem_type
+    assert (elem_type, config.input[0].data_type) in {
+        (onnx.TensorProto.FLOAT, triton_config.TYPE_FP32), (onnx.TensorProto.INT64, triton_config.TYPE_INT64)
+    }
     labels = (repo / name / config.output[0].label_filename).read_text().splitlines()
-    assert labels == [str(d) for d in range(10)]
+    assert config.output[0].name == graph.output[0].name and list(config.output[0].dims) == [len(labels)]
+    assert labels == ([str(d) for d in range(10)] if spec.task == "multiclass" else ["prose"])
 
 
 def test_metadata_travels_in_the_graph(exported):
@@ -96,10 +121,11 @@ def test_versions_increase(tmp_path):
 def test_mismatch_lists_every_batch_size(exported):
     repo, _ = exported
     other = zoo.get_model("mnist_convnet")  # different random weights than the exported graph
+    cases = [(np.random.rand(b, 1, 28, 28).astype(np.float32),) for b in (1, 7)]
     with pytest.raises(ToleranceError) as info:
-        validate_onnx(other, repo / "mnist_convnet" / "1" / "model.onnx", ((1, 28, 28),))
+        validate_onnx(other, repo / "mnist_convnet" / "1" / "model.onnx", cases)
     assert isinstance(info.value, ValidationError)
-    assert [f.split(",")[0] for f in info.value.failures] == ["batch 1", "batch 7"]
+    assert [f.split(", output")[0] for f in info.value.failures] == ["input shape (1, 1, 28, 28)", "input shape (7, 1, 28, 28)"]
     assert "max |diff|" in str(info.value)
 
 
@@ -113,6 +139,22 @@ def test_weights_are_loaded_without_unpickling(tmp_path):
     torch.save({"payload": object()}, bad)  # arbitrary objects need full unpickling
     with pytest.raises(Exception, match="weights_only|Unsupported global"):
         load_weights(zoo.get_model("mnist_dense"), bad)
+
+
+def test_recurrent_model_trained_weights_match_on_real_sequences(tmp_path):
+    from zoo.datasets import load_dataset
+    from zoo.recipes import TrainConfig, train
+
+    data = load_dataset("words_sequences")
+    result = train(TrainConfig.for_model("imdb_gru", out=tmp_path / "run", epochs=2, progress=False), data=data)
+    exported = export_model("imdb_gru", tmp_path / "repo", weights=tmp_path / "run" / "weights.pt")
+    session = ort.InferenceSession(str(exported.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    x, _ = data.test.tensors
+    for length in (100, 37):  # the padded length, and a shorter window of the same reviews
+        window = x[:50, -length:]
+        with torch.no_grad():
+            want = result.model(window).numpy()
+        np.testing.assert_allclose(session.run(None, {"tokens": window.numpy()})[0], want, atol=1e-5)
 
 
 def test_export_config_rejects_contradictions():

@@ -1,27 +1,36 @@
-"""Datasets the recipes train on, each with its labels and input preprocessing."""
+"""Datasets the recipes train on, each with its labels and input preprocessing.
+
+A dataset *family* fixes what a model sees (28x28 digits, multi-hot word
+vectors, padded word sequences, ...). Each family has an embedded default made
+of real data that ships with an installed package, and reads the same kind of
+data from a path the user gives (MNIST IDX files, Keras' imdb.npz, ...).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from serving.preprocessing import ImagePreprocessing
 
 from .digits import load_digits_28x28
 from .errors import DatasetError
 from .mnist import load_mnist, read_idx
+from .text import load_imdb_npz, multi_hot, pad_sequences, stdlib_prose_code
 
 __all__ = [
     "DatasetError",
     "DatasetInfo",
-    "ImageClassificationData",
+    "SupervisedData",
     "data_home",
     "dataset_info",
+    "list_datasets",
     "load_dataset",
     "load_mnist",
     "read_idx",
@@ -31,38 +40,51 @@ DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # MNIST-style input: one grey channel, 28x28, pixel values scaled to [0, 1].
 DIGIT_PREPROCESSING = ImagePreprocessing(size=(28, 28), color_mode="L", scale=1 / 255)
 
+# Word-vector settings of the tutorial's models: 10,000 words multi-hot for the
+# dense nets; 1,000 words, sequences cut to 100 tokens, for the recurrent ones.
+MULTI_HOT_WORDS = 10_000
+SEQUENCE_WORDS = 1_000
+SEQUENCE_LENGTH = 100
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a trained model inherits from its dataset, known without loading the data."""
 
     classes: tuple[str, ...]
-    preprocessing: ImagePreprocessing
-
-
-_INFO = {"digits": DatasetInfo(DIGIT_CLASSES, DIGIT_PREPROCESSING), "mnist": DatasetInfo(DIGIT_CLASSES, DIGIT_PREPROCESSING)}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Labels and preprocessing of a dataset by name (a directory of IDX files counts as mnist)."""
-    return _INFO.get(name, _INFO["mnist"] if Path(name).is_dir() else None) or _unknown(name)
-
-
-def _unknown(name: str) -> DatasetInfo:
-    raise DatasetError(f"unknown dataset {name!r}: expected one of {sorted(_INFO)} or a directory of MNIST IDX files")
+    """Class names; for binary tasks (negative, positive)."""
+    preprocessing: ImagePreprocessing | None = None
+    """How a picture becomes an input, for image datasets."""
 
 
 @dataclass(frozen=True)
-class ImageClassificationData:
-    """Train and held-out test splits of a labelled image dataset, as float tensors."""
+class SupervisedData:
+    """Train and held-out test splits as tensors, with what the model inherits."""
 
     name: str
-    train: TensorDataset
-    """(images float32 (N, C, H, W) preprocessed, labels int64 (N,))."""
-    test: TensorDataset
-    classes: tuple[str, ...]
-    preprocessing: ImagePreprocessing
+    train: Dataset
+    """(inputs, labels) pairs; inputs float32 or int64 token ids, labels int64."""
+    test: Dataset
+    info: DatasetInfo
     description: str
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing | None:
+        return self.info.preprocessing
+
+
+@dataclass(frozen=True)
+class _Family:
+    info: DatasetInfo
+    default: Callable[[], SupervisedData]
+    from_path: Callable[[Path], SupervisedData]
+    path_kind: str
+    """What a user path must be, for error messages."""
+    aliases: dict[str, Callable[[], SupervisedData]] = field(default_factory=dict)
 
 
 def data_home() -> Path:
@@ -70,12 +92,18 @@ def data_home() -> Path:
     return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "data"
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+# -- digits / MNIST ------------------------------------------------------------------------------------------------
+
+
+def _digit_tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     x = torch.from_numpy(images.astype(np.float32) * DIGIT_PREPROCESSING.scale).unsqueeze(1)  # (N, 1, 28, 28)
     return TensorDataset(x, torch.from_numpy(labels))
 
 
-def _digits(test_fraction: float = 0.2) -> ImageClassificationData:
+_DIGITS_INFO = DatasetInfo(DIGIT_CLASSES, DIGIT_PREPROCESSING)
+
+
+def _digits(test_fraction: float = 0.2) -> SupervisedData:
     images, labels = load_digits_28x28()
     # A fixed, stratified hold-out: the same test images for every run and seed.
     rng = np.random.default_rng(0)
@@ -84,44 +112,100 @@ def _digits(test_fraction: float = 0.2) -> ImageClassificationData:
     )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_idx] = True
-    return ImageClassificationData(
+    return SupervisedData(
         name="digits",
-        train=_to_tensors(images[~is_test], labels[~is_test]),
-        test=_to_tensors(images[is_test], labels[is_test]),
-        classes=DIGIT_CLASSES,
-        preprocessing=DIGIT_PREPROCESSING,
+        train=_digit_tensors(images[~is_test], labels[~is_test]),
+        test=_digit_tensors(images[is_test], labels[is_test]),
+        info=_DIGITS_INFO,
         description=f"scikit-learn digits at 28x28: {int((~is_test).sum())} train, {int(is_test.sum())} held-out test images",
     )
 
 
-def _mnist(root: Path, download: bool) -> ImageClassificationData:
+def _mnist(root: Path, download: bool = False) -> SupervisedData:
     splits = load_mnist(root, download=download)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     if train_x.shape[1:] != (28, 28):
         raise DatasetError(f"MNIST images in {root} are {train_x.shape[1:]}, the models take 28x28")
-    return ImageClassificationData(
+    return SupervisedData(
         name="mnist",
-        train=_to_tensors(train_x, train_y),
-        test=_to_tensors(test_x, test_y),
-        classes=DIGIT_CLASSES,
-        preprocessing=DIGIT_PREPROCESSING,
+        train=_digit_tensors(train_x, train_y),
+        test=_digit_tensors(test_x, test_y),
+        info=_DIGITS_INFO,
         description=f"MNIST from {root}: {len(train_y)} train, {len(test_y)} test images",
     )
 
 
-def load_dataset(source: str) -> ImageClassificationData:
-    """Load a dataset by name or path.
+# -- word vectors --------------------------------------------------------------------------------------------------
+
+_PROSE_CODE_INFO = DatasetInfo(("code", "prose"))
+_IMDB_INFO = DatasetInfo(("negative", "positive"))
+
+
+def _words(vectorize: Callable[[list[list[int]]], np.ndarray], num_words: int, source: Path | None) -> SupervisedData:
+    if source is None:
+        (train_x, train_y), (test_x, test_y) = stdlib_prose_code(num_words)
+        name, info = "prose_code", _PROSE_CODE_INFO
+        description = f"standard-library prose vs code snippets: {len(train_y)} train, {len(test_y)} held-out (other files)"
+    else:
+        (train_x, train_y), (test_x, test_y) = load_imdb_npz(source, num_words)
+        name, info = "imdb", _IMDB_INFO
+        description = f"IMDB reviews from {source}: {len(train_y)} train, {len(test_y)} test"
+
+    def tensors(x: list[list[int]], y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(vectorize(x)), torch.from_numpy(y))
+
+    return SupervisedData(name, tensors(train_x, train_y), tensors(test_x, test_y), info, description)
+
+
+def _multi_hot(source: Path | None = None) -> SupervisedData:
+    return _words(lambda x: multi_hot(x, MULTI_HOT_WORDS), MULTI_HOT_WORDS, source)
+
+
+def _sequences(source: Path | None = None) -> SupervisedData:
+    return _words(lambda x: pad_sequences(x, SEQUENCE_LENGTH), SEQUENCE_WORDS, source)
+
+
+_FAMILIES: dict[str, _Family] = {
+    "digits": _Family(_DIGITS_INFO, _digits, _mnist, "a directory of MNIST IDX files",
+                      aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)}),
+    "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
+    "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def _family(name: str) -> _Family:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}: expected one of {list_datasets()}") from None
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Labels and preprocessing of a dataset family, known without loading it."""
+    return _family(name).info
+
+
+def load_dataset(source: str, like: str | None = None) -> SupervisedData:
+    """Load a dataset.
 
     Args:
-        source: "digits" (embedded, offline), "mnist" (the IDX files under
-            data_home()/mnist, downloaded there when missing and the network
-            allows), or a directory holding MNIST's IDX files.
+        source: a family name ("digits", "words_multi_hot", ...) for its embedded
+            default; "mnist" for MNIST in data_home() (downloaded when missing and
+            the network allows); or a path, read as data of family `like`
+            (a directory of MNIST IDX files, Keras' imdb.npz, ...).
+        like: the family a path belongs to; default "digits".
     """
-    if source == "digits":
-        return _digits()
-    if source == "mnist":
-        return _mnist(data_home() / "mnist", download=True)
+    if source in _FAMILIES:
+        return _FAMILIES[source].default()
+    for family in _FAMILIES.values():
+        if source in family.aliases:
+            return family.aliases[source]()
+    family = _family(like or "digits")
     path = Path(source)
-    if path.is_dir():
-        return _mnist(path, download=False)
-    return _unknown(source)
+    if not path.exists():
+        raise DatasetError(f"unknown dataset {source!r}: not one of {list_datasets()} and no such path (expected {family.path_kind})")
+    return family.from_path(path)

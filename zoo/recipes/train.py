@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .._registry import get_model, get_model_spec
-from ..datasets import ImageClassificationData, load_dataset
+from ..datasets import SupervisedData, load_dataset
 from .config import TrainConfig
 from ..layers import regularization_loss
 from .evaluate import count_correct, evaluate, fit_input, task_loss
@@ -63,11 +63,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def train(cfg: TrainConfig, data: ImageClassificationData | None = None) -> TrainResult:
+def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
     spec = get_model_spec(cfg.model)
     device = _device(cfg.device)
-    data = data or load_dataset(cfg.data)
+    data = data or load_dataset(cfg.data, like=spec.dataset)
 
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model).to(device)
