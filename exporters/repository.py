@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from serving.grpc._generated import model_config_pb2 as mc
+from serving.labels import write_labels
 from serving.model_config import write_config
 
 __all__ = ["add_to_repository", "next_version", "LABELS_FILE"]
@@ -48,6 +49,6 @@ def add_to_repository(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if labels is not None:
-        (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+        write_labels(model_dir / LABELS_FILE, labels)
     write_config(model_dir, config)
     return target

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ServingError
 from .grpc._generated import model_config_pb2 as mc
+from .labels import read_labels
 from .model import OnnxModel
 from .model_config import CONFIG_FILE, read_config
 
@@ -111,7 +112,7 @@ class ModelRepository:
             if output.label_filename:
                 path = model_dir / output.label_filename
                 try:
-                    labels[output.name] = path.read_text().splitlines()
+                    labels[output.name] = read_labels(path)
                 except OSError as exc:
                     raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
         return ModelEntry(name, READY, config=config, versions=versions, labels=labels)

@@ -19,6 +19,8 @@ from exporters import (
     export_model,
     validate_onnx,
 )
+from serving.labels import read_labels
+from zoo.datasets import dataset_info
 from zoo.recipes import load_weights
 
 
@@ -87,9 +89,10 @@ def test_config_is_valid_triton_and_matches_graph(exported, name):
     assert (elem_type, config.input[0].data_type) in {
         (onnx.TensorProto.FLOAT, triton_config.TYPE_FP32), (onnx.TensorProto.INT64, triton_config.TYPE_INT64)
     }
-    labels = (repo / name / config.output[0].label_filename).read_text().splitlines()
+    labels = read_labels(repo / name / config.output[0].label_filename)
     assert config.output[0].name == graph.output[0].name and list(config.output[0].dims) == [len(labels)]
-    assert labels == ([str(d) for d in range(10)] if spec.task == "multiclass" else ["prose"])
+    classes = list(dataset_info(spec.dataset).classes)
+    assert labels == (classes if spec.task == "multiclass" else classes[-1:])
 
 
 def test_metadata_travels_in_the_graph(exported):

@@ -71,3 +71,12 @@ def test_outputs_round_trip():
     assert [o.datatype for o in response.outputs] == ["FP32", "INT64", "BYTES"]
     for name in arrays:
         assert back[name].tolist() == arrays[name].tolist()
+
+
+def test_labels_file_keeps_every_character_on_its_line(tmp_path):
+    from serving.labels import read_labels, write_labels
+
+    labels = ["\n", " ", "\\", "a", "\\n", "\r", "x y"]
+    write_labels(tmp_path / "labels.txt", labels)
+    assert len((tmp_path / "labels.txt").read_text().splitlines()) == len(labels)
+    assert read_labels(tmp_path / "labels.txt") == labels

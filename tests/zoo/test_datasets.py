@@ -99,3 +99,46 @@ def test_missing_files_are_listed(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+
+
+def test_char_windows_from_a_text_file(tmp_path):
+    from zoo.datasets.chars import CHARSET
+
+    text = "The Quick brown fox\tjumps over the lazy dog. " * 40 + "\u00e9t\u00e9"
+    (tmp_path / "corpus.txt").write_text(text)
+    data = load_dataset(str(tmp_path / "corpus.txt"), like="chars")
+    x, y = data.train[0]
+    assert x.shape == (60, len(CHARSET)) and float(x.sum()) == 60.0
+    decoded = "".join(CHARSET[i] for i in x.argmax(1).tolist())
+    assert decoded == text.lower().replace("\t", " ")[:60]
+    assert CHARSET[int(y)] == text.lower()[60]
+    usable = len(text) - 2  # the two accented letters are outside the character set
+    assert len(data.train) == len(range(0, int(usable * 0.9) - 60, 3))
+
+
+def test_char_corpus_errors(tmp_path):
+    (tmp_path / "short.txt").write_text("too short")
+    with pytest.raises(DatasetError, match="at least 61 are needed"):
+        load_dataset(str(tmp_path / "short.txt"), like="chars")
+    with pytest.raises(DatasetError, match="cannot download http://127.0.0.1:1/nietzsche.txt"):
+        load_dataset("http://127.0.0.1:1/nietzsche.txt", like="chars")
+
+
+def test_imdb_npz_format(tmp_path):
+    x_train = np.empty(3, dtype=object)
+    x_train[:] = [[1, 14, 22], [5, 9998, 3], [7]]
+    x_test = np.empty(2, dtype=object)
+    x_test[:] = [[2, 2], [9, 10, 11, 12]]
+    np.savez(tmp_path / "imdb.npz", x_train=x_train, y_train=np.array([1, 0, 1]), x_test=x_test, y_test=np.array([0, 1]))
+    data = load_dataset(str(tmp_path / "imdb.npz"), like="words_multi_hot")
+    x, y = data.train.tensors
+    assert x.shape == (3, 10_000) and y.tolist() == [1, 0, 1]
+    # Keras' shift: rank r becomes r + 3, after the start mark 1; ranks past num_words become OOV (2).
+    assert sorted(np.flatnonzero(x[0].numpy()).tolist()) == [1, 4, 17, 25]
+    assert sorted(np.flatnonzero(x[1].numpy()).tolist()) == [1, 2, 6, 8]
+    seq = load_dataset(str(tmp_path / "imdb.npz"), like="words_sequences")
+    tokens = seq.test.tensors[0]
+    assert tokens.shape == (2, 100) and tokens[1, -5:].tolist() == [1, 12, 13, 14, 15]
+    with pytest.raises(DatasetError, match="is not Keras' imdb.npz: it lacks y_test"):
+        np.savez(tmp_path / "bad.npz", x_train=x_train, y_train=np.array([1, 0, 1]), x_test=x_test)
+        load_dataset(str(tmp_path / "bad.npz"), like="words_multi_hot")

@@ -21,6 +21,7 @@ KERAS_PARAMS = {
     "imdb_simple_rnn": [32_000, 1_368, 25],
     "imdb_lstm": [32_000, 5_472, 25],
     "imdb_gru": [32_000, 4_176, 25],
+    "char_lstm": [4 * (128 * 70 + 128 * 128 + 128), 128 * 70 + 70],
 }
 TUTORIAL_TOTALS = {
     "mnist_dense": 407_050,
@@ -30,7 +31,7 @@ TUTORIAL_TOTALS = {
     "imdb_lstm": 37_497,
 }
 # PyTorch's extra recurrent bias: one vector of `units` per gate.
-PYTORCH_EXTRA = {"imdb_simple_rnn": 24, "imdb_lstm": 4 * 24}
+PYTORCH_EXTRA = {"imdb_simple_rnn": 24, "imdb_lstm": 4 * 24, "char_lstm": 4 * 128}
 
 
 def test_every_model_has_keras_counts():

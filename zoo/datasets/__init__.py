@@ -22,6 +22,8 @@ from serving.preprocessing import ImagePreprocessing
 from .digits import load_digits_28x28
 from .errors import DatasetError
 from .mnist import load_mnist, read_idx
+from .chars import CHARSET, CharWindows, encode_text, read_corpus
+from .stdlib_text import docstrings
 from .text import load_imdb_npz, multi_hot, pad_sequences, stdlib_prose_code
 
 __all__ = [
@@ -165,11 +167,39 @@ def _sequences(source: Path | None = None) -> SupervisedData:
     return _words(lambda x: pad_sequences(x, SEQUENCE_LENGTH), SEQUENCE_WORDS, source)
 
 
+# -- characters ----------------------------------------------------------------------------------------------------
+
+_CHARS_INFO = DatasetInfo(tuple(CHARSET))
+# The default corpus: the first 200,000 characters of the standard library's docstrings.
+DOCSTRING_CHARS = 200_000
+
+
+def _chars(text: str, name: str, description: str, test_fraction: float = 0.1) -> SupervisedData:
+    codes = encode_text(text)
+    cut = int(len(codes) * (1 - test_fraction))  # the held-out part is the end of the text, unseen in training
+    return SupervisedData(
+        name,
+        CharWindows(codes[:cut]),
+        CharWindows(codes[cut:]),
+        _CHARS_INFO,
+        f"{description}: {cut:,} training and {len(codes) - cut:,} held-out characters (the last {test_fraction:.0%})",
+    )
+
+
+def _docstring_chars() -> SupervisedData:
+    return _chars(docstrings(DOCSTRING_CHARS), "docstrings", "standard-library docstrings")
+
+
+def _text_file(path: Path) -> SupervisedData:
+    return _chars(read_corpus(path), "text", str(path))
+
+
 _FAMILIES: dict[str, _Family] = {
     "digits": _Family(_DIGITS_INFO, _digits, _mnist, "a directory of MNIST IDX files",
                       aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)}),
     "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
     "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),
+    "chars": _Family(_CHARS_INFO, _docstring_chars, _text_file, "a text file or an http(s) URL"),
 }
 
 
@@ -205,6 +235,8 @@ def load_dataset(source: str, like: str | None = None) -> SupervisedData:
         if source in family.aliases:
             return family.aliases[source]()
     family = _family(like or "digits")
+    if family is _FAMILIES["chars"] and source.startswith(("http://", "https://")):
+        return _chars(read_corpus(source), "text", source)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"unknown dataset {source!r}: not one of {list_datasets()} and no such path (expected {family.path_kind})")
