@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import warnings
@@ -55,11 +56,20 @@ def model_config_for(name: str, config: ExportConfig, output_dims: tuple[int, ..
     return model_config
 
 
-def _labels(name: str) -> tuple[str, ...]:
+def _classes(name: str, weights: Path | None) -> tuple[str, ...]:
+    """The classes the weights were trained on (metrics.json beside them, written by
+    `train`), else those of the model's default dataset."""
+    metrics = weights.parent / "metrics.json" if weights is not None else None
+    if metrics is not None and metrics.is_file():
+        classes = json.loads(metrics.read_text()).get("classes")
+        if classes:
+            return tuple(classes)
+    return dataset_info(get_model_spec(name).dataset).classes
+
+
+def _labels(name: str, classes: tuple[str, ...]) -> tuple[str, ...]:
     """One label per output element: every class, or for a binary model the positive class."""
-    spec = get_model_spec(name)
-    classes = dataset_info(spec.dataset).classes
-    return classes[-1:] if spec.task == "binary" else classes
+    return classes[-1:] if get_model_spec(name).task == "binary" else classes
 
 
 def _validation_cases(model: torch.nn.Module, name: str, config: ExportConfig) -> list[tuple[np.ndarray, ...]]:
@@ -109,10 +119,11 @@ def export_model(
     with torch.no_grad():
         output_dims = tuple(model(example).shape[1:])
     info = dataset_info(spec.dataset)
+    labels = _labels(name, _classes(name, Path(weights) if weights else None))
     metadata = {
         "model": name,
         "weights": Path(weights).name if weights else "untrained",
-        "labels": list(_labels(name)),
+        "labels": list(labels),
         **({"preprocessing": info.preprocessing.to_json()} if info.preprocessing else {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +131,6 @@ def export_model(
         export_onnx(model, (example,), onnx_file, config, metadata)
         report = validate_onnx(model, onnx_file, cases, config)
         version_dir = add_to_repository(
-            Path(repository), model_config_for(name, config, output_dims), onnx_file, labels=_labels(name), version=version
+            Path(repository), model_config_for(name, config, output_dims), onnx_file, labels=labels, version=version
         )
     return ExportResult(name, version_dir, report, time.perf_counter() - start)

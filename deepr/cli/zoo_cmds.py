@@ -46,6 +46,9 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+AUGMENTATION_FLAGS = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range", "horizontal_flip", "fill_mode")
+
+
 def _train(args: argparse.Namespace) -> int:
     from zoo.recipes import TrainConfig, train
 
@@ -61,6 +64,7 @@ def _train(args: argparse.Namespace) -> int:
             lr_schedule=args.lr_schedule,
             seed=args.seed,
             device=args.device,
+            **{key: getattr(args, key) for key in AUGMENTATION_FLAGS},
         )
         result = train(cfg)
     print(
@@ -128,6 +132,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
+    augment = p.add_argument_group("augmentation (picture data; as image_data_generator)")
+    augment.add_argument("--rotation-range", type=float, help="degrees")
+    augment.add_argument("--width-shift-range", type=float, help="fraction of the width")
+    augment.add_argument("--height-shift-range", type=float, help="fraction of the height")
+    augment.add_argument("--shear-range", type=float, help="degrees")
+    augment.add_argument("--zoom-range", type=float, help="zoom in [1 - z, 1 + z]")
+    augment.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None)
+    augment.add_argument("--fill-mode", choices=("nearest", "reflect", "constant"))
     p.set_defaults(run=_train)
 
     p = sub.add_parser("evaluate", help="held-out loss and accuracy of trained weights")

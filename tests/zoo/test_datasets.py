@@ -4,6 +4,7 @@ import gzip
 import struct
 
 import numpy as np
+import torch
 import pytest
 
 from zoo.datasets import DatasetError, load_dataset, load_mnist, read_idx
@@ -142,3 +143,60 @@ def test_imdb_npz_format(tmp_path):
     with pytest.raises(DatasetError, match="is not Keras' imdb.npz: it lacks y_test"):
         np.savez(tmp_path / "bad.npz", x_train=x_train, y_train=np.array([1, 0, 1]), x_test=x_test)
         load_dataset(str(tmp_path / "bad.npz"), like="words_multi_hot")
+
+
+def test_picture_crops_hold_out_the_right_third():
+    data = load_dataset("pictures")
+    assert data.classes == ("other", "cat")
+    assert (len(data.train), len(data.validation), len(data.test)) == (480, 60, 120)
+    x, y = data.test[0]
+    assert x.shape == (3, 150, 150) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_augmentation_applies_to_training_pictures_only():
+    from zoo.datasets import Augmentation
+
+    data = load_dataset("pictures", augmentation=Augmentation(rotation_range=40, zoom_range=0.2, horizontal_flip=True))
+    assert not torch.equal(data.train[0][0], data.train[0][0])  # a new random transform on every read
+    assert torch.equal(data.validation[0][0], data.validation[0][0])
+    assert torch.equal(data.test[3][0], data.test[3][0])
+
+
+@pytest.mark.parametrize("fill_mode", ["nearest", "reflect", "constant"])
+def test_fill_modes(fill_mode):
+    from zoo.datasets import Augmentation
+
+    image = torch.rand(3, 40, 40)
+    shifted = Augmentation(width_shift_range=0.3, fill_mode=fill_mode).transform((40, 40))(image)
+    assert shifted.shape == image.shape
+    if fill_mode != "constant":
+        assert float(shifted.min()) > 0 or float(image.min()) == 0  # no black border when filling from the image
+
+
+def test_bad_augmentation_is_explained():
+    from zoo.datasets import Augmentation
+
+    with pytest.raises(ValueError, match="wrap is not supported"):
+        Augmentation(fill_mode="wrap")
+    with pytest.raises(DatasetError, match="augmentation applies to picture datasets"):
+        load_dataset("digits", augmentation=Augmentation(horizontal_flip=True))
+
+
+def test_picture_folders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 4), ("validation", 2)):
+        for cls, level in (("cats", 40), ("dogs", 200)):
+            (tmp_path / part / cls).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(level, 10, (60, 80, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / part / cls / f"{i}.jpg")
+    data = load_dataset(str(tmp_path), like="pictures")
+    assert data.classes == ("cats", "dogs")
+    assert (len(data.train), len(data.validation), len(data.test)) == (8, 4, 4)
+    x, y = data.validation[3]
+    assert x.shape == (3, 150, 150) and int(y) == 1 and float(x.mean()) > 0.6
+    (tmp_path / "validation").rename(tmp_path / "val")
+    with pytest.raises(DatasetError, match="needs validation/ with one folder per class"):
+        load_dataset(str(tmp_path), like="pictures")

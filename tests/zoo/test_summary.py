@@ -22,6 +22,7 @@ KERAS_PARAMS = {
     "imdb_lstm": [32_000, 5_472, 25],
     "imdb_gru": [32_000, 4_176, 25],
     "char_lstm": [4 * (128 * 70 + 128 * 128 + 128), 128 * 70 + 70],
+    "catsdogs_convnet": [896, 0, 18_496, 0, 73_856, 0, 147_584, 0, 0, 0, 3_211_776, 513],
 }
 TUTORIAL_TOTALS = {
     "mnist_dense": 407_050,
@@ -29,6 +30,7 @@ TUTORIAL_TOTALS = {
     "mnist_convnet_nopool": 2_038_922,
     "imdb_simple_rnn": 33_393,
     "imdb_lstm": 37_497,
+    "catsdogs_convnet": 3_453_121,
 }
 # PyTorch's extra recurrent bias: one vector of `units` per gate.
 PYTORCH_EXTRA = {"imdb_simple_rnn": 24, "imdb_lstm": 4 * 24, "char_lstm": 4 * 128}

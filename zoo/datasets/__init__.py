@@ -22,11 +22,14 @@ from serving.preprocessing import ImagePreprocessing
 from .digits import load_digits_28x28
 from .errors import DatasetError
 from .mnist import load_mnist, read_idx
+from .augmentation import Augmentation
 from .chars import CHARSET, CharWindows, encode_text, read_corpus
+from .images import PictureSet, image_folders, skimage_cat_crops, to_tensor
 from .stdlib_text import docstrings
 from .text import load_imdb_npz, multi_hot, pad_sequences, stdlib_prose_code
 
 __all__ = [
+    "Augmentation",
     "DatasetError",
     "DatasetInfo",
     "SupervisedData",
@@ -69,6 +72,8 @@ class SupervisedData:
     test: Dataset
     info: DatasetInfo
     description: str
+    validation: Dataset | None = None
+    """Held-back data to validate on after each epoch; None: the trainer splits it from `train`."""
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -87,6 +92,8 @@ class _Family:
     path_kind: str
     """What a user path must be, for error messages."""
     aliases: dict[str, Callable[[], SupervisedData]] = field(default_factory=dict)
+    augments: bool = False
+    """Whether its loaders take an Augmentation for the training split."""
 
 
 def data_home() -> Path:
@@ -194,12 +201,51 @@ def _text_file(path: Path) -> SupervisedData:
     return _chars(read_corpus(path), "text", str(path))
 
 
+# -- pictures ------------------------------------------------------------------------------------------------------
+
+PICTURE_SIZE = (150, 150)
+_PICTURES_INFO = DatasetInfo(("other", "cat"), ImagePreprocessing(size=PICTURE_SIZE, color_mode="RGB", scale=1 / 255))
+
+
+def _picture_transforms(augmentation: Augmentation | None) -> tuple[Callable, Callable]:
+    plain = to_tensor(PICTURE_SIZE)
+    if augmentation is None or not augmentation.enabled:
+        return plain, plain
+    return lambda img: augmentation.transform(PICTURE_SIZE)(plain(img)), plain
+
+
+def _cat_crops(augmentation: Augmentation | None = None) -> SupervisedData:
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = skimage_cat_crops()
+    train_tf, eval_tf = _picture_transforms(augmentation)
+    return SupervisedData(
+        "cat_crops",
+        PictureSet(train_x, train_y, train_tf),
+        PictureSet(test_x, test_y, eval_tf),
+        _PICTURES_INFO,
+        f"crops of scikit-image's chelsea (cat) vs 11 other sample photos: {len(train_y)} train (left 2/3 of each photo), "
+        f"{len(val_y)} validation and {len(test_y)} test (right 1/3)",
+        validation=PictureSet(val_x, val_y, eval_tf),
+    )
+
+
+def _picture_folders(root: Path, augmentation: Augmentation | None = None) -> SupervisedData:
+    train_tf, eval_tf = _picture_transforms(augmentation)
+    train, validation, test, classes = image_folders(root, train_tf, eval_tf)
+    info = DatasetInfo(classes, _PICTURES_INFO.preprocessing)
+    return SupervisedData(
+        root.name, train, test, info, f"pictures under {root}: {len(train)} train, {len(validation)} validation, {len(test)} test",
+        validation=validation,
+    )
+
+
 _FAMILIES: dict[str, _Family] = {
     "digits": _Family(_DIGITS_INFO, _digits, _mnist, "a directory of MNIST IDX files",
                       aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)}),
     "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
     "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),
     "chars": _Family(_CHARS_INFO, _docstring_chars, _text_file, "a text file or an http(s) URL"),
+    "pictures": _Family(_PICTURES_INFO, _cat_crops, _picture_folders, "a directory with train/ and validation/ class folders",
+                        augments=True),
 }
 
 
@@ -219,25 +265,33 @@ def dataset_info(name: str) -> DatasetInfo:
     return _family(name).info
 
 
-def load_dataset(source: str, like: str | None = None) -> SupervisedData:
+def load_dataset(source: str, like: str | None = None, augmentation: Augmentation | None = None) -> SupervisedData:
     """Load a dataset.
 
     Args:
-        source: a family name ("digits", "words_multi_hot", ...) for its embedded
-            default; "mnist" for MNIST in data_home() (downloaded when missing and
-            the network allows); or a path, read as data of family `like`
-            (a directory of MNIST IDX files, Keras' imdb.npz, ...).
+        source: a family name ("digits", "words_multi_hot", "chars", "pictures", ...)
+            for its embedded default; "mnist" for MNIST in data_home() (downloaded
+            when missing and the network allows); or a path (or URL, for text),
+            read as data of family `like`: a directory of MNIST IDX files, Keras'
+            imdb.npz, a text file, a directory of class folders.
         like: the family a path belongs to; default "digits".
+        augmentation: random transforms for the training split of picture data.
     """
+    name = source if source in _FAMILIES else (like or "digits")
+    family = _family(name)
+    options = {}
+    if augmentation is not None and augmentation.enabled:
+        if not family.augments:
+            raise DatasetError(f"augmentation applies to picture datasets; {name!r} is not one")
+        options["augmentation"] = augmentation
     if source in _FAMILIES:
-        return _FAMILIES[source].default()
-    for family in _FAMILIES.values():
-        if source in family.aliases:
-            return family.aliases[source]()
-    family = _family(like or "digits")
+        return family.default(**options)
+    for candidate in _FAMILIES.values():
+        if source in candidate.aliases:
+            return candidate.aliases[source]()
     if family is _FAMILIES["chars"] and source.startswith(("http://", "https://")):
         return _chars(read_corpus(source), "text", source)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"unknown dataset {source!r}: not one of {list_datasets()} and no such path (expected {family.path_kind})")
-    return family.from_path(path)
+    return family.from_path(path, **options)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._registry import get_model_spec
+from ..datasets.augmentation import Augmentation
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "LR_SCHEDULES"]
 
@@ -37,6 +38,20 @@ class TrainConfig:
     """Fraction of the training split held back to validate after each epoch."""
     seed: int = 0
     """Seeds weight initialisation, the validation split and batch order."""
+    rotation_range: float = 0.0
+    """Augmentation (picture data): degrees of random rotation, as image_data_generator."""
+    width_shift_range: float = 0.0
+    """Augmentation: horizontal shift, fraction of the width."""
+    height_shift_range: float = 0.0
+    """Augmentation: vertical shift, fraction of the height."""
+    shear_range: float = 0.0
+    """Augmentation: shear angle in degrees."""
+    zoom_range: float = 0.0
+    """Augmentation: zoom by a factor in [1 - z, 1 + z]."""
+    horizontal_flip: bool = False
+    """Augmentation: flip half of the pictures left to right."""
+    fill_mode: str = "nearest"
+    """Augmentation: how uncovered pixels are filled (nearest, reflect, constant)."""
     device: str = "auto"
     """"cpu", "cuda" or "auto" (cuda when available)."""
     progress: bool = True
@@ -54,6 +69,7 @@ class TrainConfig:
             raise ValueError(f"validation_split must be in [0, 1), got {self.validation_split}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.augmentation()  # raises on invalid augmentation settings
 
     @classmethod
     def for_model(cls, model: str, out: Path | str, **overrides: Any) -> "TrainConfig":
@@ -66,6 +82,18 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown TrainConfig fields: {', '.join(unknown)}")
         return cls(model=model, out=Path(out), **fields)
+
+    def augmentation(self) -> Augmentation:
+        """The augmentation fields as one object (validated there)."""
+        return Augmentation(
+            rotation_range=self.rotation_range,
+            width_shift_range=self.width_shift_range,
+            height_shift_range=self.height_shift_range,
+            shear_range=self.shear_range,
+            zoom_range=self.zoom_range,
+            horizontal_flip=self.horizontal_flip,
+            fill_mode=self.fill_mode,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}

@@ -67,16 +67,19 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
     spec = get_model_spec(cfg.model)
     device = _device(cfg.device)
-    data = data or load_dataset(cfg.data, like=spec.dataset)
+    data = data or load_dataset(cfg.data, like=spec.dataset, augmentation=cfg.augmentation())
 
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model).to(device)
 
-    # Validation: a seeded random slice of the training split, never trained on.
-    split_gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(data.train), generator=split_gen).tolist()
-    n_val = int(round(cfg.validation_split * len(order)))
-    train_set, val_set = Subset(data.train, order[n_val:]), Subset(data.train, order[:n_val])
+    # Validation: the dataset's own (never augmented), or a seeded slice of the training split.
+    if data.validation is not None:
+        train_set, val_set = data.train, data.validation
+    else:
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_split = int(round(cfg.validation_split * len(order)))
+        train_set, val_set = Subset(data.train, order[n_split:]), Subset(data.train, order[:n_split])
+    n_val = len(val_set)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
     optimizer = _optimizer(cfg, model.parameters())
@@ -125,7 +128,13 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     torch.save(model.state_dict(), cfg.out / "weights.pt")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
     (cfg.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    metrics = {"model": cfg.model, "dataset": data.description, "test": test, "train_seconds": round(seconds, 2)}
+    metrics = {
+        "model": cfg.model,
+        "dataset": data.description,
+        "classes": list(data.classes),
+        "test": test,
+        "train_seconds": round(seconds, 2),
+    }
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_history(history, cfg.out / "history.png", title=f"{cfg.model} on {data.name}")
     return TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
