@@ -29,7 +29,7 @@ class ExportConfig:
     atol: float = 1e-5
     """Absolute tolerance of the validation."""
     rtol: float = 1e-4
-    """Relative tolerance of the validation."""
+    """Relative tolerance of the validation, times the output's largest magnitude."""
 
     def __post_init__(self) -> None:
         if len(self.dynamic_axes) != len(self.input_names):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from serving.classify import PREPROCESSING_PARAMETER
+from serving.preprocessing import ImagePreprocessing
 from serving.grpc._generated import model_config_pb2 as mc
 from zoo import get_model, get_model_spec
 from zoo.datasets import dataset_info
@@ -38,21 +41,36 @@ class ExportResult:
     seconds: float
 
 
-def model_config_for(name: str, config: ExportConfig, output_dims: tuple[int, ...]) -> mc.ModelConfig:
-    """The config.pbtxt of a zoo model."""
+def _input_shape(name: str, model: torch.nn.Module) -> tuple[int | None, ...]:
+    """The built model's own input shape (bases built with input_shape=...), else the registered one."""
+    return tuple(getattr(model, "input_shape", get_model_spec(name).input_shape))
+
+
+def _preprocessing(name: str, model: torch.nn.Module) -> ImagePreprocessing | None:
+    """What the weights expect (pretrained bases carry it), else the dataset's."""
+    return getattr(model, "preprocessing", None) or dataset_info(get_model_spec(name).dataset).preprocessing
+
+
+def model_config_for(
+    name: str, model: torch.nn.Module, config: ExportConfig, output_dims: tuple[int, ...], labelled: bool
+) -> mc.ModelConfig:
+    """The config.pbtxt of a zoo model; `labelled`: its output has a labels file."""
     spec = get_model_spec(name)
-    info = dataset_info(spec.dataset)
+    shape = _input_shape(name, model)
+    preprocessing = _preprocessing(name, model)
     model_config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=config.max_batch_size)
-    image = info.preprocessing is not None and len(spec.input_shape) == 3
+    image = preprocessing is not None and len(shape) == 3 and shape[0] in (1, 3)
     model_config.input.add(
         name=config.input_names[0],
         data_type=mc.TYPE_INT64 if spec.input_dtype == "int64" else mc.TYPE_FP32,
         format=mc.ModelInput.FORMAT_NCHW if image else mc.ModelInput.FORMAT_NONE,
-        dims=[-1 if d is None else d for d in spec.input_shape],
+        dims=[-1 if d is None else d for d in shape],
     )
-    model_config.output.add(name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE)
-    if info.preprocessing is not None:
-        model_config.parameters[PREPROCESSING_PARAMETER].string_value = info.preprocessing.to_json()
+    model_config.output.add(
+        name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE if labelled else ""
+    )
+    if preprocessing is not None and image:
+        model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
     return model_config
 
 
@@ -75,13 +93,14 @@ def _labels(name: str, classes: tuple[str, ...]) -> tuple[str, ...]:
 def _validation_cases(model: torch.nn.Module, name: str, config: ExportConfig) -> list[tuple[np.ndarray, ...]]:
     """Random inputs at every validation batch size (and sequence length, for free dimensions)."""
     spec = get_model_spec(name)
+    input_shape = _input_shape(name, model)
     rng = np.random.default_rng(0)
     vocabulary = next((m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)), 2)
-    lengths = config.validation_lengths if None in spec.input_shape else (0,)
+    lengths = config.validation_lengths if None in input_shape else (0,)
     cases = []
     for batch in config.validation_batch_sizes:
         for length in lengths:
-            shape = (batch, *spec.example_shape(length))
+            shape = (batch, *(length if d is None else d for d in input_shape))
             array = rng.integers(0, vocabulary, shape) if spec.input_dtype == "int64" else rng.random(shape, dtype=np.float32)
             cases.append((array,))
     return cases
@@ -94,17 +113,19 @@ def export_model(
     weights: str | Path | None = None,
     max_batch_size: int = 256,
     version: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export zoo model `name` (trained `weights`, or fresh ones with a warning) into `repository`.
 
     Input/output names, dynamic axes and the exporter come from the model's
     registry entry; the graph is checked against PyTorch at two batch sizes
     (and two sequence lengths where the length is free) before it is added.
+    `options` go to the model's builder (include_top, input_shape, ...).
     """
     start = time.perf_counter()
     spec = get_model_spec(name)
     config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
-    model = get_model(name)
+    model = get_model(name, **(options or {}))
     if weights is None:
         warnings.warn(
             f"exporting {name} with freshly initialised weights (no weights file given): its predictions are meaningless",
@@ -118,19 +139,23 @@ def export_model(
     example = torch.from_numpy(cases[-1][0][:2])  # torch.export would fix a size of 1
     with torch.no_grad():
         output_dims = tuple(model(example).shape[1:])
-    info = dataset_info(spec.dataset)
-    labels = _labels(name, _classes(name, Path(weights) if weights else None))
+    preprocessing = _preprocessing(name, model)
+    labels: tuple[str, ...] | None = _labels(name, _classes(name, Path(weights) if weights else None))
+    if output_dims != (len(labels),):  # a base without its top: its output is features, not classes
+        labels = None
+        if config.output_names == ExportConfig.output_names:
+            config = dataclasses.replace(config, output_names=("features",))
     metadata = {
         "model": name,
         "weights": Path(weights).name if weights else "untrained",
-        "labels": list(labels),
-        **({"preprocessing": info.preprocessing.to_json()} if info.preprocessing else {}),
+        **({"labels": list(labels)} if labels else {}),
+        **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(model, (example,), onnx_file, config, metadata)
         report = validate_onnx(model, onnx_file, cases, config)
         version_dir = add_to_repository(
-            Path(repository), model_config_for(name, config, output_dims), onnx_file, labels=labels, version=version
+            Path(repository), model_config_for(name, model, config, output_dims, labels is not None), onnx_file, labels=labels, version=version
         )
     return ExportResult(name, version_dir, report, time.perf_counter() - start)

@@ -150,10 +150,12 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
     )
 
 
-def model_summary(name: str) -> Summary:
-    """The summary of registered model `name` with freshly built weights, at its registered input."""
+def model_summary(name: str, model: nn.Module | None = None, **options: object) -> Summary:
+    """The summary of registered model `name` (built with `options` unless `model` is given),
+    at the model's own input shape when it has one, else its registered one."""
     from ._registry import get_model, get_model_spec
 
     spec = get_model_spec(name)
+    model = model if model is not None else get_model(name, **options)
     dtype = torch.int64 if spec.input_dtype == "int64" else torch.float32
-    return summary(get_model(name), spec.input_shape, name=name, dtype=dtype)
+    return summary(model, getattr(model, "input_shape", spec.input_shape), name=name, dtype=dtype)

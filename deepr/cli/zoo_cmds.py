@@ -19,12 +19,13 @@ from .errors import EXIT_USAGE, CLIError
 def _user_errors() -> Iterator[None]:
     """Turn the library's input errors into one-line CLI errors."""
     from zoo.datasets import DatasetError
+    from zoo.pretrained import PretrainedWeightsError
 
     try:
         yield
     except KeyError as exc:  # unknown model name
         raise CLIError(str(exc.args[0]), EXIT_USAGE) from None
-    except (DatasetError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (DatasetError, PretrainedWeightsError, FileNotFoundError, ValueError, TypeError) as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
 
 
@@ -64,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
             lr_schedule=args.lr_schedule,
             seed=args.seed,
             device=args.device,
+            base_weights=args.base_weights,
+            unfreeze_from=args.unfreeze_from,
             **{key: getattr(args, key) for key in AUGMENTATION_FLAGS},
         )
         result = train(cfg)
@@ -107,7 +110,8 @@ def _export(args: argparse.Namespace) -> int:
     v = result.validation
     print(
         f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
-        f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g} (atol {v.atol:g})"
+        f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g}, "
+        f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x largest output)"
     )
     return 0
 
@@ -132,6 +136,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
+    p.add_argument("--base-weights", help="pretrained base for transfer models: imagenet (TORCH_HOME or download) or a file")
+    p.add_argument("--unfreeze-from", help="fine-tuning: unfreeze the pretrained base from this layer on, e.g. block5_conv1")
     augment = p.add_argument_group("augmentation (picture data; as image_data_generator)")
     augment.add_argument("--rotation-range", type=float, help="degrees")
     augment.add_argument("--width-shift-range", type=float, help="fraction of the width")

@@ -21,6 +21,8 @@ def dataset(name):
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_default_recipe_beats_majority_baseline(tmp_path, name):
     spec = zoo.get_model_spec(name)
+    if spec.dataset == "imagenet" or spec.recipe.get("base_weights") == "imagenet":
+        pytest.skip(f"{name}'s recipe needs ImageNet weights, which no test downloads")
     data = dataset(spec.dataset)
     labels = np.array([int(y) for _, y in data.test])
     baseline = np.bincount(labels).max() / len(labels)

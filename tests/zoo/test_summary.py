@@ -23,7 +23,13 @@ KERAS_PARAMS = {
     "imdb_gru": [32_000, 4_176, 25],
     "char_lstm": [4 * (128 * 70 + 128 * 128 + 128), 128 * 70 + 70],
     "catsdogs_convnet": [896, 0, 18_496, 0, 73_856, 0, 147_584, 0, 0, 0, 3_211_776, 513],
+    "catsdogs_vgg16": [14_714_688, 0, 2_097_408, 257],
+    "catsdogs_vgg16_head": [0, 2_097_408, 0, 257],
 }
+# Pretrained bases, with their tops: totals only. VGG matches Keras' applications exactly;
+# InceptionV3 and ResNet50 are torchvision's architectures (Keras' InceptionV3 has no
+# batch-norm scale, its ResNet50 has conv biases), so their totals are torchvision's.
+BASE_TOTALS = {"vgg16": 138_357_544, "vgg19": 143_667_240, "inception_v3": 23_834_568, "resnet50": 25_557_032}
 TUTORIAL_TOTALS = {
     "mnist_dense": 407_050,
     "mnist_convnet": 93_322,
@@ -31,22 +37,29 @@ TUTORIAL_TOTALS = {
     "imdb_simple_rnn": 33_393,
     "imdb_lstm": 37_497,
     "catsdogs_convnet": 3_453_121,
+    "catsdogs_vgg16": 16_812_353,
 }
 # PyTorch's extra recurrent bias: one vector of `units` per gate.
 PYTORCH_EXTRA = {"imdb_simple_rnn": 24, "imdb_lstm": 4 * 24, "char_lstm": 4 * 128}
 
 
 def test_every_model_has_keras_counts():
-    assert sorted(KERAS_PARAMS) == zoo.list_models()
+    assert sorted([*KERAS_PARAMS, *BASE_TOTALS]) == zoo.list_models()
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", sorted(BASE_TOTALS))
+def test_base_totals(name):
+    assert sum(p.numel() for p in zoo.get_model(name).parameters()) == BASE_TOTALS[name]
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
 def test_summary_matches_keras(name):
     s = zoo.model_summary(name)
     assert [row.keras_params for row in s.rows] == KERAS_PARAMS[name]
     assert s.keras_total_params == sum(KERAS_PARAMS[name]) == TUTORIAL_TOTALS.get(name, s.keras_total_params)
     assert s.total_params == s.keras_total_params + PYTORCH_EXTRA.get(name, 0)
-    assert s.trainable_params == s.total_params and s.non_trainable_params == 0
+    frozen = 14_714_688 if name == "catsdogs_vgg16" else 0  # its VGG16 base starts frozen
+    assert s.non_trainable_params == frozen and s.trainable_params == s.total_params - frozen
     text = str(s)
     assert f"Total params: {s.total_params:,}" in text
     if name in PYTORCH_EXTRA:

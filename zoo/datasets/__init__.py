@@ -94,6 +94,8 @@ class _Family:
     aliases: dict[str, Callable[[], SupervisedData]] = field(default_factory=dict)
     augments: bool = False
     """Whether its loaders take an Augmentation for the training split."""
+    takes_base_weights: bool = False
+    """Whether its loaders compute features with a pretrained base."""
 
 
 def data_home() -> Path:
@@ -238,12 +240,55 @@ def _picture_folders(root: Path, augmentation: Augmentation | None = None) -> Su
     )
 
 
+# -- ImageNet (pretrained weights only) -----------------------------------------------------------------------------
+
+
+def _imagenet_classes() -> tuple[str, ...]:
+    from torchvision.models import VGG16_Weights  # the category names ship with torchvision's code
+
+    return tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _no_imagenet(*_args: object, **_kwargs: object) -> SupervisedData:
+    raise DatasetError(
+        "ImageNet is not bundled and deepr does not train the ImageNet models from scratch: load their "
+        "pretrained weights (weights='imagenet' or a file) and train a head on them instead, e.g. "
+        "`deepr train catsdogs_vgg16`"
+    )
+
+
+# -- stored features of a pretrained base (the tutorial's fast transfer recipe) ---------------------------------------
+
+
+def _features_of(pictures: SupervisedData, base_weights: str | None) -> SupervisedData:
+    from ..recipes.transfer import extract_features  # needs the zoo's models, imported late
+
+    weights = base_weights or "imagenet"
+    splits = {part: extract_features(getattr(pictures, part), weights) for part in ("train", "validation", "test")}
+    return SupervisedData(
+        f"vgg16_features({pictures.name})",
+        splits["train"],
+        splits["test"],
+        DatasetInfo(pictures.classes),
+        f"VGG16 block5_pool features ({weights} weights) of {pictures.description}",
+        validation=splits["validation"],
+    )
+
+
 _FAMILIES: dict[str, _Family] = {
     "digits": _Family(_DIGITS_INFO, _digits, _mnist, "a directory of MNIST IDX files",
                       aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)}),
     "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
     "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),
     "chars": _Family(_CHARS_INFO, _docstring_chars, _text_file, "a text file or an http(s) URL"),
+    "vgg16_features": _Family(
+        _PICTURES_INFO,
+        lambda base_weights=None: _features_of(_cat_crops(), base_weights),
+        lambda path, base_weights=None: _features_of(_picture_folders(path), base_weights),
+        "a directory with train/ and validation/ class folders",
+        takes_base_weights=True,
+    ),
+    "imagenet": _Family(DatasetInfo(_imagenet_classes()), _no_imagenet, _no_imagenet, "ImageNet (not bundled)"),
     "pictures": _Family(_PICTURES_INFO, _cat_crops, _picture_folders, "a directory with train/ and validation/ class folders",
                         augments=True),
 }
@@ -265,7 +310,9 @@ def dataset_info(name: str) -> DatasetInfo:
     return _family(name).info
 
 
-def load_dataset(source: str, like: str | None = None, augmentation: Augmentation | None = None) -> SupervisedData:
+def load_dataset(
+    source: str, like: str | None = None, augmentation: Augmentation | None = None, base_weights: str | None = None
+) -> SupervisedData:
     """Load a dataset.
 
     Args:
@@ -276,6 +323,7 @@ def load_dataset(source: str, like: str | None = None, augmentation: Augmentatio
             imdb.npz, a text file, a directory of class folders.
         like: the family a path belongs to; default "digits".
         augmentation: random transforms for the training split of picture data.
+        base_weights: weights of the pretrained base that computes stored features.
     """
     name = source if source in _FAMILIES else (like or "digits")
     family = _family(name)
@@ -284,6 +332,8 @@ def load_dataset(source: str, like: str | None = None, augmentation: Augmentatio
         if not family.augments:
             raise DatasetError(f"augmentation applies to picture datasets; {name!r} is not one")
         options["augmentation"] = augmentation
+    if family.takes_base_weights:
+        options["base_weights"] = base_weights
     if source in _FAMILIES:
         return family.default(**options)
     for candidate in _FAMILIES.values():

@@ -1,3 +1,3 @@
 """Model families; importing this package registers every model."""
 
-from . import imdb, mnist, pictures, sequence, text_generation  # noqa: F401  (registers models)
+from . import bases, imdb, mnist, pictures, sequence, text_generation  # noqa: F401  (registers models)

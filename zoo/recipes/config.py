@@ -52,6 +52,10 @@ class TrainConfig:
     """Augmentation: flip half of the pictures left to right."""
     fill_mode: str = "nearest"
     """Augmentation: how uncovered pixels are filled (nearest, reflect, constant)."""
+    base_weights: str | None = None
+    """Pretrained base weights for transfer models: "imagenet" (TORCH_HOME or a download) or a file."""
+    unfreeze_from: str | None = None
+    """Fine-tuning: unfreeze the pretrained base from this layer on (e.g. block5_conv1)."""
     device: str = "auto"
     """"cpu", "cuda" or "auto" (cuda when available)."""
     progress: bool = True
@@ -94,6 +98,15 @@ class TrainConfig:
             horizontal_flip=self.horizontal_flip,
             fill_mode=self.fill_mode,
         )
+
+    def model_options(self) -> dict[str, Any]:
+        """Builder options this config sets (only for the models that take them)."""
+        options: dict[str, Any] = {}
+        if self.unfreeze_from is not None:
+            options["unfreeze_from"] = self.unfreeze_from
+        if self.base_weights is not None and get_model_spec(self.model).dataset == "pictures":
+            options["weights"] = self.base_weights  # end-to-end transfer models build their base with them
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}

@@ -67,10 +67,13 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
     spec = get_model_spec(cfg.model)
     device = _device(cfg.device)
-    data = data or load_dataset(cfg.data, like=spec.dataset, augmentation=cfg.augmentation())
+    data = data or load_dataset(cfg.data, like=spec.dataset, augmentation=cfg.augmentation(), base_weights=cfg.base_weights)
 
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model).to(device)
+    try:
+        model = get_model(cfg.model, **cfg.model_options()).to(device)
+    except TypeError as exc:
+        raise ValueError(f"{cfg.model} does not take {sorted(cfg.model_options())}: {exc}") from None
 
     # Validation: the dataset's own (never augmented), or a seeded slice of the training split.
     if data.validation is not None:
@@ -82,7 +85,7 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     n_val = len(val_set)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
-    optimizer = _optimizer(cfg, model.parameters())
+    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])  # frozen layers stay as they are
     total_steps = cfg.epochs * len(loader)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
