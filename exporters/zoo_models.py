@@ -69,7 +69,7 @@ def model_config_for(
     model_config.output.add(
         name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE if labelled else ""
     )
-    if preprocessing is not None and image:
+    if preprocessing is not None:  # also for nets that take the picture flattened (mnist_dense)
         model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
     return model_config
 

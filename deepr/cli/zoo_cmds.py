@@ -29,12 +29,30 @@ def _user_errors() -> Iterator[None]:
         raise CLIError(str(exc), EXIT_USAGE) from None
 
 
+def _parse_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE true/false, an integer, integers separated by commas, or text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    elif raw.lstrip("-").isdigit():
+        value = int(raw)
+    elif "," in raw and all(p.strip().isdigit() for p in raw.split(",")):
+        value = tuple(int(p) for p in raw.split(","))
+    return key.replace("-", "_"), value
+
+
 def _models(args: argparse.Namespace) -> int:
+    import torch
+
     import zoo
 
     for name in zoo.list_models(args.include or None):
         spec = zoo.get_model_spec(name)
-        params = sum(p.numel() for p in zoo.get_model(name).parameters())
+        with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
+            params = sum(p.numel() for p in zoo.get_model(name).parameters())
         print(f"{name:<24} {params:>12,}  {spec.section}")
     return 0
 
@@ -43,7 +61,7 @@ def _summary(args: argparse.Namespace) -> int:
     import zoo
 
     with _user_errors():
-        print(zoo.model_summary(args.model))
+        print(zoo.model_summary(args.model, **dict(args.option)))
     return 0
 
 
@@ -103,6 +121,7 @@ def _export(args: argparse.Namespace) -> int:
                 args.repository,
                 weights=args.weights,
                 max_batch_size=args.max_batch_size,
+                options=dict(args.option),
                 version=args.version,
             )
         except ExportError as exc:
@@ -123,6 +142,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("summary", help="print a model's Keras-style summary table")
     p.add_argument("model")
+    p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)")
     p.set_defaults(run=_summary)
 
     p = sub.add_parser("train", help="train a model by its default recipe (flags override it)")
@@ -160,4 +181,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
+    p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)")
     p.set_defaults(run=_export)

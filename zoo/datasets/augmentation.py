@@ -13,7 +13,18 @@ from dataclasses import dataclass
 
 from torchvision.transforms import v2
 
-__all__ = ["Augmentation", "FILL_MODES"]
+__all__ = ["Augmentation", "FILL_MODES", "TUTORIAL_AUGMENTATION"]
+
+# The settings the tutorial passes to image_data_generator, as recipe fields.
+TUTORIAL_AUGMENTATION = {
+    "rotation_range": 40,
+    "width_shift_range": 0.2,
+    "height_shift_range": 0.2,
+    "shear_range": 0.2,
+    "zoom_range": 0.2,
+    "horizontal_flip": True,
+    "fill_mode": "nearest",
+}
 
 # Keras fill_mode -> torchvision padding mode used around the image before the affine warp.
 FILL_MODES = {"nearest": "edge", "reflect": "symmetric", "constant": "constant"}

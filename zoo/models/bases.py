@@ -19,6 +19,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .._registry import register_model
+from ..datasets.augmentation import TUTORIAL_AUGMENTATION
 from ..layers import Conv2D, Dense, Flatten, MaxPooling2D
 from serving.preprocessing import ImagePreprocessing
 
@@ -96,6 +97,13 @@ def _vgg(builder: Callable[..., tvm.VGG], weights_enum: tvm.WeightsEnum, name: s
 
 
 
+def _pooled_top(fc: nn.Linear) -> "OrderedDict[str, nn.Module]":
+    """Global average pooling and the classifier `fc` with Keras' softmax, as the top of a base."""
+    predictions = Dense(fc.in_features, fc.out_features, activation="softmax")
+    predictions.load_state_dict(fc.state_dict())
+    return OrderedDict(avg_pool=nn.AdaptiveAvgPool2d(1), flatten=Flatten(), predictions=predictions)
+
+
 def _inception_v3(include_top: bool, input_shape: tuple[int, ...] | None, weights: str | None) -> ConvBase:
     shape = _channels_first(input_shape, (3, 299, 299), include_top, "inception_v3")
     # torchvision's ImageNet weights include the auxiliary classifier; it is dropped after loading.
@@ -113,11 +121,7 @@ def _inception_v3(include_top: bool, input_shape: tuple[int, ...] | None, weight
         else:
             layers[key] = module
     if include_top:
-        layers["avg_pool"] = nn.AdaptiveAvgPool2d(1)
-        layers["flatten"] = Flatten()
-        dense = Dense(source.fc.in_features, source.fc.out_features, activation="softmax")
-        dense.load_state_dict(source.fc.state_dict())
-        layers["predictions"] = dense
+        layers.update(_pooled_top(source.fc))
     return ConvBase(layers, shape, "inception_v3", _imagenet_preprocessing(shape, inception=True))
 
 
@@ -130,11 +134,7 @@ def _resnet50(include_top: bool, input_shape: tuple[int, ...] | None, weights: s
         (key, module) for key, module in source.named_children() if key not in ("avgpool", "fc")
     )
     if include_top:
-        layers["avg_pool"] = nn.AdaptiveAvgPool2d(1)
-        layers["flatten"] = Flatten()
-        dense = Dense(source.fc.in_features, source.fc.out_features, activation="softmax")
-        dense.load_state_dict(source.fc.state_dict())
-        layers["predictions"] = dense
+        layers.update(_pooled_top(source.fc))
     return ConvBase(layers, shape, "resnet50", _imagenet_preprocessing(shape))
 
 
@@ -168,19 +168,7 @@ def resnet50(include_top: bool = True, input_shape: tuple[int, ...] | None = Non
 # -- the tutorial's transfer-learning models on 150x150 pictures ----------------------------------------------------
 
 _PICTURE_SHAPE = (150, 150, 3)
-_FINE_TUNE_RECIPE = {
-    "epochs": 5,
-    "batch_size": 20,
-    "optimizer": "rmsprop",
-    "lr": 2e-5,
-    "base_weights": "imagenet",
-    "rotation_range": 40,
-    "width_shift_range": 0.2,
-    "height_shift_range": 0.2,
-    "shear_range": 0.2,
-    "zoom_range": 0.2,
-    "horizontal_flip": True,
-}
+_FINE_TUNE_RECIPE = {"epochs": 5, "batch_size": 20, "optimizer": "rmsprop", "lr": 2e-5, "base_weights": "imagenet", **TUTORIAL_AUGMENTATION}
 
 
 @register_model(

@@ -6,22 +6,11 @@ from __future__ import annotations
 from torch import nn
 
 from .._registry import register_model
+from ..datasets.augmentation import TUTORIAL_AUGMENTATION
 from ..layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, keras_sequential
 
 # The tutorial's second recipe: image_data_generator augmentation, rmsprop at 1e-4.
-_AUGMENTED_RECIPE = {
-    "epochs": 6,
-    "batch_size": 32,
-    "optimizer": "rmsprop",
-    "lr": 1e-4,
-    "rotation_range": 40,
-    "width_shift_range": 0.2,
-    "height_shift_range": 0.2,
-    "shear_range": 0.2,
-    "zoom_range": 0.2,
-    "horizontal_flip": True,
-    "fill_mode": "nearest",
-}
+_AUGMENTED_RECIPE = {"epochs": 6, "batch_size": 32, "optimizer": "rmsprop", "lr": 1e-4, **TUTORIAL_AUGMENTATION}
 
 
 @register_model(

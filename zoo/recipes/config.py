@@ -89,15 +89,7 @@ class TrainConfig:
 
     def augmentation(self) -> Augmentation:
         """The augmentation fields as one object (validated there)."""
-        return Augmentation(
-            rotation_range=self.rotation_range,
-            width_shift_range=self.width_shift_range,
-            height_shift_range=self.height_shift_range,
-            shear_range=self.shear_range,
-            zoom_range=self.zoom_range,
-            horizontal_flip=self.horizontal_flip,
-            fill_mode=self.fill_mode,
-        )
+        return Augmentation(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Augmentation)})
 
     def model_options(self) -> dict[str, Any]:
         """Builder options this config sets (only for the models that take them)."""
