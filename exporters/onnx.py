@@ -42,7 +42,7 @@ def _axis_name(input_name: str, axis: int) -> str:
     return "batch" if axis == 0 else f"{input_name}_dim{axis}"
 
 
-def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig) -> onnx.ModelProto:
+def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig, translations: Mapping | None = None) -> onnx.ModelProto:
     dims = tuple(
         {axis: torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
         for name, axes in zip(config.input_names, config.dynamic_axes)
@@ -56,6 +56,7 @@ def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], c
         output_names=list(config.output_names),
         dynamic_shapes=dims,
         verbose=False,
+        custom_translation_table=dict(translations or {}),
     )
     return program.model_proto
 
@@ -84,11 +85,14 @@ def export_onnx(
     path: str | Path,
     config: ExportConfig = ExportConfig(),
     metadata: Mapping[str, object] | None = None,
+    translations: Mapping | None = None,
 ) -> onnx.ModelProto:
     """Export `model` in eval mode to `path` and return the checked graph.
 
     Every axis listed in `config.dynamic_axes` stays symbolic. `metadata` is
     written into the graph's metadata_props as "deepr.<key>" (JSON values).
+    `translations` adds ONNX translations for aten operators torch.onnx lacks
+    (see gradients.py); they need the dynamo exporter.
     """
     if len(example_inputs) != len(config.input_names):
         raise ExportError(f"{len(example_inputs)} example inputs for input names {config.input_names}")
@@ -96,7 +100,10 @@ def export_onnx(
     model.eval()
     try:
         with _quiet_torch_internals():
-            proto = _dynamo_export(model, example_inputs, config) if config.dynamo else _torchscript_export(model, example_inputs, config)
+            if config.dynamo:
+                proto = _dynamo_export(model, example_inputs, config, translations)
+            else:
+                proto = _torchscript_export(model, example_inputs, config)
     except Exception as exc:  # torch raises many types here; the caller needs one
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
     finally:

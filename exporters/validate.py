@@ -51,7 +51,7 @@ def validate_onnx(
         label = f"input shape {tuple(arrays[0].shape)}"
         with torch.no_grad():
             expected = model(*(torch.from_numpy(v) for v in arrays))
-        expected = [t.numpy() for t in (expected if isinstance(expected, (tuple, list)) else (expected,))]
+        expected = [t.detach().numpy() for t in (expected if isinstance(expected, (tuple, list)) else (expected,))]
         actual = session.run(list(config.output_names), feeds)
         for name, want, got in zip(config.output_names, expected, actual):
             if want.shape != got.shape:
