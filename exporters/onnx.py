@@ -35,6 +35,8 @@ def _quiet_torch_internals() -> Iterator[None]:
         # Raised for every recurrent layer, whatever the graph does; the batch-size
         # checks in validate_onnx show whether the exported initial state follows the batch.
         warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        # Inputs that share the batch axis: torch.onnx names the axis once and says so.
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
         yield
 
 
@@ -43,8 +45,9 @@ def _axis_name(input_name: str, axis: int) -> str:
 
 
 def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig, translations: Mapping | None = None) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)  # one symbol: every input shares the batch size
     dims = tuple(
-        {axis: torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
+        {axis: batch if axis == 0 else torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
         for name, axes in zip(config.input_names, config.dynamic_axes)
     )
     program = torch.onnx.export(

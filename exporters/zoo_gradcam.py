@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -79,7 +80,9 @@ def export_gradcam(
     traced = traced_with_weights(graph, cam.weights(), example)
     config = ExportConfig(
         input_names=GRADCAM_INPUTS, output_names=GRADCAM_OUTPUTS, dynamic_axes=((0,), (0,)),
-        max_batch_size=max_batch_size, validation_batch_sizes=(1, 5), atol=0.0, rtol=1e-4,
+        # Within 1e-4 of each output's largest value; atol only covers outputs that are all but
+        # zero (a saturated class score leaves gradients of 1e-20).
+        max_batch_size=max_batch_size, validation_batch_sizes=(1, 5), atol=1e-7, rtol=1e-4,
     )
     gradcam_name = name + GRADCAM_SUFFIX
     labels = _labels(name, _classes(name, Path(weights) if weights else None))
@@ -90,7 +93,16 @@ def export_gradcam(
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
-        report = validate_onnx(_Reference(cam), onnx_file, cases, config)
+        # Where max pooling sees equal values (often zeros after ReLU), PyTorch and onnxruntime
+        # route the gradient to different ones of them, and through later ReLU masks the
+        # gradients can differ where the heatmap does not. Scores, activations and heatmaps
+        # are held to 1e-4 of their maximum; gradients are checked through their per-channel
+        # means (Grad-CAM's weights), to 1e-2 of the largest.
+        report = validate_onnx(_Reference(cam), onnx_file, cases, config, reductions={"gradients": None})
+        validate_onnx(
+            _Reference(cam), onnx_file, cases, dataclasses.replace(config, rtol=1e-2),
+            reductions={"gradients": lambda g: g.mean(axis=(2, 3)), "scores": None, "activations": None, "heatmap": None},
+        )
         with torch.no_grad():
             outputs = _Reference(cam)(*example)
         model_config = mc.ModelConfig(name=gradcam_name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)

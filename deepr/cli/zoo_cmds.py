@@ -111,19 +111,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
+    from exporters.zoo_gradcam import export_gradcam
 
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         try:
-            result = export_model(
-                args.model,
-                args.repository,
-                weights=args.weights,
-                max_batch_size=args.max_batch_size,
-                options=dict(args.option),
-                version=args.version,
-            )
+            if args.gradcam:
+                result = export_gradcam(
+                    args.model, args.repository, weights=args.weights, layer=args.layer, score=args.score,
+                    options=dict(args.option), version=args.version,
+                )
+            else:
+                result = export_model(
+                    args.model,
+                    args.repository,
+                    weights=args.weights,
+                    max_batch_size=args.max_batch_size,
+                    options=dict(args.option),
+                    version=args.version,
+                )
         except ExportError as exc:
             raise CLIError(str(exc)) from None
     v = result.validation
@@ -181,6 +188,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
+    p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
+    p.add_argument("--layer", help="Grad-CAM: the convolutional layer to explain (default: the last convolution)")
+    p.add_argument("--score", choices=("probability", "logit"), default="probability",
+                   help="Grad-CAM: differentiate the model's output (default) or its pre-activation value")
     p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)")
     p.set_defaults(run=_export)

@@ -1,0 +1,126 @@
+"""Grad-CAM graphs: onnxruntime alone gives PyTorch autograd's heatmaps, served or in-process."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from exporters import UntrainedWeightsWarning
+from exporters.gradcam import GradCAM, last_conv_layer
+from exporters.zoo_gradcam import export_gradcam
+from serving.gradcam import LocalGradCAM, gradcam, overlay
+
+# Every zoo convnet with a classifier, at its last convolution; VGG16 also at block4_conv3,
+# which has three convolutions (and a pooling) between it and the output.
+CASES = [
+    ("mnist_convnet", None),
+    ("mnist_convnet", "conv2d"),
+    ("mnist_convnet_nopool", None),
+    ("catsdogs_convnet", None),
+    ("catsdogs_vgg16", "vgg16.block5_conv3"),
+    ("catsdogs_vgg16", "vgg16.block4_conv3"),
+]
+
+
+def hook_reference(model, layer, images, classes):
+    """Grad-CAM the way pytorch-grad-cam computes it: forward and backward hooks on the layer."""
+    module = dict(model.named_modules())[layer]
+    store = {}
+    handles = [
+        module.register_forward_hook(lambda m, i, out: store.__setitem__("a", out)),
+        module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("g", go[0])),
+    ]
+    try:
+        x = images.clone().requires_grad_(True)
+        scores = model(x)
+        chosen = torch.where(classes < 0, scores.argmax(1), classes)
+        scores.gather(1, chosen.unsqueeze(1)).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    weights = store["g"].mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * store["a"]).sum(1)).detach()
+
+
+def pictures_for(name, count):
+    spec = zoo.get_model_spec(name)
+    rng = np.random.default_rng(1)
+    channels, height, width = spec.input_shape
+    if channels == 1:
+        from zoo.datasets.digits import load_digits_28x28
+
+        return [Image.fromarray(d) for d in load_digits_28x28()[0][:count]]
+    import skimage.data
+
+    return [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in ("chelsea", "coffee", "astronaut", "rocket")][:count]
+
+
+@pytest.mark.parametrize("name, layer", CASES)
+def test_exported_heatmaps_equal_autograd(tmp_path, name, layer):
+    torch.manual_seed(0)
+    model = zoo.get_model(name).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    result = export_gradcam(name, tmp_path / "repo", weights=tmp_path / "weights.pt", layer=layer)
+    assert result.validation.max_abs_diff < 1e-6  # random inputs, batch 1 and 5, checked inside the export
+    local = LocalGradCAM(result.version_dir / "model.onnx")
+    pictures = pictures_for(name, 4)
+    classes = [-1, 0, -1, 0] if zoo.get_model_spec(name).task == "binary" else [-1, 3, 7, -1]
+    got = local(pictures, classes)  # real pictures, a batch asking for different classes
+    batch = torch.from_numpy(local.preprocess(pictures))
+    layer = layer or last_conv_layer(model)
+    want = GradCAM(model, layer)(batch, torch.tensor(classes))[3].detach().numpy()
+    hooks = hook_reference(model, layer, batch, torch.tensor(classes)).numpy()
+    for g, w, h in zip(got, want, hooks):
+        peak = max(float(w.max()), 1e-12)
+        assert np.abs(g.raw_heatmap - w).max() <= 1e-4 * peak
+        assert np.abs(h - w).max() <= 1e-4 * peak  # the graph's own reference agrees with hook-based Grad-CAM
+    assert got[1].class_index == classes[1]
+
+
+def test_served_equals_in_process(tmp_path, trained_convnet, digits):
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+
+    result = export_gradcam("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt")
+    pictures = [Image.fromarray((digits.test.tensors[0][i, 0].numpy() * 255).round().astype(np.uint8)) for i in range(6)]
+    local = LocalGradCAM(result.version_dir / "model.onnx")(pictures, [-1, 2, -1, 5, -1, -1])
+    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device="cpu")) as server:
+        served = gradcam(pictures, "mnist_convnet_gradcam", url=f"127.0.0.1:{server.port}", class_index=[-1, 2, -1, 5, -1, -1])
+    for a, b in zip(local, served):
+        assert (a.class_index, a.label) == (b.class_index, b.label)
+        np.testing.assert_allclose(a.raw_heatmap, b.raw_heatmap, rtol=1e-5, atol=1e-6)
+        assert a.heatmap.shape == (28, 28) and 0.0 <= a.heatmap.min() and a.heatmap.max() <= 1.0
+    labels = digits.test.tensors[1][:6].tolist()
+    assert sum(r.class_index == y for r, y in zip(local[::2], labels[::2])) >= 2  # top classes of a trained model
+    picture = overlay(pictures[0], local[0].heatmap)
+    assert picture.size == (28, 28) and picture.mode == "RGB"
+
+
+def test_logit_score_and_bad_requests(tmp_path):
+    with pytest.warns(UntrainedWeightsWarning):
+        result = export_gradcam("mnist_convnet", tmp_path, score="logit")
+    local = LocalGradCAM(result.version_dir / "model.onnx")
+    with pytest.raises(ValueError, match="class index 12 is out of range: the model has 10 classes"):
+        local([np.zeros((28, 28), np.uint8)], 12)
+    with pytest.raises(ValueError, match="no layer 'conv9'"):
+        GradCAM(zoo.get_model("mnist_convnet"), "conv9")
+    with pytest.raises(ValueError, match="has no convolution"):
+        last_conv_layer(zoo.get_model("mnist_dense"))
+
+
+def test_cli_writes_the_overlay(tmp_path):
+    import subprocess
+    import sys
+
+    with pytest.warns(UntrainedWeightsWarning):
+        result = export_gradcam("mnist_convnet", tmp_path)
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "d.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "deepr", "gradcam", "--local", str(result.version_dir / "model.onnx"), str(tmp_path / "d.png"),
+         "--out", str(tmp_path / "heat.png")], capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, "-m", "deepr", "gradcam", str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "give --model NAME" in missing.stderr
