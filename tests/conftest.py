@@ -48,3 +48,16 @@ def server_url(repository) -> Iterator[str]:
 
     with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
         yield f"127.0.0.1:{server.port}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where onnxruntime's CUDA provider can run (never in CI)."""
+    from serving.providers import _cuda_usable
+
+    usable, reason = _cuda_usable()
+    if usable:
+        return
+    skip = pytest.mark.skip(reason=f"needs CUDA: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
