@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["GradCAM", "flat_layers", "last_conv_layer", "GRADCAM_INPUTS", "GRADCAM_OUTPUTS", "TOP_CLASS"]
+__all__ = ["GradCAM", "flat_layers", "hook_gradcam", "last_conv_layer", "GRADCAM_INPUTS", "GRADCAM_OUTPUTS", "TOP_CLASS"]
 
 GRADCAM_INPUTS = ("images", "class_index")
 GRADCAM_OUTPUTS = ("scores", "activations", "gradients", "heatmap")
@@ -97,3 +97,25 @@ class GradCAM:
 
     def __call__(self, images: torch.Tensor, class_index: torch.Tensor):
         return self.graph_function(self.weights(), images, class_index)
+
+
+def hook_gradcam(model: nn.Module, layer: str, images: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
+    """Heatmaps (B, H, W) the way hook-based libraries (pytorch-grad-cam) compute them: forward
+    and backward hooks on the layer and a full backward pass. An independent reference for
+    GradCAM, and the baseline of scripts/bench_gradcam.py."""
+    module = dict(model.named_modules())[layer]
+    store: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda m, i, out: store.__setitem__("activations", out)),
+        module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("gradients", go[0])),
+    ]
+    try:
+        scores = model(images.detach().clone().requires_grad_(True))
+        chosen = torch.where(class_index < 0, scores.argmax(1), class_index)
+        model.zero_grad(set_to_none=True)
+        scores.gather(1, chosen.unsqueeze(1)).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()  # released whatever happened, so the model is left as it was
+    channel_weights = store["gradients"].mean(dim=(2, 3), keepdim=True)
+    return torch.relu((channel_weights * store["activations"]).sum(1)).detach()

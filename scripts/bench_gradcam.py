@@ -22,25 +22,6 @@ import onnxruntime as ort
 import torch
 
 
-def hook_gradcam(model, layer, images, classes):
-    module = dict(model.named_modules())[layer]
-    store = {}
-    handles = [
-        module.register_forward_hook(lambda m, i, out: store.__setitem__("a", out)),
-        module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("g", go[0])),
-    ]
-    try:
-        x = images.requires_grad_(True)
-        scores = model(x)
-        chosen = torch.where(classes < 0, scores.argmax(1), classes)
-        model.zero_grad(set_to_none=True)
-        scores.gather(1, chosen.unsqueeze(1)).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.relu((store["g"].mean(dim=(2, 3), keepdim=True) * store["a"]).sum(1)).detach()
-
-
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     samples = []
@@ -61,7 +42,7 @@ def main() -> None:
 
     import zoo
     from exporters import UntrainedWeightsWarning
-    from exporters.gradcam import last_conv_layer
+    from exporters.gradcam import hook_gradcam, last_conv_layer
     from exporters.zoo_gradcam import export_gradcam
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from PIL import Image
 
 import zoo
 from exporters import UntrainedWeightsWarning
-from exporters.gradcam import GradCAM, last_conv_layer
+from exporters.gradcam import GradCAM, hook_gradcam, last_conv_layer
 from exporters.zoo_gradcam import export_gradcam
 from serving.gradcam import LocalGradCAM, gradcam, overlay
 
@@ -21,26 +21,6 @@ CASES = [
     ("catsdogs_vgg16", "vgg16.block5_conv3"),
     ("catsdogs_vgg16", "vgg16.block4_conv3"),
 ]
-
-
-def hook_reference(model, layer, images, classes):
-    """Grad-CAM the way pytorch-grad-cam computes it: forward and backward hooks on the layer."""
-    module = dict(model.named_modules())[layer]
-    store = {}
-    handles = [
-        module.register_forward_hook(lambda m, i, out: store.__setitem__("a", out)),
-        module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("g", go[0])),
-    ]
-    try:
-        x = images.clone().requires_grad_(True)
-        scores = model(x)
-        chosen = torch.where(classes < 0, scores.argmax(1), classes)
-        scores.gather(1, chosen.unsqueeze(1)).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-    weights = store["g"].mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * store["a"]).sum(1)).detach()
 
 
 def pictures_for(name, count):
@@ -70,7 +50,7 @@ def test_exported_heatmaps_equal_autograd(tmp_path, name, layer):
     batch = torch.from_numpy(local.preprocess(pictures))
     layer = layer or last_conv_layer(model)
     want = GradCAM(model, layer)(batch, torch.tensor(classes))[3].detach().numpy()
-    hooks = hook_reference(model, layer, batch, torch.tensor(classes)).numpy()
+    hooks = hook_gradcam(model, layer, batch, torch.tensor(classes)).numpy()
     for g, w, h in zip(got, want, hooks):
         peak = max(float(w.max()), 1e-12)
         assert np.abs(g.raw_heatmap - w).max() <= 1e-4 * peak
