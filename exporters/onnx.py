@@ -35,6 +35,8 @@ def _quiet_torch_internals() -> Iterator[None]:
         # Raised for every recurrent layer, whatever the graph does; the batch-size
         # checks in validate_onnx show whether the exported initial state follows the batch.
         warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        # torch.export's own inspection of parameters, under a warnings-as-errors filter.
+        warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf", category=UserWarning)
         # Inputs that share the batch axis: torch.onnx names the axis once and says so.
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
         yield

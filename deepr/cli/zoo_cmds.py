@@ -111,13 +111,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
+    from exporters.text_generation import export_char_step
     from exporters.zoo_gradcam import export_gradcam
 
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         try:
-            if args.gradcam:
+            if args.step:
+                if args.model != "char_lstm":
+                    raise CLIError(f"--step applies to char_lstm, not {args.model}", EXIT_USAGE)
+                result = export_char_step(args.repository, weights=args.weights, version=args.version)
+            elif args.gradcam:
                 result = export_gradcam(
                     args.model, args.repository, weights=args.weights, layer=args.layer, score=args.score,
                     options=dict(args.option), version=args.version,
@@ -189,6 +194,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
+    p.add_argument("--step", action="store_true", help="char_lstm: export the one-character step graph, as char_lstm_step")
     p.add_argument("--layer", help="Grad-CAM: the convolutional layer to explain (default: the last convolution)")
     p.add_argument("--score", choices=("probability", "logit"), default="probability",
                    help="Grad-CAM: differentiate the model's output (default) or its pre-activation value")

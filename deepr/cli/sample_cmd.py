@@ -1,0 +1,48 @@
+"""deepr sample"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from serving.client import DEFAULT_URL
+
+from .errors import EXIT_USAGE, CLIError
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from serving.client import InferenceServerError
+    from serving.text_generation import sample_text
+
+    model = args.model if args.model.endswith("_step") else args.model + "_step"
+
+    def show(ch: str) -> None:
+        sys.stdout.write(ch)
+        sys.stdout.flush()
+
+    try:
+        text = sample_text(
+            args.prompt, model=model, url=args.url, local=args.local, length=args.length,
+            temperature=args.temperature, top_k=args.top_k, seed=args.seed, on_char=show if args.stream else None,
+        )
+    except InferenceServerError as exc:
+        raise CLIError(f"{exc} (server {args.url})") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    print("" if args.stream else text)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate text from a character model's step graph, with temperature")
+    p.add_argument("--model", default="char_lstm", help="served model (NAME or NAME_step; default: %(default)s)")
+    p.add_argument("--local", type=Path, help="run this exported step graph in-process instead of asking a server")
+    p.add_argument("--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)")
+    p.add_argument("--length", type=int, default=400, help="characters to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; low is conservative, high is inventive (default: %(default)s)")
+    p.add_argument("--top-k", type=int, help="sample only among the k likeliest characters")
+    p.add_argument("--seed", type=int, help="same seed, same text")
+    p.add_argument("--stream", action="store_true", help="print characters as they are made")
+    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    p.set_defaults(run=_sample)

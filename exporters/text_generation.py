@@ -1,0 +1,85 @@
+"""The character model as a step graph: one character and the LSTM state in, the next
+character's distribution and the new state out, so generating a character costs one step
+instead of re-reading a 60-character window."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving.grpc._generated import model_config_pb2 as mc
+from zoo import get_model
+from zoo.datasets.chars import CHARSET
+from zoo.recipes import load_weights
+
+from .config import ExportConfig
+from .onnx import export_onnx
+from .repository import LABELS_FILE, add_to_repository
+from .validate import validate_onnx
+from .zoo_models import ExportResult, UntrainedWeightsWarning
+
+__all__ = ["CharStep", "export_char_step", "STEP_SUFFIX", "CHARSET_PARAMETER"]
+
+STEP_SUFFIX = "_step"
+CHARSET_PARAMETER = "deepr.charset"
+
+
+class CharStep(nn.Module):
+    """char_lstm advanced by one character: (char_index (B, 1), h (B, H), c (B, H)) ->
+    (probabilities (B, chars), h, c). Zero state is the start of a text."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.lstm, self.dense = model.lstm, model.dense
+
+    def forward(self, char_index: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        x = F.one_hot(char_index.reshape(-1), self.lstm.input_size).to(h.dtype).unsqueeze(1)  # (B, 1, chars)
+        out, (h_next, c_next) = nn.LSTM.forward(self.lstm, x, (h.unsqueeze(0), c.unsqueeze(0)))
+        return self.dense(out[:, -1]), h_next[0], c_next[0]
+
+
+def export_char_step(
+    repository: str | Path, *, weights: str | Path | None = None, name: str = "char_lstm", max_batch_size: int = 64,
+    version: int | None = None,
+) -> ExportResult:
+    """Add `<name>_step` to `repository`, checked against PyTorch at batch 1 and 5."""
+    start = time.perf_counter()
+    model = get_model(name)
+    if weights is None:
+        warnings.warn(f"exporting {name}'s step graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2)
+    else:
+        load_weights(model, weights)
+    step = CharStep(model.eval()).eval()
+    units = step.lstm.hidden_size
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.integers(0, len(CHARSET), (b, 1)), rng.normal(0, 0.5, (b, units)).astype(np.float32), rng.normal(0, 0.5, (b, units)).astype(np.float32))
+        for b in (1, 5)
+    ]
+    config = ExportConfig(
+        input_names=("char_index", "h", "c"), output_names=("probabilities", "h_out", "c_out"),
+        dynamic_axes=((0,), (0,), (0,)), max_batch_size=max_batch_size, validation_batch_sizes=(1, 5),
+    )
+    step_name = name + STEP_SUFFIX
+    model_config = mc.ModelConfig(name=step_name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)
+    model_config.input.add(name="char_index", data_type=mc.TYPE_INT64, dims=[1])
+    for state in ("h", "c"):
+        model_config.input.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
+    model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[len(CHARSET)], label_filename=LABELS_FILE)
+    for state in ("h_out", "c_out"):
+        model_config.output.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
+    model_config.parameters[CHARSET_PARAMETER].string_value = CHARSET
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        example = tuple(torch.from_numpy(a[:2] if len(a) > 1 else np.repeat(a, 2, axis=0)) for a in cases[1])
+        export_onnx(step, example, onnx_file, config, {"model": step_name, "charset": CHARSET, "units": units})
+        report = validate_onnx(step, onnx_file, cases, config)
+        version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=tuple(CHARSET), version=version)
+    return ExportResult(step_name, version_dir, report, time.perf_counter() - start)

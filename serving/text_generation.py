@@ -1,0 +1,129 @@
+"""Sampling text from a served character model's step graph, with temperature and top-k.
+
+    text = sample_text("the meaning of ", model="char_lstm_step", url="localhost:8001",
+                       length=400, temperature=0.5, seed=7)
+
+The distribution is reweighted as the tutorial does, p_i^(1/T) / sum_j p_j^(1/T); T -> 0
+approaches greedy decoding. Sampling uses numpy's seeded generator, so the same seed gives
+the same text on any run. numpy and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from .client import DEFAULT_URL, InferenceClient
+from .providers import select_providers
+
+__all__ = ["LocalStepModel", "ServedStepModel", "reweight", "sample_next", "generate", "sample_text", "CHARSET_PARAMETER"]
+
+CHARSET_PARAMETER = "deepr.charset"
+
+
+def reweight(probabilities: np.ndarray, temperature: float, top_k: int | None = None) -> np.ndarray:
+    """softmax(log(p) / T) over the last axis, keeping only the top k classes when k is given."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-300, None)) / temperature
+    if top_k is not None:
+        if not 1 <= top_k <= logits.shape[-1]:
+            raise ValueError(f"top_k must be in 1..{logits.shape[-1]}, got {top_k}")
+        kth = np.sort(logits, axis=-1)[..., -top_k][..., None]
+        logits = np.where(logits >= kth, logits, -np.inf)
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def sample_next(probabilities: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> int:
+    """One class index drawn from the reweighted distribution (inverse CDF on one uniform)."""
+    cdf = np.cumsum(reweight(probabilities, temperature, top_k))
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+
+
+class StepModel(Protocol):
+    charset: str
+    units: int
+
+    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class LocalStepModel:
+    """An exported `<model>_step` graph run in this process."""
+
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        if not Path(onnx_file).is_file():
+            raise FileNotFoundError(f"no step graph at {onnx_file}")
+        self.session = ort.InferenceSession(str(onnx_file), providers=list(select_providers(device)))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.charset = meta["deepr.charset"]
+        self.units = int(json.loads(meta["deepr.units"]))
+
+    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        probs, h, c = self.session.run(None, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
+        return probs[0], h, c
+
+
+class ServedStepModel:
+    """A `<model>_step` graph on a V2 server: one request per character, state sent along."""
+
+    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+        self.model = model
+        self.client = client or InferenceClient(url)
+        config = self.client.model_config(model)
+        if CHARSET_PARAMETER not in config.parameters:
+            raise ValueError(f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)")
+        self.charset = config.parameters[CHARSET_PARAMETER].string_value
+        self.units = int(config.input[1].dims[0])
+
+    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.client.infer(self.model, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
+        return out["probabilities"][0], out["h_out"], out["c_out"]
+
+
+def generate(
+    model: StepModel, prompt: str, length: int, *, temperature: float = 1.0, top_k: int | None = None, seed: int | None = None
+) -> Iterator[str]:
+    """Characters one at a time, after reading `prompt` into the state."""
+    index = {ch: i for i, ch in enumerate(model.charset)}
+    codes = [index[ch] for ch in prompt.lower().replace("\t", " ") if ch in index]
+    if not codes:
+        raise ValueError(f"the prompt {prompt!r} has no character the model knows; it knows {model.charset!r}")
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    rng = np.random.default_rng(seed)
+    h = np.zeros((1, model.units), np.float32)
+    c = np.zeros((1, model.units), np.float32)
+    for code in codes:
+        probs, h, c = model.step(code, h, c)
+    for _ in range(length):
+        code = sample_next(probs, temperature, top_k, rng)
+        yield model.charset[code]
+        probs, h, c = model.step(code, h, c)
+
+
+def sample_text(
+    prompt: str,
+    *,
+    model: str = "char_lstm_step",
+    url: str = DEFAULT_URL,
+    local: str | Path | None = None,
+    length: int = 400,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    on_char: Callable[[str], None] | None = None,
+) -> str:
+    """`length` characters after `prompt`, from a served step graph (or a local one)."""
+    step_model: StepModel = LocalStepModel(local) if local else ServedStepModel(model, url=url)
+    out = []
+    for ch in generate(step_model, prompt, length, temperature=temperature, top_k=top_k, seed=seed):
+        out.append(ch)
+        if on_char is not None:
+            on_char(ch)
+    return "".join(out)

@@ -1,0 +1,109 @@
+"""Sampling from the character model's step graph: the graph tracks PyTorch step by step,
+samples follow softmax(log(p) / T), top-k holds, and a seed fixes the text."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from torch.nn import functional as F
+
+import zoo
+from exporters import UntrainedWeightsWarning
+from exporters.text_generation import export_char_step
+from serving.text_generation import LocalStepModel, ServedStepModel, generate, reweight, sample_next
+from zoo.datasets.chars import CHARSET, encode_text
+
+
+@pytest.fixture(scope="module")
+def step_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("char")
+    torch.manual_seed(0)
+    model = zoo.get_model("char_lstm").eval()
+    torch.save(model.state_dict(), tmp / "weights.pt")
+    result = export_char_step(tmp / "repo", weights=tmp / "weights.pt")
+    return model, tmp / "repo", LocalStepModel(result.version_dir / "model.onnx")
+
+
+def test_step_graph_tracks_pytorch_at_every_step(step_model):
+    model, _, local = step_model
+    codes = encode_text("Return the number of items; raise ValueError otherwise.")
+    h = np.zeros((1, local.units), np.float32)
+    c = np.zeros_like(h)
+    for t, code in enumerate(codes):
+        probs, h, c = local.step(int(code), h, c)
+        with torch.no_grad():  # the whole model re-reading the prefix from a zero state
+            want = model(F.one_hot(torch.from_numpy(codes[: t + 1]), len(CHARSET)).float().unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(probs, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.2])
+def test_samples_fit_the_reweighted_distribution(step_model, temperature):
+    _, _, local = step_model
+    h = np.zeros((1, local.units), np.float32)
+    probs, _, _ = local.step(int(encode_text("e")[0]), h, h.copy())
+    rng = np.random.default_rng(11)
+    draws = 5000
+    counts = np.bincount([sample_next(probs, temperature, None, rng) for _ in range(draws)], minlength=len(CHARSET))
+    expected = draws * reweight(probs, temperature)
+    # Chi-square needs expected counts of at least 5: pool the rare characters into one bin.
+    rare = expected < 5
+    observed, wanted = counts[~rare], expected[~rare]
+    if rare.any():
+        observed, wanted = np.append(observed, counts[rare].sum()), np.append(wanted, expected[rare].sum())
+    assert chisquare(observed, wanted).pvalue > 0.001  # stated significance: 0.1%
+
+
+def test_temperature_changes_entropy_and_top_k_holds(step_model):
+    _, _, local = step_model
+    h = np.zeros((1, local.units), np.float32)
+    probs, _, _ = local.step(int(encode_text("t")[0]), h, h.copy())
+
+    def entropy(p):
+        return float(-(p * np.log(np.clip(p, 1e-30, None))).sum())
+
+    assert entropy(reweight(probs, 0.2)) < entropy(reweight(probs, 1.0)) < entropy(reweight(probs, 1.2))
+    np.testing.assert_allclose(reweight(probs, 1.0), probs / probs.sum(), rtol=1e-5)
+    top5 = set(np.argsort(probs)[-5:].tolist())
+    rng = np.random.default_rng(0)
+    assert {sample_next(probs, 1.2, 5, rng) for _ in range(2000)} <= top5
+    assert sample_next(probs, 1e-4, None, rng) == int(probs.argmax())  # T -> 0: greedy
+
+
+def test_same_seed_same_text(step_model):
+    _, _, local = step_model
+    a = "".join(generate(local, "the value ", 80, temperature=0.8, seed=5))
+    b = "".join(generate(local, "the value ", 80, temperature=0.8, seed=5))
+    c = "".join(generate(local, "the value ", 80, temperature=0.8, seed=6))
+    assert a == b and a != c and len(a) == 80 and set(a) <= set(CHARSET)
+    greedy = "".join(generate(local, "the value ", 30, temperature=1e-4, seed=1))
+    assert greedy == "".join(generate(local, "the value ", 30, temperature=1e-4, seed=2))
+
+
+def test_served_equals_local(step_model):
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+
+    _, repo, local = step_model
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+        served = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}")
+        assert served.charset == CHARSET
+        text = "".join(generate(served, "a list of ", 40, temperature=0.5, seed=9))
+    assert text == "".join(generate(local, "a list of ", 40, temperature=0.5, seed=9))
+
+
+def test_bad_requests(step_model):
+    _, repo, local = step_model
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        reweight(np.ones(3) / 3, 0.0)
+    with pytest.raises(ValueError, match="top_k must be in 1..3"):
+        reweight(np.ones(3) / 3, 1.0, top_k=4)
+    with pytest.raises(ValueError, match="has no character the model knows"):
+        next(generate(local, "\u00e9\u00e8", 5))
+    run = subprocess.run(
+        [sys.executable, "-m", "deepr", "sample", "--local", str(repo / "char_lstm_step" / "1" / "model.onnx"),
+         "--prompt", "hello", "--temperature", "0"], capture_output=True, text=True,
+    )
+    assert run.returncode == 2 and "temperature must be > 0" in run.stderr
