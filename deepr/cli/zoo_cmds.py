@@ -85,6 +85,8 @@ def _train(args: argparse.Namespace) -> int:
             device=args.device,
             base_weights=args.base_weights,
             unfreeze_from=args.unfreeze_from,
+            sample_temperatures=args.sample_temperatures,
+            sample_length=args.sample_length,
             **{key: getattr(args, key) for key in AUGMENTATION_FLAGS},
         )
         result = train(cfg)
@@ -169,6 +171,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
+    p.add_argument("--sample-temperatures", type=lambda v: tuple(float(t) for t in v.split(",")),
+                   help="char_lstm: after each epoch, generate text at these temperatures, e.g. 0.2,0.5,1.0,1.2")
+    p.add_argument("--sample-length", type=int, help="characters per temperature (default 400)")
     p.add_argument("--base-weights", help="pretrained base for transfer models: imagenet (TORCH_HOME or download) or a file")
     p.add_argument("--unfreeze-from", help="fine-tuning: unfreeze the pretrained base from this layer on, e.g. block5_conv1")
     augment = p.add_argument_group("augmentation (picture data; as image_data_generator)")

@@ -56,6 +56,10 @@ class TrainConfig:
     """Pretrained base weights for transfer models: "imagenet" (TORCH_HOME or a download) or a file."""
     unfreeze_from: str | None = None
     """Fine-tuning: unfreeze the pretrained base from this layer on (e.g. block5_conv1)."""
+    sample_temperatures: tuple[float, ...] = ()
+    """Character models: after each epoch, generate text at these temperatures (the tutorial's loop)."""
+    sample_length: int = 400
+    """Characters generated per temperature after each epoch."""
     device: str = "auto"
     """"cpu", "cuda" or "auto" (cuda when available)."""
     progress: bool = True

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._registry import get_model, get_model_spec
 from ..datasets import SupervisedData, load_dataset
+from ..datasets.chars import CHARSET
 from .config import TrainConfig
 from ..layers import regularization_loss
 from .evaluate import count_correct, evaluate, fit_input, task_loss
@@ -63,6 +64,20 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def _epoch_samples(cfg: TrainConfig, model: nn.Module, data: SupervisedData, epoch: int, bar: tqdm) -> dict[str, object]:
+    """The tutorial's loop body: a random 60-character seed from the text, then text at each temperature."""
+    from .text_sampling import window_sample
+
+    windows = data.train
+    start = int(torch.randint(len(windows), (1,), generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+    seed_text = "".join(CHARSET[i] for i in windows[start][0].argmax(1).tolist())
+    texts = {str(t): window_sample(model, seed_text, cfg.sample_length, t, seed=cfg.seed + epoch) for t in cfg.sample_temperatures}
+    model.train()
+    for t, text in texts.items():
+        bar.write(f"--- epoch {epoch + 1}, temperature {t}, seed {seed_text!r}\n{text}")
+    return {"epoch": epoch + 1, "seed": seed_text, "texts": texts}
+
+
 def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
     spec = get_model_spec(cfg.model)
@@ -93,6 +108,7 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
         else None
     )
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    samples: list[dict[str, object]] = []
     bar = tqdm(total=total_steps, desc=cfg.model, unit="batch", disable=not cfg.progress, dynamic_ncols=True)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -118,6 +134,8 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
             val = evaluate(model, val_set, task=spec.task, input_shape=spec.input_shape, device=device)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val["accuracy"])
+        if cfg.sample_temperatures:
+            samples.append(_epoch_samples(cfg, model, data, epoch, bar))
         bar.set_postfix_str(
             f"epoch {epoch + 1}/{cfg.epochs} loss {history['loss'][-1]:.3f} acc {history['accuracy'][-1]:.3f}"
             + (f" val_acc {history['val_accuracy'][-1]:.3f}" if n_val else "")
@@ -140,4 +158,6 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     }
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_history(history, cfg.out / "history.png", title=f"{cfg.model} on {data.name}")
+    if samples:
+        (cfg.out / "samples.json").write_text(json.dumps(samples, indent=2))
     return TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
