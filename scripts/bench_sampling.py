@@ -1,6 +1,7 @@
 """Characters per second from char_lstm, side by side in one run: the tutorial's way
 (re-read the 60-character window through the whole model for each character, PyTorch),
-the step graph in-process (onnxruntime), and the step graph through deepr's gRPC server.
+the step graph in-process (onnxruntime), and the step graph through deepr's gRPC server
+(one call per character, or all steps over one ModelStreamInfer stream).
 
     python scripts/bench_sampling.py [--length 300] [--out bench_sampling.json]
 
@@ -56,6 +57,8 @@ def main() -> None:
         with serve_in_thread(ServerSettings(repository=Path(tmp) / "repo", host="127.0.0.1", port=0, device="cpu")) as server:
             served = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}")
             record("step graph, deepr gRPC server", lambda: "".join(generate(served, prompt, args.length, temperature=0.5, seed=0)))
+            streamed = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}", stream=True)
+            record("step graph, deepr gRPC stream", lambda: "".join(generate(streamed, prompt, args.length, temperature=0.5, seed=0)))
     base = rows[0]["chars_per_s"]
     print(f"char_lstm, {args.length} characters at T=0.5, CPU, torch threads {torch.get_num_threads()}, onnxruntime {ort.__version__}")
     print(f"{'way':<38} {'chars/s':>10} {'x tutorial':>11}")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import queue
 from typing import Mapping, Sequence
 
 import grpc
@@ -16,7 +17,7 @@ from .grpc._generated import grpc_predict_v2_pb2 as pb
 from .grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from .grpc._generated import model_config_pb2 as mc
 
-__all__ = ["InferenceClient", "InferenceServerError", "DEFAULT_URL"]
+__all__ = ["InferenceClient", "InferenceServerError", "InferenceStream", "build_request", "DEFAULT_URL"]
 
 DEFAULT_URL = "localhost:8001"
 
@@ -75,6 +76,10 @@ class InferenceClient:
     def model_config(self, model: str, version: str = "") -> mc.ModelConfig:
         return self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version)).config
 
+    def stream(self) -> "InferenceStream":
+        """A ModelStreamInfer stream: requests go out one by one on one HTTP/2 stream."""
+        return InferenceStream(self)
+
     def infer(
         self,
         model: str,
@@ -90,15 +95,61 @@ class InferenceClient:
         `class_count` maps an output name to K to receive its top K classes as
         "score:index:label" bytes (see serving.classification.parse_class_string).
         """
-        request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
-        for name, array in inputs.items():
-            array = np.asarray(array)
-            datatype, raw = to_raw(array)
-            request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-            request.raw_input_contents.append(raw)
-        wanted = list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
-        for name in wanted:
-            out = request.outputs.add(name=name)
-            if class_count and name in class_count:
-                out.parameters["classification"].int64_param = class_count[name]
+        request = build_request(model, inputs, outputs=outputs, class_count=class_count, version=version, request_id=request_id)
         return decode_outputs(self._call("ModelInfer", request))
+
+
+def build_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    outputs: Sequence[str] | None = None,
+    class_count: Mapping[str, int] | None = None,
+    version: str = "",
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with raw contents for `inputs`."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, array in inputs.items():
+        array = np.asarray(array)
+        datatype, raw = to_raw(array)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(raw)
+    wanted = list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
+    for name in wanted:
+        out = request.outputs.add(name=name)
+        if class_count and name in class_count:
+            out.parameters["classification"].int64_param = class_count[name]
+    return request
+
+
+class InferenceStream:
+    """Requests and responses on one ModelStreamInfer call, in order; for callers that need
+    each answer before the next question (sampling one character at a time)."""
+
+    def __init__(self, client: InferenceClient) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._responses = client._stub.ModelStreamInfer(iter(self._requests.get, None))
+        self.url = client.url
+
+    def __enter__(self) -> "InferenceStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._requests.put(None)  # ends the request iterator, so the server ends the call
+        self._responses.cancel()
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], **options: object) -> dict[str, np.ndarray]:
+        self._requests.put(build_request(model, inputs, **options))  # type: ignore[arg-type]
+        try:
+            response = next(self._responses)
+        except grpc.RpcError as exc:
+            raise InferenceServerError(exc.code(), exc.details() or "") from None
+        if response.error_message:
+            code_name, _, message = response.error_message.partition(": ")
+            code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
+            raise InferenceServerError(code, message if code is not grpc.StatusCode.UNKNOWN else response.error_message)
+        return decode_outputs(response.infer_response)

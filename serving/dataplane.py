@@ -19,7 +19,7 @@ from .settings import ServerSettings
 __all__ = ["DataPlane", "RequestedOutput", "SERVER_NAME", "EXTENSIONS"]
 
 SERVER_NAME = "deepr"
-EXTENSIONS = ("classification", "model_configuration")
+EXTENSIONS = ("classification", "model_configuration", "streaming")
 
 
 @dataclass(frozen=True)

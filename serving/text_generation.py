@@ -70,11 +70,13 @@ class LocalStepModel:
 
 
 class ServedStepModel:
-    """A `<model>_step` graph on a V2 server: one request per character, state sent along."""
+    """A `<model>_step` graph on a V2 server: one request per character, state sent along;
+    with `stream=True` the requests go over one ModelStreamInfer stream."""
 
-    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None, stream: bool = False) -> None:
         self.model = model
         self.client = client or InferenceClient(url)
+        self._infer = self.client.stream().infer if stream else self.client.infer
         config = self.client.model_config(model)
         if CHARSET_PARAMETER not in config.parameters:
             raise ValueError(f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)")
@@ -82,7 +84,7 @@ class ServedStepModel:
         self.units = int(config.input[1].dims[0])
 
     def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.client.infer(self.model, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
+        out = self._infer(self.model, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
         return out["probabilities"][0], out["h_out"], out["c_out"]
 
 
@@ -118,9 +120,11 @@ def sample_text(
     top_k: int | None = None,
     seed: int | None = None,
     on_char: Callable[[str], None] | None = None,
+    stream: bool = False,
 ) -> str:
-    """`length` characters after `prompt`, from a served step graph (or a local one)."""
-    step_model: StepModel = LocalStepModel(local) if local else ServedStepModel(model, url=url)
+    """`length` characters after `prompt`, from a served step graph (or a local one);
+    `stream` sends the steps over one gRPC stream, `on_char` sees each character as it comes."""
+    step_model: StepModel = LocalStepModel(local) if local else ServedStepModel(model, url=url, stream=stream)
     out = []
     for ch in generate(step_model, prompt, length, temperature=temperature, top_k=top_k, seed=seed):
         out.append(ch)

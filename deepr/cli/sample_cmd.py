@@ -25,6 +25,7 @@ def _sample(args: argparse.Namespace) -> int:
         text = sample_text(
             args.prompt, model=model, url=args.url, local=args.local, length=args.length,
             temperature=args.temperature, top_k=args.top_k, seed=args.seed, on_char=show if args.stream else None,
+            stream=args.stream,
         )
     except InferenceServerError as exc:
         raise CLIError(f"{exc} (server {args.url})") from None
@@ -43,6 +44,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; low is conservative, high is inventive (default: %(default)s)")
     p.add_argument("--top-k", type=int, help="sample only among the k likeliest characters")
     p.add_argument("--seed", type=int, help="same seed, same text")
-    p.add_argument("--stream", action="store_true", help="print characters as they are made")
+    p.add_argument("--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream")
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_sample)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -84,8 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
 
-    @_status_on_error
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self.dataplane.model(request.model_name, request.model_version)
         inputs = decode_inputs(request, model.inputs)
         requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
@@ -94,6 +93,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for name, array in outputs.items():
             encode_output(name, array, response)
         return response
+
+    @_status_on_error
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, in order; a failed request answers with error_message
+        and the stream goes on, as the protocol's streaming extension specifies."""
+        async for request in request_iterator:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ServingError as exc:
+                yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
+            except Exception as exc:  # a bug: report it on the stream and keep serving
+                logger.exception("ModelStreamInfer failed")
+                yield pb.ModelStreamInferResponse(error_message=f"INTERNAL: {type(exc).__name__}: {exc}")
 
     @_status_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:

@@ -182,3 +182,22 @@ def test_tritonclient_sees_the_status(client):
     with pytest.raises(InferenceServerException) as info:
         client.infer("mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "does not match" in info.value.message()
+
+
+def test_stream_infer_with_tritonclient(client, in_process):
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for batch in (1, 3):
+            client.async_stream_infer("mnist_convnet", [triton_input(images(batch, seed=batch))], request_id=f"s{batch}")
+        client.async_stream_infer("mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))], request_id="bad")
+        client.async_stream_infer("mnist_convnet", [triton_input(images(2, seed=2))], request_id="s2")
+        got = [results.get(timeout=30) for _ in range(4)]
+    finally:
+        client.stop_stream()
+    for (result, error), batch in zip([got[0], got[1], got[3]], (1, 3, 2)):
+        assert error is None
+        np.testing.assert_allclose(result.as_numpy("probabilities"), in_process.run(None, {"images": images(batch, seed=batch)})[0], rtol=1e-6, atol=1e-7)
+    assert got[2][0] is None and "INVALID_ARGUMENT" in str(got[2][1]) and "does not match" in str(got[2][1])

@@ -91,6 +91,8 @@ def test_served_equals_local(step_model):
         served = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}")
         assert served.charset == CHARSET
         text = "".join(generate(served, "a list of ", 40, temperature=0.5, seed=9))
+        streamed = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}", stream=True)
+        assert "".join(generate(streamed, "a list of ", 40, temperature=0.5, seed=9)) == text
     assert text == "".join(generate(local, "a list of ", 40, temperature=0.5, seed=9))
 
 
