@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -22,10 +23,11 @@ from zoo.recipes import load_weights
 from .config import ExportConfig
 from .onnx import export_onnx
 from .repository import LABELS_FILE, add_to_repository
-from .validate import validate_onnx
+from .errors import ToleranceError
+from .validate import ValidationReport, validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning
 
-__all__ = ["CharStep", "export_char_step", "STEP_SUFFIX", "CHARSET_PARAMETER"]
+__all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_PARAMETER"]
 
 STEP_SUFFIX = "_step"
 CHARSET_PARAMETER = "deepr.charset"
@@ -83,3 +85,69 @@ def export_char_step(
         report = validate_onnx(step, onnx_file, cases, config)
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=tuple(CHARSET), version=version)
     return ExportResult(step_name, version_dir, report, time.perf_counter() - start)
+
+
+GENERATE_SUFFIX = "_generate"
+
+
+def export_char_generation(
+    repository: str | Path, *, weights: str | Path | None = None, name: str = "char_lstm", version: int | None = None
+) -> ExportResult:
+    """Add `<name>_generate` (the Loop graph: prompt in, N sampled characters out) to `repository`.
+
+    The loop wraps the step graph; it is checked by comparing its per-step distributions
+    with the step graph's on the characters it produced.
+    """
+    from .generation_graph import build_generation_graph
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrainedWeightsWarning)  # said once, below
+            step = export_char_step(Path(tmp) / "repo", weights=weights, name=name)
+        if weights is None:
+            warnings.warn(f"exporting {name}'s generation graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2)
+        step_file = step.version_dir / "model.onnx"
+        loop = build_generation_graph(onnx.load(step_file))
+        for key, value in (("model", name + GENERATE_SUFFIX), ("charset", CHARSET)):
+            entry = loop.metadata_props.add()
+            entry.key, entry.value = f"deepr.{key}", value
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx.save(loop, onnx_file)
+        worst = _check_loop_against_step(onnx_file, step_file)
+        model_config = mc.ModelConfig(name=name + GENERATE_SUFFIX, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=0)
+        model_config.input.add(name="prompt", data_type=mc.TYPE_INT64, dims=[-1])
+        model_config.input.add(name="length", data_type=mc.TYPE_INT64, dims=[1])
+        model_config.input.add(name="temperature", data_type=mc.TYPE_FP32, dims=[1])
+        model_config.input.add(name="top_k", data_type=mc.TYPE_INT64, dims=[1])
+        model_config.input.add(name="seed", data_type=mc.TYPE_INT64, dims=[1])
+        model_config.output.add(name="chars", data_type=mc.TYPE_INT64, dims=[-1])
+        model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[-1, len(CHARSET)])
+        model_config.parameters[CHARSET_PARAMETER].string_value = CHARSET
+        version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
+    report = ValidationReport(((60,),), worst, worst, 1e-5, 0.0)
+    return ExportResult(name + GENERATE_SUFFIX, version_dir, report, time.perf_counter() - start)
+
+
+def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40) -> float:
+    """Largest difference between the loop's and the step graph's distributions, step by step."""
+    import onnxruntime as ort
+
+    from zoo.datasets.chars import encode_text
+
+    loop = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(step_file), providers=["CPUExecutionProvider"])
+    prompt = encode_text("return the first item of the sequence, or raise an error if ")
+    chars, probs = loop.run(None, {"prompt": prompt, "length": np.array([length]), "temperature": np.array([0.8], np.float32),
+                                   "top_k": np.array([0]), "seed": np.array([1])})
+    units = step.get_inputs()[1].shape[1]
+    h = np.zeros((1, units), np.float32)
+    c = np.zeros_like(h)
+    worst = 0.0
+    for position, code in enumerate(np.concatenate([prompt, chars[:-1]])):
+        p, h, c = step.run(None, {"char_index": np.array([[code]]), "h": h, "c": c})
+        if position >= len(prompt) - 1:
+            worst = max(worst, float(np.abs(p[0] - probs[position - len(prompt) + 1]).max()))
+    if worst > 1e-5:
+        raise ToleranceError([f"loop graph vs step graph: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"])
+    return worst

@@ -20,7 +20,16 @@ import onnxruntime as ort
 from .client import DEFAULT_URL, InferenceClient
 from .providers import select_providers
 
-__all__ = ["LocalStepModel", "ServedStepModel", "reweight", "sample_next", "generate", "sample_text", "CHARSET_PARAMETER"]
+__all__ = [
+    "CHARSET_PARAMETER",
+    "LocalStepModel",
+    "ServedStepModel",
+    "generate",
+    "generate_in_one_call",
+    "reweight",
+    "sample_next",
+    "sample_text",
+]
 
 CHARSET_PARAMETER = "deepr.charset"
 
@@ -92,10 +101,7 @@ def generate(
     model: StepModel, prompt: str, length: int, *, temperature: float = 1.0, top_k: int | None = None, seed: int | None = None
 ) -> Iterator[str]:
     """Characters one at a time, after reading `prompt` into the state."""
-    index = {ch: i for i, ch in enumerate(model.charset)}
-    codes = [index[ch] for ch in prompt.lower().replace("\t", " ") if ch in index]
-    if not codes:
-        raise ValueError(f"the prompt {prompt!r} has no character the model knows; it knows {model.charset!r}")
+    codes = _prompt_codes(model.charset, prompt)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     rng = np.random.default_rng(seed)
@@ -107,6 +113,60 @@ def generate(
         code = sample_next(probs, temperature, top_k, rng)
         yield model.charset[code]
         probs, h, c = model.step(code, h, c)
+
+
+def _prompt_codes(charset: str, prompt: str) -> np.ndarray:
+    index = {ch: i for i, ch in enumerate(charset)}
+    codes = [index[ch] for ch in prompt.lower().replace("\t", " ") if ch in index]
+    if not codes:
+        raise ValueError(f"the prompt {prompt!r} has no character the model knows; it knows {charset!r}")
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _loop_inputs(charset: str, prompt: str, length: int, temperature: float, top_k: int | None, seed: int | None) -> dict[str, np.ndarray]:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if top_k is not None and not 1 <= top_k <= len(charset):
+        raise ValueError(f"top_k must be in 1..{len(charset)}, got {top_k}")
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**62))
+    return {
+        "prompt": _prompt_codes(charset, prompt),
+        "length": np.array([length], np.int64),
+        "temperature": np.array([temperature], np.float32),
+        "top_k": np.array([top_k or 0], np.int64),
+        "seed": np.array([seed], np.int64),
+    }
+
+
+def generate_in_one_call(
+    prompt: str,
+    *,
+    model: str = "char_lstm_generate",
+    url: str = DEFAULT_URL,
+    local: str | Path | None = None,
+    length: int = 400,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> str:
+    """`length` characters from the Loop graph (`<model>_generate`): one request for the whole text."""
+    if local:
+        if not Path(local).is_file():
+            raise FileNotFoundError(f"no generation graph at {local}")
+        session = ort.InferenceSession(str(local), providers=list(select_providers("auto")))
+        charset = session.get_modelmeta().custom_metadata_map["deepr.charset"]
+        chars = session.run(["chars"], _loop_inputs(charset, prompt, length, temperature, top_k, seed))[0]
+        return "".join(charset[i] for i in chars)
+    with InferenceClient(url) as client:
+        config = client.model_config(model)
+        if CHARSET_PARAMETER not in config.parameters or [i.name for i in config.input][:1] != ["prompt"]:
+            raise ValueError(f"model {model!r} is not a generation graph (export one with `deepr export char_lstm --generate`)")
+        charset = config.parameters[CHARSET_PARAMETER].string_value
+        chars = client.infer(model, _loop_inputs(charset, prompt, length, temperature, top_k, seed), outputs=["chars"])["chars"]
+    return "".join(charset[i] for i in chars)
 
 
 def sample_text(

@@ -13,20 +13,27 @@ from .errors import EXIT_USAGE, CLIError
 
 def _sample(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.text_generation import sample_text
+    from serving.text_generation import generate_in_one_call, sample_text
 
-    model = args.model if args.model.endswith("_step") else args.model + "_step"
+    base = args.model.removesuffix("_step").removesuffix("_generate")
+    one_call = not args.stream and args.graph == "loop"
 
     def show(ch: str) -> None:
         sys.stdout.write(ch)
         sys.stdout.flush()
 
     try:
-        text = sample_text(
-            args.prompt, model=model, url=args.url, local=args.local, length=args.length,
-            temperature=args.temperature, top_k=args.top_k, seed=args.seed, on_char=show if args.stream else None,
-            stream=args.stream,
-        )
+        if one_call:
+            text = generate_in_one_call(
+                args.prompt, model=base + "_generate", url=args.url, local=args.local, length=args.length,
+                temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+            )
+        else:
+            text = sample_text(
+                args.prompt, model=base + "_step", url=args.url, local=args.local, length=args.length,
+                temperature=args.temperature, top_k=args.top_k, seed=args.seed, on_char=show if args.stream else None,
+                stream=args.stream,
+            )
     except InferenceServerError as exc:
         raise CLIError(f"{exc} (server {args.url})") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -37,8 +44,10 @@ def _sample(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a character model's step graph, with temperature")
-    p.add_argument("--model", default="char_lstm", help="served model (NAME or NAME_step; default: %(default)s)")
-    p.add_argument("--local", type=Path, help="run this exported step graph in-process instead of asking a server")
+    p.add_argument("--model", default="char_lstm", help="served model: NAME (uses NAME_generate or NAME_step; default: %(default)s)")
+    p.add_argument("--graph", choices=("loop", "step"), default="loop",
+                   help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)")
+    p.add_argument("--local", type=Path, help="run this exported graph (loop or step, per --graph) in-process instead")
     p.add_argument("--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)")
     p.add_argument("--length", type=int, default=400, help="characters to generate (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; low is conservative, high is inventive (default: %(default)s)")

@@ -109,3 +109,64 @@ def test_bad_requests(step_model):
          "--prompt", "hello", "--temperature", "0"], capture_output=True, text=True,
     )
     assert run.returncode == 2 and "temperature must be > 0" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def loop_graph(step_model, tmp_path_factory):
+    import onnxruntime as ort
+
+    from exporters.text_generation import export_char_generation
+
+    tmp = tmp_path_factory.mktemp("loop")
+    model, _, _ = step_model
+    torch.save(model.state_dict(), tmp / "weights.pt")
+    result = export_char_generation(tmp / "repo", weights=tmp / "weights.pt")
+    assert result.validation.max_abs_diff <= 1e-5  # per-step distributions equal the step graph's
+    return tmp / "repo", ort.InferenceSession(str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def run_loop(session, prompt, length, temperature, top_k, seed):
+    return session.run(None, {"prompt": encode_text(prompt), "length": np.array([length]), "temperature": np.array([temperature], np.float32),
+                              "top_k": np.array([top_k]), "seed": np.array([seed])})
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.2])
+def test_loop_samples_fit_the_reweighted_distribution(loop_graph, temperature):
+    _, session = loop_graph
+    draws = 3000
+    firsts, probs = [], None
+    for seed in range(draws):  # the seed is a graph input: one call per draw
+        chars, p = run_loop(session, "an ", 1, temperature, 0, seed)
+        firsts.append(int(chars[0]))
+        probs = p[0]
+    counts = np.bincount(firsts, minlength=len(CHARSET))
+    expected = draws * reweight(probs, temperature)
+    rare = expected < 5
+    observed, wanted = counts[~rare], expected[~rare]
+    if rare.any():
+        observed, wanted = np.append(observed, counts[rare].sum()), np.append(wanted, expected[rare].sum())
+    assert chisquare(observed, wanted).pvalue > 0.001
+
+
+def test_loop_top_k_and_seeds(loop_graph):
+    _, session = loop_graph
+    chars, probs = run_loop(session, "the ", 1, 1.2, 3, 0)
+    top3 = set(np.argsort(probs[0])[-3:].tolist())
+    assert {int(run_loop(session, "the ", 1, 1.2, 3, seed)[0][0]) for seed in range(300)} <= top3
+    a = run_loop(session, "the value ", 60, 0.7, 0, 42)[0]
+    assert np.array_equal(a, run_loop(session, "the value ", 60, 0.7, 0, 42)[0])
+    assert not np.array_equal(a, run_loop(session, "the value ", 60, 0.7, 0, 43)[0])
+    greedy = run_loop(session, "the value ", 30, 1e-4, 0, 1)[0]
+    assert np.array_equal(greedy, run_loop(session, "the value ", 30, 1e-4, 0, 2)[0])
+
+
+def test_loop_served_equals_local(loop_graph):
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+    from serving.text_generation import generate_in_one_call
+
+    repo, session = loop_graph
+    local = "".join(CHARSET[i] for i in run_loop(session, "a list of ", 50, 0.5, 5, 9)[0])
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+        served = generate_in_one_call("a list of ", url=f"127.0.0.1:{server.port}", length=50, temperature=0.5, top_k=5, seed=9)
+    assert served == local and len(served) == 50
