@@ -43,7 +43,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate text from a character model's step graph, with temperature")
+    p = sub.add_parser("sample", help="generate text from a character model (loop or step graph), with temperature")
     p.add_argument("--model", default="char_lstm", help="served model: NAME (uses NAME_generate or NAME_step; default: %(default)s)")
     p.add_argument("--graph", choices=("loop", "step"), default="loop",
                    help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)")
