@@ -16,6 +16,7 @@ import torch
 
 from serving.classify import PREPROCESSING_PARAMETER
 from serving.preprocessing import ImagePreprocessing
+from serving.text_encoding import TEXT_ENCODING_PARAMETER
 from serving.grpc._generated import model_config_pb2 as mc
 from zoo import get_model, get_model_spec
 from zoo.datasets import dataset_info
@@ -151,11 +152,16 @@ def export_model(
         **({"labels": list(labels)} if labels else {}),
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
+    encoding_file = Path(weights).parent / "text_encoding.json" if weights else None
+    text_encoding = encoding_file.read_text() if encoding_file is not None and encoding_file.is_file() else None
+    if text_encoding is not None:
+        metadata["text_encoding"] = text_encoding
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(model, (example,), onnx_file, config, metadata)
         report = validate_onnx(model, onnx_file, cases, config)
-        version_dir = add_to_repository(
-            Path(repository), model_config_for(name, model, config, output_dims, labels is not None), onnx_file, labels=labels, version=version
-        )
+        model_config = model_config_for(name, model, config, output_dims, labels is not None)
+        if text_encoding is not None:
+            model_config.parameters[TEXT_ENCODING_PARAMETER].string_value = text_encoding
+        version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
     return ExportResult(name, version_dir, report, time.perf_counter() - start)

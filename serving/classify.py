@@ -10,8 +10,9 @@ import numpy as np
 from .classification import parse_class_string
 from .client import DEFAULT_URL, InferenceClient
 from .preprocessing import ImageInput, ImagePreprocessing
+from .text_encoding import TEXT_ENCODING_PARAMETER, WordEncoding
 
-__all__ = ["Prediction", "classify", "PREPROCESSING_PARAMETER"]
+__all__ = ["Prediction", "classify", "classify_text", "PREPROCESSING_PARAMETER"]
 
 PREPROCESSING_PARAMETER = "deepr.preprocessing"
 
@@ -21,6 +22,24 @@ class Prediction:
     label: str
     index: int
     score: float
+
+
+def _top_k(client: InferenceClient, model: str, config, inputs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+    """Top-k predictions per row of `inputs`, in batches of the model's max_batch_size."""
+    model_input, output = config.input[0], config.output[0]
+    chunk = config.max_batch_size or 1
+    results: list[list[Prediction]] = []
+    for start in range(0, len(inputs), chunk):
+        batch = inputs[start : start + chunk]
+        batch = batch.reshape(len(batch), *[d if d > 0 else -1 for d in model_input.dims])  # e.g. (N, 784) for a dense net
+        classes = client.infer(model, {model_input.name: batch}, class_count={output.name: top_k})[output.name]
+        for row in np.atleast_2d(classes):
+            results.append([Prediction(label, index, score) for score, index, label in map(parse_class_string, row)])
+    return results
+
+
+def _with_client(url: str, client: InferenceClient | None):
+    return (client, False) if client is not None else (InferenceClient(url), True)
 
 
 def classify(
@@ -36,23 +55,36 @@ def classify(
     The model's config.pbtxt carries its preprocessing ("deepr.preprocessing")
     and input shape, so the caller needs nothing but the model's name.
     """
-    own = client is None
-    client = client or InferenceClient(url)
+    client, own = _with_client(url, client)
     try:
         config = client.model_config(model)
         if PREPROCESSING_PARAMETER not in config.parameters:
             raise ValueError(f"model {model!r} has no {PREPROCESSING_PARAMETER} parameter: it does not take images")
         preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_PARAMETER].string_value)
-        image_input, output = config.input[0], config.output[0]
-        chunk = config.max_batch_size or 1
-        results: list[list[Prediction]] = []
-        for start in range(0, len(images), chunk):
-            batch = preprocess(images[start : start + chunk])
-            batch = batch.reshape(len(batch), *image_input.dims)  # e.g. (N, 784) for a dense net
-            classes = client.infer(model, {image_input.name: batch}, class_count={output.name: top_k})[output.name]
-            for row in np.atleast_2d(classes):
-                results.append([Prediction(label, index, score) for score, index, label in map(parse_class_string, row)])
-        return results
+        return _top_k(client, model, config, preprocess(images), top_k)
+    finally:
+        if own:
+            client.close()
+
+
+def classify_text(
+    texts: Sequence[str],
+    model: str,
+    *,
+    url: str = DEFAULT_URL,
+    top_k: int = 1,
+    client: InferenceClient | None = None,
+) -> list[list[Prediction]]:
+    """Predictions for each text from a served word model (imdb_*): the vocabulary comes from
+    its config ("deepr.text_encoding"). A binary model answers with its positive class and
+    that class's probability."""
+    client, own = _with_client(url, client)
+    try:
+        config = client.model_config(model)
+        if TEXT_ENCODING_PARAMETER not in config.parameters:
+            raise ValueError(f"model {model!r} has no {TEXT_ENCODING_PARAMETER} parameter: export it from a training run's weights")
+        encode = WordEncoding.from_json(config.parameters[TEXT_ENCODING_PARAMETER].string_value)
+        return _top_k(client, model, config, encode(texts), top_k)
     finally:
         if own:
             client.close()

@@ -83,3 +83,29 @@ def test_cli_unreachable_server(tmp_path, held_out):
     Image.fromarray(held_out[0][0]).save(digit)
     result = run_cli("classify", "--model", "mnist_convnet", "--url", "127.0.0.1:1", str(digit))
     assert result.returncode == 1 and "no deepr server reachable at 127.0.0.1:1" in result.stderr
+
+
+def test_served_word_model_classifies_text(tmp_path):
+    """The vocabulary travels from the training run into the repository; a client sends text."""
+    from exporters import export_model
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+    from serving.classify import classify_text
+    from zoo.datasets import load_dataset
+    from zoo.recipes import TrainConfig, train
+
+    data = load_dataset("words_sequences")
+    result = train(TrainConfig.for_model("imdb_lstm", out=tmp_path / "run", progress=False), data=data)
+    export_model("imdb_lstm", tmp_path / "repo", weights=tmp_path / "run" / "weights.pt")
+    texts = [
+        "Return the number of items in the queue, or raise an error when it is closed.",
+        "if not isinstance(value, int): raise TypeError(f'bad value {value!r}') return value + 1",
+    ]
+    with serve_in_thread(ServerSettings(repository=tmp_path / "repo", host="127.0.0.1", port=0, device="cpu")) as server:
+        served = classify_text(texts, "imdb_lstm", url=f"127.0.0.1:{server.port}")
+    encode = data.info.text
+    with torch.no_grad():
+        want = result.model(torch.from_numpy(encode(texts))).numpy()[:, 0]
+    assert [p[0].label for p in served] == ["prose", "prose"]
+    np.testing.assert_allclose([p[0].score for p in served], want, atol=1e-5)
+    assert want[0] > 0.5 > want[1]  # prose reads as prose, code does not

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from serving.preprocessing import ImagePreprocessing
+from serving.text_encoding import WordEncoding, multi_hot, pad_sequences
 
 from .digits import load_digits_28x28
 from .errors import DatasetError
@@ -26,7 +27,7 @@ from .augmentation import Augmentation
 from .chars import CHARSET, CharWindows, encode_text, read_corpus
 from .images import PictureSet, image_folders, skimage_cat_crops, to_tensor
 from .stdlib_text import docstrings
-from .text import load_imdb_npz, multi_hot, pad_sequences, stdlib_prose_code
+from .text import load_imdb_npz, stdlib_prose_code
 
 __all__ = [
     "Augmentation",
@@ -60,6 +61,8 @@ class DatasetInfo:
     """Class names; for binary tasks (negative, positive)."""
     preprocessing: ImagePreprocessing | None = None
     """How a picture becomes an input, for image datasets."""
+    text: WordEncoding | None = None
+    """How a text becomes an input (vocabulary and all), for word datasets; known once loaded."""
 
 
 @dataclass(frozen=True)
@@ -152,28 +155,31 @@ _PROSE_CODE_INFO = DatasetInfo(("code", "prose"))
 _IMDB_INFO = DatasetInfo(("negative", "positive"))
 
 
-def _words(vectorize: Callable[[list[list[int]]], np.ndarray], num_words: int, source: Path | None) -> SupervisedData:
+def _words(num_words: int, maxlen: int | None, source: Path | None) -> SupervisedData:
+    """Word data as multi-hot vectors (maxlen None) or padded sequences."""
     if source is None:
-        (train_x, train_y), (test_x, test_y) = stdlib_prose_code(num_words)
-        name, info = "prose_code", _PROSE_CODE_INFO
+        (train_x, train_y), (test_x, test_y), words = stdlib_prose_code(num_words)
+        name, classes = "prose_code", _PROSE_CODE_INFO.classes
         description = f"standard-library prose vs code snippets: {len(train_y)} train, {len(test_y)} held-out (other files)"
     else:
-        (train_x, train_y), (test_x, test_y) = load_imdb_npz(source, num_words)
-        name, info = "imdb", _IMDB_INFO
+        (train_x, train_y), (test_x, test_y), words = load_imdb_npz(source, num_words)
+        name, classes = "imdb", _IMDB_INFO.classes
         description = f"IMDB reviews from {source}: {len(train_y)} train, {len(test_y)} test"
+    encoding = WordEncoding(tuple(words), num_words, maxlen) if words is not None else None
 
     def tensors(x: list[list[int]], y: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(vectorize(x)), torch.from_numpy(y))
+        vectors = multi_hot(x, num_words) if maxlen is None else pad_sequences(x, maxlen)
+        return TensorDataset(torch.from_numpy(vectors), torch.from_numpy(y))
 
-    return SupervisedData(name, tensors(train_x, train_y), tensors(test_x, test_y), info, description)
+    return SupervisedData(name, tensors(train_x, train_y), tensors(test_x, test_y), DatasetInfo(classes, text=encoding), description)
 
 
 def _multi_hot(source: Path | None = None) -> SupervisedData:
-    return _words(lambda x: multi_hot(x, MULTI_HOT_WORDS), MULTI_HOT_WORDS, source)
+    return _words(MULTI_HOT_WORDS, None, source)
 
 
 def _sequences(source: Path | None = None) -> SupervisedData:
-    return _words(lambda x: pad_sequences(x, SEQUENCE_LENGTH), SEQUENCE_WORDS, source)
+    return _words(SEQUENCE_WORDS, SEQUENCE_LENGTH, source)
 
 
 # -- characters ----------------------------------------------------------------------------------------------------

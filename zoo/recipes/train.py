@@ -160,4 +160,6 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     plot_history(history, cfg.out / "history.png", title=f"{cfg.model} on {data.name}")
     if samples:
         (cfg.out / "samples.json").write_text(json.dumps(samples, indent=2))
+    if data.info.text is not None:  # the vocabulary the weights were trained with, for export
+        (cfg.out / "text_encoding.json").write_text(data.info.text.to_json())
     return TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
