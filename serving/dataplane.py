@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,11 +16,12 @@ from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 from .repository import READY, ModelRepository
 from .settings import ServerSettings
+from .statistics import StatisticsRegistry
 
 __all__ = ["DataPlane", "RequestedOutput", "SERVER_NAME", "EXTENSIONS"]
 
 SERVER_NAME = "deepr"
-EXTENSIONS = ("classification", "model_configuration", "streaming")
+EXTENSIONS = ("classification", "model_configuration", "streaming", "statistics")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="deepr-infer")
+        self.statistics = StatisticsRegistry()
         self._started = False
 
     def start(self) -> None:
@@ -74,15 +77,28 @@ class DataPlane:
     def model_versions(self, name: str) -> list[str]:
         return sorted(self.repository.entry(name).versions, key=int)
 
-    async def infer(self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput]) -> dict[str, np.ndarray]:
-        """Run `model` on decoded inputs in a worker thread; apply the classification extension."""
+    async def infer(
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput], timings: dict[str, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `model` on decoded inputs in a worker thread; apply the classification extension.
+        `timings` receives "queue_ns" (waiting for a thread) and "infer_ns" (onnxruntime)."""
         known = {o.name for o in model.outputs}
         unknown = [r.name for r in requested if r.name not in known]
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
         names = [r.name for r in requested] or None
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, model.predict, inputs, names)
+        submitted = time.perf_counter_ns()
+        started: list[int] = []
+
+        def run() -> dict[str, np.ndarray]:
+            started.append(time.perf_counter_ns())
+            return model.predict(inputs, names)
+
+        outputs = await loop.run_in_executor(self._executor, run)
+        if timings is not None:
+            timings["queue_ns"] = started[0] - submitted
+            timings["infer_ns"] = time.perf_counter_ns() - started[0]
         labels = self.repository.entry(model.name).labels
         for r in requested:
             if r.class_count:

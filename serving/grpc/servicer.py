@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
@@ -86,12 +87,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self.dataplane.model(request.model_name, request.model_version)
-        inputs = decode_inputs(request, model.inputs)
-        requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
-        outputs = await self.dataplane.infer(model, inputs, requested)
-        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        for name, array in outputs.items():
-            encode_output(name, array, response)
+        start = time.perf_counter_ns()
+        try:
+            inputs = decode_inputs(request, model.inputs)
+            requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
+            decoded = time.perf_counter_ns()
+            timings: dict[str, int] = {}
+            outputs = await self.dataplane.infer(model, inputs, requested, timings)
+            inferred = time.perf_counter_ns()
+            response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+            for name, array in outputs.items():
+                encode_output(name, array, response)
+        except Exception:
+            self.dataplane.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
+            raise
+        end = time.perf_counter_ns()
+        batch = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
+        self.dataplane.statistics.record_success(
+            model.name, model.version, batch=batch, total_ns=end - start, input_ns=decoded - start,
+            queue_ns=timings["queue_ns"], infer_ns=timings["infer_ns"], output_ns=end - inferred,
+        )
         return response
 
     @_status_on_error
@@ -111,6 +126,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:  # a bug: report it on the stream and keep serving
                 logger.exception("ModelStreamInfer failed")
                 yield pb.ModelStreamInferResponse(error_message=f"INTERNAL: {type(exc).__name__}: {exc}")
+
+    @_status_on_error
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self.dataplane.repository.entry(request.name)  # NOT_FOUND for an unknown model
+        duration = pb.StatisticDuration
+        stats = [
+            pb.ModelStatistics(
+                name=s.name, version=s.version, last_inference=s.last_inference_ms, inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(**{
+                    key: duration(count=getattr(s, key).count, ns=getattr(s, key).ns)
+                    for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+                }),
+            )
+            for s in self.dataplane.statistics.snapshot(request.name, request.version)
+        ]
+        return pb.ModelStatisticsResponse(model_stats=stats)
 
     @_status_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:

@@ -201,3 +201,25 @@ def test_stream_infer_with_tritonclient(client, in_process):
         assert error is None
         np.testing.assert_allclose(result.as_numpy("probabilities"), in_process.run(None, {"images": images(batch, seed=batch)})[0], rtol=1e-6, atol=1e-7)
     assert got[2][0] is None and "INVALID_ARGUMENT" in str(got[2][1]) and "does not match" in str(got[2][1])
+
+
+def test_statistics_count_what_was_sent(repository):
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
+        with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as fresh:
+            for batch in (1, 4, 7):
+                fresh.infer("mnist_convnet", [triton_input(images(batch))])
+            with pytest.raises(InferenceServerException):
+                fresh.infer("mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))])
+            stats = fresh.get_inference_statistics("mnist_convnet").model_stats
+            everything = fresh.get_inference_statistics().model_stats
+            with pytest.raises(InferenceServerException, match="unknown model"):
+                fresh.get_inference_statistics("nope")
+    (s,) = stats
+    assert (s.name, s.version, s.inference_count, s.execution_count) == ("mnist_convnet", "1", 12, 3)
+    infer = s.inference_stats
+    assert (infer.success.count, infer.fail.count, infer.compute_infer.count) == (3, 1, 3)
+    assert infer.success.ns >= infer.compute_infer.ns > 0 and s.last_inference > 0
+    assert [m.name for m in everything] == ["mnist_convnet"]
