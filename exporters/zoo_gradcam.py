@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 import warnings
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from serving.classify import PREPROCESSING_PARAMETER
+from serving.gradcam import LABELS_PARAMETER
 from serving.grpc._generated import model_config_pb2 as mc
 from zoo import get_model, get_model_spec
 from zoo.recipes import load_weights
@@ -114,5 +116,6 @@ def export_gradcam(
         if preprocessing is not None:
             model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
         model_config.parameters["deepr.gradcam.layer"].string_value = cam.layer
+        model_config.parameters[LABELS_PARAMETER].string_value = json.dumps(list(labels))
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
     return ExportResult(gradcam_name, version_dir, report, time.perf_counter() - start)

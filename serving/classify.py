@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .classification import parse_class_string
-from .client import DEFAULT_URL, InferenceClient
+from .client import DEFAULT_URL, InferenceClient, client_for
 from .preprocessing import ImageInput, ImagePreprocessing
 from .text_encoding import TEXT_ENCODING_PARAMETER, WordEncoding
 
@@ -38,8 +38,17 @@ def _top_k(client: InferenceClient, model: str, config, inputs: np.ndarray, top_
     return results
 
 
-def _with_client(url: str, client: InferenceClient | None):
-    return (client, False) if client is not None else (InferenceClient(url), True)
+def _classify(
+    model: str, url: str, client: InferenceClient | None, parameter: str, encoder: Callable[[str], Callable[[Sequence], np.ndarray]],
+    items: Sequence, top_k: int, what: str,
+) -> list[list[Prediction]]:
+    """Read the model's input encoding from config parameter `parameter`, encode `items`, ask for the top k."""
+    with client_for(url, client) as c:
+        config = c.model_config(model)
+        if parameter not in config.parameters:
+            raise ValueError(f"model {model!r} has no {parameter} parameter: it does not take {what}")
+        encode = encoder(config.parameters[parameter].string_value)
+        return _top_k(c, model, config, encode(items), top_k)
 
 
 def classify(
@@ -55,16 +64,7 @@ def classify(
     The model's config.pbtxt carries its preprocessing ("deepr.preprocessing")
     and input shape, so the caller needs nothing but the model's name.
     """
-    client, own = _with_client(url, client)
-    try:
-        config = client.model_config(model)
-        if PREPROCESSING_PARAMETER not in config.parameters:
-            raise ValueError(f"model {model!r} has no {PREPROCESSING_PARAMETER} parameter: it does not take images")
-        preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_PARAMETER].string_value)
-        return _top_k(client, model, config, preprocess(images), top_k)
-    finally:
-        if own:
-            client.close()
+    return _classify(model, url, client, PREPROCESSING_PARAMETER, ImagePreprocessing.from_json, images, top_k, "images")
 
 
 def classify_text(
@@ -78,13 +78,5 @@ def classify_text(
     """Predictions for each text from a served word model (imdb_*): the vocabulary comes from
     its config ("deepr.text_encoding"). A binary model answers with its positive class and
     that class's probability."""
-    client, own = _with_client(url, client)
-    try:
-        config = client.model_config(model)
-        if TEXT_ENCODING_PARAMETER not in config.parameters:
-            raise ValueError(f"model {model!r} has no {TEXT_ENCODING_PARAMETER} parameter: export it from a training run's weights")
-        encode = WordEncoding.from_json(config.parameters[TEXT_ENCODING_PARAMETER].string_value)
-        return _top_k(client, model, config, encode(texts), top_k)
-    finally:
-        if own:
-            client.close()
+    return _classify(model, url, client, TEXT_ENCODING_PARAMETER, WordEncoding.from_json, texts, top_k,
+                     "text (export it from a training run's weights)")

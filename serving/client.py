@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -17,7 +18,7 @@ from .grpc._generated import grpc_predict_v2_pb2 as pb
 from .grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from .grpc._generated import model_config_pb2 as mc
 
-__all__ = ["InferenceClient", "InferenceServerError", "InferenceStream", "build_request", "DEFAULT_URL"]
+__all__ = ["InferenceClient", "InferenceServerError", "InferenceStream", "build_request", "client_for", "DEFAULT_URL"]
 
 DEFAULT_URL = "localhost:8001"
 
@@ -121,6 +122,16 @@ def build_request(
         if class_count and name in class_count:
             out.parameters["classification"].int64_param = class_count[name]
     return request
+
+
+@contextlib.contextmanager
+def client_for(url: str, client: InferenceClient | None = None) -> Iterator[InferenceClient]:
+    """`client` as it is, or a new one for `url` that is closed afterwards."""
+    if client is not None:
+        yield client
+        return
+    with InferenceClient(url) as own:
+        yield own
 
 
 class InferenceStream:

@@ -17,13 +17,15 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from .classification import parse_class_string
 from .classify import PREPROCESSING_PARAMETER
-from .client import DEFAULT_URL, InferenceClient
+from .client import DEFAULT_URL, InferenceClient, client_for
 from .preprocessing import ImageInput, ImagePreprocessing, load_image
 from .providers import select_providers
 
-__all__ = ["GradCAMResult", "LocalGradCAM", "gradcam", "overlay", "TOP_CLASS"]
+LABELS_PARAMETER = "deepr.labels"
+"""Config parameter with the class names (JSON), so one inference call gives scores and labels."""
+
+__all__ = ["LABELS_PARAMETER", "GradCAMResult", "LocalGradCAM", "gradcam", "overlay", "TOP_CLASS"]
 
 TOP_CLASS = -1
 
@@ -100,27 +102,17 @@ def gradcam(
     client: InferenceClient | None = None,
 ) -> list[GradCAMResult]:
     """Heatmaps from a served Grad-CAM model; `class_index` None (or -1) means each image's top class."""
-    own = client is None
-    client = client or InferenceClient(url)
-    try:
-        config = client.model_config(model)
+    with client_for(url, client) as c:
+        config = c.model_config(model)
         if PREPROCESSING_PARAMETER not in config.parameters or "heatmap" not in [o.name for o in config.output]:
             raise ValueError(f"model {model!r} is not a Grad-CAM graph (export one with `deepr export NAME --gradcam`)")
         preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_PARAMETER].string_value)
         pictures = [load_image(i) for i in images]
         count = int(np.prod(config.output[0].dims))
         classes = _class_column(len(pictures), class_index, count)
-        outputs = client.infer(model, {"images": preprocess(pictures), "class_index": classes}, outputs=["scores", "heatmap"])
-        # The classification extension names every class once; the labels come from the server.
-        named = client.infer(model, {"images": preprocess(pictures[:1]), "class_index": classes[:1]}, class_count={"scores": count})["scores"]
-        labels = [""] * count
-        for item in np.atleast_2d(named)[0]:
-            _, index, label = parse_class_string(item)
-            labels[index] = label or str(index)
-        return _results(pictures, outputs["scores"], outputs["heatmap"], classes, labels)
-    finally:
-        if own:
-            client.close()
+        outputs = c.infer(model, {"images": preprocess(pictures), "class_index": classes}, outputs=["scores", "heatmap"])
+    labels = json.loads(config.parameters[LABELS_PARAMETER].string_value) if LABELS_PARAMETER in config.parameters else []
+    return _results(pictures, outputs["scores"], outputs["heatmap"], classes, labels)
 
 
 def overlay(picture: ImageInput, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> Image.Image:
