@@ -11,9 +11,20 @@ from serving.grpc._generated import model_config_pb2 as mc
 from serving.labels import write_labels
 from serving.model_config import write_config
 
-__all__ = ["add_to_repository", "next_version", "LABELS_FILE"]
+__all__ = ["add_to_repository", "next_version", "serving_config", "LABELS_FILE"]
 
 LABELS_FILE = "labels.txt"
+
+
+def serving_config(name: str, max_batch_size: int) -> mc.ModelConfig:
+    """The config.pbtxt skeleton of an ONNX model: onnxruntime backend, and for batched
+    models dynamic batching with no added delay (requests that arrive while the model is
+    busy are merged into its next run). Edit max_queue_delay_microseconds,
+    preferred_batch_size or default_queue_policy.max_queue_size in the file to tune it."""
+    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)
+    if max_batch_size > 0:
+        config.dynamic_batching.SetInParent()
+    return config
 
 
 def next_version(model_dir: Path) -> int:

@@ -22,7 +22,7 @@ from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .onnx import export_onnx
-from .repository import LABELS_FILE, add_to_repository
+from .repository import LABELS_FILE, add_to_repository, serving_config
 from .errors import ToleranceError
 from .validate import ValidationReport, validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning
@@ -70,7 +70,7 @@ def export_char_step(
         dynamic_axes=((0,), (0,), (0,)), max_batch_size=max_batch_size, validation_batch_sizes=(1, 5),
     )
     step_name = name + STEP_SUFFIX
-    model_config = mc.ModelConfig(name=step_name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)
+    model_config = serving_config(step_name, max_batch_size)
     model_config.input.add(name="char_index", data_type=mc.TYPE_INT64, dims=[1])
     for state in ("h", "c"):
         model_config.input.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
@@ -115,7 +115,7 @@ def export_char_generation(
         onnx_file = Path(tmp) / "model.onnx"
         onnx.save(loop, onnx_file)
         worst = _check_loop_against_step(onnx_file, step_file)
-        model_config = mc.ModelConfig(name=name + GENERATE_SUFFIX, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=0)
+        model_config = serving_config(name + GENERATE_SUFFIX, 0)
         model_config.input.add(name="prompt", data_type=mc.TYPE_INT64, dims=[-1])
         model_config.input.add(name="length", data_type=mc.TYPE_INT64, dims=[1])
         model_config.input.add(name="temperature", data_type=mc.TYPE_FP32, dims=[1])

@@ -24,7 +24,7 @@ from .config import ExportConfig
 from .gradcam import GRADCAM_INPUTS, GRADCAM_OUTPUTS, GradCAM, last_conv_layer
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
 from .onnx import export_onnx
-from .repository import LABELS_FILE, add_to_repository
+from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning, _classes, _input_shape, _labels, _preprocessing
 
@@ -107,7 +107,7 @@ def export_gradcam(
         )
         with torch.no_grad():
             outputs = _Reference(cam)(*example)
-        model_config = mc.ModelConfig(name=gradcam_name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)
+        model_config = serving_config(gradcam_name, max_batch_size)
         model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
         model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
         for output_name, tensor in zip(GRADCAM_OUTPUTS, outputs):

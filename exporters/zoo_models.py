@@ -24,7 +24,7 @@ from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .onnx import export_onnx
-from .repository import LABELS_FILE, add_to_repository
+from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import ValidationReport, validate_onnx
 
 __all__ = ["ExportResult", "UntrainedWeightsWarning", "export_model", "model_config_for"]
@@ -59,7 +59,7 @@ def model_config_for(
     spec = get_model_spec(name)
     shape = _input_shape(name, model)
     preprocessing = _preprocessing(name, model)
-    model_config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=config.max_batch_size)
+    model_config = serving_config(name, config.max_batch_size)
     image = preprocessing is not None and len(shape) == 3 and shape[0] in (1, 3)
     model_config.input.add(
         name=config.input_names[0],

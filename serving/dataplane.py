@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
+from .batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from .classification import top_k_strings
 from .errors import InvalidInput, ModelNotFound
 from .grpc._generated import model_config_pb2 as mc
@@ -37,6 +38,7 @@ class DataPlane:
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="deepr-infer")
         self.statistics = StatisticsRegistry()
+        self._batchers: dict[OnnxModel, DynamicBatcher] = {}
         self._started = False
 
     def start(self) -> None:
@@ -44,7 +46,10 @@ class DataPlane:
         self.repository.load_all()
         self._started = True
 
-    def stop(self) -> None:
+    async def close(self) -> None:
+        """Stop the batch schedulers (after their runs finish) and the inference threads."""
+        batchers, self._batchers = list(self._batchers.values()), {}
+        await asyncio.gather(*(b.close() for b in batchers))
         self._executor.shutdown(wait=True)
 
     def live(self) -> bool:
@@ -78,29 +83,54 @@ class DataPlane:
         return sorted(self.repository.entry(name).versions, key=int)
 
     async def infer(
-        self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput], timings: dict[str, int] | None = None
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput],
+        timings: BatchTimings | None = None, deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run `model` on decoded inputs in a worker thread; apply the classification extension.
-        `timings` receives "queue_ns" (waiting for a thread) and "infer_ns" (onnxruntime)."""
+        """Run `model` on decoded inputs, through its dynamic batcher when its config has one,
+        and apply the classification extension. `timings` receives what the request spent
+        queued and in onnxruntime; `deadline` (time.monotonic()) drops it unrun once passed."""
         known = {o.name for o in model.outputs}
         unknown = [r.name for r in requested if r.name not in known]
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
-        names = [r.name for r in requested] or None
-        loop = asyncio.get_running_loop()
-        submitted = time.perf_counter_ns()
-        started: list[int] = []
-
-        def run() -> dict[str, np.ndarray]:
-            started.append(time.perf_counter_ns())
-            return model.predict(inputs, names)
-
-        outputs = await loop.run_in_executor(self._executor, run)
+        names = [r.name for r in requested]
+        model.check_batch(inputs)
+        batcher = self._batcher(model)
+        if batcher is not None:
+            outputs, spent = await batcher.infer(inputs, names, deadline)
+        else:
+            outputs, spent = await self._run_alone(model, inputs, names)
         if timings is not None:
-            timings["queue_ns"] = started[0] - submitted
-            timings["infer_ns"] = time.perf_counter_ns() - started[0]
+            timings.queue_ns, timings.infer_ns, timings.batch_size = spent.queue_ns, spent.infer_ns, spent.batch_size
         labels = self.repository.entry(model.name).labels
         for r in requested:
             if r.class_count:
                 outputs[r.name] = top_k_strings(outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0)
         return outputs
+
+    async def _run_alone(self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], BatchTimings]:
+        submitted = time.perf_counter_ns()
+        started: list[int] = []
+
+        def run() -> dict[str, np.ndarray]:
+            started.append(time.perf_counter_ns())
+            return model.predict(inputs, names or None)
+
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        rows = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
+        spent = BatchTimings(started[0] - submitted, time.perf_counter_ns() - started[0], rows)
+        self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
+        return outputs, spent
+
+    def _batcher(self, model: OnnxModel) -> DynamicBatcher | None:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            policy = BatchingPolicy.from_config(model.config)
+            if policy is None:
+                return None
+
+            def record(rows: int, infer_ns: int) -> None:
+                self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=infer_ns)
+
+            batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
+        return batcher

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable"]
+__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded"]
 
 
 class ServingError(Exception):
@@ -41,3 +41,15 @@ class Unavailable(ServingError):
     """The server cannot take the request now."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(ServingError):
+    """The model's request queue is at its bound (dynamic_batching max_queue_size)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServingError):
+    """The client's deadline passed before the request could run."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,7 @@ from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
 
-__all__ = ["OnnxModel"]
+__all__ = ["OnnxModel", "RuntimeOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +33,28 @@ def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How onnxruntime runs every model of a server."""
+
+    device: str = "auto"
+    """auto (CUDA when usable), cuda or cpu."""
+    intra_op_threads: int = 0
+    """Threads per run; 0 lets onnxruntime choose (one per physical core)."""
+    spin: bool = False
+    """Let idle onnxruntime threads spin-wait for the next run. Faster back-to-back runs
+    when nothing else needs the cores; off, the cores go to the server's own work."""
+
+
 class OnnxModel:
     """An ONNX file served under a name and version, described by its config.pbtxt."""
 
-    def __init__(self, name: str, version: str, path: Path, config: mc.ModelConfig, *, device: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(self, name: str, version: str, path: Path, config: mc.ModelConfig, runtime: RuntimeOptions = RuntimeOptions()) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.config = config
-        self.device = device
-        self.intra_op_threads = intra_op_threads
+        self.runtime = runtime
         self._session: ort.InferenceSession | None = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -58,8 +71,12 @@ class OnnxModel:
     def load(self) -> None:
         """Create the session and check the config against the graph (ModelLoadError on any mismatch)."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = self.runtime.intra_op_threads
         options.log_severity_level = 3  # errors only: deepr reports its own
+        if not self.runtime.spin:
+            # Idle onnxruntime threads otherwise spin for a while after each run, taking the
+            # cores the event loop needs to decode the next requests.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.config.HasField("optimization"):
             level = self.config.optimization.graph.level
             if level not in _GRAPH_LEVELS:
@@ -67,7 +84,7 @@ class OnnxModel:
             options.graph_optimization_level = _GRAPH_LEVELS[level]
         start = time.perf_counter()
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=list(select_providers(self.device)))
+            session = ort.InferenceSession(str(self.path), options, providers=list(select_providers(self.runtime.device)))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}") from None
         self.inputs = self._specs(session.get_inputs(), list(self.config.input), "input")
@@ -112,20 +129,26 @@ class OnnxModel:
     def unload(self) -> None:
         self._session = None
 
+    def check_batch(self, inputs: dict[str, np.ndarray]) -> int:
+        """The request's batch size, after checking its inputs agree on it and it fits."""
+        if self.max_batch_size <= 0:
+            return 1
+        sizes = {a.shape[0] for a in inputs.values()}
+        if len(sizes) > 1:
+            raise InvalidInput(f"inputs of {self.name} disagree on the batch size: {sorted(sizes)}")
+        batch = sizes.pop() if sizes else 0
+        if batch > self.max_batch_size:
+            raise InvalidInput(f"batch of {batch} exceeds {self.name}'s max_batch_size {self.max_batch_size}")
+        if batch == 0:
+            raise InvalidInput(f"empty batch: {self.name} needs at least one example")
+        return batch
+
     def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the graph; `outputs` limits what is returned (default: every output)."""
         session = self._session
         if session is None:
             raise ModelLoadError(f"{self.name} version {self.version} is not loaded")
-        if self.max_batch_size > 0:
-            sizes = {a.shape[0] for a in inputs.values()}
-            if len(sizes) > 1:
-                raise InvalidInput(f"inputs of {self.name} disagree on the batch size: {sorted(sizes)}")
-            batch = sizes.pop() if sizes else 0
-            if batch > self.max_batch_size:
-                raise InvalidInput(f"batch of {batch} exceeds {self.name}'s max_batch_size {self.max_batch_size}")
-            if batch == 0:
-                raise InvalidInput(f"empty batch: {self.name} needs at least one example")
+        self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
         results = session.run(names, inputs)
         return dict(zip(names, results))

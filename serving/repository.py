@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ServingError
 from .grpc._generated import model_config_pb2 as mc
 from .labels import read_labels
-from .model import OnnxModel
+from .model import OnnxModel, RuntimeOptions
 from .model_config import CONFIG_FILE, read_config
 
 __all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE"]
@@ -61,10 +61,9 @@ def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
 
 
 class ModelRepository:
-    def __init__(self, root: str | Path, *, device: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(self, root: str | Path, runtime: RuntimeOptions = RuntimeOptions()) -> None:
         self.root = Path(root)
-        self.device = device
-        self.intra_op_threads = intra_op_threads
+        self.runtime = runtime
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
 
@@ -102,7 +101,7 @@ class ModelRepository:
             raise ModelLoadError(f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})")
         versions = {}
         for v in _chosen_versions(config, available):
-            model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, device=self.device, intra_op_threads=self.intra_op_threads)
+            model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, self.runtime)
             model.load()
             versions[str(v)] = model
         if not versions:

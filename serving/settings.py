@@ -32,12 +32,20 @@ class ServerSettings:
     """Threads running onnxruntime sessions concurrently. Env: DEEPR_INFER_THREADS."""
     intra_op_threads: int = 0
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose. Env: DEEPR_INTRA_OP_THREADS."""
+    ort_spinning: bool = False
+    """Idle onnxruntime threads spin-wait for the next run (off: they yield the cores to
+    the server's request handling, which serves more requests on few cores). Env: DEEPR_ORT_SPINNING."""
     max_message_bytes: int = 256 * 1024 * 1024
     """Largest gRPC message received or sent. Env: DEEPR_MAX_MESSAGE_BYTES."""
     grace_seconds: float = 10.0
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
+
+    def runtime(self) -> "RuntimeOptions":
+        from .model import RuntimeOptions
+
+        return RuntimeOptions(self.device, self.intra_op_threads, self.ort_spinning)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "ServerSettings":

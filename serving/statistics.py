@@ -37,6 +37,8 @@ class ModelStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, Duration] = field(default_factory=dict)
+    """onnxruntime runs by batch size (rows), with their compute time."""
 
 
 class StatisticsRegistry:
@@ -62,8 +64,14 @@ class StatisticsRegistry:
             stats.compute_infer.add(infer_ns)
             stats.compute_output.add(output_ns)
             stats.inference_count += batch
-            stats.execution_count += 1
             stats.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_execution(self, name: str, version: str, *, batch_size: int, infer_ns: int) -> None:
+        """One onnxruntime run, which may have served several requests (dynamic batching)."""
+        with self._lock:
+            stats = self._get(name, version)
+            stats.execution_count += 1
+            stats.batches.setdefault(batch_size, Duration()).add(infer_ns)
 
     def record_failure(self, name: str, version: str, total_ns: int) -> None:
         with self._lock:

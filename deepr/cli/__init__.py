@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Sequence
 
-from . import classify_cmd, gradcam_cmd, sample_cmd, serve_cmd, zoo_cmds
+from . import bench_cmd, classify_cmd, gradcam_cmd, sample_cmd, serve_cmd, zoo_cmds
 from .errors import CLIError
 
 __all__ = ["main"]
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, sample_cmd):
+    for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, sample_cmd, bench_cmd):
         module.add_commands(sub)
     return parser
 

@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             infer_threads=args.infer_threads,
             intra_op_threads=args.intra_op_threads,
+            ort_spinning=args.ort_spinning,
             max_message_bytes=args.max_message_bytes,
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
@@ -66,6 +67,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)")
     p.add_argument("--infer-threads", type=int, help="sessions run concurrently (default 4)")
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)")
+    p.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=None,
+                   help="idle onnxruntime threads spin-wait for the next run (default off: the cores go to request handling)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,

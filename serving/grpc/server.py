@@ -37,7 +37,7 @@ class InferenceServer:
     def __init__(self, settings: ServerSettings, dataplane: DataPlane | None = None) -> None:
         self.settings = settings
         self.dataplane = dataplane or DataPlane(
-            ModelRepository(settings.repository, device=settings.device, intra_op_threads=settings.intra_op_threads), settings
+            ModelRepository(settings.repository, settings.runtime()), settings
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -69,7 +69,7 @@ class InferenceServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds if grace is None else grace)
         self._server = None
-        self.dataplane.stop()
+        await self.dataplane.close()
         logger.info("server stopped")
 
     async def serve_forever(self) -> None:

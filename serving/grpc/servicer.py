@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
+from ..batching import BatchTimings
 from ..codecs import decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
 from ..errors import InvalidInput, ServingError
@@ -85,15 +86,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         model = self.dataplane.model(request.model_name, request.model_version)
         start = time.perf_counter_ns()
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
         try:
             inputs = decode_inputs(request, model.inputs)
             requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
             decoded = time.perf_counter_ns()
-            timings: dict[str, int] = {}
-            outputs = await self.dataplane.infer(model, inputs, requested, timings)
+            timings = BatchTimings()
+            outputs = await self.dataplane.infer(model, inputs, requested, timings, deadline)
             inferred = time.perf_counter_ns()
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
             for name, array in outputs.items():
@@ -105,13 +108,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         batch = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
         self.dataplane.statistics.record_success(
             model.name, model.version, batch=batch, total_ns=end - start, input_ns=decoded - start,
-            queue_ns=timings["queue_ns"], infer_ns=timings["infer_ns"], output_ns=end - inferred,
+            queue_ns=timings.queue_ns, infer_ns=timings.infer_ns, output_ns=end - inferred,
         )
         return response
 
     @_status_on_error
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -120,7 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         and the stream goes on, as the protocol's streaming extension specifies."""
         async for request in request_iterator:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except ServingError as exc:
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
             except Exception as exc:  # a bug: report it on the stream and keep serving
@@ -140,6 +143,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     key: duration(count=getattr(s, key).count, ns=getattr(s, key).ns)
                     for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
                 }),
+                batch_stats=[
+                    pb.InferBatchStatistics(batch_size=size, compute_infer=duration(count=d.count, ns=d.ns))
+                    for size, d in sorted(s.batches.items())
+                ],
             )
             for s in self.dataplane.statistics.snapshot(request.name, request.version)
         ]

@@ -6,6 +6,7 @@ import pytest
 
 from serving.dataplane import DataPlane
 from serving.errors import ModelNotFound, ModelNotReady
+from serving.model import RuntimeOptions
 from serving.repository import READY, UNAVAILABLE, ModelRepository
 from serving.settings import ServerSettings
 
@@ -18,7 +19,7 @@ def repo(tmp_path, repository):
 
 
 def load(path, **settings):
-    plane = DataPlane(ModelRepository(path, device="cpu"), ServerSettings(repository=path, **settings))
+    plane = DataPlane(ModelRepository(path, RuntimeOptions(device="cpu")), ServerSettings(repository=path, **settings))
     plane.start()
     return plane
 

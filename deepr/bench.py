@@ -1,0 +1,285 @@
+"""Serving speed, side by side in one run: in-process onnxruntime against deepr's gRPC
+server driven by tritonclient (a client that is not deepr's own).
+
+For each model and batch size, in-process onnxruntime runs the ONNX file in a loop
+(one caller, the best a single app gets); then a `deepr serve` process serves the
+same file, and tritonclient's asyncio client keeps `concurrency` requests in flight
+from one or more client processes. Each cell reports items/s, requests/s and
+client-side p50/p99 latency; gRPC rows also give their ratio to in-process items/s
+at the same batch size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot"]
+
+
+@dataclass
+class BenchResult:
+    model: str
+    mode: str
+    """"in-process" or "grpc"."""
+    batch: int
+    concurrency: int
+    requests: int
+    seconds: float
+    items_per_s: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    ratio: float | None = None
+    """gRPC items/s over in-process items/s at the same batch size."""
+
+
+def _summarise(model: str, mode: str, batch: int, concurrency: int, latencies: Sequence[float], seconds: float) -> BenchResult:
+    lat = np.asarray(latencies) * 1e3
+    count = len(lat)
+    return BenchResult(
+        model, mode, batch, concurrency, count, round(seconds, 3),
+        items_per_s=count * batch / seconds, requests_per_s=count / seconds,
+        p50_ms=float(np.percentile(lat, 50)) if count else float("nan"),
+        p99_ms=float(np.percentile(lat, 99)) if count else float("nan"),
+    )
+
+
+def example_inputs(specs: Sequence[tuple[str, str, Sequence[int]]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for (name, V2 datatype, shape with -1 for the batch) specs."""
+    from serving.datatypes import V2_TO_NUMPY
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, datatype, shape in specs:
+        dims = [batch if i == 0 and d == -1 else (d if d > 0 else 8) for i, d in enumerate(shape)]
+        dtype = V2_TO_NUMPY[datatype]
+        arrays[name] = rng.random(dims, dtype=np.float32).astype(dtype) if dtype.kind == "f" else rng.integers(0, 2, dims).astype(dtype)
+    return arrays
+
+
+def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, seconds: float, warmup: float) -> BenchResult:
+    import onnxruntime as ort
+
+    from serving.providers import select_providers
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_file), options, providers=list(select_providers(device)))
+    inputs = example_inputs(specs, batch)
+    latencies = []
+    end_warmup = time.perf_counter() + warmup
+    while time.perf_counter() < end_warmup:
+        session.run(None, inputs)
+    start = time.perf_counter()
+    while (now := time.perf_counter()) - start < seconds:
+        session.run(None, inputs)
+        latencies.append(time.perf_counter() - now)
+    return _summarise(model, "in-process", batch, 1, latencies, time.perf_counter() - start)
+
+
+def _client_process(url: str, model: str, specs, batch: int, concurrency: int, seconds: float, warmup: float) -> list[float]:
+    """One client process: `concurrency` coroutines each sending requests back to back.
+    Returns the latencies of requests started after the warm-up."""
+    import tritonclient.grpc.aio as triton
+
+    from serving.datatypes import v2_dtype
+
+    async def drive() -> list[float]:
+        client = triton.InferenceServerClient(url)
+        tensors = []
+        for name, array in example_inputs(specs, batch).items():
+            tensor = triton.InferInput(name, list(array.shape), v2_dtype(array))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        measured: list[float] = []
+        start = time.perf_counter() + warmup
+        end = start + seconds
+
+        async def worker() -> None:
+            while (sent := time.perf_counter()) < end:
+                await client.infer(model, tensors)
+                if sent >= start:
+                    measured.append(time.perf_counter() - sent)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            await client.close()
+        return measured
+
+    return asyncio.run(drive())
+
+
+def over_grpc(
+    url: str, model: str, specs, batch: int, concurrency: int, *, seconds: float, warmup: float, processes: int = 1
+) -> BenchResult:
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no GIL shared with the caller
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = [pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup) for share in shares]
+        latencies = [lat for f in futures for lat in f.result()]
+    return _summarise(model, "grpc", batch, concurrency, latencies, seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_subprocess(repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300) -> Iterator[str]:
+    """`deepr serve` in its own process on a free loopback port; yields its address."""
+    import tritonclient.grpc as triton
+
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="deepr-bench-server-", suffix=".log", delete=False)
+    command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+               "--port", str(port), "--device", device, *extra]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"127.0.0.1:{port}"
+    try:
+        client = triton.InferenceServerClient(url)
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"deepr serve exited with code {process.returncode}; its log: {log.name}")
+            with contextlib.suppress(Exception):
+                if client.is_server_ready():
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"deepr serve not ready after {timeout:.0f} s; its log: {log.name}")
+            time.sleep(0.2)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, str, list[int]]]]:
+    """The latest ONNX file of `model` and its inputs as (name, V2 datatype, shape)."""
+    from serving.model import OnnxModel, RuntimeOptions
+    from serving.model_config import read_config
+
+    model_dir = repository / model
+    config = read_config(model_dir)
+    version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    served = OnnxModel(model, str(version), model_dir / str(version) / (config.default_model_filename or "model.onnx"), config, RuntimeOptions(device="cpu"))
+    served.load()
+    return served.path, [(s.name, s.datatype, list(s.shape)) for s in served.inputs]
+
+
+def run_benchmark(
+    repository: Path, models: Sequence[str], *, batches: Sequence[int], concurrencies: Sequence[int], device: str = "auto",
+    seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
+    progress=print,
+) -> list[BenchResult]:
+    results: list[BenchResult] = []
+    baseline: dict[tuple[str, int], float] = {}
+    specs = {m: served_specs(repository, m) for m in models}
+    for model in models:
+        onnx_file, inputs = specs[model]
+        for batch in batches:
+            r = in_process(model, onnx_file, batch, inputs, device=device, seconds=seconds, warmup=warmup)
+            baseline[model, batch] = r.items_per_s
+            results.append(r)
+            progress(format_row(r))
+    with serve_subprocess(repository, device=device, extra=server_args) as url:
+        for model in models:
+            for batch in batches:
+                for concurrency in concurrencies:
+                    r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
+                                  processes=client_processes)
+                    r.ratio = r.items_per_s / baseline[model, batch]
+                    results.append(r)
+                    progress(format_row(r))
+    return results
+
+
+HEADER = f"{'model':<18} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs in-proc':>10}"
+
+
+def format_row(r: BenchResult) -> str:
+    ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+    return (f"{r.model:<18} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10}")
+
+
+def environment(device: str) -> dict:
+    import onnxruntime as ort
+
+    from serving.providers import select_providers
+
+    return {
+        "python": platform.python_version(), "onnxruntime": ort.__version__, "machine": platform.machine(),
+        "processor": platform.processor(), "cpus": os.cpu_count(), "provider": select_providers(device)[0],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, results: Sequence[BenchResult], settings: dict) -> None:
+    path.write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+
+
+def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
+    """One panel per model: items/s of every configuration, in-process bars beside gRPC ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r.model for r in results))
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 2.2 + 0.35 * len(results) / max(len(models), 1)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        rows = [r for r in results if r.model == model]
+        labels = [f"in-process b{r.batch}" if r.mode == "in-process" else f"gRPC b{r.batch} c{r.concurrency}" for r in rows]
+        colors = ["tab:grey" if r.mode == "in-process" else "tab:blue" for r in rows]
+        ax.barh(labels, [r.items_per_s for r in rows], color=colors)
+        for y, r in enumerate(rows):
+            note = f"{r.items_per_s:,.0f}/s  p99 {r.p99_ms:.1f} ms" + (f"  {r.ratio:.2f}x" if r.ratio is not None else "")
+            ax.text(r.items_per_s, y, " " + note, va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(model)
+        ax.set_xlabel("items per second")
+        ax.margins(x=0.45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def copy_without_batching(repository: Path, models: Sequence[str], target: Path) -> Path:
+    """A copy of `models` whose configs have no dynamic_batching block, for side-by-side runs."""
+    from serving.model_config import read_config, write_config
+
+    for model in models:
+        shutil.copytree(repository / model, target / model)
+        config = read_config(target / model)
+        config.ClearField("dynamic_batching")
+        write_config(target / model, config)
+    return target

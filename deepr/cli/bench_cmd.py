@@ -1,0 +1,103 @@
+"""deepr bench"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+from serving.settings import default_repository
+
+from .errors import EXIT_USAGE, CLIError
+
+logger = logging.getLogger("deepr.bench")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return values
+
+
+def _export_missing(repository: Path, models: list[str], staging: Path) -> Path:
+    """Models not in `repository` are exported with freshly initialised weights into a
+    scratch repository (speed does not depend on the weights); returns the repository to serve."""
+    missing = [m for m in models if not (repository / m / "config.pbtxt").is_file()]
+    if not missing:
+        return repository
+    import zoo
+    from exporters import UntrainedWeightsWarning, export_model
+
+    unknown = [m for m in missing if m not in zoo.list_models()]
+    if unknown:
+        raise CLIError(f"{', '.join(unknown)}: not in {repository} and not a zoo model (see `deepr models`)", EXIT_USAGE)
+    for model in models:
+        source = repository / model
+        if model in missing:
+            logger.info("%s is not in %s: exporting it with freshly initialised weights (speed only)", model, repository)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UntrainedWeightsWarning)
+                export_model(model, staging)
+        else:
+            (staging / model).symlink_to(source.resolve(), target_is_directory=True)
+    return staging
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        import tritonclient.grpc.aio  # noqa: F401  (the benchmark's client)
+    except ImportError:
+        raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
+    from deepr.bench import HEADER, copy_without_batching, environment, run_benchmark, write_json, write_plot
+
+    models = args.model or ["mnist_convnet"]
+    with tempfile.TemporaryDirectory(prefix="deepr-bench-") as scratch:
+        repository = _export_missing(args.repository, models, Path(scratch) / "exported")
+        if not args.dynamic_batching:
+            repository = copy_without_batching(repository, models, Path(scratch) / "unbatched")
+        server_args = []
+        if args.intra_op_threads is not None:
+            server_args += ["--intra-op-threads", str(args.intra_op_threads)]
+        print(HEADER)
+        results = run_benchmark(
+            repository, models, batches=args.batch, concurrencies=args.concurrency, device=args.device,
+            seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args,
+        )
+    settings = {
+        "models": models, "batches": args.batch, "concurrencies": args.concurrency, "seconds": args.seconds,
+        "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching,
+        "client": "tritonclient.grpc.aio", **environment(args.device),
+    }
+    write_json(args.out, results, settings)
+    write_plot(args.out.with_suffix(".png"), results)
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="serving speed: in-process onnxruntime vs deepr's gRPC server (tritonclient), side by side",
+        description="Measure items/s and p50/p99 latency of in-process onnxruntime and of a `deepr serve` process "
+        "driven by tritonclient, for each model, batch size and concurrency, in one run. Writes JSON and a PNG plot.",
+    )
+    p.add_argument("--model", action="append", help="model to measure (repeatable; default mnist_convnet). Zoo models missing "
+                   "from the repository are exported with freshly initialised weights")
+    p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
+    p.add_argument("--batch", type=_int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
+    p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell (default: %(default)s)")
+    p.add_argument("--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)")
+    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session on the server")
+    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)")
+    p.add_argument("--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png")
+    p.set_defaults(run=_bench)

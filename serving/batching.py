@@ -1,0 +1,248 @@
+"""Dynamic batching: concurrent requests for one model merged into one onnxruntime run.
+
+A model whose config.pbtxt has a `dynamic_batching` block gets a DynamicBatcher.
+Requests queue per model; a scheduler takes the oldest one, waits for a free
+instance (instance_group count), then gathers every queued request whose tensors
+can be stacked with it (same non-batch shapes and datatypes) up to max_batch_size,
+waiting at most max_queue_delay_microseconds for a preferred batch size. The
+merged run's outputs are split back by row offsets. If a merged run fails, each of
+its requests is run alone, so one bad request fails alone.
+
+Triton's semantics are kept: max_queue_size bounds the queue (RESOURCE_EXHAUSTED
+when full), and a request whose client deadline passes while queued is dropped
+before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DeadlineExceeded, QueueFull, ServingError
+from .grpc._generated import model_config_pb2 as mc
+from .model import OnnxModel
+
+__all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_s: float = 0.0
+    max_queue_size: int = 0
+    """0: unbounded."""
+    instances: int = 1
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> "BatchingPolicy | None":
+        """The policy a config asks for, or None when it asks for no dynamic batching."""
+        if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
+            return None
+        batching = config.dynamic_batching
+        instances = sum(g.count or 1 for g in config.instance_group) or 1
+        preferred = tuple(sorted(s for s in batching.preferred_batch_size if 0 < s <= config.max_batch_size))
+        return cls(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=preferred,
+            max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
+            max_queue_size=batching.default_queue_policy.max_queue_size,
+            instances=instances,
+        )
+
+
+@dataclass
+class BatchTimings:
+    """What one request spent: queued, and in the onnxruntime run that served it."""
+
+    queue_ns: int = 0
+    infer_ns: int = 0
+    batch_size: int = 0
+    """Rows of the run that served it (this request's and others')."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    rows: int
+    signature: tuple
+    future: asyncio.Future
+    deadline: float | None
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+def _signature(inputs: dict[str, np.ndarray]) -> tuple:
+    """Requests stack only when every input agrees on datatype and non-batch shape."""
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+class DynamicBatcher:
+    """Merges concurrent requests for one model version. Use from one event loop."""
+
+    def __init__(
+        self, model: OnnxModel, policy: BatchingPolicy, executor: Executor,
+        on_execution: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self._executor = executor
+        self._on_execution = on_execution or (lambda rows, infer_ns: None)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._instances = asyncio.Semaphore(policy.instances)
+        self._scheduler: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: Sequence[str], deadline: float | None = None
+    ) -> tuple[dict[str, np.ndarray], BatchTimings]:
+        """Queue one request (inputs already validated) and wait for its own rows.
+        `deadline` is a time.monotonic() instant after which it must not start."""
+        if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
+            raise QueueFull(
+                f"model {self.model.name!r}: queue is full ({self.policy.max_queue_size} requests waiting); retry later"
+            )
+        rows = next(iter(inputs.values())).shape[0]
+        pending = _Pending(inputs, tuple(outputs), rows, _signature(inputs), asyncio.get_running_loop().create_future(), deadline)
+        self._queue.append(pending)
+        self._arrived.set()
+        if self._scheduler is None or self._scheduler.done():
+            self._scheduler = asyncio.create_task(self._schedule(), name=f"batcher-{self.model.name}")
+        return await pending.future
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(ServingError(f"model {self.model.name!r} was unloaded before the request ran"))
+        self._queue.clear()
+
+    async def _schedule(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            # Waiting for an instance first lets requests pile up while one runs:
+            # under load, batches grow by themselves without any queue delay.
+            await self._instances.acquire()
+            try:
+                batch = await self._gather()
+            except BaseException:
+                self._instances.release()
+                raise
+            if not batch:
+                self._instances.release()
+                continue
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _gather(self) -> list[_Pending]:
+        policy = self.policy
+        batch: list[_Pending] = []
+        rows = 0
+        signature = None
+        give_up_at = time.monotonic() + policy.max_queue_delay_s
+        while True:
+            now = time.monotonic()
+            kept: collections.deque[_Pending] = collections.deque()
+            while self._queue:
+                pending = self._queue.popleft()
+                if pending.future.done():  # cancelled by its client while queued
+                    continue
+                if pending.deadline is not None and now > pending.deadline:
+                    pending.future.set_exception(DeadlineExceeded(
+                        f"model {self.model.name!r}: the request's deadline passed while it was queued; it was not run"
+                    ))
+                    continue
+                if signature is None:
+                    signature = pending.signature
+                if pending.signature == signature and rows + pending.rows <= policy.max_batch_size:
+                    batch.append(pending)
+                    rows += pending.rows
+                else:
+                    kept.append(pending)
+            self._queue = kept
+            if not batch or rows >= policy.max_batch_size or rows in policy.preferred_batch_sizes:
+                return batch
+            if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
+                return batch
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                return batch
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            names = list(dict.fromkeys(name for p in batch for name in p.outputs)) or None
+            started = time.perf_counter_ns()
+            try:
+                if len(batch) == 1:
+                    merged = batch[0].inputs
+                else:
+                    merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+                results = await loop.run_in_executor(self._executor, self.model.predict, merged, names)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _fail(batch[0], exc)
+                    return
+                logger.warning("model %s: a merged batch of %d requests failed (%s); running them one by one",
+                               self.model.name, len(batch), exc)
+                for pending in batch:
+                    await self._execute_alone(pending)
+                return
+            finished = time.perf_counter_ns()
+            rows = sum(p.rows for p in batch)
+            self._on_execution(rows, finished - started)
+            offset = 0
+            for pending in batch:
+                own = {name: value[offset:offset + pending.rows] for name, value in results.items()
+                       if not pending.outputs or name in pending.outputs}
+                offset += pending.rows
+                if not pending.future.done():
+                    pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, rows)))
+        finally:
+            self._instances.release()
+            if self._queue:
+                self._arrived.set()
+
+    async def _execute_alone(self, pending: _Pending) -> None:
+        started = time.perf_counter_ns()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.model.predict, pending.inputs, list(pending.outputs) or None
+            )
+        except Exception as exc:
+            _fail(pending, exc)
+            return
+        timings = BatchTimings(started - pending.enqueued_ns, time.perf_counter_ns() - started, pending.rows)
+        self._on_execution(pending.rows, timings.infer_ns)
+        if not pending.future.done():
+            pending.future.set_result((result, timings))
+
+
+def _fail(pending: _Pending, exc: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc)

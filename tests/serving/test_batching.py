@@ -1,0 +1,229 @@
+"""Dynamic batching: merged runs give every request exactly its own rows, and the
+scheduler keeps Triton's rules (queue bound, deadlines, preferred sizes, one bad
+request failing alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+
+from serving.batching import BatchingPolicy, DynamicBatcher
+from serving.errors import DeadlineExceeded, QueueFull
+from serving.grpc._generated import model_config_pb2 as mc
+
+
+class RowSums:
+    """A model stand-in for the scheduler's own tests: sums each row, records run sizes,
+    fails any run holding a row of -1s, and can be held to make requests queue."""
+
+    name, version = "row_sums", "1"
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def predict(self, inputs, outputs=None):
+        self.gate.wait(5)
+        x = inputs["x"]
+        if (x == -1).all(axis=1).any():
+            raise ValueError("poisoned row")
+        self.runs.append(len(x))
+        return {"sum": x.sum(axis=1, keepdims=True)}
+
+
+def rows(n: int, start: float) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start, start + 3 * n, dtype=np.float32).reshape(n, 3)}
+
+
+@pytest.fixture()
+def executor():
+    with ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_merge_and_get_their_own_rows(executor):
+    model = RowSums()
+    model.gate.clear()  # hold the first run so the rest pile up behind it
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=64), executor)
+    sizes = [1, 3, 2, 5, 1, 4, 2, 7, 1, 1]
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.infer(rows(n, 100 * i), ["sum"])) for i, n in enumerate(sizes)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = run(main())
+    for i, (n, (out, timings)) in enumerate(zip(sizes, results)):
+        np.testing.assert_array_equal(out["sum"], rows(n, 100 * i)["x"].sum(axis=1, keepdims=True))
+        assert timings.batch_size >= n and timings.infer_ns > 0
+    assert sum(model.runs) == sum(sizes)
+    assert model.runs == [sum(sizes)]  # all queued before the scheduler ran: one merged run
+
+
+def test_max_batch_size_splits_runs(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=4), executor)
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.infer(rows(n, 10 * i), [])) for i, n in enumerate([1, 3, 2, 2, 4])]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(*tasks)
+
+    run(main())
+    assert model.runs == [4, 4, 4]  # [1, 3], [2, 2], [4]: in order, none over the bound
+
+
+def test_requests_with_other_shapes_run_separately(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=32), executor)
+    wide = {"x": np.ones((2, 5), dtype=np.float32)}
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.infer(x, [])) for x in (rows(1, 0), rows(2, 0), wide, rows(1, 9))]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = run(main())
+    np.testing.assert_array_equal(results[2][0]["sum"], [[5.0], [5.0]])
+    assert model.runs == [4, 2]  # the three narrow requests merged; the wide one alone
+
+
+def test_one_bad_request_fails_alone(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=32), executor)
+    poisoned = {"x": -np.ones((1, 3), dtype=np.float32)}
+
+    async def main():
+        tasks = [asyncio.create_task(batcher.infer(x, [])) for x in (rows(1, 0), rows(2, 5), poisoned, rows(3, 50))]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(main())
+    assert isinstance(results[2], ValueError)
+    assert model.runs == [1, 2, 3]  # the merged run failed; each request was retried alone
+    for got, (n, start) in zip([results[0], results[1], results[3]], [(1, 0), (2, 5), (3, 50)]):
+        np.testing.assert_array_equal(got[0]["sum"], rows(n, start)["x"].sum(axis=1, keepdims=True))
+
+
+def test_full_queue_is_refused_at_once(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=8, max_queue_size=2), executor)
+
+    async def main():
+        running = asyncio.create_task(batcher.infer(rows(1, 0), []))
+        await asyncio.sleep(0.05)  # taken by the scheduler: the queue is empty again
+        queued = [asyncio.create_task(batcher.infer(rows(1, i), [])) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(QueueFull, match="queue is full \\(2 requests waiting\\)"):
+            await batcher.infer(rows(1, 3), [])
+        refused_in = time.perf_counter() - started
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+        return refused_in
+
+    assert run(main()) < 0.5
+    assert sum(model.runs) == 3
+
+
+def test_request_past_its_deadline_is_dropped_unrun(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=8), executor)
+
+    async def main():
+        running = asyncio.create_task(batcher.infer(rows(1, 0), []))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(batcher.infer(rows(2, 0), [], deadline=time.monotonic() + 0.05))
+        await asyncio.sleep(0.2)
+        model.gate.set()
+        await running
+        with pytest.raises(DeadlineExceeded, match="deadline passed while it was queued"):
+            await late
+
+    run(main())
+    assert model.runs == [1]
+
+
+def test_queue_delay_waits_for_a_preferred_batch(executor):
+    model = RowSums()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_s=0.5), executor)
+
+    async def main():
+        first = asyncio.create_task(batcher.infer(rows(1, 0), []))
+        await asyncio.sleep(0.05)  # the scheduler holds it, waiting for more
+        others = [asyncio.create_task(batcher.infer(rows(1, i), [])) for i in (1, 2, 3)]
+        started = time.perf_counter()
+        await asyncio.gather(first, *others)
+        return time.perf_counter() - started
+
+    assert run(main()) < 0.4  # released by the preferred size, not the 0.5 s delay
+    assert model.runs == [4]
+
+
+def test_policy_comes_from_the_config():
+    config = mc.ModelConfig(name="m", max_batch_size=32)
+    assert BatchingPolicy.from_config(config) is None
+    config.dynamic_batching.preferred_batch_size.extend([16, 8, 64])
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    config.dynamic_batching.default_queue_policy.max_queue_size = 100
+    config.instance_group.add(count=2)
+    assert BatchingPolicy.from_config(config) == BatchingPolicy(32, (8, 16), 0.002, 100, 2)
+    config.max_batch_size = 0
+    assert BatchingPolicy.from_config(config) is None
+
+
+def test_served_model_batches_concurrent_requests(repository, server_url):
+    """Over gRPC with tritonclient: 48 concurrent requests of mixed batch sizes each get
+    exactly the rows in-process onnxruntime gives for their own images."""
+    session = ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    requests = [rng.random((int(rng.integers(1, 6)), 1, 28, 28), dtype=np.float32) for _ in range(48)]
+    client = triton.InferenceServerClient(server_url)
+    before = counts(client)
+
+    def ask(x):
+        tensor = triton.InferInput("images", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer("mnist_convnet", [tensor]).as_numpy("probabilities")
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, requests))
+    for x, got in zip(requests, answers):
+        np.testing.assert_allclose(got, session.run(None, {"images": x})[0], rtol=1e-5, atol=1e-6)
+    after = counts(client)
+    (stats,) = client.get_inference_statistics("mnist_convnet").model_stats
+    client.close()
+    inferred, succeeded, executions = (a - b for a, b in zip(after, before))
+    assert (inferred, succeeded) == (sum(len(x) for x in requests), len(requests))
+    assert 1 <= executions <= len(requests)
+    assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count
+    assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == stats.inference_count
+
+
+def counts(client) -> tuple[int, int, int]:
+    """Rows inferred, requests succeeded, onnxruntime runs so far for mnist_convnet."""
+    stats = client.get_inference_statistics("mnist_convnet").model_stats
+    if not stats:
+        return 0, 0, 0
+    return stats[0].inference_count, stats[0].inference_stats.success.count, stats[0].execution_count

@@ -1,0 +1,34 @@
+"""`deepr bench` runs both sides and writes what it measured (speed itself is not tested)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepr.cli import main
+
+
+def test_bench_writes_json_and_plot(repository, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--batch", "1,4",
+                 "--concurrency", "1,3", "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["mode"], r["batch"], r["concurrency"]) for r in rows] == [
+        ("in-process", 1, 1), ("in-process", 4, 1), ("grpc", 1, 1), ("grpc", 1, 3), ("grpc", 4, 1), ("grpc", 4, 3)
+    ]
+    for r in rows:
+        assert r["requests"] > 0 and r["items_per_s"] == pytest.approx(r["requests_per_s"] * r["batch"])
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+        assert (r["ratio"] is None) == (r["mode"] == "in-process")
+    assert report["settings"]["client"] == "tritonclient.grpc.aio" and report["settings"]["provider"] == "CPUExecutionProvider"
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "vs in-proc" in capsys.readouterr().out
+
+
+def test_bench_refuses_unknown_models(repository, tmp_path, capsys):
+    code = main(["bench", "--repository", str(repository), "--model", "no_such_model", "--out", str(tmp_path / "b.json")])
+    assert code == 2
+    assert "no_such_model: not in" in capsys.readouterr().err
