@@ -196,12 +196,14 @@ def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, st
 
 
 def run_benchmark(
-    repository: Path, models: Sequence[str], *, batches: Sequence[int], concurrencies: Sequence[int], device: str = "auto",
+    repository: Path, models: Sequence[str], *, cells: Sequence[tuple[int, int]], device: str = "auto",
     seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
     progress=print,
 ) -> list[BenchResult]:
+    """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size."""
     results: list[BenchResult] = []
     baseline: dict[tuple[str, int], float] = {}
+    batches = sorted({batch for batch, _ in cells})
     specs = {m: served_specs(repository, m) for m in models}
     for model in models:
         onnx_file, inputs = specs[model]
@@ -212,13 +214,12 @@ def run_benchmark(
             progress(format_row(r))
     with serve_subprocess(repository, device=device, extra=server_args) as url:
         for model in models:
-            for batch in batches:
-                for concurrency in concurrencies:
-                    r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
-                                  processes=client_processes)
-                    r.ratio = r.items_per_s / baseline[model, batch]
-                    results.append(r)
-                    progress(format_row(r))
+            for batch, concurrency in cells:
+                r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
+                              processes=client_processes)
+                r.ratio = r.items_per_s / baseline[model, batch]
+                results.append(r)
+                progress(format_row(r))
     return results
 
 

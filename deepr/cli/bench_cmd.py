@@ -25,6 +25,19 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _cells(text: str) -> list[tuple[int, int]]:
+    cells = []
+    for cell in text.split(","):
+        batch, _, concurrency = cell.partition("x")
+        try:
+            cells.append((int(batch), int(concurrency)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected cells like 1x32,32x8 (batch x concurrency), got {cell!r}") from None
+        if min(cells[-1]) < 1:
+            raise argparse.ArgumentTypeError(f"batch and concurrency must be >= 1, got {cell!r}")
+    return cells
+
+
 def _export_missing(repository: Path, models: list[str], staging: Path) -> Path:
     """Models not in `repository` are exported with freshly initialised weights into a
     scratch repository (speed does not depend on the weights); returns the repository to serve."""
@@ -65,12 +78,13 @@ def _bench(args: argparse.Namespace) -> int:
         if args.intra_op_threads is not None:
             server_args += ["--intra-op-threads", str(args.intra_op_threads)]
         print(HEADER)
+        cells = args.cells or [(b, c) for b in args.batch for c in args.concurrency]
         results = run_benchmark(
-            repository, models, batches=args.batch, concurrencies=args.concurrency, device=args.device,
+            repository, models, cells=cells, device=args.device,
             seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args,
         )
     settings = {
-        "models": models, "batches": args.batch, "concurrencies": args.concurrency, "seconds": args.seconds,
+        "models": models, "cells": cells, "seconds": args.seconds,
         "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching,
         "client": "tritonclient.grpc.aio", **environment(args.device),
     }
@@ -92,6 +106,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
     p.add_argument("--batch", type=_int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
     p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
+    p.add_argument("--cells", type=_cells, help="explicit BATCHxCONCURRENCY cells instead of the grid, e.g. 1x64,256x4")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell (default: %(default)s)")
     p.add_argument("--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)")

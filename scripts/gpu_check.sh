@@ -1,0 +1,28 @@
+#!/bin/bash
+# deepr's GPU checks in one run, on a host prepared as docs/gpu.md describes
+# (onnxruntime-gpu staged from .ortgpu0..N, extra wheels in .whl). From the project root:
+#
+#     bash scripts/gpu_check.sh [RESULTS_DIR]
+#
+# 1. the `gpu`-marked tests (CUDA vs CPU: Grad-CAM at batch 128, served classification
+#    under dynamic batching, the character step and loop graphs);
+# 2. Grad-CAM heatmaps with TF32 on and off (scripts/gradcam_tf32.py);
+# 3. `deepr bench` on the CUDA provider: resnet50 (224x224) and the VGG16 base (150x150),
+#    in-process onnxruntime vs the gRPC server under tritonclient.
+set -u
+results="${1:-${OUT:-gpu-results}}"
+mkdir -p "$results"
+export PYTHONUNBUFFERED=1 DEEPR_HOME=/tmp/deepr-home
+source .ortgpu0/activate.sh || exit 1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH="${PYTHONPATH}:/tmp/site:$PWD"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$results/device.txt"
+python3 -c "import torch, onnxruntime, grpc; print('torch', torch.__version__, 'onnxruntime', onnxruntime.__version__, 'grpcio', grpc.__version__)" | tee -a "$results/device.txt"
+
+timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/exporters/test_gradcam.py 2>&1 | tee "$results/gpu-tests.log" | tail -15
+timeout 120 python3 scripts/gradcam_tf32.py --out "$results/gradcam_tf32.json" 2>&1 | tail -4
+timeout "${BENCH_TIMEOUT:-330}" python3 -m deepr bench --device cuda --model resnet50 --model vgg16 \
+  --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \
+  --client-processes 4 --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "
