@@ -77,14 +77,15 @@ def example_inputs(specs: Sequence[tuple[str, str, Sequence[int]]], batch: int, 
     return arrays
 
 
-def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, seconds: float, warmup: float) -> BenchResult:
+def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, seconds: float, warmup: float,
+               tf32: bool = False) -> BenchResult:
     import onnxruntime as ort
 
     from serving.providers import select_providers
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_file), options, providers=list(select_providers(device)))
+    session = ort.InferenceSession(str(onnx_file), options, providers=list(select_providers(device, tf32)))
     inputs = example_inputs(specs, batch)
     latencies = []
     end_warmup = time.perf_counter() + warmup
@@ -198,7 +199,7 @@ def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, st
 def run_benchmark(
     repository: Path, models: Sequence[str], *, cells: Sequence[tuple[int, int]], device: str = "auto",
     seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
-    progress=print,
+    tf32: bool = False, progress=print,
 ) -> list[BenchResult]:
     """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size."""
     results: list[BenchResult] = []
@@ -208,11 +209,11 @@ def run_benchmark(
     for model in models:
         onnx_file, inputs = specs[model]
         for batch in batches:
-            r = in_process(model, onnx_file, batch, inputs, device=device, seconds=seconds, warmup=warmup)
+            r = in_process(model, onnx_file, batch, inputs, device=device, seconds=seconds, warmup=warmup, tf32=tf32)
             baseline[model, batch] = r.items_per_s
             results.append(r)
             progress(format_row(r))
-    with serve_subprocess(repository, device=device, extra=server_args) as url:
+    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as url:
         for model in models:
             for batch, concurrency in cells:
                 r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
@@ -232,14 +233,14 @@ def format_row(r: BenchResult) -> str:
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10}")
 
 
-def environment(device: str) -> dict:
+def environment(device: str, tf32: bool = False) -> dict:
     import onnxruntime as ort
 
     from serving.providers import select_providers
 
     return {
         "python": platform.python_version(), "onnxruntime": ort.__version__, "machine": platform.machine(),
-        "processor": platform.processor(), "cpus": os.cpu_count(), "provider": select_providers(device)[0],
+        "processor": platform.processor(), "cpus": os.cpu_count(), "provider": select_providers(device, tf32)[0],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

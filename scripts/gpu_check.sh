@@ -21,8 +21,10 @@ export PYTHONPATH="${PYTHONPATH}:/tmp/site:$PWD"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$results/device.txt"
 python3 -c "import torch, onnxruntime, grpc; print('torch', torch.__version__, 'onnxruntime', onnxruntime.__version__, 'grpcio', grpc.__version__)" | tee -a "$results/device.txt"
 
+# Graphs exported beforehand (scripts/export_gpu_graphs.py) where this host's torch cannot.
+if [ -d .gpu-graphs ]; then export DEEPR_GPU_GRAPHS="$PWD/.gpu-graphs"; tf32_args="--onnx .gpu-graphs/catsdogs_convnet_gradcam.onnx"; fi
 timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/exporters/test_gradcam.py 2>&1 | tee "$results/gpu-tests.log" | tail -15
-timeout 120 python3 scripts/gradcam_tf32.py --out "$results/gradcam_tf32.json" 2>&1 | tail -4
+timeout 120 python3 scripts/gradcam_tf32.py ${tf32_args:-} --out "$results/gradcam_tf32.json" 2>&1 | tail -4
 timeout "${BENCH_TIMEOUT:-330}" python3 -m deepr bench --device cuda --model resnet50 --model vgg16 \
   --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \
-  --client-processes 4 --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "
+  --client-processes 4 ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "

@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("gradcam_tf32.json"))
+    parser.add_argument("--onnx", type=Path, help="a catsdogs_convnet Grad-CAM graph already exported (scripts/export_gpu_graphs.py)")
     args = parser.parse_args()
 
     import zoo
@@ -32,13 +33,16 @@ def main() -> None:
     from exporters.zoo_gradcam import export_gradcam
     from serving.preprocessing import ImagePreprocessing
 
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(zoo.get_model("catsdogs_convnet").state_dict(), Path(tmp) / "weights.pt")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UntrainedWeightsWarning)
-            result = export_gradcam("catsdogs_convnet", Path(tmp) / "repo", weights=Path(tmp) / "weights.pt", max_batch_size=args.batch)
-        onnx_file = str(result.version_dir / "model.onnx")
+        if args.onnx:
+            onnx_file = str(args.onnx)
+        else:
+            torch.manual_seed(0)
+            torch.save(zoo.get_model("catsdogs_convnet").state_dict(), Path(tmp) / "weights.pt")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UntrainedWeightsWarning)
+                result = export_gradcam("catsdogs_convnet", Path(tmp) / "repo", weights=Path(tmp) / "weights.pt", max_batch_size=args.batch)
+            onnx_file = str(result.version_dir / "model.onnx")
         meta = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         preprocess = ImagePreprocessing.from_json(meta["deepr.preprocessing"])
         pictures = [np.random.default_rng(i).integers(0, 256, (150, 150, 3), dtype=np.uint8) for i in range(args.batch)]
@@ -48,7 +52,13 @@ def main() -> None:
             "cuda_tf32_off": [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
             "cuda_tf32_on": [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"],
         }
-        heatmaps = {name: ort.InferenceSession(onnx_file, providers=p).run(["heatmap"], feeds)[0] for name, p in runs.items()}
+        heatmaps = {}
+        for name, providers in runs.items():
+            session = ort.InferenceSession(onnx_file, providers=providers)
+            wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+            if session.get_providers()[0] != wanted:
+                raise SystemExit(f"{name}: onnxruntime fell back to {session.get_providers()[0]}; this comparison needs CUDA")
+            heatmaps[name] = session.run(["heatmap"], feeds)[0]
     reference = heatmaps["cpu"]
     peak = np.maximum(reference.reshape(len(reference), -1).max(axis=1), 1e-12)
     report = {}

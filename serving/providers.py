@@ -38,7 +38,12 @@ def _cuda_usable() -> tuple[bool, str]:
 # about 10 bits of mantissa: enough to move Grad-CAM heatmaps by a few percent of their
 # maximum at large batches. deepr turns it off unless asked, so CUDA agrees with the CPU
 # to float32 precision.
-_CUDA_OPTIONS = {"use_tf32": "0"}
+#
+# cuDNN's exhaustive algorithm search (the provider's default) benchmarks every
+# convolution again for each new input shape: under dynamic batching, where every run
+# may have another batch size, a server spends seconds searching. The heuristic choice
+# costs nothing per shape.
+_CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 
 
 @functools.lru_cache(maxsize=None)

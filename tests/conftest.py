@@ -50,6 +50,16 @@ def server_url(repository) -> Iterator[str]:
         yield f"127.0.0.1:{server.port}"
 
 
+@pytest.fixture(scope="session")
+def prebuilt_graphs() -> Path | None:
+    """DEEPR_GPU_GRAPHS: graphs made by scripts/export_gpu_graphs.py, for GPU hosts whose
+    PyTorch cannot export them; None: the tests export their own."""
+    import os
+
+    folder = os.environ.get("DEEPR_GPU_GRAPHS")
+    return Path(folder) if folder else None
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run only where onnxruntime's CUDA provider can run (never in CI)."""
     from serving.providers import _cuda_usable

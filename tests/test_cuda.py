@@ -52,14 +52,17 @@ def test_served_on_cuda_equals_cpu_under_concurrency(repository):
         np.testing.assert_allclose(got, cpu.run(None, {"images": x})[0], atol=1e-5)
 
 
-def test_char_graphs_on_cuda_equal_cpu(tmp_path):
-    torch.manual_seed(0)
-    torch.save(zoo.get_model("char_lstm").state_dict(), tmp_path / "weights.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UntrainedWeightsWarning)
-        step = export_char_step(tmp_path / "repo", weights=tmp_path / "weights.pt")
-        loop = export_char_generation(tmp_path / "repo", weights=tmp_path / "weights.pt")
-    sessions = [LocalStepModel(step.version_dir / "model.onnx", device=d).session for d in ("cpu", "cuda")]
+def test_char_graphs_on_cuda_equal_cpu(tmp_path, prebuilt_graphs):
+    if prebuilt_graphs:
+        step_file, loop_file = (prebuilt_graphs / f"char_lstm_{kind}.onnx" for kind in ("step", "generate"))
+    else:
+        torch.manual_seed(0)
+        torch.save(zoo.get_model("char_lstm").state_dict(), tmp_path / "weights.pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrainedWeightsWarning)
+            step_file = export_char_step(tmp_path / "repo", weights=tmp_path / "weights.pt").version_dir / "model.onnx"
+            loop_file = export_char_generation(tmp_path / "repo", weights=tmp_path / "weights.pt").version_dir / "model.onnx"
+    sessions = [LocalStepModel(step_file, device=d).session for d in ("cpu", "cuda")]
     assert sessions[1].get_providers()[0] == "CUDAExecutionProvider"
     units = sessions[0].get_inputs()[1].shape[1]
     states = [(np.zeros((4, units), np.float32), np.zeros((4, units), np.float32)) for _ in sessions]
@@ -68,9 +71,8 @@ def test_char_graphs_on_cuda_equal_cpu(tmp_path):
         (p_cpu, *states[0]), (p_cuda, *states[1]) = (s.run(None, f) for s, f in zip(sessions, feeds))
         np.testing.assert_allclose(p_cuda, p_cpu, atol=1e-5)
     # The Loop graph samples with a seeded hash: the same seed gives the same characters on both.
-    charset = LocalStepModel(step.version_dir / "model.onnx", device="cpu").charset
-    loop_file = str(loop.version_dir / "model.onnx")
+    charset = LocalStepModel(step_file, device="cpu").charset
     feeds = _loop_inputs(charset, "def main(arguments):\n    ", 200, 0.5, None, 7)
-    on_cpu = ort.InferenceSession(loop_file, providers=["CPUExecutionProvider"]).run(["chars"], feeds)[0]
-    on_cuda = ort.InferenceSession(loop_file, providers=list(select_providers("cuda"))).run(["chars"], feeds)[0]
+    on_cpu = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"]).run(["chars"], feeds)[0]
+    on_cuda = ort.InferenceSession(str(loop_file), providers=list(select_providers("cuda"))).run(["chars"], feeds)[0]
     assert on_cuda.tolist() == on_cpu.tolist()

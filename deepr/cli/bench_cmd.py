@@ -81,12 +81,12 @@ def _bench(args: argparse.Namespace) -> int:
         cells = args.cells or [(b, c) for b in args.batch for c in args.concurrency]
         results = run_benchmark(
             repository, models, cells=cells, device=args.device,
-            seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args,
+            seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args, tf32=args.tf32,
         )
     settings = {
         "models": models, "cells": cells, "seconds": args.seconds,
         "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching,
-        "client": "tritonclient.grpc.aio", **environment(args.device),
+        "client": "tritonclient.grpc.aio", "tf32": args.tf32, **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
     write_plot(args.out.with_suffix(".png"), results)
@@ -111,6 +111,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell (default: %(default)s)")
     p.add_argument("--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA, in-process and on the server alike")
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session on the server")
     p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=True,
                    help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)")
