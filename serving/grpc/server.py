@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Tensors arrive in messages of megabytes: reading the socket in larger chunks than
+        # grpc's default took a plain 69 MB unary call on loopback from 0.19 s to 0.11 s
+        # (grpcio 1.85; with tritonclient's own request building, 0.25 s to 0.23 s).
+        ("grpc.experimental.tcp_read_chunk_size", 4 << 20),
+        ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
+        ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
+    ]
+
+
 class InferenceServer:
     """Serves a model repository over gRPC.
 
@@ -46,8 +59,7 @@ class InferenceServer:
     async def start(self) -> int:
         """Load the repository, bind, start serving; returns the bound port."""
         await asyncio.get_running_loop().run_in_executor(None, self.dataplane.start)
-        size = self.settings.max_message_bytes
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+        server = grpc.aio.server(options=_channel_options(self.settings.max_message_bytes))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.settings.port}"
