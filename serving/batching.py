@@ -124,7 +124,18 @@ class DynamicBatcher:
             self._scheduler = asyncio.create_task(self._schedule(), name=f"batcher-{self.model.name}")
         return await pending.future
 
+    async def drain(self) -> None:
+        """Wait until every queued and running request has been answered, then stop.
+        Used when the model is unloaded or replaced: nothing accepted is dropped."""
+        while self._queue or self._running:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.001)
+        await self.close()
+
     async def close(self) -> None:
+        """Stop now: queued requests fail with a message (server shutdown)."""
         if self._scheduler is not None:
             self._scheduler.cancel()
         if self._running:

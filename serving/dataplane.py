@@ -15,7 +15,7 @@ from .classification import top_k_strings
 from .errors import InvalidInput, ModelNotFound
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
-from .repository import READY, ModelRepository
+from .repository import READY, UNLOADED, ModelRepository
 from .settings import ServerSettings
 from .statistics import StatisticsRegistry
 
@@ -59,7 +59,8 @@ class DataPlane:
         if not self._started:
             return False
         if self.settings.strict_readiness:
-            return all(e.state == READY for e in self.repository.entries())
+            # Models unloaded on request do not count: the operator asked for that.
+            return all(e.state == READY or e.reason == UNLOADED for e in self.repository.entries())
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
@@ -122,9 +123,27 @@ class DataPlane:
         self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
         return outputs, spent
 
+    async def load_model(self, name: str) -> None:
+        """Load or reload `name` from the repository. The versions already loaded keep
+        serving until the new ones are ready; requests they accepted are answered by them."""
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.reload, name)
+        await self._retire_replaced()
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving `name`: new requests are refused, accepted ones are answered."""
+        self.repository.unload(name)
+        await self._retire_replaced()
+
+    async def _retire_replaced(self) -> None:
+        current = {m for e in self.repository.entries() for m in e.versions.values()}
+        retired = [self._batchers.pop(m) for m in list(self._batchers) if m not in current]
+        await asyncio.gather(*(b.drain() for b in retired))
+
     def _batcher(self, model: OnnxModel) -> DynamicBatcher | None:
         batcher = self._batchers.get(model)
         if batcher is None:
+            if not self.repository.is_current(model):
+                return None  # replaced while this request was decoded: it runs alone on the old version
             policy = BatchingPolicy.from_config(model.config)
             if policy is None:
                 return None

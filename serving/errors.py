@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded"]
+__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled"]
 
 
 class ServingError(Exception):
@@ -53,3 +53,9 @@ class DeadlineExceeded(ServingError):
     """The client's deadline passed before the request could run."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotEnabled(ServingError):
+    """The request needs a feature this server was started without."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

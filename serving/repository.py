@@ -16,18 +16,19 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from .errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
 from .grpc._generated import model_config_pb2 as mc
 from .labels import read_labels
 from .model import OnnxModel, RuntimeOptions
 from .model_config import CONFIG_FILE, read_config
 
-__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE"]
+__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE", "UNLOADED"]
 
 logger = logging.getLogger(__name__)
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
+UNLOADED = "unloaded by request"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -78,12 +79,9 @@ class ModelRepository:
             self.load(name)
 
     def load(self, name: str) -> ModelEntry:
-        """(Re)load `name` from disk. The new entry replaces the old one only when built."""
-        if not _MODEL_NAME.match(name):
-            raise ModelNotFound(f"{name!r} is not a model name (letters, digits, '_', '.', '-')")
-        model_dir = self.root / name
-        if not (model_dir / CONFIG_FILE).is_file():
-            raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
+        """(Re)load `name` from disk; a model that fails to load is kept as UNAVAILABLE
+        with the reason. The new entry replaces the old one only once built."""
+        model_dir = self._model_dir(name)
         try:
             entry = self._build(name, model_dir)
         except ServingError as exc:
@@ -92,6 +90,32 @@ class ModelRepository:
         with self._lock:
             self._models[name] = entry
         return entry
+
+    def reload(self, name: str) -> ModelEntry:
+        """Like load, for a request to load: if the new model fails while an older one is
+        serving, the older one goes on serving and the error is raised."""
+        with self._lock:
+            previous = self._models.get(name)
+        if previous is None or previous.state != READY:
+            entry = self.load(name)
+            if entry.state != READY:
+                raise ModelLoadError(entry.reason)
+            return entry
+        entry = self._build(name, self._model_dir(name))
+        with self._lock:
+            self._models[name] = entry
+        logger.info("model %s reloaded: versions %s", name, sorted(entry.versions, key=int))
+        return entry
+
+    def _model_dir(self, name: str) -> Path:
+        # Names are single path components: no separators, no leading dot, so a request
+        # can never reach outside the repository directory.
+        if not _MODEL_NAME.match(name):
+            raise InvalidInput(f"{name!r} is not a model name: letters, digits, '_', '.' and '-', not starting with '.' or '-'")
+        model_dir = self.root / name
+        if not (model_dir / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
+        return model_dir
 
     def _build(self, name: str, model_dir: Path) -> ModelEntry:
         config = read_config(model_dir)
@@ -121,7 +145,13 @@ class ModelRepository:
             entry = self._models.get(name)
             if entry is None:
                 raise ModelNotFound(f"model {name!r} is not loaded")
-            self._models[name] = ModelEntry(name, UNAVAILABLE, reason="unloaded")
+            self._models[name] = ModelEntry(name, UNAVAILABLE, reason=UNLOADED)
+
+    def is_current(self, model: OnnxModel) -> bool:
+        """Whether `model` is still the loaded object for its name and version."""
+        with self._lock:
+            entry = self._models.get(model.name)
+        return entry is not None and entry.versions.get(model.version) is model
 
     def entries(self) -> list[ModelEntry]:
         with self._lock:

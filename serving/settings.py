@@ -41,6 +41,8 @@ class ServerSettings:
     """Largest gRPC message received or sent. Env: DEEPR_MAX_MESSAGE_BYTES."""
     grace_seconds: float = 10.0
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
+    model_control: bool = True
+    """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
 

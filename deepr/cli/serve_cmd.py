@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
+            model_control=args.model_control,
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
@@ -74,6 +75,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="idle onnxruntime threads spin-wait for the next run (default off: the cores go to request handling)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,
+                   help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,
                    help="ready only when every model is ready (default on)")
     p.set_defaults(run=_serve)

@@ -12,7 +12,7 @@ import grpc
 from ..batching import BatchTimings
 from ..codecs import decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
-from ..errors import InvalidInput, ServingError
+from ..errors import InvalidInput, NotEnabled, ServingError
 from ._generated import grpc_predict_v2_pb2 as pb
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -162,3 +162,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if e.state == "READY" or not request.ready
         ]
         return pb.RepositoryIndexResponse(models=models)
+
+    def _check_model_control(self, request: Any) -> None:
+        if not self.dataplane.settings.model_control:
+            raise NotEnabled("model control is disabled on this server (started with --no-model-control)")
+        if request.repository_name:
+            raise InvalidInput(f"repository {request.repository_name!r}: this server has one repository; leave repository_name empty")
+        # unload_dependents (tritonclient always sends it) has nothing to act on: deepr
+        # models have no ensembles depending on them. Config and file overrides are refused.
+        unsupported = sorted(set(request.parameters) - {"unload_dependents"})
+        if unsupported:
+            raise InvalidInput(f"parameters {unsupported} are not supported: deepr loads models as they are on disk")
+
+    @_status_on_error
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
+        self._check_model_control(request)
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_status_on_error
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> pb.RepositoryModelUnloadResponse:
+        self._check_model_control(request)
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,148 @@
+"""RepositoryModelLoad / RepositoryModelUnload through tritonclient: load, reload a new
+version without dropping requests in flight, unload, and names that try to leave the
+repository."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from serving.grpc.server import serve_in_thread
+from serving.settings import ServerSettings
+
+
+def images(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, 1, 28, 28), dtype=np.float32)
+
+
+def infer(client, model="mnist_convnet", batch=2):
+    tensor = triton.InferInput("images", [batch, 1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(images(batch))
+    return client.infer(model, [tensor])
+
+
+@pytest.fixture()
+def own_repository(repository, tmp_path):
+    """A copy of the session repository that these tests may change."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repository, copy)
+    return copy
+
+
+@pytest.fixture()
+def client_for(own_repository):
+    servers = []
+
+    def start(**settings):
+        context = serve_in_thread(ServerSettings(repository=own_repository, host="127.0.0.1", port=0, device="cpu", **settings))
+        server = context.__enter__()
+        servers.append(context)
+        return triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+    yield start
+    for context in servers:
+        context.__exit__(None, None, None)
+
+
+def test_unload_then_load(client_for):
+    client = client_for()
+    assert client.is_model_ready("mnist_convnet")
+    client.unload_model("mnist_convnet")
+    assert not client.is_model_ready("mnist_convnet")
+    assert client.is_server_ready()  # an unload asked for does not make the server unready
+    with pytest.raises(InferenceServerException, match="not ready: unloaded by request") as err:
+        infer(client)
+    assert err.value.status() == "StatusCode.UNAVAILABLE"
+    index = {m.name: (m.state, m.reason) for m in client.get_model_repository_index().models}
+    assert index["mnist_convnet"] == ("UNAVAILABLE", "unloaded by request")
+    client.load_model("mnist_convnet")
+    assert client.is_model_ready("mnist_convnet")
+    assert infer(client).as_numpy("probabilities").shape == (2, 10)
+
+
+def test_reload_picks_up_a_new_version_without_dropping_requests(client_for, own_repository):
+    client = client_for()
+    before = infer(client).as_numpy("probabilities")
+    failures: list[Exception] = []
+    answered = 0
+    stop = threading.Event()
+
+    def hammer():
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                infer(client)
+                answered += 1
+            except Exception as exc:  # every request must be answered, before, during and after the reload
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    # Version 2: the same graph under a new version directory, as `deepr export` writes it.
+    shutil.copytree(own_repository / "mnist_convnet" / "1", own_repository / "mnist_convnet" / "2")
+    client.load_model("mnist_convnet")
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == [] and answered > 0
+    assert client.get_model_metadata("mnist_convnet").versions == ["2"]
+    response = infer(client)
+    assert response.get_response().model_version == "2"
+    np.testing.assert_allclose(response.as_numpy("probabilities"), before, rtol=1e-6)
+
+
+def test_failed_reload_keeps_the_old_model_serving(client_for, own_repository):
+    client = client_for()
+    (own_repository / "mnist_convnet" / "2").mkdir()
+    (own_repository / "mnist_convnet" / "2" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(InferenceServerException, match="onnxruntime cannot load") as err:
+        client.load_model("mnist_convnet")
+    assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert client.is_model_ready("mnist_convnet")
+    assert infer(client).get_response().model_version == "1"
+
+
+@pytest.mark.parametrize("name", ["../mnist_convnet", "..", "/etc", "mnist_convnet/1", ".hidden"])
+def test_names_cannot_leave_the_repository(client_for, name):
+    client = client_for()
+    with pytest.raises(InferenceServerException, match="is not a model name") as err:
+        client.load_model(name)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_unknown_models_and_disabled_control(client_for):
+    client = client_for()
+    with pytest.raises(InferenceServerException, match="no model 'nope' in repository") as err:
+        client.load_model("nope")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="'nope' is not loaded"):
+        client.unload_model("nope")
+    with pytest.raises(InferenceServerException, match=r"parameters \['config'\] are not supported") as err:
+        client.load_model("mnist_convnet", config='{"max_batch_size": 8}')
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    locked = client_for(model_control=False)
+    for call in (locked.load_model, locked.unload_model):
+        with pytest.raises(InferenceServerException, match="model control is disabled") as err:
+            call("mnist_convnet")
+        assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert locked.is_model_ready("mnist_convnet")
+
+
+def test_load_adds_a_model_exported_after_start(client_for, own_repository):
+    from exporters import UntrainedWeightsWarning, export_model
+
+    client = client_for()
+    with pytest.raises(InferenceServerException, match="unknown model 'mnist_convnet_nopool'"):
+        infer(client, "mnist_convnet_nopool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        export_model("mnist_convnet_nopool", own_repository)
+    client.load_model("mnist_convnet_nopool")
+    assert infer(client, "mnist_convnet_nopool").as_numpy("probabilities").shape == (2, 10)
