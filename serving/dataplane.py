@@ -123,6 +123,10 @@ class DataPlane:
         self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
         return outputs, spent
 
+    def pending(self) -> dict[tuple[str, str], int]:
+        """Requests waiting in each model version's batch queue."""
+        return {(m.name, m.version): b.queued for m, b in list(self._batchers.items())}
+
     async def load_model(self, name: str) -> None:
         """Load or reload `name` from the repository. The versions already loaded keep
         serving until the new ones are ready; requests they accepted are answered by them."""

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = ["ServerSettings", "ENV_PREFIX", "default_repository"]
 
 ENV_PREFIX = "DEEPR_"
+DEFAULT_METRICS_PORT = 8002
 
 
 def default_repository() -> Path:
@@ -26,6 +27,9 @@ class ServerSettings:
     """Address the gRPC server binds. Env: DEEPR_HOST."""
     port: int = 8001
     """gRPC port (Triton's default); 0 picks a free one. Env: DEEPR_PORT."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """Prometheus metrics port (Triton's default); -1 turns metrics off, 0 picks a free
+    port. With `port` 0 (several servers side by side) the default becomes 0 too. Env: DEEPR_METRICS_PORT."""
     device: str = "auto"
     """onnxruntime device: auto (CUDA when usable), cuda or cpu. Env: DEEPR_DEVICE."""
     infer_threads: int = 4
@@ -67,6 +71,10 @@ class ServerSettings:
         self.repository = Path(self.repository)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
+        if not -1 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be in -1..65535 (-1: off, 0: any free port), got {self.metrics_port}")
+        if self.port == 0 and self.metrics_port == DEFAULT_METRICS_PORT:
+            self.metrics_port = 0
         if self.infer_threads < 1:
             raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -18,7 +19,9 @@ _OWN_LOGGERS = ("deepr", "zoo", "exporters", "serving")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (the server logs every request)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("DEEPR_LOG_FORMAT", "text"),
+                        help="log lines as text or as one JSON object each, with request fields (env DEEPR_LOG_FORMAT; default text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, sample_cmd, bench_cmd):
         module.add_commands(sub)
@@ -28,11 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        from serving.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:  # deepr's own progress at INFO; other libraries' chatter only when it matters
         for name in _OWN_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
             repository=args.repository,
             host=args.host,
             port=args.port,
+            metrics_port=args.metrics_port,
             device=args.device,
             infer_threads=args.infer_threads,
             intra_op_threads=args.intra_op_threads,
@@ -53,12 +54,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_EPILOG = """\
+per model, in its config.pbtxt (Triton's fields):
+  max_batch_size                       largest batch a request or a merged run may have
+  dynamic_batching {                   merge concurrent requests into one onnxruntime run
+    preferred_batch_size: [8, 32]      run as soon as a batch reaches one of these sizes
+    max_queue_delay_microseconds: 500  wait at most this long for more requests (default 0)
+    default_queue_policy { max_queue_size: 256 }   beyond it: RESOURCE_EXHAUSTED at once
+  }
+  instance_group { count: 2 }          runs of this model allowed at the same time
+  optimization { graph { level: 1 } }  onnxruntime graph optimization (-1 off .. 2 all)
+  deepr export writes dynamic_batching {} (no added delay) for every batched model.
+
+operations:
+  metrics    http://HOST:METRICS_PORT/metrics, Triton's names (nv_inference_request_success,
+             nv_inference_count, nv_inference_exec_count, nv_inference_*_duration_us,
+             nv_inference_pending_request_count, nv_gpu_memory_*_bytes) and deepr_batch_size
+  logs       `deepr --log-format json serve ...` (or DEEPR_LOG_FORMAT=json): one JSON object
+             per line; failed requests at WARNING with request_id, model, status, duration_ms;
+             `deepr -v serve` logs every request
+  health     grpc.health.v1 for "" and "inference.GRPCInferenceService"; SIGTERM drains
+"""
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a model repository over gRPC (KServe V2)",
         description="Serve a model repository over gRPC (KServe V2 / Triton protocol). Every setting "
         f"can also come from an environment variable {ENV_PREFIX}<SETTING> (e.g. {ENV_PREFIX}PORT); flags win.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--repository", type=Path,
                    help=f"model repository directory (default: {default_repository()}, built with the "
@@ -66,6 +92,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--build-defaults", action="store_true", help="if the repository does not exist, build the default models into it")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free port)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus metrics port, /metrics (default 8002; -1 off; 0 a free port)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)")
     p.add_argument("--infer-threads", type=int, help="sessions run concurrently (default 4)")
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)")

@@ -54,7 +54,9 @@ class InferenceServer:
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._metrics = None
         self.port = 0
+        self.metrics_port = 0
 
     async def start(self) -> int:
         """Load the repository, bind, start serving; returns the bound port."""
@@ -67,6 +69,12 @@ class InferenceServer:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
+        if self.settings.metrics_port >= 0:
+            from ..metrics import StatisticsCollector, start_metrics_server
+
+            collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
+            self._metrics = start_metrics_server(collector, self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self._metrics.server_port
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME):
@@ -81,6 +89,10 @@ class InferenceServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds if grace is None else grace)
         self._server = None
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         await self.dataplane.close()
         logger.info("server stopped")
 

@@ -49,6 +49,15 @@ def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int
     return param.int64_param
 
 
+def _log_failure(request: pb.ModelInferRequest, exc: Exception, start_ns: int) -> None:
+    """Failed requests are logged at WARNING with their id (the client's `id`, if it sent one)."""
+    status = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
+    duration = round((time.perf_counter_ns() - start_ns) / 1e6, 3)
+    logger.warning("request %s for %s failed: %s: %s", request.id or "-", request.model_name, status, exc,
+                   extra={"request_id": request.id, "model": request.model_name, "version": request.model_version,
+                          "status": status, "duration_ms": duration})
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
@@ -87,8 +96,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        model = self.dataplane.model(request.model_name, request.model_version)
         start = time.perf_counter_ns()
+        try:
+            model = self.dataplane.model(request.model_name, request.model_version)
+        except ServingError as exc:
+            _log_failure(request, exc, start)
+            raise
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
@@ -101,10 +114,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
             for name, array in outputs.items():
                 encode_output(name, array, response)
-        except Exception:
+        except Exception as exc:
             self.dataplane.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
+            _log_failure(request, exc, start)
             raise
         end = time.perf_counter_ns()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request %s: %s version %s answered in %.2f ms", request.id or "-", model.name, model.version, (end - start) / 1e6,
+                         extra={"request_id": request.id, "model": model.name, "version": model.version, "status": "OK",
+                                "duration_ms": round((end - start) / 1e6, 3), "batch": timings.batch_size})
         batch = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
         self.dataplane.statistics.record_success(
             model.name, model.version, batch=batch, total_ns=end - start, input_ns=decoded - start,
