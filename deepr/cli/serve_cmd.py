@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
             ort_spinning=args.ort_spinning,
             tf32=args.tf32,
             max_message_bytes=args.max_message_bytes,
+            event_loop=args.event_loop,
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
             model_control=args.model_control,
@@ -48,7 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.grpc.server import InferenceServer
 
     try:
-        asyncio.run(InferenceServer(settings).serve_forever())
+        with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:
+            runner.run(InferenceServer(settings).serve_forever())
     except OSError as exc:
         raise CLIError(str(exc)) from None
     return 0
@@ -100,6 +102,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="allow TF32 on CUDA: faster, ~1e-3 relative precision (default off: CUDA matches the CPU in float32)")
     p.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=None,
                    help="idle onnxruntime threads spin-wait for the next run (default off: the cores go to request handling)")
+    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"),
+                   help="event loop (default auto: uvloop when installed, ~20%% more requests/s)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,

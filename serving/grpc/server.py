@@ -115,7 +115,7 @@ def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
             client = InferenceClient(f"localhost:{server.port}")
     """
     server = InferenceServer(settings)
-    loop = asyncio.new_event_loop()
+    loop = settings.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="deepr-server", daemon=True)
     thread.start()
     try:
