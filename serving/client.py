@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import grpc
@@ -33,11 +35,33 @@ class InferenceServerError(Exception):
 
 
 class InferenceClient:
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float | None = 30.0, max_message_bytes: int = 256 * 1024 * 1024) -> None:
+    """Args:
+        url: host:port of the server.
+        token: bearer token for servers started with one (default: $DEEPR_TOKEN).
+        tls_ca: CA certificate file to verify a TLS server with (default: $DEEPR_TLS_CA);
+            without it the connection is plain.
+        tls_cert, tls_key: this client's certificate and key, for servers that require them.
+    """
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, timeout: float | None = 30.0, max_message_bytes: int = 256 * 1024 * 1024,
+        token: str | None = None, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
-        self._channel = grpc.insecure_channel(url, options=options)
+        token = token if token is not None else os.environ.get("DEEPR_TOKEN")
+        tls_ca = tls_ca if tls_ca is not None else os.environ.get("DEEPR_TLS_CA")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+            )
+            self._channel = grpc.secure_channel(url, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(url, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> "InferenceClient":
@@ -51,7 +75,7 @@ class InferenceClient:
 
     def _call(self, method: str, request: object) -> object:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
             details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
@@ -140,7 +164,7 @@ class InferenceStream:
 
     def __init__(self, client: InferenceClient) -> None:
         self._requests: queue.Queue = queue.Queue()
-        self._responses = client._stub.ModelStreamInfer(iter(self._requests.get, None))
+        self._responses = client._stub.ModelStreamInfer(iter(self._requests.get, None), metadata=client._metadata)
         self.url = client.url
 
     def __enter__(self) -> "InferenceStream":

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from .classify import PREPROCESSING_PARAMETER
 from .client import DEFAULT_URL, InferenceClient, client_for
 from .preprocessing import ImageInput, ImagePreprocessing, load_image
-from .providers import select_providers
+from .providers import open_session
 
 LABELS_PARAMETER = "deepr.labels"
 """Config parameter with the class names (JSON), so one inference call gives scores and labels."""
@@ -73,12 +72,7 @@ class LocalGradCAM:
     """Runs an exported Grad-CAM graph in this process (CUDA when usable, else CPU)."""
 
     def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        if not Path(onnx_file).is_file():
-            raise FileNotFoundError(f"no Grad-CAM model at {onnx_file}")
-        try:
-            self.session = ort.InferenceSession(str(onnx_file), providers=list(select_providers(device)))
-        except Exception as exc:  # onnxruntime's own exception types for unreadable graphs
-            raise ValueError(f"onnxruntime cannot load {onnx_file}: {exc}") from None
+        self.session = open_session(onnx_file, device, what="Grad-CAM model")
         meta = self.session.get_modelmeta().custom_metadata_map
         if "deepr.preprocessing" not in meta:
             raise ValueError(f"{onnx_file} carries no deepr.preprocessing metadata: export it with `deepr export NAME --gradcam`")

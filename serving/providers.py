@@ -5,10 +5,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+from pathlib import Path
 
 import onnxruntime as ort
 
-__all__ = ["select_providers", "DEVICES"]
+__all__ = ["select_providers", "open_session", "DEVICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +68,14 @@ def select_providers(device: str = "auto", tf32: bool = False) -> tuple[str | tu
         raise RuntimeError(f"device 'cuda' was asked for, but CUDA cannot be used: {reason}")
     logger.info("onnxruntime: CPUExecutionProvider (CUDA not used: %s)", reason)
     return ("CPUExecutionProvider",)
+
+
+def open_session(onnx_file: str | Path, device: str = "auto", *, what: str = "ONNX model") -> ort.InferenceSession:
+    """An onnxruntime session for a file, with errors that name it: FileNotFoundError when
+    it is absent, ValueError when onnxruntime cannot load it (truncated, not ONNX)."""
+    if not Path(onnx_file).is_file():
+        raise FileNotFoundError(f"no {what} at {onnx_file}")
+    try:
+        return ort.InferenceSession(str(onnx_file), providers=list(select_providers(device)))
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ValueError(f"onnxruntime cannot load {onnx_file}: {exc}") from None

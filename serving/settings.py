@@ -8,7 +8,10 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import RuntimeOptions
 
 __all__ = ["ServerSettings", "ENV_PREFIX", "default_repository"]
 
@@ -52,6 +55,15 @@ class ServerSettings:
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
     model_control: bool = True
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
+    token: str = ""
+    """When set, every inference-service RPC must carry `authorization: Bearer <token>`
+    (the health service stays open for probes). Env: DEEPR_TOKEN."""
+    tls_cert: str = ""
+    """Server certificate chain (PEM); with tls_key, the server speaks TLS only. Env: DEEPR_TLS_CERT."""
+    tls_key: str = ""
+    """Server private key (PEM). Env: DEEPR_TLS_KEY."""
+    tls_client_ca: str = ""
+    """CA (PEM) that client certificates must be signed by: mutual TLS. Env: DEEPR_TLS_CLIENT_CA."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
 
@@ -92,6 +104,10 @@ class ServerSettings:
             raise ValueError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise ValueError("event_loop 'uvloop' was asked for, but uvloop is not installed (pip install uvloop)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key (PEM files)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (client certificates) needs TLS: give tls_cert and tls_key too")
         if self.infer_threads < 1:
             raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from .client import DEFAULT_URL, InferenceClient
-from .providers import select_providers
+from .providers import open_session
 
 __all__ = [
     "CHARSET_PARAMETER",
@@ -66,9 +65,7 @@ class LocalStepModel:
     """An exported `<model>_step` graph run in this process."""
 
     def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        if not Path(onnx_file).is_file():
-            raise FileNotFoundError(f"no step graph at {onnx_file}")
-        self.session = ort.InferenceSession(str(onnx_file), providers=list(select_providers(device)))
+        self.session = open_session(onnx_file, device, what="step graph")
         meta = self.session.get_modelmeta().custom_metadata_map
         self.charset = meta["deepr.charset"]
         self.units = int(json.loads(meta["deepr.units"]))
@@ -154,9 +151,7 @@ def generate_in_one_call(
 ) -> str:
     """`length` characters from the Loop graph (`<model>_generate`): one request for the whole text."""
     if local:
-        if not Path(local).is_file():
-            raise FileNotFoundError(f"no generation graph at {local}")
-        session = ort.InferenceSession(str(local), providers=list(select_providers("auto")))
+        session = open_session(local, what="generation graph")
         charset = session.get_modelmeta().custom_metadata_map["deepr.charset"]
         chars = session.run(["chars"], _loop_inputs(charset, prompt, length, temperature, top_k, seed))[0]
         return "".join(charset[i] for i in chars)

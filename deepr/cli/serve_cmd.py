@@ -14,6 +14,18 @@ from .errors import EXIT_USAGE, CLIError
 logger = logging.getLogger("deepr.serve")
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is None:
+        return None
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        raise CLIError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not token:
+        raise CLIError(f"--token-file {args.token_file} is empty", EXIT_USAGE)
+    return token
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings.from_env(
@@ -31,6 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
             model_control=args.model_control,
+            token=_token(args),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
@@ -53,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
             runner.run(InferenceServer(settings).serve_forever())
     except OSError as exc:
         raise CLIError(str(exc)) from None
+    except ValueError as exc:  # unreadable TLS files
+        raise CLIError(str(exc), EXIT_USAGE) from None
     return 0
 
 
@@ -108,6 +126,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,
                    help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)")
+    p.add_argument("--token-file", type=Path, help="file holding the bearer token every inference RPC must carry "
+                   "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)")
+    p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must be signed by (mutual TLS)")
     p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,
                    help="ready only when every model is ready (default on)")
     p.set_defaults(run=_serve)

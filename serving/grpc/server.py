@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import grpc
@@ -16,6 +17,8 @@ from ..dataplane import DataPlane
 from ..repository import ModelRepository
 from ..settings import ServerSettings
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from .auth import BearerTokenInterceptor, server_credentials
+from .decoding import DecodeErrorInterceptor
 from .servicer import InferenceServicer
 
 __all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
@@ -61,12 +64,19 @@ class InferenceServer:
     async def start(self) -> int:
         """Load the repository, bind, start serving; returns the bound port."""
         await asyncio.get_running_loop().run_in_executor(None, self.dataplane.start)
-        server = grpc.aio.server(options=_channel_options(self.settings.max_message_bytes))
+        settings = self.settings
+        interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
+        interceptors.append(DecodeErrorInterceptor())
+        server = grpc.aio.server(options=_channel_options(settings.max_message_bytes), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if settings.tls_cert:
+                credentials = server_credentials(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.tls_client_ca) if settings.tls_client_ca else None)
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if self.settings.metrics_port >= 0:
@@ -79,7 +89,9 @@ class InferenceServer:
         self._server = server
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("serving %s on %s:%d", self.settings.repository, self.settings.host, self.port)
+        logger.info("serving %s on %s:%d (%s%s)", settings.repository, settings.host, self.port,
+                    "TLS" + (" with client certificates" if settings.tls_client_ca else "") if settings.tls_cert else "plaintext",
+                    ", bearer token required" if settings.token else "")
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -227,3 +227,44 @@ def counts(client) -> tuple[int, int, int]:
     if not stats:
         return 0, 0, 0
     return stats[0].inference_count, stats[0].inference_stats.success.count, stats[0].execution_count
+
+
+def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
+    """A queue bound of 1 and 48 concurrent requests: the overflow is refused at once with
+    RESOURCE_EXHAUSTED, every other request gets its own rows, and the server goes on."""
+    import shutil
+
+    from tritonclient.utils import InferenceServerException
+
+    from serving.grpc.server import serve_in_thread
+    from serving.model_config import read_config, write_config
+    from serving.settings import ServerSettings
+
+    shutil.copytree(repository / "mnist_convnet", tmp_path / "mnist_convnet")
+    config = read_config(tmp_path / "mnist_convnet")
+    config.dynamic_batching.default_queue_policy.max_queue_size = 1
+    write_config(tmp_path / "mnist_convnet", config)
+    session = ort.InferenceSession(str(tmp_path / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((256, 1, 28, 28), dtype=np.float32)
+    want = session.run(None, {"images": x})[0]
+    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+        def ask(_):
+            tensor = triton.InferInput("images", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            try:
+                return client.infer("mnist_convnet", [tensor]).as_numpy("probabilities")
+            except InferenceServerException as exc:
+                return exc
+
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(ask, range(48)))
+        refused = [a for a in answers if isinstance(a, InferenceServerException)]
+        assert refused and all(e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "queue is full" in e.message() for e in refused)
+        for got in (a for a in answers if not isinstance(a, InferenceServerException)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        stats = client.get_inference_statistics("mnist_convnet").model_stats[0].inference_stats
+        assert (stats.success.count, stats.fail.count) == (48 - len(refused), len(refused))
+        assert client.is_server_ready()
+        client.close()

@@ -58,9 +58,24 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict saved by `train` (tensors only: nothing is unpickled)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    """Load a state dict saved by `train` (tensors only: nothing is unpickled, so a
+    weights file from elsewhere cannot run code). ValueError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError (zip), EOFError: not a file of tensors
+        raise ValueError(
+            f"{path} is not a weights file deepr reads ({type(exc).__name__}): deepr reads only tensors "
+            "saved with torch.save(model.state_dict(), path), never pickled objects"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict (save model.state_dict())")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {str(exc).splitlines()[0]} ...") from None
     return model
 
 

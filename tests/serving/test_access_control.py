@@ -1,0 +1,127 @@
+"""Bearer tokens and TLS (server certificates, optional client certificates), tried with
+tritonclient and deepr's own client."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import trustme
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from serving.client import InferenceClient, InferenceServerError
+from serving.grpc.server import serve_in_thread
+from serving.settings import ServerSettings
+
+TOKEN = "s3cret-token"
+
+
+def settings(repository, **extra) -> ServerSettings:
+    return ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", metrics_port=-1, **extra)
+
+
+def digits(batch=2) -> np.ndarray:
+    return np.zeros((batch, 1, 28, 28), np.float32)
+
+
+def triton_infer(client, **kwargs):
+    tensor = triton.InferInput("images", [2, 1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(digits())
+    return client.infer("mnist_convnet", [tensor], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def token_server(repository):
+    with serve_in_thread(settings(repository, token=TOKEN)) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+def test_every_inference_rpc_needs_the_token(token_server):
+    client = triton.InferenceServerClient(token_server)
+    calls = {
+        "ServerLive": lambda **h: client.is_server_live(**h),
+        "ServerMetadata": lambda **h: client.get_server_metadata(**h),
+        "ModelConfig": lambda **h: client.get_model_config("mnist_convnet", **h),
+        "ModelInfer": lambda **h: triton_infer(client, **h),
+        "ModelStatistics": lambda **h: client.get_inference_statistics(**h),
+        "RepositoryIndex": lambda **h: client.get_model_repository_index(**h),
+        "RepositoryModelUnload": lambda **h: client.unload_model("no_such_model", **h),
+    }
+    for name, call in calls.items():
+        for headers, reason in (({}, "missing bearer token"), ({"authorization": "Bearer wrong"}, "invalid bearer token")):
+            with pytest.raises(InferenceServerException, match=reason) as err:
+                call(headers=headers)
+            assert err.value.status() == "StatusCode.UNAUTHENTICATED", name
+    good = {"authorization": f"Bearer {TOKEN}"}
+    assert client.is_server_live(headers=good)
+    assert triton_infer(client, headers=good).as_numpy("probabilities").shape == (2, 10)
+    client.close()
+
+
+def test_streams_need_the_token_and_deepr_client_sends_it(token_server):
+    with InferenceClient(token_server, token="wrong") as wrong, pytest.raises(InferenceServerError) as err:
+        wrong.stream().infer("mnist_convnet", {"images": digits()})
+    assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with InferenceClient(token_server, token=TOKEN) as client:
+        assert client.infer("mnist_convnet", {"images": digits()})["probabilities"].shape == (2, 10)
+        with client.stream() as stream:
+            assert stream.infer("mnist_convnet", {"images": digits()})["probabilities"].shape == (2, 10)
+
+
+def test_health_stays_open_for_probes(token_server):
+    with grpc.insecure_channel(token_server) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("client@deepr")
+    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key",
+             "client_cert": folder / "client.pem", "client_key": folder / "client.key"}
+    ca.cert_pem.write_to_path(files["ca"])
+    server_cert.private_key_pem.write_to_path(files["key"])
+    (files["cert"]).write_bytes(b"".join(blob.bytes() for blob in server_cert.cert_chain_pems))
+    client_cert.private_key_pem.write_to_path(files["client_key"])
+    (files["client_cert"]).write_bytes(b"".join(blob.bytes() for blob in client_cert.cert_chain_pems))
+    return files
+
+
+def test_tls_server(repository, pki):
+    with serve_in_thread(settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))) as server:
+        url = f"127.0.0.1:{server.port}"
+        client = triton.InferenceServerClient(url, ssl=True, root_certificates=str(pki["ca"]))
+        assert triton_infer(client).as_numpy("probabilities").shape == (2, 10)
+        client.close()
+        with InferenceClient(url, tls_ca=pki["ca"]) as ours:
+            assert ours.is_server_ready()
+        with InferenceClient(url, timeout=3) as plaintext, pytest.raises(InferenceServerError) as err:
+            plaintext.is_server_live()  # a plaintext client cannot talk to a TLS server
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate(repository, pki):
+    mtls = settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]), tls_client_ca=str(pki["ca"]))
+    with serve_in_thread(mtls) as server:
+        url = f"127.0.0.1:{server.port}"
+        with InferenceClient(url, tls_ca=pki["ca"], tls_cert=pki["client_cert"], tls_key=pki["client_key"]) as client:
+            assert client.infer("mnist_convnet", {"images": digits()})["probabilities"].shape == (2, 10)
+        with InferenceClient(url, tls_ca=pki["ca"], timeout=3) as anonymous, pytest.raises(InferenceServerError) as err:
+            anonymous.is_server_live()
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_settings_are_checked(repository, tmp_path):
+    with pytest.raises(ValueError, match="needs both tls_cert and tls_key"):
+        settings(repository, tls_cert="server.pem")
+    with pytest.raises(ValueError, match="needs TLS"):
+        settings(repository, tls_client_ca="ca.pem")
+    from serving.grpc.auth import server_credentials
+
+    with pytest.raises(ValueError, match="cannot read the TLS private key"):
+        server_credentials(tmp_path / "missing.pem", tmp_path / "missing.key")
