@@ -150,8 +150,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_subprocess(repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300) -> Iterator[str]:
-    """`deepr serve` in its own process on a free loopback port; yields its address."""
+def serve_subprocess(
+    repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`deepr serve` in its own process on a free loopback port; yields its address and process."""
     import tritonclient.grpc as triton
 
     port = _free_port()
@@ -173,7 +175,7 @@ def serve_subprocess(repository: Path, *, device: str, extra: Sequence[str] = ()
                 raise TimeoutError(f"deepr serve not ready after {timeout:.0f} s; its log: {log.name}")
             time.sleep(0.2)
         client.close()
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -213,7 +215,7 @@ def run_benchmark(
             baseline[model, batch] = r.items_per_s
             results.append(r)
             progress(format_row(r))
-    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as url:
+    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as (url, _):
         for model in models:
             for batch, concurrency in cells:
                 r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,

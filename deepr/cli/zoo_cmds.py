@@ -90,6 +90,10 @@ def _train(args: argparse.Namespace) -> int:
             **{key: getattr(args, key) for key in AUGMENTATION_FLAGS},
         )
         result = train(cfg)
+    from zoo.recipes.distributed import from_environment
+
+    if not from_environment().is_main:  # under torchrun, the first process reports for all
+        return 0
     print(
         f"{args.model}: held-out accuracy {result.test['accuracy']:.4f}, loss {result.test['loss']:.4f}, "
         f"trained in {result.seconds:.1f}s; weights {result.out / 'weights.pt'}, curves {result.out / 'history.png'}"

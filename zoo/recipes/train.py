@@ -23,6 +23,7 @@ from .._registry import get_model, get_model_spec
 from ..datasets import SupervisedData, load_dataset
 from ..datasets.chars import CHARSET
 from .config import TrainConfig
+from .distributed import from_environment
 from ..layers import regularization_loss
 from .evaluate import count_correct, evaluate, fit_input, task_loss
 from .plot import plot_history
@@ -96,7 +97,9 @@ def _epoch_samples(cfg: TrainConfig, model: nn.Module, data: SupervisedData, epo
 def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
     spec = get_model_spec(cfg.model)
-    device = _device(cfg.device)
+    parallel = from_environment()
+    device = parallel.device(_device(cfg.device))
+    parallel.start(device)
     data = data or load_dataset(cfg.data, like=spec.dataset, augmentation=cfg.augmentation(), base_weights=cfg.base_weights)
 
     torch.manual_seed(cfg.seed)
@@ -116,6 +119,7 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
     optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])  # frozen layers stay as they are
+    trained = parallel.wrap(model)  # the DDP wrapper under torchrun, else the model itself
     total_steps = cfg.epochs * len(loader)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -124,32 +128,36 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     )
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     samples: list[dict[str, object]] = []
-    bar = tqdm(total=total_steps, desc=cfg.model, unit="batch", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc=cfg.model, unit="batch", disable=not (cfg.progress and parallel.is_main), dynamic_ncols=True)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in loader:
+            x, y, share = parallel.shard(x, y)  # the whole batch in one process
             x, y = fit_input(x.to(device), spec.input_shape), y.to(device)
-            probs = model(x)  # (B, classes) softmax or (B, 1) sigmoid
+            probs = trained(x)  # (B, classes) softmax or (B, 1) sigmoid
             # Weight penalties join the loss, and the reported loss, as in Keras.
-            loss = task_loss(spec.task, probs, y) + regularization_loss(model)
+            penalty = regularization_loss(model)
+            task = task_loss(spec.task, probs, y) if len(y) else probs.sum() * 0.0  # an empty slice still joins DDP's sync
+            loss = task * share + penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             seen += len(y)
-            loss_sum += loss.item() * len(y)
+            loss_sum += (task.item() + float(penalty)) * len(y)
             correct += count_correct(spec.task, probs, y)
             bar.update()
+        seen, loss_sum, correct = parallel.sum(seen, loss_sum, correct)
         history["loss"].append(loss_sum / seen)
         history["accuracy"].append(correct / seen)
         if n_val:
             val = evaluate(model, val_set, task=spec.task, input_shape=spec.input_shape, device=device)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val["accuracy"])
-        if cfg.sample_temperatures:
+        if cfg.sample_temperatures and parallel.is_main:
             samples.append(_epoch_samples(cfg, model, data, epoch, bar))
         bar.set_postfix_str(
             f"epoch {epoch + 1}/{cfg.epochs} loss {history['loss'][-1]:.3f} acc {history['accuracy'][-1]:.3f}"
@@ -160,6 +168,10 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
 
     test = evaluate(model, data.test, task=spec.task, input_shape=spec.input_shape, device=device)
     model = model.cpu().eval()
+    parallel.stop()
+    result = TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
+    if not parallel.is_main:  # every process holds the same weights; one writes them
+        return result
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cfg.out / "weights.pt")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
@@ -177,4 +189,4 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
         (cfg.out / "samples.json").write_text(json.dumps(samples, indent=2))
     if data.info.text is not None:  # the vocabulary the weights were trained with, for export
         (cfg.out / "text_encoding.json").write_text(data.info.text.to_json())
-    return TrainResult(model=model, history=history, test=test, seconds=seconds, out=cfg.out)
+    return result
