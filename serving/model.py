@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
+import onnx.utils
 import onnxruntime as ort
 
 from .codecs import TensorSpec
@@ -17,9 +21,12 @@ from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
 
-__all__ = ["OnnxModel", "RuntimeOptions"]
+__all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph"]
 
 logger = logging.getLogger(__name__)
+
+_PRUNED_SESSIONS = 8
+"""Sessions kept per model for requests that ask for a subset of its outputs."""
 
 _GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -49,6 +56,15 @@ class RuntimeOptions:
     when nothing else needs the cores; off, the cores go to the server's own work."""
 
 
+def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes:
+    """The serialized part of a graph that `outputs` need (onnx's own extractor)."""
+    graph = onnx.load(str(onnx_file))
+    inputs = [i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
+    part = onnx.utils.Extractor(graph).extract_model(inputs, sorted(outputs))
+    part.metadata_props.extend(graph.metadata_props)
+    return part.SerializeToString()
+
+
 class OnnxModel:
     """An ONNX file served under a name and version, described by its config.pbtxt."""
 
@@ -59,6 +75,9 @@ class OnnxModel:
         self.config = config
         self.runtime = runtime
         self._session: ort.InferenceSession | None = None
+        self._options: ort.SessionOptions | None = None
+        self._pruned: collections.OrderedDict[frozenset[str], ort.InferenceSession] = collections.OrderedDict()
+        self._pruning = threading.Lock()
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
@@ -86,6 +105,7 @@ class OnnxModel:
                 raise ModelLoadError(f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}")
             options.graph_optimization_level = _GRAPH_LEVELS[level]
         start = time.perf_counter()
+        self._options = options
         try:
             session = ort.InferenceSession(str(self.path), options, providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -153,5 +173,25 @@ class OnnxModel:
             raise ModelLoadError(f"{self.name} version {self.version} is not loaded")
         self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
+        if len(set(names)) < len(self.outputs):
+            session = self._session_computing(frozenset(names))
         results = session.run(names, inputs)
         return dict(zip(names, results))
+
+    def _session_computing(self, outputs: frozenset[str]) -> ort.InferenceSession:
+        """A session for the part of the graph that `outputs` need. onnxruntime runs every
+        node of a graph whatever outputs are asked for; feature extractors with early and
+        late layers, or Grad-CAM graphs asked only for scores, would pay for all of it."""
+        with self._pruning:
+            session = self._pruned.get(outputs)
+            if session is not None:
+                self._pruned.move_to_end(outputs)
+                return session
+            session = ort.InferenceSession(
+                pruned_graph(self.path, outputs), self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32))
+            )
+            self._pruned[outputs] = session
+            if len(self._pruned) > _PRUNED_SESSIONS:
+                self._pruned.popitem(last=False)
+            logger.info("%s version %s: a graph for outputs %s only", self.name, self.version, sorted(outputs))
+            return session

@@ -76,7 +76,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {str(exc).splitlines()[0]} ...") from None
+        details = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {details[:400]}") from None
     return model
 
 
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
             if scheduler is not None:
                 scheduler.step()
             seen += len(y)
-            loss_sum += (task.item() + float(penalty)) * len(y)
+            loss_sum += (task.item() + (penalty.detach().item() if torch.is_tensor(penalty) else float(penalty))) * len(y)
             correct += count_correct(spec.task, probs, y)
             bar.update()
         seen, loss_sum, correct = parallel.sum(seen, loss_sum, correct)
