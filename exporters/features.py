@@ -35,7 +35,7 @@ from serving.grpc._generated import model_config_pb2 as mc
 from serving.classify import PREPROCESSING_PARAMETER
 from serving.features import LAYERS_PARAMETER
 
-__all__ = ["export_features", "feature_layers", "FEATURES_SUFFIX", "LAYERS_PARAMETER"]
+__all__ = ["export_features", "feature_layers", "prepared_model", "FEATURES_SUFFIX", "LAYERS_PARAMETER"]
 
 FEATURES_SUFFIX = "_features"
 
@@ -46,6 +46,18 @@ _SKIPPED = ("Flatten", "Dropout")
 def feature_layers(model: nn.Module) -> list[str]:
     """Every layer whose output is a feature map or vector, in order (Keras names)."""
     return [name for name, module in flat_layers(model) if getattr(module, "keras_type", type(module).__name__) not in _SKIPPED]
+
+
+def prepared_model(name: str, weights: str | Path | None, options: Mapping[str, Any] | None, what: str) -> nn.Module:
+    """The zoo model in eval mode with a run's `weights`, or the base's own (options
+    weights=imagenet or a file); with neither, fresh weights and a warning naming `what`."""
+    model = get_model(name, **(options or {}))
+    if weights is not None:
+        load_weights(model, weights)
+    elif not (options or {}).get("weights"):
+        warnings.warn(f"exporting {name}'s {what} with freshly initialised weights: they describe nothing",
+                      UntrainedWeightsWarning, stacklevel=3)
+    return model.eval()
 
 
 class _Features(nn.Module):
@@ -77,13 +89,7 @@ def export_features(
     (or a file); without either the layers are freshly initialised, with a warning.
     """
     start = time.perf_counter()
-    model = get_model(name, **(options or {}))
-    if weights is not None:
-        load_weights(model, weights)
-    elif not (options or {}).get("weights"):
-        warnings.warn(f"exporting {name}'s features with freshly initialised weights: they describe nothing",
-                      UntrainedWeightsWarning, stacklevel=2)
-    model.eval()
+    model = prepared_model(name, weights, options, "features")
     available = feature_layers(model)
     chosen = list(layers) if layers else available
     unknown = [layer for layer in chosen if layer not in available]
