@@ -115,7 +115,9 @@ def ascend(gradients: FilterGradients, layer: str, filters: Sequence[int], *, st
     channels, height, width = gradients.input_shape
     grey = 0.5 + noise * (rng.random((len(filters), height, width, channels)) - 0.5)
     if gradients.preprocess is not None:
-        x = gradients.preprocess([Image.fromarray((np.clip(g, 0, 1) * 255).astype(np.uint8)).convert(gradients.preprocess.color_mode) for g in grey])
+        pixels = (np.clip(grey, 0, 1) * 255).astype(np.uint8)
+        pictures = [Image.fromarray(p[..., 0] if channels == 1 else p).convert(gradients.preprocess.color_mode) for p in pixels]
+        x = gradients.preprocess(pictures)
     else:
         x = grey.transpose(0, 3, 1, 2).astype(np.float32)
     index = np.asarray(filters, dtype=np.int64)
