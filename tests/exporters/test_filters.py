@@ -87,3 +87,13 @@ def test_filters_command_writes_grids(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match="vgg16 has no convolutional layer block1_pool"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
         export_filters("vgg16", tmp_path / "repo", layers=["block1_pool"], options=OPTIONS)
+
+
+def test_one_channel_models_ascend_too(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        result = export_filters("mnist_convnet", tmp_path)
+    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device="cpu")
+    assert gradients.layers == ["conv2d", "conv2d_1", "conv2d_2"]  # small nets: every convolution
+    run = ascend(gradients, "conv2d", range(4), steps=3)
+    assert run.inputs.shape == (4, 1, 28, 28) and run.pictures[0].mode == "L"
