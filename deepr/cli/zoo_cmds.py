@@ -129,6 +129,10 @@ def _export(args: argparse.Namespace) -> int:
                     raise CLIError(f"--step and --generate apply to char_lstm, not {args.model}", EXIT_USAGE)
                 export = export_char_step if args.step else export_char_generation
                 result = export(args.repository, weights=args.weights, version=args.version)
+            elif args.style:
+                from exporters.style import export_style
+
+                result = export_style(args.model, args.repository, weights=args.weights, options=dict(args.option), version=args.version)
             elif args.filters:
                 from exporters.filters import export_filters
 
@@ -224,6 +228,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")
+    p.add_argument("--style", action="store_true",
+                   help="vgg19: export the style-transfer loss and its gradient, as vgg19_style (pictures of --option input_shape)")
     p.add_argument("--filters", action="store_true",
                    help="export input-gradient graphs for filter patterns (mean activation of one filter per layer), as NAME_filters")
     p.add_argument("--layers", help="--features / --filters: comma-separated Keras layer names (default: every layer), e.g. block3_conv1,block5_pool")
