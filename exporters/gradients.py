@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import onnx_ir as ir
 import torch
 from onnxscript import opset18 as op
 from torch import nn
@@ -21,20 +23,50 @@ from torch.fx.experimental.proxy_tensor import make_fx
 __all__ = ["GRADIENT_TRANSLATIONS", "traced_with_weights"]
 
 
+def _to_input_size(grad_input, input, dims: int):  # noqa: A002
+    """A strided convolution that skips the last rows or columns of its input (their count is
+    not a multiple of the stride) gives them no gradient; the transposed convolution stops
+    short of them, so they are padded back as zeros, whatever the input's size at run time."""
+    missing = op.Sub(op.Shape(input, start=2), op.Shape(grad_input, start=2))
+    pads = op.Concat(op.Constant(value_ints=[0] * (dims + 2 + 2)), missing, axis=0)
+    return op.Pad(grad_input, pads)
+
+
 def _convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
                           groups, output_mask):  # noqa: A002 (aten's argument names)
     if transposed or any(output_padding) or list(output_mask) != [True, False, False]:
         raise NotImplementedError("only the input gradient of a plain convolution is translated")
     dims = len(stride)
     pads = list(padding) * (dims // len(padding))
-    grad_input = op.ConvTranspose(
+    grad_input = _to_input_size(op.ConvTranspose(
         grad_output, weight, strides=list(stride), pads=pads * 2, dilations=list(dilation) * (dims // len(dilation)), group=groups
-    )
+    ), input, dims)
     # output_mask says the weight and bias gradients are not used; the optimiser drops these.
     return grad_input, op.ConstantOfShape(op.Shape(weight)), op.ConstantOfShape(op.Shape(grad_output, start=1, end=2))
 
 
-GRADIENT_TRANSLATIONS = {torch.ops.aten.convolution_backward.default: _convolution_backward}
+def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override=None):  # noqa: A002 (aten's argument names)
+    # Average pooling spreads each output's gradient evenly over its window: a transposed
+    # depthwise convolution with a constant kernel. Exact where every window divides by
+    # its full size (count_include_pad, no ceil_mode) and the output size maps back
+    # to the input's (stride 1, as in InceptionV3's pooling branches).
+    stride = list(stride) or list(kernel_size)
+    if ceil_mode or not count_include_pad or divisor_override is not None or any(s != 1 for s in stride):
+        raise NotImplementedError("only the input gradient of stride-1 average pooling that counts padding is translated")
+    channels = input.shape[1]
+    if not isinstance(channels, int):
+        raise NotImplementedError("average pooling's input gradient needs a static channel count")
+    kh, kw = kernel_size
+    weight = op.Constant(value=ir.tensor(np.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=np.float32)))
+    pads = list(padding) * (2 // len(padding))
+    return op.ConvTranspose(grad_output, weight, strides=[1, 1], pads=pads * 2, group=channels)
+
+
+GRADIENT_TRANSLATIONS = {
+    torch.ops.aten.convolution_backward.default: _convolution_backward,
+    torch.ops.aten.avg_pool2d_backward.default: _avg_pool2d_backward,
+}
 
 
 class _TracedWithWeights(nn.Module):

@@ -61,7 +61,7 @@ class LocalFeatureExtractor:
             return self.session
         key = frozenset(layers)
         if key not in self._parts:
-            self._parts[key] = ort.InferenceSession(pruned_graph(self.onnx_file, layers), providers=list(select_providers(self.device)))
+            self._parts[key] = ort.InferenceSession(pruned_graph(self.onnx_file, layers) or str(self.onnx_file), providers=list(select_providers(self.device)))
         return self._parts[key]
 
 

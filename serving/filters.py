@@ -64,7 +64,7 @@ class LocalFilterGradients:
         if layer not in self.layers:
             raise ValueError(f"{self.onnx_file.name} has no layer {layer}; it has {', '.join(self.layers)}")
         if layer not in self._sessions:  # only this layer's forward and backward
-            self._sessions[layer] = ort.InferenceSession(pruned_graph(self.onnx_file, _outputs(layer)), providers=list(select_providers(self.device)))
+            self._sessions[layer] = ort.InferenceSession(pruned_graph(self.onnx_file, _outputs(layer)) or str(self.onnx_file), providers=list(select_providers(self.device)))
         loss, gradient = self._sessions[layer].run(_outputs(layer), {"images": images, "filter_index": filters.reshape(-1, 1)})
         return loss.reshape(-1), gradient
 

@@ -25,6 +25,8 @@ __all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph"]
 
 logger = logging.getLogger(__name__)
 
+_CONTROL_FLOW = ("Loop", "If", "Scan")
+
 _PRUNED_SESSIONS = 8
 """Sessions kept per model for requests that ask for a subset of its outputs."""
 
@@ -56,9 +58,12 @@ class RuntimeOptions:
     when nothing else needs the cores; off, the cores go to the server's own work."""
 
 
-def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes:
-    """The serialized part of a graph that `outputs` need (onnx's own extractor)."""
+def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes | None:
+    """The serialized part of a graph that `outputs` need (onnx's own extractor), or None
+    for graphs with control flow, whose subgraphs the extractor cannot follow."""
     graph = onnx.load(str(onnx_file))
+    if any(node.op_type in _CONTROL_FLOW for node in graph.graph.node):
+        return None
     inputs = [i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
     part = onnx.utils.Extractor(graph).extract_model(inputs, sorted(outputs))
     part.metadata_props.extend(graph.metadata_props)
@@ -187,11 +192,14 @@ class OnnxModel:
             if session is not None:
                 self._pruned.move_to_end(outputs)
                 return session
-            session = ort.InferenceSession(
-                pruned_graph(self.path, outputs), self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32))
-            )
+            part = pruned_graph(self.path, outputs)
+            if part is None:
+                session = self._session  # runs whole, as onnxruntime would anyway
+            else:
+                session = ort.InferenceSession(part, self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
             self._pruned[outputs] = session
             if len(self._pruned) > _PRUNED_SESSIONS:
                 self._pruned.popitem(last=False)
-            logger.info("%s version %s: a graph for outputs %s only", self.name, self.version, sorted(outputs))
+            if part is not None:
+                logger.info("%s version %s: a graph for outputs %s only", self.name, self.version, sorted(outputs))
             return session
