@@ -35,7 +35,7 @@ from serving.grpc._generated import model_config_pb2 as mc
 from serving.classify import PREPROCESSING_PARAMETER
 from serving.features import LAYERS_PARAMETER
 
-__all__ = ["export_features", "feature_layers", "prepared_model", "FEATURES_SUFFIX", "LAYERS_PARAMETER"]
+__all__ = ["export_features", "feature_layers", "prepared_model", "LayerObjective", "FEATURES_SUFFIX", "LAYERS_PARAMETER"]
 
 FEATURES_SUFFIX = "_features"
 
@@ -60,13 +60,21 @@ def prepared_model(name: str, weights: str | Path | None, options: Mapping[str, 
     return model.eval()
 
 
-class _Features(nn.Module):
-    """The traced extractor, returning its layers as a tuple in the requested order."""
+class LayerObjective(nn.Module):
+    """A model cut down to what `layers` need (torchvision's traced feature extractor), with
+    its weights as a dict for graph functions that take them as an argument."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         super().__init__()
         self.layers = list(layers)
         self.extractor = create_feature_extractor(model, return_nodes={name: name for name in layers})
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.extractor.state_dict())
+
+
+class _Features(LayerObjective):
+    """The extractor returning its layers as a tuple in the requested order."""
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.extractor(images)

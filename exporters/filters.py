@@ -19,12 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from .config import ExportConfig
-from .features import feature_layers, prepared_model
+from .features import LayerObjective, feature_layers, prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
 from .onnx import export_onnx
 from .repository import add_to_repository, serving_config
@@ -43,17 +41,9 @@ def filter_outputs(layer: str) -> tuple[str, str]:
     return f"{layer}.loss", f"{layer}.gradient"
 
 
-class FilterObjective(nn.Module):
+class FilterObjective(LayerObjective):
     """For each layer: mean over positions of channel `filter_index` of its output (per image),
     and the gradient of that mean with respect to the images."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        super().__init__()
-        self.layers = list(layers)
-        self.extractor = create_feature_extractor(model, return_nodes={name: name for name in layers})
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.extractor.state_dict())
 
     def graph_function(self, weights: dict[str, torch.Tensor], images: torch.Tensor, filter_index: torch.Tensor):
         results = []

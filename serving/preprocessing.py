@@ -101,3 +101,12 @@ class ImagePreprocessing:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         return cls(**fields)
+
+
+def to_picture(x: np.ndarray, preprocess: ImagePreprocessing) -> Image.Image:
+    """A model input (C, H, W) back to a picture: the preprocessing's mean, std and scale
+    undone, clipped to 0..255 (for pictures a model has changed: dreams, style transfer)."""
+    mean = np.asarray(preprocess.mean or 0.0, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(preprocess.std or 1.0, np.float32).reshape(-1, 1, 1)
+    pixels = np.clip((x * std + mean) / preprocess.scale, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)

@@ -20,7 +20,7 @@ from scipy.optimize import fmin_l_bfgs_b
 
 from .classify import PREPROCESSING_PARAMETER
 from .client import DEFAULT_URL, InferenceClient
-from .preprocessing import ImageInput, ImagePreprocessing, load_image
+from .preprocessing import ImageInput, ImagePreprocessing, load_image, to_picture
 from .providers import open_session
 
 __all__ = ["LocalStyleLoss", "ServedStyleLoss", "StyleResult", "transfer_style"]
@@ -70,14 +70,6 @@ class StyleResult:
     """The loss after each iteration (the first entry: before any)."""
 
 
-def _unprocess(x: np.ndarray, preprocess: ImagePreprocessing) -> Image.Image:
-    """Model input (C, H, W) back to a picture: undo mean/std and scale."""
-    mean = np.asarray(preprocess.mean or 0.0, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(preprocess.std or 1.0, np.float32).reshape(-1, 1, 1)
-    pixels = (x * std + mean) / preprocess.scale
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8).transpose(1, 2, 0))
-
-
 def transfer_style(loss: StyleLoss, content: ImageInput, style: ImageInput, *, iterations: int = 20,
                    evaluations_per_iteration: int = 20, on_iteration=None) -> StyleResult:
     """The tutorial's loop: `iterations` runs of L-BFGS, each allowed
@@ -91,11 +83,11 @@ def transfer_style(loss: StyleLoss, content: ImageInput, style: ImageInput, *, i
         return float(value[0]), gradient.reshape(-1).astype(np.float64)
 
     x = content_x.reshape(-1).astype(np.float64)
-    result = StyleResult(picture=_unprocess(content_x[0], loss.preprocess), losses=[evaluate(x)[0]])
+    result = StyleResult(picture=to_picture(content_x[0], loss.preprocess), losses=[evaluate(x)[0]])
     for i in range(iterations):
         x, value, _ = fmin_l_bfgs_b(evaluate, x, maxfun=evaluations_per_iteration)
         result.losses.append(float(value))
         if on_iteration is not None:
             on_iteration(i, float(value))
-    result.picture = _unprocess(x.reshape(shape)[0].astype(np.float32), loss.preprocess)
+    result.picture = to_picture(x.reshape(shape)[0].astype(np.float32), loss.preprocess)
     return result

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from . import activations_cmd, bench_cmd, classify_cmd, filters_cmd, gradcam_cmd, sample_cmd, serve_cmd, style_cmd, zoo_cmds
+from . import activations_cmd, bench_cmd, classify_cmd, dream_cmd, filters_cmd, gradcam_cmd, sample_cmd, serve_cmd, style_cmd, zoo_cmds
 from .errors import CLIError
 
 __all__ = ["main"]
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("DEEPR_LOG_FORMAT", "text"),
                         help="log lines as text or as one JSON object each, with request fields (env DEEPR_LOG_FORMAT; default text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, activations_cmd, filters_cmd, style_cmd, sample_cmd, bench_cmd):
+    for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, activations_cmd, filters_cmd, dream_cmd, style_cmd, sample_cmd, bench_cmd):
         module.add_commands(sub)
     return parser
 

@@ -129,6 +129,12 @@ def _export(args: argparse.Namespace) -> int:
                     raise CLIError(f"--step and --generate apply to char_lstm, not {args.model}", EXIT_USAGE)
                 export = export_char_step if args.step else export_char_generation
                 result = export(args.repository, weights=args.weights, version=args.version)
+            elif args.dream:
+                from exporters.dream import export_dream
+
+                layers = [layer for layer in (args.layers or "").split(",") if layer] or None
+                result = export_dream(args.model, args.repository, layers=layers, weights=args.weights, options=dict(args.option),
+                                      version=args.version)
             elif args.style:
                 from exporters.style import export_style
 
@@ -228,11 +234,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")
+    p.add_argument("--dream", action="store_true",
+                   help="inception_v3: export the DeepDream loss and its gradient (any picture size), as NAME_dream")
     p.add_argument("--style", action="store_true",
                    help="vgg19: export the style-transfer loss and its gradient, as vgg19_style (pictures of --option input_shape)")
     p.add_argument("--filters", action="store_true",
                    help="export input-gradient graphs for filter patterns (mean activation of one filter per layer), as NAME_filters")
-    p.add_argument("--layers", help="--features / --filters: comma-separated Keras layer names (default: every layer), e.g. block3_conv1,block5_pool")
+    p.add_argument("--layers", help="--features / --filters / --dream: comma-separated Keras layer names (default: every layer), e.g. block3_conv1,block5_pool")
     p.add_argument("--step", action="store_true", help="char_lstm: export the one-character step graph, as char_lstm_step")
     p.add_argument("--generate", action="store_true", help="char_lstm: export the whole-generation Loop graph, as char_lstm_generate")
     p.add_argument("--layer", help="Grad-CAM: the convolutional layer to explain (default: the last convolution)")
