@@ -81,13 +81,29 @@ class ServedStepModel:
 
     def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None, stream: bool = False) -> None:
         self.model = model
+        self._own_client = client is None
         self.client = client or InferenceClient(url)
-        self._infer = self.client.stream().infer if stream else self.client.infer
+        self._stream = self.client.stream() if stream else None
+        self._infer = self._stream.infer if self._stream is not None else self.client.infer
         config = self.client.model_config(model)
         if CHARSET_PARAMETER not in config.parameters:
             raise ValueError(f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)")
         self.charset = config.parameters[CHARSET_PARAMETER].string_value
         self.units = int(config.input[1].dims[0])
+
+    def close(self) -> None:
+        """End the stream (the server stops at once: it only steps when asked) and the
+        connection if this object opened it."""
+        if self._stream is not None:
+            self._stream.close()
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self) -> "ServedStepModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = self._infer(self.model, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
@@ -181,8 +197,12 @@ def sample_text(
     `stream` sends the steps over one gRPC stream, `on_char` sees each character as it comes."""
     step_model: StepModel = LocalStepModel(local) if local else ServedStepModel(model, url=url, stream=stream)
     out = []
-    for ch in generate(step_model, prompt, length, temperature=temperature, top_k=top_k, seed=seed):
-        out.append(ch)
-        if on_char is not None:
-            on_char(ch)
+    try:
+        for ch in generate(step_model, prompt, length, temperature=temperature, top_k=top_k, seed=seed):
+            out.append(ch)
+            if on_char is not None:
+                on_char(ch)  # may raise (a reader who stops): the stream is closed below
+    finally:
+        if isinstance(step_model, ServedStepModel):
+            step_model.close()
     return "".join(out)

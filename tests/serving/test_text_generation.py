@@ -170,3 +170,32 @@ def test_loop_served_equals_local(loop_graph):
     with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
         served = generate_in_one_call("a list of ", url=f"127.0.0.1:{server.port}", length=50, temperature=0.5, top_k=5, seed=9)
     assert served == local and len(served) == 50
+
+
+def test_a_reader_who_stops_stops_the_generation(step_model):
+    """sample_text over a stream, stopped by its reader after 5 characters: the stream ends,
+    the server has stepped only as far as it was asked, and it serves the next stream."""
+    import tritonclient.grpc as triton
+
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+    from serving.text_generation import sample_text
+
+    class Enough(Exception):
+        pass
+
+    def reader(ch, seen=[]):  # noqa: B006 (counts across calls on purpose)
+        seen.append(ch)
+        if len(seen) == 5:
+            raise Enough
+
+    _, repo, _ = step_model
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+        url = f"127.0.0.1:{server.port}"
+        with pytest.raises(Enough):
+            sample_text("abc", model="char_lstm_step", url=url, length=400, seed=1, on_char=reader, stream=True)
+        client = triton.InferenceServerClient(url)
+        stats = client.get_inference_statistics("char_lstm_step").model_stats[0].inference_stats
+        assert stats.success.count == 3 + 4  # the prompt's 3 steps, then one step after each of the first 4 characters
+        assert len(sample_text("abc", model="char_lstm_step", url=url, length=20, seed=1, stream=True)) == 20
+        client.close()
