@@ -120,6 +120,9 @@ def _export(args: argparse.Namespace) -> int:
     from exporters.text_generation import export_char_generation, export_char_step
     from exporters.zoo_gradcam import export_gradcam
 
+    kinds = [flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)]
+    if len(kinds) > 1:
+        raise CLIError(f"choose one kind of graph per export, not --{' and --'.join(kinds)}", EXIT_USAGE)
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)

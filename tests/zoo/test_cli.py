@@ -44,3 +44,6 @@ def test_refusals_are_one_line_with_exit_code_2(tmp_path):
     assert bad_option.returncode == 2 and "unexpected keyword argument 'bogus'" in bad_option.stderr
     bad_fill = deepr("train", "catsdogs_convnet", "--fill-mode", "wrap", "--out", str(tmp_path))
     assert bad_fill.returncode == 2 and "invalid choice: 'wrap'" in bad_fill.stderr
+    two_kinds = deepr("export", "mnist_convnet", "--features", "--filters", "--repository", str(tmp_path / "repo"))
+    assert two_kinds.returncode == 2 and "choose one kind of graph per export, not --filters and --features" in two_kinds.stderr
+    assert not (tmp_path / "repo").exists()
