@@ -23,6 +23,7 @@ from zoo.datasets import dataset_info
 from zoo.recipes import load_weights
 
 from .config import ExportConfig
+from .errors import ExportError
 from .onnx import export_onnx
 from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import ValidationReport, validate_onnx
@@ -115,8 +116,13 @@ def export_model(
     max_batch_size: int = 256,
     version: int | None = None,
     options: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> ExportResult:
     """Export zoo model `name` (trained `weights`, or fresh ones with a warning) into `repository`.
+
+    precision="fp16" stores weights and computes in float16 (inputs and outputs stay float32,
+    so clients do not change) as `<name>_fp16`, checked against PyTorch's float32 outputs
+    within 1e-2 of each output's largest value.
 
     Input/output names, dynamic axes and the exporter come from the model's
     registry entry; the graph is checked against PyTorch at two batch sizes
@@ -124,6 +130,8 @@ def export_model(
     `options` go to the model's builder (include_top, input_shape, ...).
     """
     start = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     spec = get_model_spec(name)
     config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
     model = get_model(name, **(options or {}))
@@ -158,10 +166,32 @@ def export_model(
         metadata["text_encoding"] = text_encoding
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(model, (example,), onnx_file, config, metadata)
+        export_onnx(model, (example,), onnx_file, config, {**metadata, "precision": precision})
+        served_name = name
+        if precision == "fp16":
+            _to_float16(onnx_file)
+            config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
+            served_name = f"{name}_fp16"
         report = validate_onnx(model, onnx_file, cases, config)
         model_config = model_config_for(name, model, config, output_dims, labels is not None)
+        model_config.name = served_name
         if text_encoding is not None:
             model_config.parameters[TEXT_ENCODING_PARAMETER].string_value = text_encoding
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
-    return ExportResult(name, version_dir, report, time.perf_counter() - start)
+    return ExportResult(served_name, version_dir, report, time.perf_counter() - start)
+
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def _to_float16(onnx_file: Path) -> None:
+    """Weights and arithmetic in float16, with casts at the graph's inputs and outputs
+    (onnxruntime's own converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        converted = convert_float_to_float16(onnx.load(str(onnx_file)), keep_io_types=True)
+    except Exception as exc:  # the converter raises plain exceptions for graphs it cannot take
+        raise ExportError(f"cannot convert {onnx_file.name} to float16: {exc}") from exc
+    onnx.save(converted, str(onnx_file))

@@ -169,6 +169,7 @@ def _export(args: argparse.Namespace) -> int:
                     max_batch_size=args.max_batch_size,
                     options=dict(args.option),
                     version=args.version,
+                    precision=args.precision,
                 )
         except ExportError as exc:
             raise CLIError(str(exc)) from None
@@ -233,6 +234,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, help="weights.pt from deepr train (default: untrained weights, with a warning)")
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16 (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",

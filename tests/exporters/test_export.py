@@ -183,3 +183,22 @@ def test_export_config_rejects_contradictions():
         ExportConfig(input_names=("a", "b"))
     with pytest.raises(ValueError, match="at least two batch sizes"):
         ExportConfig(validation_batch_sizes=(4,))
+
+
+def test_float16_export_keeps_float32_io_and_the_predictions(tmp_path, trained_convnet, digits):
+    fp32 = export_model("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt")
+    fp16 = export_model("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt", precision="fp16")
+    assert fp16.name == "mnist_convnet_fp16" and fp16.validation.max_relative_diff <= 1e-2
+    graph = onnx.load(fp16.version_dir / "model.onnx").graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # clients send float32 as before
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+    x, y = digits.test.tensors
+    predictions = {}
+    for result in (fp32, fp16):
+        session = ort.InferenceSession(str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+        predictions[result.name] = session.run(None, {"images": x.numpy()})[0].argmax(1)
+    accuracy = {name: float((p == y.numpy()).mean()) for name, p in predictions.items()}
+    assert abs(accuracy["mnist_convnet"] - accuracy["mnist_convnet_fp16"]) <= 1 / len(y)  # at most one held-out digit differs
+    assert (predictions["mnist_convnet"] != predictions["mnist_convnet_fp16"]).sum() <= 1
+    with pytest.raises(ValueError, match="precision must be one of"):
+        export_model("mnist_convnet", tmp_path, precision="int8")
