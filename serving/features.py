@@ -18,9 +18,9 @@ import onnxruntime as ort
 
 from .classify import PREPROCESSING_PARAMETER
 from .client import DEFAULT_URL, InferenceClient, client_for
-from .model import pruned_graph
+from .model import part_session
 from .preprocessing import ImageInput, ImagePreprocessing, load_image
-from .providers import open_session, select_providers
+from .providers import open_session
 
 __all__ = ["LocalFeatureExtractor", "extract_features", "LAYERS_PARAMETER"]
 
@@ -61,7 +61,7 @@ class LocalFeatureExtractor:
             return self.session
         key = frozenset(layers)
         if key not in self._parts:
-            self._parts[key] = ort.InferenceSession(pruned_graph(self.onnx_file, layers) or str(self.onnx_file), providers=list(select_providers(self.device)))
+            self._parts[key] = part_session(self.onnx_file, layers, self.device)
         return self._parts[key]
 
 

@@ -25,9 +25,9 @@ from PIL import Image
 from .classify import PREPROCESSING_PARAMETER
 from .client import DEFAULT_URL, InferenceClient
 from .features import LAYERS_PARAMETER
-from .model import pruned_graph
+from .model import part_session
 from .preprocessing import ImagePreprocessing
-from .providers import open_session, select_providers
+from .providers import open_session
 
 __all__ = ["LocalFilterGradients", "ServedFilterGradients", "AscentResult", "ascend", "filter_grid", "to_picture"]
 
@@ -64,7 +64,7 @@ class LocalFilterGradients:
         if layer not in self.layers:
             raise ValueError(f"{self.onnx_file.name} has no layer {layer}; it has {', '.join(self.layers)}")
         if layer not in self._sessions:  # only this layer's forward and backward
-            self._sessions[layer] = ort.InferenceSession(pruned_graph(self.onnx_file, _outputs(layer)) or str(self.onnx_file), providers=list(select_providers(self.device)))
+            self._sessions[layer] = part_session(self.onnx_file, _outputs(layer), self.device)
         loss, gradient = self._sessions[layer].run(_outputs(layer), {"images": images, "filter_index": filters.reshape(-1, 1)})
         return loss.reshape(-1), gradient
 

@@ -21,7 +21,7 @@ from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
 
-__all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph"]
+__all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes | None:
     part = onnx.utils.Extractor(graph).extract_model(inputs, sorted(outputs))
     part.metadata_props.extend(graph.metadata_props)
     return part.SerializeToString()
+
+
+def part_session(onnx_file: str | Path, outputs: Sequence[str], device: str = "auto") -> ort.InferenceSession:
+    """An in-process session computing only `outputs` (the whole graph where it cannot be cut)."""
+    return ort.InferenceSession(pruned_graph(onnx_file, outputs) or str(onnx_file), providers=list(select_providers(device)))
 
 
 class OnnxModel:
