@@ -10,15 +10,18 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .datatypes import V2_TO_NUMPY, v2_dtype
-from .errors import InvalidInput
+from .errors import InvalidInput, NotEnabled
 from .grpc._generated import grpc_predict_v2_pb2 as pb
 
-__all__ = ["TensorSpec", "decode_inputs", "decode_outputs", "encode_output", "to_raw", "serialize_bytes", "deserialize_bytes"]
+if TYPE_CHECKING:
+    from .shared_memory import SharedMemoryRegions, TensorSlice
+
+__all__ = ["TensorSpec", "decode_inputs", "shared_memory_slice", "decode_outputs", "encode_output", "to_raw", "serialize_bytes", "deserialize_bytes"]
 
 # V2 datatype -> the InferTensorContents field that carries it when sent typed.
 _CONTENTS_FIELD = {
@@ -119,34 +122,55 @@ def _decode_typed(contents: pb.InferTensorContents, spec: TensorSpec, shape: tup
     return np.array(values, dtype=V2_TO_NUMPY[spec.datatype]).reshape(shape)
 
 
-def decode_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """The request's inputs as arrays, checked against the model's `specs`.
+def decode_inputs(
+    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], shared_memory: "SharedMemoryRegions | None" = None
+) -> dict[str, np.ndarray]:
+    """The request's inputs as arrays, checked against the model's `specs`; inputs whose
+    parameters name a registered region are read from `shared_memory`.
 
     Raises InvalidInput naming the first problem: unknown, duplicate or missing
     inputs, datatype, shape, or a byte/value count that does not fit the shape.
     """
     by_name = {s.name: s for s in specs}
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
+    slices = [shared_memory_slice(tensor.parameters, f"input {tensor.name!r}", shared_memory) for tensor in request.inputs]
+    raw = iter(request.raw_input_contents)
+    in_message = sum(s is None for s in slices)
+    if request.raw_input_contents and len(request.raw_input_contents) != in_message:
+        raise InvalidInput(
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for {in_message} inputs not in shared "
+            "memory; send one per such input, in order"
+        )
     arrays: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for tensor, where in zip(request.inputs, slices):
         spec = by_name.get(tensor.name)
         if spec is None:
             raise InvalidInput(f"unknown input {tensor.name!r}; model {request.model_name!r} takes {sorted(by_name)}")
         if tensor.name in arrays:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
         shape = _check_header(tensor, spec)
-        if raw:
+        if where is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {tensor.name!r} is in shared memory and also has typed contents; use one")
+            arrays[tensor.name] = where.read(spec, shape)
+        elif request.raw_input_contents:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r} has typed contents while the request uses raw_input_contents; use one")
-            arrays[tensor.name] = _decode_raw(raw[i], spec, shape)
+            arrays[tensor.name] = _decode_raw(next(raw), spec, shape)
         else:
             arrays[tensor.name] = _decode_typed(tensor.contents, spec, shape)
     missing = [n for n in by_name if n not in arrays]
     if missing:
         raise InvalidInput(f"missing input(s) {missing}; model {request.model_name!r} takes {sorted(by_name)}")
     return arrays
+
+
+def shared_memory_slice(parameters, what: str, shared_memory: "SharedMemoryRegions | None") -> "TensorSlice | None":
+    """Where a tensor with these parameters lives in shared memory; None when it travels in the message."""
+    if shared_memory is None:
+        if "shared_memory_region" in parameters:
+            raise NotEnabled(f"{what} names a shared memory region, but shared memory is off on this server (--no-shared-memory)")
+        return None
+    return shared_memory.tensor_slice(parameters, what)
 
 
 def to_raw(array: np.ndarray) -> tuple[str, bytes]:
@@ -157,11 +181,22 @@ def to_raw(array: np.ndarray) -> tuple[str, bytes]:
     return datatype, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> None:
-    """Append `array` to `response` as an output tensor with raw contents."""
-    datatype, raw = to_raw(array)
-    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-    response.raw_output_contents.append(raw)
+def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse, shared: "TensorSlice | None" = None) -> None:
+    """Append `array` to `response` as an output tensor with raw contents or, when `shared`
+    is given, written to that shared memory slice (its raw contents entry stays empty, so
+    entries keep lining up with outputs)."""
+    if shared is None:
+        datatype, raw = to_raw(array)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(raw)
+        return
+    written = shared.write(array)
+    tensor = response.outputs.add(name=name, datatype=v2_dtype(array), shape=array.shape)
+    tensor.parameters["shared_memory_region"].string_param = shared.region.name
+    tensor.parameters["shared_memory_byte_size"].int64_param = written
+    if shared.offset:
+        tensor.parameters["shared_memory_offset"].int64_param = shared.offset
+    response.raw_output_contents.append(b"")
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled"]
+__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled",
+           "AlreadyExists", "NotFound"]
 
 
 class ServingError(Exception):
@@ -59,3 +60,15 @@ class NotEnabled(ServingError):
     """The request needs a feature this server was started without."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(ServingError):
+    """A name the request would create is taken (a shared memory region)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class NotFound(ServingError):
+    """The request names something that is not there (a shared memory region)."""
+
+    code = grpc.StatusCode.NOT_FOUND

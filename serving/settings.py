@@ -55,6 +55,9 @@ class ServerSettings:
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
     model_control: bool = True
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
+    shared_memory: bool = True
+    """Accept tensors in system shared memory regions that clients register (same host
+    only; the server maps POSIX shared memory objects the client names). Env: DEEPR_SHARED_MEMORY."""
     token: str = ""
     """When set, every inference-service RPC must carry `authorization: Bearer <token>`
     (the health service stays open for probes). Env: DEEPR_TOKEN."""

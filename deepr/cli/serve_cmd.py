@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
             model_control=args.model_control,
+            shared_memory=args.shared_memory,
             token=_token(args),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -126,6 +127,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,
                    help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)")
+    p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="accept tensors in system shared memory regions that clients on this host register "
+                   "(default on; tensors then skip the socket)")
     p.add_argument("--token-file", type=Path, help="file holding the bearer token every inference RPC must carry "
                    "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)")
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")

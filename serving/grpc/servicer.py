@@ -10,9 +10,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import grpc
 
 from ..batching import BatchTimings
-from ..codecs import decode_inputs, encode_output
+from ..codecs import shared_memory_slice, decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
 from ..errors import InvalidInput, NotEnabled, ServingError
+from ..shared_memory import TensorSlice
 from ._generated import grpc_predict_v2_pb2 as pb
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -47,6 +48,19 @@ def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int
     if param.WhichOneof("parameter_choice") != "int64_param":
         raise InvalidInput(f"output {output.name!r}: the 'classification' parameter must be an int64 class count")
     return param.int64_param
+
+
+def _output_slices(request: pb.ModelInferRequest, dataplane: DataPlane) -> dict[str, TensorSlice]:
+    """Requested outputs to be written to shared memory, by name."""
+    slices = {}
+    for output in request.outputs:
+        what = f"output {output.name!r}"
+        where = shared_memory_slice(output.parameters, what, dataplane.shared_memory)
+        if where is not None:
+            if "classification" in output.parameters:
+                raise InvalidInput(f"{what}: classification results cannot go to shared memory; ask for one or the other")
+            slices[output.name] = where
+    return slices
 
 
 def _log_failure(request: pb.ModelInferRequest, exc: Exception, start_ns: int) -> None:
@@ -105,15 +119,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            inputs = decode_inputs(request, model.inputs)
+            inputs = decode_inputs(request, model.inputs, self.dataplane.shared_memory)
             requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
+            shared_outputs = _output_slices(request, self.dataplane)
             decoded = time.perf_counter_ns()
             timings = BatchTimings()
             outputs = await self.dataplane.infer(model, inputs, requested, timings, deadline)
             inferred = time.perf_counter_ns()
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
             for name, array in outputs.items():
-                encode_output(name, array, response)
+                encode_output(name, array, response, shared_outputs.get(name))
         except Exception as exc:
             self.dataplane.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
             _log_failure(request, exc, start)
@@ -203,3 +218,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._check_model_control(request)
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    @_status_on_error
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = self.dataplane.regions().status(request.name)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions}
+        )
+
+    @_status_on_error
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.regions().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_status_on_error
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.regions().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()

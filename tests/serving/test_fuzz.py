@@ -25,6 +25,13 @@ tensor = st.fixed_dictionaries({
     "raw": st.one_of(st.none(), st.binary(max_size=4096), st.integers(0, 40).map(lambda n: np.random.default_rng(n).random(n * 196).astype(np.float32).tobytes())),
     "typed": st.one_of(st.none(), st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=64),
                        st.lists(st.binary(max_size=8), max_size=4)),
+    # Shared memory parameters: a registered region ("fuzz", 4096 bytes), unknown names,
+    # sizes and offsets in and out of range, and values of the wrong kind.
+    "shm": st.one_of(st.none(), st.fixed_dictionaries({
+        "shared_memory_region": st.one_of(st.sampled_from(["fuzz", "nope", ""]), st.integers(-1, 1)),
+        "shared_memory_byte_size": st.one_of(st.integers(-1, 5000), st.sampled_from([2**62, -(2**63)]), st.text(max_size=3)),
+        "shared_memory_offset": st.one_of(st.integers(-1, 5000), st.sampled_from([2**62, 4095])),
+    })),
 })
 request = st.fixed_dictionaries({
     "model": st.sampled_from(["mnist_convnet", "mnist_dense", "", "nope", "../mnist_convnet"]),
@@ -41,6 +48,9 @@ def build(spec: dict) -> pb.ModelInferRequest:
     for t in spec["inputs"]:
         entry = message.inputs.add(name=t["name"], datatype=t["datatype"])
         entry.shape.extend(t["shape"])
+        for key, value in (t["shm"] or {}).items():
+            field = "string_param" if isinstance(value, str) else "int64_param"
+            setattr(entry.parameters[key], field, value)
         if t["typed"] is not None:
             if t["typed"] and isinstance(t["typed"][0], bytes):
                 entry.contents.bytes_contents.extend(t["typed"])
@@ -57,8 +67,16 @@ def build(spec: dict) -> pb.ModelInferRequest:
 
 @pytest.fixture(scope="module")
 def stub(server_url):
+    from multiprocessing import shared_memory
+
+    region = shared_memory.SharedMemory(create=True, size=4096)
     with grpc.insecure_channel(server_url) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="fuzz", key="/" + region.name, byte_size=4096))
+        yield stub
+        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="fuzz"))
+    region.close()
+    region.unlink()
 
 
 def good_request() -> tuple[pb.ModelInferRequest, np.ndarray]:

@@ -1,0 +1,256 @@
+"""System shared memory: tensors registered by tritonclient travel outside the message."""
+
+from __future__ import annotations
+
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from onnx import TensorProto, helper
+from tritonclient.utils import InferenceServerException
+
+from exporters.repository import add_to_repository, serving_config
+from serving.grpc.server import serve_in_thread
+from serving.settings import ServerSettings
+
+
+@pytest.fixture()
+def region() -> Iterator[shared_memory.SharedMemory]:
+    shm = shared_memory.SharedMemory(create=True, size=1 << 20)
+    yield shm
+    shm.close()
+    shm.unlink()
+
+
+@pytest.fixture()
+def client(server_url) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server_url)
+    yield client
+    client.unregister_system_shared_memory()  # every region, so tests do not see each other's
+    client.close()
+
+
+def key(shm: shared_memory.SharedMemory) -> str:
+    return "/" + shm.name  # Python's SharedMemory names omit the POSIX leading slash
+
+
+def put(shm: shared_memory.SharedMemory, array: np.ndarray, offset: int = 0) -> int:
+    raw = np.ascontiguousarray(array).tobytes()
+    shm.buf[offset : offset + len(raw)] = raw
+    return len(raw)
+
+
+def digits(n: int) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def expected(repository: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def mnist_io(client) -> tuple[str, str]:
+    meta = client.get_model_metadata("mnist_convnet")
+    return meta.inputs[0].name, meta.outputs[0].name
+
+
+def test_input_and_output_in_shared_memory(client, region, repository):
+    x = digits(32)
+    name_in, name_out = mnist_io(client)
+    size_in = put(region, x, offset=4096)
+    client.register_system_shared_memory("images", key(region), byte_size=region.size)
+
+    tensor = triton.InferInput(name_in, list(x.shape), "FP32")
+    tensor.set_shared_memory("images", size_in, offset=4096)
+    output = triton.InferRequestedOutput(name_out)
+    out_offset = 4096 + size_in
+    output.set_shared_memory("images", 32 * 10 * 4, offset=out_offset)
+    result = client.infer("mnist_convnet", [tensor], outputs=[output])
+
+    meta = result.get_output(name_out)
+    assert list(meta.shape) == [32, 10] and meta.datatype == "FP32"
+    assert meta.parameters["shared_memory_byte_size"].int64_param == 32 * 10 * 4
+    assert result.get_response().raw_output_contents == [b""]  # nothing crossed the socket
+    got = np.ndarray((32, 10), np.float32, buffer=region.buf, offset=out_offset).copy()
+    np.testing.assert_allclose(got, expected(repository, x), atol=1e-6)
+    assert np.array_equal(np.ndarray(x.shape, np.float32, buffer=region.buf, offset=4096), x)  # input left as it was
+
+
+def test_shared_memory_input_with_output_in_the_message(client, region, repository):
+    x = digits(5)
+    name_in, name_out = mnist_io(client)
+    client.register_system_shared_memory("in", key(region), byte_size=put(region, x))
+    tensor = triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("in", x.nbytes)
+    result = client.infer("mnist_convnet", [tensor], outputs=[triton.InferRequestedOutput(name_out)])
+    np.testing.assert_allclose(result.as_numpy(name_out), expected(repository, x), atol=1e-6)
+
+
+def test_region_at_an_offset_of_the_object(client, region, repository):
+    # The region starts 8192 bytes into the object; tensor offsets count from the region's start.
+    x = digits(3)
+    name_in, name_out = mnist_io(client)
+    put(region, x, offset=8192 + 100)
+    client.register_system_shared_memory("late", key(region), byte_size=region.size - 8192, offset=8192)
+    tensor = triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("late", x.nbytes, offset=100)
+    result = client.infer("mnist_convnet", [tensor], outputs=[triton.InferRequestedOutput(name_out)])
+    np.testing.assert_allclose(result.as_numpy(name_out), expected(repository, x), atol=1e-6)
+
+
+def test_status_register_unregister(client, region):
+    client.register_system_shared_memory("a", key(region), byte_size=1000, offset=24)
+    client.register_system_shared_memory("b", key(region), byte_size=region.size)
+    status = client.get_system_shared_memory_status()
+    assert {name: (r.key, r.offset, r.byte_size) for name, r in status.regions.items()} == {
+        "a": (key(region), 24, 1000), "b": (key(region), 0, region.size)}
+    assert list(client.get_system_shared_memory_status("a").regions) == ["a"]
+
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_system_shared_memory("a", key(region), byte_size=8)
+    assert exc.value.status() == "StatusCode.ALREADY_EXISTS"
+
+    client.unregister_system_shared_memory("a")
+    client.unregister_system_shared_memory("never-registered")  # not an error
+    assert list(client.get_system_shared_memory_status().regions) == ["b"]
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_system_shared_memory_status("a")
+    assert exc.value.status() == "StatusCode.NOT_FOUND"
+
+
+@pytest.mark.parametrize("bad_key, reason", [
+    ("/deepr-no-such-object", "no shared memory object"),
+    ("/../etc/passwd", "not a POSIX shared memory name"),
+    ("etc", "not a POSIX shared memory name"),
+    ("/", "not a POSIX shared memory name"),
+])
+def test_register_refuses_bad_keys(client, bad_key, reason):
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_system_shared_memory("r", bad_key, byte_size=16)
+    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT" and reason in exc.value.message()
+
+
+def test_register_refuses_ranges_beyond_the_object(client, region):
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_system_shared_memory("r", key(region), byte_size=region.size, offset=1)
+    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT" and "beyond the end" in exc.value.message()
+
+
+def infer_error(client, inputs, outputs=None) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("mnist_convnet", inputs, outputs=outputs)
+    return exc.value
+
+
+def test_bad_tensor_slices_are_refused_and_the_server_goes_on(client, region, repository):
+    x = digits(4)
+    name_in, name_out = mnist_io(client)
+    client.register_system_shared_memory("r", key(region), byte_size=put(region, x) + 16)
+
+    def shm_input(region_name="r", byte_size=x.nbytes, offset=0):
+        return triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory(region_name, byte_size, offset)
+
+    cases = [
+        (shm_input("unknown"), None, "'unknown' is not registered"),
+        (shm_input(byte_size=x.nbytes - 4), None, f"needs {x.nbytes} bytes"),
+        (shm_input(offset=32), None, "outside shared memory region 'r'"),
+    ]
+    small = triton.InferRequestedOutput(name_out)
+    small.set_shared_memory("r", 4 * 10 * 4 - 1)
+    cases.append((shm_input(), [small], "needs 160 bytes"))
+    for inputs, outputs, reason in cases:
+        error = infer_error(client, [inputs], outputs)
+        assert error.status() == "StatusCode.INVALID_ARGUMENT" and reason in error.message(), error.message()
+
+    result = client.infer("mnist_convnet", [shm_input()], outputs=[triton.InferRequestedOutput(name_out)])
+    np.testing.assert_allclose(result.as_numpy(name_out), expected(repository, x), atol=1e-6)
+
+
+def test_classification_cannot_go_to_shared_memory(client, region):
+    x = digits(2)
+    name_in, name_out = mnist_io(client)
+    client.register_system_shared_memory("r", key(region), byte_size=region.size)
+    tensor = triton.InferInput(name_in, list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    output = triton.InferRequestedOutput(name_out, class_count=3)
+    output._output.parameters["shared_memory_region"].string_param = "r"  # tritonclient refuses to send this
+    output._output.parameters["shared_memory_byte_size"].int64_param = 1024
+    error = infer_error(client, [tensor], [output])
+    assert error.status() == "StatusCode.INVALID_ARGUMENT" and "classification" in error.message()
+
+
+def pair_model(path: Path) -> Path:
+    """sum = a + b, two batched [3] float inputs: for requests mixing shared memory and raw contents."""
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in "ab")
+    out = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "pair", [a, b], [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def test_inputs_mixing_shared_memory_and_raw_contents(tmp_path, region):
+    repo = tmp_path / "repo"
+    add_to_repository(repo, serving_config("pair", 8), pair_model(tmp_path / "pair.onnx"))
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((2, 3), 10, np.float32)
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        client.register_system_shared_memory("a", key(region), byte_size=put(region, a))
+        # The first input is in shared memory, so the only raw_input_contents entry is b's.
+        ta = triton.InferInput("a", [2, 3], "FP32").set_shared_memory("a", a.nbytes)
+        tb = triton.InferInput("b", [2, 3], "FP32")
+        tb.set_data_from_numpy(b)
+        result = client.infer("pair", [ta, tb])
+        np.testing.assert_array_equal(result.as_numpy("sum"), a + b)
+        client.close()
+
+
+def test_servers_started_without_shared_memory_refuse_it(repository, region):
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", shared_memory=False)
+    with serve_in_thread(settings) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        assert "system_shared_memory" not in client.get_server_metadata().extensions
+        with pytest.raises(InferenceServerException) as exc:
+            client.register_system_shared_memory("r", key(region), byte_size=16)
+        assert exc.value.status() == "StatusCode.FAILED_PRECONDITION" and "--no-shared-memory" in exc.value.message()
+        name_in, _ = mnist_io(client)
+        error = infer_error(client, [triton.InferInput(name_in, [1, 1, 28, 28], "FP32").set_shared_memory("r", 3136)])
+        assert error.status() == "StatusCode.FAILED_PRECONDITION"
+        client.close()
+
+
+def slice_parameters(region_name: str, byte_size: int, offset: int = 0) -> dict:
+    from serving.grpc._generated import grpc_predict_v2_pb2 as pb
+
+    return {"shared_memory_region": pb.InferParameter(string_param=region_name),
+            "shared_memory_byte_size": pb.InferParameter(int64_param=byte_size),
+            "shared_memory_offset": pb.InferParameter(int64_param=offset)}
+
+
+def test_arrays_read_before_unregister_stay_valid(region):
+    from serving.codecs import TensorSpec
+    from serving.shared_memory import SharedMemoryRegions
+
+    regions = SharedMemoryRegions()
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    regions.register("r", key(region), 0, put(region, x))
+    array = regions.tensor_slice(slice_parameters("r", x.nbytes), "input 'x'").read(TensorSpec("x", "FP32", (-1, 4)), (3, 4))
+    regions.unregister()
+    assert regions.status() == [] and not array.flags.writeable
+    np.testing.assert_array_equal(array, x)  # the mapping lives as long as the array
+
+
+def test_bytes_tensors_round_trip(region):
+    from serving.codecs import TensorSpec
+    from serving.shared_memory import SharedMemoryRegions
+
+    regions = SharedMemoryRegions()
+    regions.register("r", key(region), 0, 256)
+    words = np.array([b"cat", b"", b"dog \xff"], dtype=np.object_)
+    written = regions.tensor_slice(slice_parameters("r", 200, 8), "output 'w'").write(words)
+    assert written == 3 * 4 + 3 + 0 + 5
+    back = regions.tensor_slice(slice_parameters("r", written, 8), "input 'w'").read(TensorSpec("w", "BYTES", (-1,)), (3,))
+    assert back.tolist() == words.tolist()
