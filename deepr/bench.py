@@ -40,7 +40,7 @@ __all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_sub
 class BenchResult:
     model: str
     mode: str
-    """"in-process" or "grpc"."""
+    """"in-process", "grpc" (tensors in the messages) or "grpc+shm" (tensors in system shared memory)."""
     batch: int
     concurrency: int
     requests: int
@@ -98,49 +98,125 @@ def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, s
     return _summarise(model, "in-process", batch, 1, latencies, time.perf_counter() - start)
 
 
-def _client_process(url: str, model: str, specs, batch: int, concurrency: int, seconds: float, warmup: float) -> list[float]:
+def _client_process(url: str, model: str, specs, batch: int, concurrency: int, seconds: float, warmup: float,
+                    shared_memory: bool = False) -> list[float]:
     """One client process: `concurrency` coroutines each sending requests back to back.
+    With `shared_memory` the inputs (one region for all) and each coroutine's outputs (a
+    region each) live in system shared memory; only metadata crosses the socket.
     Returns the latencies of requests started after the warm-up."""
     import tritonclient.grpc.aio as triton
 
     from serving.datatypes import v2_dtype
 
+    inputs = example_inputs(specs, batch)
+
     async def drive() -> list[float]:
         client = triton.InferenceServerClient(url)
         tensors = []
-        for name, array in example_inputs(specs, batch).items():
+        for name, array in inputs.items():
             tensor = triton.InferInput(name, list(array.shape), v2_dtype(array))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
-        measured: list[float] = []
-        start = time.perf_counter() + warmup
-        end = start + seconds
+        outputs_of = [None] * concurrency
+        with contextlib.ExitStack() as regions:
+            if shared_memory:
+                tensors, outputs_of = await _into_shared_memory(client, model, inputs, tensors, concurrency, regions)
+            measured: list[float] = []
+            start = time.perf_counter() + warmup
+            end = start + seconds
 
-        async def worker() -> None:
-            while (sent := time.perf_counter()) < end:
-                await client.infer(model, tensors)
-                if sent >= start:
-                    measured.append(time.perf_counter() - sent)
+            async def worker(outputs) -> None:
+                while (sent := time.perf_counter()) < end:
+                    await client.infer(model, tensors, outputs=outputs)
+                    if sent >= start:
+                        measured.append(time.perf_counter() - sent)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        finally:
-            await client.close()
+            try:
+                await asyncio.gather(*(worker(outputs) for outputs in outputs_of))
+            finally:
+                if shared_memory:  # its own regions only: other client processes may still be running
+                    for name in (await client.get_system_shared_memory_status()).regions:
+                        if name.startswith(_region_prefix()):
+                            await client.unregister_system_shared_memory(name)
+                await client.close()
         return measured
 
-    return asyncio.run(drive())
+    try:
+        return asyncio.run(drive())
+    except Exception as exc:  # tritonclient's exceptions do not survive the trip back to the parent process
+        raise RuntimeError(f"{model} batch {batch}: {type(exc).__name__}: {exc}") from None
+
+
+async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray], tensors, concurrency: int,
+                              regions: contextlib.ExitStack):
+    """Inputs copied into one shared memory region, and one output region per worker, sized
+    by a first request answered in the message; returns (inputs, outputs per worker)."""
+    from multiprocessing import shared_memory
+
+    import tritonclient.grpc.aio as triton
+
+    answer = await client.infer(model, tensors)
+    sizes = {o.name: len(raw) for o, raw in zip(answer.get_response().outputs, answer.get_response().raw_output_contents)}
+
+    def region(size: int) -> shared_memory.SharedMemory:
+        shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
+        regions.callback(shm.unlink)
+        regions.callback(shm.close)
+        return shm
+
+    tag = _region_prefix()
+    shm_in = region(sum(a.nbytes for a in inputs.values()))
+    await client.register_system_shared_memory(f"{tag}in", "/" + shm_in.name, shm_in.size)
+    offset = 0
+    for tensor, array in zip(tensors, inputs.values()):
+        shm_in.buf[offset : offset + array.nbytes] = np.ascontiguousarray(array).tobytes()
+        tensor.set_shared_memory(f"{tag}in", array.nbytes, offset)
+        offset += array.nbytes
+    outputs_of, shm_outs = [], []
+    for worker in range(concurrency):
+        shm_out = region(sum(sizes.values()))
+        shm_outs.append(shm_out)
+        await client.register_system_shared_memory(f"{tag}out{worker}", "/" + shm_out.name, shm_out.size)
+        outputs, offset = [], 0
+        for name, size in sizes.items():
+            output = triton.InferRequestedOutput(name)
+            output.set_shared_memory(f"{tag}out{worker}", size, offset)
+            outputs.append(output)
+            offset += size
+        outputs_of.append(outputs)
+    await _check_shared_answer(client, model, tensors, outputs_of[0], answer, shm_outs[0])
+    return tensors, outputs_of
+
+
+async def _check_shared_answer(client, model: str, tensors, outputs, answer, shm_out) -> None:
+    """The benchmark measures the shared memory path only once it gives the message path's answer."""
+    shared = await client.infer(model, tensors, outputs=outputs)
+    if any(shared.get_response().raw_output_contents):
+        raise RuntimeError(f"{model}: outputs came back in the message although shared memory was asked for")
+    offset = 0
+    for output in answer.get_response().outputs:
+        expected = answer.as_numpy(output.name)
+        got = np.ndarray(expected.shape, expected.dtype, buffer=shm_out.buf, offset=offset)
+        if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            raise RuntimeError(f"{model}: output {output.name!r} read from shared memory differs from the message's")
+        offset += expected.nbytes
+
+
+def _region_prefix() -> str:
+    return f"bench-{os.getpid()}-"
 
 
 def over_grpc(
-    url: str, model: str, specs, batch: int, concurrency: int, *, seconds: float, warmup: float, processes: int = 1
+    url: str, model: str, specs, batch: int, concurrency: int, *, seconds: float, warmup: float, processes: int = 1,
+    shared_memory: bool = False,
 ) -> BenchResult:
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no GIL shared with the caller
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = [pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup) for share in shares]
+        futures = [pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory) for share in shares]
         latencies = [lat for f in futures for lat in f.result()]
-    return _summarise(model, "grpc", batch, concurrency, latencies, seconds)
+    return _summarise(model, "grpc+shm" if shared_memory else "grpc", batch, concurrency, latencies, seconds)
 
 
 def _free_port() -> int:
@@ -201,9 +277,10 @@ def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, st
 def run_benchmark(
     repository: Path, models: Sequence[str], *, cells: Sequence[tuple[int, int]], device: str = "auto",
     seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
-    tf32: bool = False, progress=print,
+    tf32: bool = False, shared_memory: bool = False, progress=print,
 ) -> list[BenchResult]:
-    """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size."""
+    """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size;
+    with `shared_memory`, each cell again with the tensors in system shared memory."""
     results: list[BenchResult] = []
     baseline: dict[tuple[str, int], float] = {}
     batches = sorted({batch for batch, _ in cells})
@@ -218,11 +295,12 @@ def run_benchmark(
     with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as (url, _):
         for model in models:
             for batch, concurrency in cells:
-                r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
-                              processes=client_processes)
-                r.ratio = r.items_per_s / baseline[model, batch]
-                results.append(r)
-                progress(format_row(r))
+                for shm in (False, True) if shared_memory else (False,):
+                    r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
+                                  processes=client_processes, shared_memory=shm)
+                    r.ratio = r.items_per_s / baseline[model, batch]
+                    results.append(r)
+                    progress(format_row(r))
     return results
 
 
@@ -251,6 +329,10 @@ def write_json(path: Path, results: Sequence[BenchResult], settings: dict) -> No
     path.write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2) + "\n")
 
 
+MODE_LABELS = {"grpc": "gRPC", "grpc+shm": "gRPC+shm"}
+MODE_COLORS = {"in-process": "tab:grey", "grpc": "tab:blue", "grpc+shm": "tab:green"}
+
+
 def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
     """One panel per model: items/s of every configuration, in-process bars beside gRPC ones."""
     import matplotlib
@@ -262,8 +344,8 @@ def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
     fig, axes = plt.subplots(len(models), 1, figsize=(9, 2.2 + 0.35 * len(results) / max(len(models), 1)), squeeze=False)
     for ax, model in zip(axes[:, 0], models):
         rows = [r for r in results if r.model == model]
-        labels = [f"in-process b{r.batch}" if r.mode == "in-process" else f"gRPC b{r.batch} c{r.concurrency}" for r in rows]
-        colors = ["tab:grey" if r.mode == "in-process" else "tab:blue" for r in rows]
+        labels = [f"in-process b{r.batch}" if r.mode == "in-process" else f"{MODE_LABELS[r.mode]} b{r.batch} c{r.concurrency}" for r in rows]
+        colors = [MODE_COLORS[r.mode] for r in rows]
         ax.barh(labels, [r.items_per_s for r in rows], color=colors)
         for y, r in enumerate(rows):
             note = f"{r.items_per_s:,.0f}/s  p99 {r.p99_ms:.1f} ms" + (f"  {r.ratio:.2f}x" if r.ratio is not None else "")

@@ -8,7 +8,8 @@
 #    under dynamic batching, the character step and loop graphs);
 # 2. Grad-CAM heatmaps with TF32 on and off (scripts/gradcam_tf32.py);
 # 3. `deepr bench` on the CUDA provider: resnet50 (224x224) and the VGG16 base (150x150),
-#    in-process onnxruntime vs the gRPC server under tritonclient.
+#    in-process onnxruntime vs the gRPC server under tritonclient, tensors in the
+#    message and in system shared memory.
 set -u
 results="${1:-${OUT:-gpu-results}}"
 mkdir -p "$results"
@@ -27,4 +28,4 @@ timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py t
 timeout 120 python3 scripts/gradcam_tf32.py ${tf32_args:-} --out "$results/gradcam_tf32.json" 2>&1 | tail -4
 timeout "${BENCH_TIMEOUT:-330}" python3 -m deepr bench --device cuda --model resnet50 --model vgg16 \
   --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \
-  --client-processes 4 ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "
+  --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "

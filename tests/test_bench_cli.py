@@ -32,3 +32,18 @@ def test_bench_refuses_unknown_models(repository, tmp_path, capsys):
     code = main(["bench", "--repository", str(repository), "--model", "no_such_model", "--out", str(tmp_path / "b.json")])
     assert code == 2
     assert "no_such_model: not in" in capsys.readouterr().err
+
+
+def test_bench_shared_memory_rows_sit_beside_message_rows(repository, tmp_path):
+    from multiprocessing import shared_memory  # noqa: F401  (Linux: /dev/shm)
+    from pathlib import Path
+
+    before = set(Path("/dev/shm").iterdir())
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "4x2", "--shared-memory",
+                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--client-processes", "2", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["mode"], r["concurrency"]) for r in report["results"]] == [("in-process", 1), ("grpc", 2), ("grpc+shm", 2)]
+    assert all(r["requests"] > 0 for r in report["results"]) and report["settings"]["shared_memory"] is True
+    assert set(Path("/dev/shm").iterdir()) <= before  # every region the clients made is gone

@@ -82,11 +82,12 @@ def _bench(args: argparse.Namespace) -> int:
         results = run_benchmark(
             repository, models, cells=cells, device=args.device,
             seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args, tf32=args.tf32,
+            shared_memory=args.shared_memory,
         )
     settings = {
         "models": models, "cells": cells, "seconds": args.seconds,
         "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching,
-        "client": "tritonclient.grpc.aio", "tf32": args.tf32, **environment(args.device, args.tf32),
+        "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
     write_plot(args.out.with_suffix(".png"), results)
@@ -115,5 +116,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session on the server")
     p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=True,
                    help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)")
+    p.add_argument("--shared-memory", action="store_true",
+                   help="run every gRPC cell a second time with inputs and outputs in system shared memory (mode grpc+shm)")
     p.add_argument("--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png")
     p.set_defaults(run=_bench)
