@@ -15,10 +15,11 @@ from typing import Iterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from .codecs import decode_outputs, to_raw
+from .codecs import TensorSpec, decode_outputs, to_raw
 from .grpc._generated import grpc_predict_v2_pb2 as pb
 from .grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from .grpc._generated import model_config_pb2 as mc
+from .shared_memory_client import RegionPool, input_bytes, output_bytes, place_request, read_outputs
 
 __all__ = ["InferenceClient", "InferenceServerError", "InferenceStream", "build_request", "client_for", "DEFAULT_URL"]
 
@@ -41,11 +42,15 @@ class InferenceClient:
         tls_ca: CA certificate file to verify a TLS server with (default: $DEEPR_TLS_CA);
             without it the connection is plain.
         tls_cert, tls_key: this client's certificate and key, for servers that require them.
+        shared_memory: pass tensors through POSIX shared memory regions this client owns
+            instead of the messages (the server must run on this host). Outputs whose size
+            the model's metadata fixes are written there too; the rest come in the message.
     """
 
     def __init__(
         self, url: str = DEFAULT_URL, *, timeout: float | None = 30.0, max_message_bytes: int = 256 * 1024 * 1024,
         token: str | None = None, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+        shared_memory: bool = False,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -63,6 +68,8 @@ class InferenceClient:
         else:
             self._channel = grpc.insecure_channel(url, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._regions = RegionPool(self._register_region, self._unregister_region) if shared_memory else None
+        self._layouts: dict[tuple[str, str], tuple[list[TensorSpec], bool]] = {}
 
     def __enter__(self) -> "InferenceClient":
         return self
@@ -71,6 +78,8 @@ class InferenceClient:
         self.close()
 
     def close(self) -> None:
+        if self._regions is not None:
+            self._regions.close()
         self._channel.close()
 
     def _call(self, method: str, request: object) -> object:
@@ -120,8 +129,64 @@ class InferenceClient:
         `class_count` maps an output name to K to receive its top K classes as
         "score:index:label" bytes (see serving.classification.parse_class_string).
         """
+        if self._regions is not None:
+            return self._infer_in_shared_memory(self._regions, model, inputs, outputs, class_count, version, request_id)
         request = build_request(model, inputs, outputs=outputs, class_count=class_count, version=version, request_id=request_id)
         return decode_outputs(self._call("ModelInfer", request))
+
+    def _infer_in_shared_memory(
+        self, regions: RegionPool, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None,
+        class_count: Mapping[str, int] | None, version: str, request_id: str,
+    ) -> dict[str, np.ndarray]:
+        specs, batched = self._layout(model, version)
+        first = next(iter(inputs.values()), None)
+        rows = np.shape(first)[0] if batched and first is not None and np.ndim(first) else None
+        wanted = _wanted_outputs(outputs, class_count) or [s.name for s in specs]
+        sizes = {s.name: output_bytes(s, rows) for s in specs}
+        shared = [(n, sizes[n]) for n in wanted if sizes.get(n) and n not in (class_count or {})]
+        in_message = [n for n in wanted if n not in dict(shared)]
+        with regions.lease(input_bytes(inputs) + sum(size for _, size in shared)) as region:
+            request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+            placed = place_request(request, region, inputs, shared)
+            _add_outputs(request, in_message, class_count)
+            try:
+                response = self._call("ModelInfer", request)
+            except InferenceServerError:
+                self._layouts.pop((model, version), None)  # the model may have been reloaded with other outputs
+                raise
+            arrays = {**decode_outputs(response), **read_outputs(response, region, placed)}
+        return {t.name: arrays[t.name] for t in response.outputs}
+
+    def _layout(self, model: str, version: str) -> tuple[list[TensorSpec], bool]:
+        """The model's outputs and whether it is batched, asked once per model."""
+        if (model, version) not in self._layouts:
+            meta = self.model_metadata(model, version)
+            specs = [TensorSpec(o.name, o.datatype, tuple(o.shape)) for o in meta.outputs]
+            self._layouts[model, version] = specs, self.model_config(model, version).max_batch_size > 0
+        return self._layouts[model, version]
+
+    def _register_region(self, name: str, key: str, byte_size: int) -> None:
+        try:
+            self._call("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name=name, key=key, byte_size=byte_size))
+        except InferenceServerError as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InferenceServerError(exc.code, f"{exc.message} (shared_memory=True needs the server on this host)") from None
+            raise
+
+    def _unregister_region(self, name: str) -> None:
+        self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name))
+
+
+def _wanted_outputs(outputs: Sequence[str] | None, class_count: Mapping[str, int] | None) -> list[str]:
+    """Outputs to ask for by name: `outputs`, then class-count outputs not among them; empty: all."""
+    return list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
+
+
+def _add_outputs(request: pb.ModelInferRequest, names: Sequence[str], class_count: Mapping[str, int] | None) -> None:
+    for name in names:
+        out = request.outputs.add(name=name)
+        if class_count and name in class_count:
+            out.parameters["classification"].int64_param = class_count[name]
 
 
 def build_request(
@@ -140,11 +205,7 @@ def build_request(
         datatype, raw = to_raw(array)
         request.inputs.add(name=name, datatype=datatype, shape=array.shape)
         request.raw_input_contents.append(raw)
-    wanted = list(outputs or []) + [n for n in (class_count or {}) if n not in (outputs or [])]
-    for name in wanted:
-        out = request.outputs.add(name=name)
-        if class_count and name in class_count:
-            out.parameters["classification"].int64_param = class_count[name]
+    _add_outputs(request, _wanted_outputs(outputs, class_count), class_count)
     return request
 
 

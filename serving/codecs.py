@@ -200,10 +200,13 @@ def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse,
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """The response's outputs as arrays (raw or typed contents); BYTES as object arrays."""
+    """The response's outputs as arrays (raw or typed contents); BYTES as object arrays.
+    Outputs the server wrote to shared memory are left out."""
     arrays: dict[str, np.ndarray] = {}
     raw = response.raw_output_contents
     for i, tensor in enumerate(response.outputs):
+        if "shared_memory_region" in tensor.parameters:
+            continue  # written to the client's shared memory; the caller reads it there
         shape = tuple(tensor.shape)
         if tensor.datatype not in V2_TO_NUMPY:
             raise ValueError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")

@@ -254,3 +254,49 @@ def test_bytes_tensors_round_trip(region):
     assert written == 3 * 4 + 3 + 0 + 5
     back = regions.tensor_slice(slice_parameters("r", written, 8), "input 'w'").read(TensorSpec("w", "BYTES", (-1,)), (3,))
     assert back.tolist() == words.tolist()
+
+
+def test_deepr_client_in_shared_memory(server_url, repository):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import InferenceClient
+
+    before = set(Path("/dev/shm").iterdir())
+    with InferenceClient(server_url, shared_memory=True) as client:
+        for rows in (3, 256):
+            x = digits(rows)
+            got = client.infer("mnist_convnet", {"images": x})
+            assert list(got) == ["probabilities"]
+            np.testing.assert_allclose(got["probabilities"], expected(repository, x), atol=1e-6)
+        # Classification results are strings of unknown length: they come back in the message.
+        top = client.infer("mnist_convnet", {"images": digits(2)}, class_count={"probabilities": 2})["probabilities"]
+        assert top.shape == (2, 2) and top.dtype == object
+
+        # Concurrent calls lease a region each, so no answer is overwritten by another.
+        batches = [np.random.default_rng(seed).random((1 + seed, 1, 28, 28), dtype=np.float32) for seed in range(12)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda b: client.infer("mnist_convnet", {"images": b})["probabilities"], batches))
+        for batch, answer in zip(batches, answers):
+            np.testing.assert_allclose(answer, expected(repository, batch), atol=1e-6)
+        with triton.InferenceServerClient(server_url) as other:
+            registered = list(other.get_system_shared_memory_status().regions)
+        assert registered and all(name.startswith("deepr-client-") for name in registered)
+    with triton.InferenceServerClient(server_url) as other:
+        assert not other.get_system_shared_memory_status().regions  # close() unregistered them
+    assert set(Path("/dev/shm").iterdir()) <= before  # and freed the memory
+
+
+def test_region_pool_grows_and_frees():
+    from serving.shared_memory_client import RegionPool
+
+    registered: dict[str, tuple[str, int]] = {}
+    pool = RegionPool(lambda name, key, size: registered.__setitem__(name, (key, size)), registered.pop)
+    with pool.lease(10) as small:
+        assert small.memory.size == 1 << 20 and registered[small.name] == ("/" + small.memory.name, 1 << 20)
+        with pool.lease(10) as second:  # in use: a second region, not the same one
+            assert second.name != small.name
+    with pool.lease(3 * (1 << 20) + 1) as big:  # too big for either: one is replaced by a 4 MiB region
+        assert big.memory.size == 4 << 20
+    assert sorted(size for _, size in registered.values()) == [1 << 20, 4 << 20]
+    pool.close()
+    assert registered == {}
