@@ -5,7 +5,8 @@
 #     bash scripts/gpu_check.sh [RESULTS_DIR]
 #
 # 1. the `gpu`-marked tests (CUDA vs CPU: Grad-CAM at batch 128, served classification
-#    under dynamic batching, the character step and loop graphs);
+#    under dynamic batching, the character step and loop graphs); with SUITE=1 also the
+#    whole suite on the CUDA provider (DEEPR_TEST_DEVICE=cuda);
 # 2. Grad-CAM heatmaps with TF32 on and off (scripts/gradcam_tf32.py);
 # 3. `deepr bench` on the CUDA provider: resnet50 (224x224) and the VGG16 base (150x150),
 #    in-process onnxruntime vs the gRPC server under tritonclient, tensors in the
@@ -25,6 +26,11 @@ python3 -c "import torch, onnxruntime, grpc; print('torch', torch.__version__, '
 # Graphs exported beforehand (scripts/export_gpu_graphs.py) where this host's torch cannot.
 if [ -d .gpu-graphs ]; then export DEEPR_GPU_GRAPHS="$PWD/.gpu-graphs"; tf32_args="--onnx .gpu-graphs/catsdogs_convnet_gradcam.onnx"; fi
 timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py tests/exporters/test_gradcam.py 2>&1 | tee "$results/gpu-tests.log" | tail -15
+# SUITE=1: the whole suite with the code under test on the CUDA provider (several minutes).
+if [ "${SUITE:-0}" = 1 ]; then
+  DEEPR_TEST_DEVICE=cuda timeout "${SUITE_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider \
+    --junitxml "$results/suite-cuda.xml" 2>&1 | tee "$results/suite-cuda.log" | tail -25
+fi
 timeout 120 python3 scripts/gradcam_tf32.py ${tf32_args:-} --out "$results/gradcam_tf32.json" 2>&1 | tail -4
 timeout "${BENCH_TIMEOUT:-330}" python3 -m deepr bench --device cuda --model resnet50 --model vgg16 \
   --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \

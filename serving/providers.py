@@ -17,7 +17,7 @@ DEVICES = ("auto", "cuda", "cpu")
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_usable() -> tuple[bool, str]:
+def cuda_usable() -> tuple[bool, str]:
     """(usable, reason). Checked before any session exists, because asking
     onnxruntime for CUDA on a machine without it prints a stack of errors."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -60,7 +60,7 @@ def select_providers(device: str = "auto", tf32: bool = False) -> tuple[str | tu
     if device == "cpu":
         logger.info("onnxruntime: CPUExecutionProvider (device=cpu)")
         return ("CPUExecutionProvider",)
-    usable, reason = _cuda_usable()
+    usable, reason = cuda_usable()
     if usable:
         logger.info("onnxruntime: CUDAExecutionProvider (%s, TF32 %s), CPU for unsupported ops", reason, "on" if tf32 else "off")
         return (("CUDAExecutionProvider", {**_CUDA_OPTIONS, "use_tf32": "1" if tf32 else "0"}), "CPUExecutionProvider")

@@ -3,6 +3,7 @@ model repository and a running server built from them (each made once per sessio
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +11,27 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The onnxruntime device of the code under test: servers, local extractors, Grad-CAM.
+# CI has no GPU, so the default is the CPU; on a GPU host `DEEPR_TEST_DEVICE=cuda python -m
+# pytest` runs the whole suite on the CUDA provider. References computed inside the tests
+# (PyTorch, onnxruntime sessions the tests build) stay on the CPU either way.
+TEST_DEVICE = os.environ.get("DEEPR_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config) -> None:
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        pytest.exit(f"DEEPR_TEST_DEVICE={TEST_DEVICE!r}: expected cpu or cuda", returncode=4)
+    if TEST_DEVICE == "cuda":
+        from serving.providers import cuda_usable
+
+        usable, reason = cuda_usable()
+        if not usable:
+            pytest.exit(f"DEEPR_TEST_DEVICE=cuda, but onnxruntime's CUDA provider cannot run here: {reason}", returncode=4)
+
+
+def pytest_report_header(config) -> str:
+    return f"deepr: code under test runs on {TEST_DEVICE} (DEEPR_TEST_DEVICE)"
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +68,7 @@ def server_url(repository) -> Iterator[str]:
     from serving.grpc.server import serve_in_thread
     from serving.settings import ServerSettings
 
-    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         yield f"127.0.0.1:{server.port}"
 
 
@@ -54,17 +76,15 @@ def server_url(repository) -> Iterator[str]:
 def prebuilt_graphs() -> Path | None:
     """DEEPR_GPU_GRAPHS: graphs made by scripts/export_gpu_graphs.py, for GPU hosts whose
     PyTorch cannot export them; None: the tests export their own."""
-    import os
-
     folder = os.environ.get("DEEPR_GPU_GRAPHS")
     return Path(folder) if folder else None
 
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run only where onnxruntime's CUDA provider can run (never in CI)."""
-    from serving.providers import _cuda_usable
+    from serving.providers import cuda_usable
 
-    usable, reason = _cuda_usable()
+    usable, reason = cuda_usable()
     if usable:
         return
     skip = pytest.mark.skip(reason=f"needs CUDA: {reason}")

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.dream import DreamObjective, export_dream
@@ -45,7 +46,7 @@ def photo(width: int = 220) -> Image.Image:
 @pytest.mark.parametrize("size", [(96, 96), (121, 121), (130, 170)])
 def test_loss_and_gradient_equal_pytorch_at_any_size(exported, size):
     _, model, result = exported
-    loss = LocalDreamLoss(result.version_dir / "model.onnx", device="cpu")
+    loss = LocalDreamLoss(result.version_dir / "model.onnx", device=TEST_DEVICE)
     images = np.random.default_rng(2).random((2, 3, *size), dtype=np.float32)
     coefficients = np.array([[0.2, 3, 2, 1.5], [1, 0, 0, 0]], np.float32)
     value, gradient = loss(images, coefficients)
@@ -58,12 +59,12 @@ def test_loss_and_gradient_equal_pytorch_at_any_size(exported, size):
 def test_every_octave_raises_the_loss_in_process_and_served(exported):
     repo, _, result = exported
     settings = {"octaves": 3, "steps": 4, "step": 0.01, "max_loss": 1e9}
-    local = dream(LocalDreamLoss(result.version_dir / "model.onnx", device="cpu"), photo(), **settings)
+    local = dream(LocalDreamLoss(result.version_dir / "model.onnx", device=TEST_DEVICE), photo(), **settings)
     assert local.shapes == [(112, 112), (157, 157), (220, 220)]
     for history in local.losses:
         assert history[-1] > history[0], history
     assert local.picture.size == (220, 220)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = dream(ServedDreamLoss("inception_v3_dream", client=client), photo(), **settings)
     np.testing.assert_allclose(np.array(served.losses), np.array(local.losses), rtol=1e-3)

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.features import export_features
@@ -63,7 +64,7 @@ def exported(tmp_path_factory):
 def test_layers_equal_pytorch(exported, name):
     repo, results = exported
     model, result = results[name]
-    extractor = LocalFeatureExtractor(result.version_dir / "model.onnx", device="cpu")
+    extractor = LocalFeatureExtractor(result.version_dir / "model.onnx", device=TEST_DEVICE)
     assert extractor.layers == (CASES[name][1] or extractor.layers)
     shape = extractor.session.get_inputs()[0].shape[1:]
     images = np.random.default_rng(5).random((3, *shape), dtype=np.float32)
@@ -78,7 +79,7 @@ def test_layers_equal_pytorch(exported, name):
 def test_zoo_convnet_exports_every_layer(exported):
     _, results = exported
     _, result = results["mnist_convnet"]
-    extractor = LocalFeatureExtractor(result.version_dir / "model.onnx", device="cpu")
+    extractor = LocalFeatureExtractor(result.version_dir / "model.onnx", device=TEST_DEVICE)
     assert extractor.layers == ["conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "conv2d_2", "dense", "dense_1"]
     maps = extractor(np.zeros((2, 1, 28, 28), np.float32), layers=["conv2d", "dense_1"])
     assert list(maps) == ["conv2d", "dense_1"] and maps["conv2d"].shape == (2, 32, 26, 26)
@@ -99,9 +100,9 @@ def test_asking_for_a_shallow_layer_computes_only_its_part(exported):
 def test_server_and_in_process_agree_and_send_only_what_was_asked(exported):
     repo, results = exported
     _, result = results["vgg16"]
-    local = LocalFeatureExtractor(result.version_dir / "model.onnx", device="cpu")
+    local = LocalFeatureExtractor(result.version_dir / "model.onnx", device=TEST_DEVICE)
     pictures = [np.random.default_rng(i).integers(0, 256, (80, 100, 3), dtype=np.uint8) for i in range(3)]
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = extract_features(pictures, model="vgg16_features", layers=["block3_conv1"], client=client)
             everything = extract_features(pictures, model="vgg16_features", client=client)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.filters import FilterObjective, export_filters
@@ -36,7 +37,7 @@ def exported(tmp_path_factory):
 
 def test_input_gradients_equal_pytorch_autograd(exported):
     _, model, result = exported
-    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device="cpu")
+    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE)
     assert gradients.layers == LAYERS and gradients.channels == {"block1_conv1": 64, "block3_conv1": 256}
     images = np.random.default_rng(3).normal(size=(3, 3, 48, 48)).astype(np.float32)
     filters = np.array([0, 7, 63])
@@ -53,7 +54,7 @@ def test_input_gradients_equal_pytorch_autograd(exported):
 
 def test_ascent_raises_every_live_filter_at_every_step(exported):
     _, _, result = exported
-    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device="cpu")
+    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE)
     for layer in LAYERS:
         run = ascend(gradients, layer, range(12), steps=40)
         gains = np.diff(run.losses, axis=0)  # (40, 12)
@@ -67,8 +68,8 @@ def test_ascent_raises_every_live_filter_at_every_step(exported):
 
 def test_served_ascent_equals_in_process(exported):
     repo, _, result = exported
-    local = ascend(LocalFilterGradients(result.version_dir / "model.onnx", device="cpu"), "block1_conv1", range(4), steps=5)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    local = ascend(LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE), "block1_conv1", range(4), steps=5)
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = ascend(ServedFilterGradients("vgg16_filters", client=client), "block1_conv1", range(4), steps=5)
         assert list(server.dataplane.model("vgg16_filters")._pruned) == [frozenset({"block1_conv1.loss", "block1_conv1.gradient"})]
@@ -93,7 +94,7 @@ def test_one_channel_models_ascend_too(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
         result = export_filters("mnist_convnet", tmp_path)
-    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device="cpu")
+    gradients = LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE)
     assert gradients.layers == ["conv2d", "conv2d_1", "conv2d_2"]  # small nets: every convolution
     run = ascend(gradients, "conv2d", range(4), steps=3)
     assert run.inputs.shape == (4, 1, 28, 28) and run.pictures[0].mode == "L"

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.gradcam import GradCAM, hook_gradcam, last_conv_layer
@@ -65,7 +66,7 @@ def test_served_equals_in_process(tmp_path, trained_convnet, digits):
     result = export_gradcam("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt")
     pictures = [Image.fromarray((digits.test.tensors[0][i, 0].numpy() * 255).round().astype(np.uint8)) for i in range(6)]
     local = LocalGradCAM(result.version_dir / "model.onnx")(pictures, [-1, 2, -1, 5, -1, -1])
-    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         served = gradcam(pictures, "mnist_convnet_gradcam", url=f"127.0.0.1:{server.port}", class_index=[-1, 2, -1, 5, -1, -1])
     for a, b in zip(local, served):
         assert (a.class_index, a.label) == (b.class_index, b.label)

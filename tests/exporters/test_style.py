@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.style import StyleObjective, export_style
@@ -40,7 +41,7 @@ def pictures():
 
 def test_loss_and_gradient_equal_pytorch(exported):
     _, model, result = exported
-    loss = LocalStyleLoss(result.version_dir / "model.onnx", device="cpu")
+    loss = LocalStyleLoss(result.version_dir / "model.onnx", device=TEST_DEVICE)
     rng = np.random.default_rng(1)
     combination, content, style = (rng.normal(size=(2, 3, 48, 48)).astype(np.float32) for _ in range(3))
     value, gradient = loss(combination, content, style)
@@ -52,10 +53,10 @@ def test_loss_and_gradient_equal_pytorch(exported):
 def test_lbfgs_lowers_the_loss_in_process_and_served(exported):
     repo, _, result = exported
     content, style = pictures()
-    local = transfer_style(LocalStyleLoss(result.version_dir / "model.onnx", device="cpu"), content, style, iterations=3)
+    local = transfer_style(LocalStyleLoss(result.version_dir / "model.onnx", device=TEST_DEVICE), content, style, iterations=3)
     assert all(b < a for a, b in zip(local.losses, local.losses[1:])), local.losses
     assert local.picture.size == (48, 48)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = transfer_style(ServedStyleLoss("vgg19_style", client=client), content, style, iterations=3)
     np.testing.assert_allclose(served.losses, local.losses, rtol=1e-3)

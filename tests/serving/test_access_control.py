@@ -11,6 +11,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from conftest import TEST_DEVICE
 from serving.client import InferenceClient, InferenceServerError
 from serving.grpc.server import serve_in_thread
 from serving.settings import ServerSettings
@@ -19,7 +20,7 @@ TOKEN = "s3cret-token"
 
 
 def settings(repository, **extra) -> ServerSettings:
-    return ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", metrics_port=-1, **extra)
+    return ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1, **extra)
 
 
 def digits(batch=2) -> np.ndarray:

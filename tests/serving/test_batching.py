@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 
+from conftest import TEST_DEVICE
 from serving.batching import BatchingPolicy, DynamicBatcher
 from serving.errors import DeadlineExceeded, QueueFull
 from serving.grpc._generated import model_config_pb2 as mc
@@ -247,7 +248,7 @@ def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((256, 1, 28, 28), dtype=np.float32)
     want = session.run(None, {"images": x})[0]
-    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
 
         def ask(_):

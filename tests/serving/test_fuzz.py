@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import TEST_DEVICE
 from serving.grpc._generated import grpc_predict_v2_pb2 as pb
 from serving.grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.grpc.server import serve_in_thread
@@ -126,7 +127,7 @@ def test_nan_and_infinity_are_data(stub):
 
 
 def test_oversize_messages_are_refused(repository):
-    small = ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", metrics_port=-1, max_message_bytes=1 << 20)
+    small = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1, max_message_bytes=1 << 20)
     with serve_in_thread(small) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         message = pb.ModelInferRequest(model_name="mnist_convnet")

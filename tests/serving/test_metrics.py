@@ -11,6 +11,7 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from conftest import TEST_DEVICE
 from serving.grpc.server import serve_in_thread
 from serving.settings import ServerSettings
 
@@ -26,7 +27,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_what_was_sent(repository):
-    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         assert server.metrics_port > 0
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
         for batch in (1, 4, 7):
@@ -51,7 +52,7 @@ def test_metrics_count_what_was_sent(repository):
 
 
 def test_metrics_can_be_turned_off(repository):
-    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         assert server.metrics_port == 0
     with pytest.raises(ValueError, match="metrics_port must be in -1..65535"):
         ServerSettings(metrics_port=70000)

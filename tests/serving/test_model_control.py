@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from conftest import TEST_DEVICE
 from serving.grpc.server import serve_in_thread
 from serving.settings import ServerSettings
 
@@ -40,7 +41,7 @@ def client_for(own_repository):
     servers = []
 
     def start(**settings):
-        context = serve_in_thread(ServerSettings(repository=own_repository, host="127.0.0.1", port=0, device="cpu", **settings))
+        context = serve_in_thread(ServerSettings(repository=own_repository, host="127.0.0.1", port=0, device=TEST_DEVICE, **settings))
         server = context.__enter__()
         servers.append(context)
         return triton.InferenceServerClient(f"127.0.0.1:{server.port}")

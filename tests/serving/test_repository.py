@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from conftest import TEST_DEVICE
 from serving.dataplane import DataPlane
 from serving.errors import ModelNotFound, ModelNotReady
 from serving.model import RuntimeOptions
@@ -19,7 +20,7 @@ def repo(tmp_path, repository):
 
 
 def load(path, **settings):
-    plane = DataPlane(ModelRepository(path, RuntimeOptions(device="cpu")), ServerSettings(repository=path, **settings))
+    plane = DataPlane(ModelRepository(path, RuntimeOptions(device=TEST_DEVICE)), ServerSettings(repository=path, **settings))
     plane.start()
     return plane
 

@@ -10,6 +10,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from conftest import TEST_DEVICE
 from serving.grpc._generated import grpc_predict_v2_pb2 as pb
 from serving.grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -207,7 +208,7 @@ def test_statistics_count_what_was_sent(repository):
     from serving.grpc.server import serve_in_thread
     from serving.settings import ServerSettings
 
-    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as fresh:
             for batch in (1, 4, 7):
                 fresh.infer("mnist_convnet", [triton_input(images(batch))])

@@ -14,6 +14,7 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
+from conftest import TEST_DEVICE
 from exporters.repository import add_to_repository, serving_config
 from serving.grpc.server import serve_in_thread
 from serving.settings import ServerSettings
@@ -196,7 +197,7 @@ def test_inputs_mixing_shared_memory_and_raw_contents(tmp_path, region):
     add_to_repository(repo, serving_config("pair", 8), pair_model(tmp_path / "pair.onnx"))
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.full((2, 3), 10, np.float32)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
         client.register_system_shared_memory("a", key(region), byte_size=put(region, a))
         # The first input is in shared memory, so the only raw_input_contents entry is b's.
@@ -209,7 +210,7 @@ def test_inputs_mixing_shared_memory_and_raw_contents(tmp_path, region):
 
 
 def test_servers_started_without_shared_memory_refuse_it(repository, region):
-    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cpu", shared_memory=False)
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, shared_memory=False)
     with serve_in_thread(settings) as server:
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
         assert "system_shared_memory" not in client.get_server_metadata().extensions

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import chisquare
 from torch.nn import functional as F
 
+from conftest import TEST_DEVICE
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.text_generation import export_char_step
@@ -87,7 +88,7 @@ def test_served_equals_local(step_model):
     from serving.settings import ServerSettings
 
     _, repo, local = step_model
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         served = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}")
         assert served.charset == CHARSET
         text = "".join(generate(served, "a list of ", 40, temperature=0.5, seed=9))
@@ -167,7 +168,7 @@ def test_loop_served_equals_local(loop_graph):
 
     repo, session = loop_graph
     local = "".join(CHARSET[i] for i in run_loop(session, "a list of ", 50, 0.5, 5, 9)[0])
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu")) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         served = generate_in_one_call("a list of ", url=f"127.0.0.1:{server.port}", length=50, temperature=0.5, top_k=5, seed=9)
     assert served == local and len(served) == 50
 
@@ -190,7 +191,7 @@ def test_a_reader_who_stops_stops_the_generation(step_model):
             raise Enough
 
     _, repo, _ = step_model
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device="cpu", metrics_port=-1)) as server:
+    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
         url = f"127.0.0.1:{server.port}"
         with pytest.raises(Enough):
             sample_text("abc", model="char_lstm_step", url=url, length=400, seed=1, on_char=reader, stream=True)
