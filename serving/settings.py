@@ -57,7 +57,8 @@ class ServerSettings:
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
     shared_memory: bool = True
     """Accept tensors in system shared memory regions that clients register (same host
-    only; the server maps POSIX shared memory objects the client names). Env: DEEPR_SHARED_MEMORY."""
+    only; the server maps POSIX shared memory objects the client names, so turn it off
+    where clients on the host are not trusted). Env: DEEPR_SHARED_MEMORY."""
     token: str = ""
     """When set, every inference-service RPC must carry `authorization: Bearer <token>`
     (the health service stays open for probes). Env: DEEPR_TOKEN."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Iterator
@@ -301,3 +302,17 @@ def test_region_pool_grows_and_frees():
     assert sorted(size for _, size in registered.values()) == [1 << 20, 4 << 20]
     pool.close()
     assert registered == {}
+
+
+def test_an_object_shrunk_after_registering_is_refused_not_a_crash(client, region, repository):
+    x = digits(4)
+    name_in, name_out = mnist_io(client)
+    client.register_system_shared_memory("r", key(region), byte_size=put(region, x))
+    os.truncate(Path("/dev/shm") / region.name, 1024)  # the client shrinks its object behind the server's back
+    tensor = triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("r", x.nbytes)
+    error = infer_error(client, [tensor])
+    assert error.status() == "StatusCode.INVALID_ARGUMENT" and "shrank to 1024 bytes" in error.message()
+    os.truncate(Path("/dev/shm") / region.name, 1 << 20)
+    put(region, x)
+    result = client.infer("mnist_convnet", [tensor], outputs=[triton.InferRequestedOutput(name_out)])  # alive and well
+    np.testing.assert_allclose(result.as_numpy(name_out), expected(repository, x), atol=1e-6)
