@@ -304,12 +304,12 @@ def run_benchmark(
     return results
 
 
-HEADER = f"{'model':<18} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs in-proc':>10}"
+HEADER = f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs in-proc':>10}"
 
 
 def format_row(r: BenchResult) -> str:
     ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-    return (f"{r.model:<18} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
+    return (f"{r.model:<24} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10}")
 
 

@@ -25,6 +25,7 @@ from zoo.recipes import load_weights
 from .config import ExportConfig
 from .errors import ExportError
 from .onnx import export_onnx
+from .pixels import PixelInput, as_pixel_config, pixel_cases, pixel_form
 from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import ValidationReport, validate_onnx
 
@@ -53,6 +54,12 @@ def _preprocessing(name: str, model: torch.nn.Module) -> ImagePreprocessing | No
     return getattr(model, "preprocessing", None) or dataset_info(get_model_spec(name).dataset).preprocessing
 
 
+def _takes_pictures(name: str, model: torch.nn.Module, preprocessing: ImagePreprocessing | None) -> bool:
+    """A (C, H, W) picture input with preprocessing that makes it (not a flattened one)."""
+    shape = _input_shape(name, model)
+    return preprocessing is not None and len(shape) == 3 and shape[0] in (1, 3)
+
+
 def model_config_for(
     name: str, model: torch.nn.Module, config: ExportConfig, output_dims: tuple[int, ...], labelled: bool
 ) -> mc.ModelConfig:
@@ -61,7 +68,7 @@ def model_config_for(
     shape = _input_shape(name, model)
     preprocessing = _preprocessing(name, model)
     model_config = serving_config(name, config.max_batch_size)
-    image = preprocessing is not None and len(shape) == 3 and shape[0] in (1, 3)
+    image = _takes_pictures(name, model, preprocessing)
     model_config.input.add(
         name=config.input_names[0],
         data_type=mc.TYPE_INT64 if spec.input_dtype == "int64" else mc.TYPE_FP32,
@@ -117,12 +124,17 @@ def export_model(
     version: int | None = None,
     options: Mapping[str, Any] | None = None,
     precision: str = "fp32",
+    pixels: str = "float32",
 ) -> ExportResult:
     """Export zoo model `name` (trained `weights`, or fresh ones with a warning) into `repository`.
 
     precision="fp16" stores weights and computes in float16 (inputs and outputs stay float32,
     so clients do not change) as `<name>_fp16`, checked against PyTorch's float32 outputs
     within 1e-2 of each output's largest value.
+
+    pixels="uint8" (image models) exports a graph that takes resized pixels as they are,
+    (N, H, W, C) uint8, and scales and normalises them itself, as `<name>_uint8`: requests
+    carry a quarter of the bytes, and clients that read the config (classify) adapt.
 
     Input/output names, dynamic axes and the exporter come from the model's
     registry entry; the graph is checked against PyTorch at two batch sizes
@@ -132,6 +144,8 @@ def export_model(
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if pixels not in ("float32", "uint8"):
+        raise ValueError(f"pixels must be 'float32' or 'uint8', got {pixels!r}")
     spec = get_model_spec(name)
     config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
     model = get_model(name, **(options or {}))
@@ -144,11 +158,19 @@ def export_model(
     else:
         load_weights(model, weights)
     model.eval()
-    cases = _validation_cases(model, name, config)
+    preprocessing = _preprocessing(name, model)
+    float_model = model
+    if pixels == "uint8":
+        if not _takes_pictures(name, model, preprocessing):
+            raise ExportError(f"{name} does not take pictures (input {_input_shape(name, model)}): it has no uint8 form")
+        model = PixelInput(model, preprocessing).eval()
+        cases = pixel_cases(preprocessing, config.validation_batch_sizes)
+        preprocessing = pixel_form(preprocessing)
+    else:
+        cases = _validation_cases(model, name, config)
     example = torch.from_numpy(cases[-1][0][:2])  # torch.export would fix a size of 1
     with torch.no_grad():
         output_dims = tuple(model(example).shape[1:])
-    preprocessing = _preprocessing(name, model)
     labels: tuple[str, ...] | None = _labels(name, _classes(name, Path(weights) if weights else None))
     if output_dims != (len(labels),):  # a base without its top: its output is features, not classes
         labels = None
@@ -166,14 +188,17 @@ def export_model(
         metadata["text_encoding"] = text_encoding
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(model, (example,), onnx_file, config, {**metadata, "precision": precision})
+        export_onnx(model, (example,), onnx_file, config, {**metadata, "precision": precision, "pixels": pixels})
         served_name = name
         if precision == "fp16":
             _to_float16(onnx_file)
             config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
             served_name = f"{name}_fp16"
         report = validate_onnx(model, onnx_file, cases, config)
-        model_config = model_config_for(name, model, config, output_dims, labels is not None)
+        model_config = model_config_for(name, float_model, config, output_dims, labels is not None)
+        if pixels == "uint8":
+            as_pixel_config(model_config, preprocessing, PREPROCESSING_PARAMETER)
+            served_name = f"{served_name}_uint8"
         model_config.name = served_name
         if text_encoding is not None:
             model_config.parameters[TEXT_ENCODING_PARAMETER].string_value = text_encoding

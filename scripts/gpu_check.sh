@@ -8,7 +8,8 @@
 #    under dynamic batching, the character step and loop graphs); with SUITE=1 also the
 #    whole suite on the CUDA provider (DEEPR_TEST_DEVICE=cuda);
 # 2. Grad-CAM heatmaps with TF32 on and off (scripts/gradcam_tf32.py);
-# 3. `deepr bench` on the CUDA provider: resnet50 (224x224) and the VGG16 base (150x150),
+# 3. `deepr bench` on the CUDA provider: resnet50 (224x224), the VGG16 base (150x150) and
+#    resnet50's uint8 pixel graph (BENCH_MODELS),
 #    in-process onnxruntime vs the gRPC server under tritonclient, tensors in the
 #    message and in system shared memory.
 set -u
@@ -32,6 +33,7 @@ if [ "${SUITE:-0}" = 1 ]; then
     --junitxml "$results/suite-cuda.xml" 2>&1 | tee "$results/suite-cuda.log" | tail -25
 fi
 timeout 120 python3 scripts/gradcam_tf32.py ${tf32_args:-} --out "$results/gradcam_tf32.json" 2>&1 | tail -4
-timeout "${BENCH_TIMEOUT:-330}" python3 -m deepr bench --device cuda --model resnet50 --model vgg16 \
+models=""; for m in ${BENCH_MODELS:-resnet50 vgg16 resnet50_uint8}; do models="$models --model $m"; done
+timeout "${BENCH_TIMEOUT:-420}" python3 -m deepr bench --device cuda $models \
   --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \
   --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "

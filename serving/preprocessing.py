@@ -62,6 +62,9 @@ class ImagePreprocessing:
     """Axis order of the batch the model takes: "NCHW" or "NHWC"."""
     resample: str = "bilinear"
     """Resize filter: nearest, bilinear or bicubic."""
+    pixels: str = "float32"
+    """What the model takes: "float32" (scaled and normalised here) or "uint8" (the resized
+    pixels as they are, NHWC; the graph scales and normalises them itself)."""
 
     def __post_init__(self) -> None:
         if self.color_mode not in ("L", "RGB"):
@@ -70,20 +73,27 @@ class ImagePreprocessing:
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
         if self.resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+        if self.pixels not in ("float32", "uint8"):
+            raise ValueError(f"pixels must be 'float32' or 'uint8', got {self.pixels!r}")
+        if self.pixels == "uint8" and self.layout != "NHWC":
+            raise ValueError("uint8 pixels travel as NHWC, the layout pictures have")
 
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "L" else 3
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """A float32 batch of `images` in the model's layout."""
+        """A batch of `images` as the model takes it: float32 in the model's layout, or
+        uint8 NHWC pixels for graphs that preprocess themselves."""
         height, width = self.size
-        batch = np.empty((len(images), height, width, self.channels), dtype=np.float32)
+        batch = np.empty((len(images), height, width, self.channels), dtype=np.dtype(self.pixels))
         for i, source in enumerate(images):
             img = load_image(source).convert(self.color_mode)
             if img.size != (width, height):
                 img = img.resize((width, height), _RESAMPLE[self.resample])
-            batch[i] = np.asarray(img, dtype=np.float32).reshape(height, width, self.channels)
+            batch[i] = np.asarray(img).reshape(height, width, self.channels)
+        if self.pixels == "uint8":
+            return batch
         batch *= self.scale
         if self.mean is not None:
             batch -= np.asarray(self.mean, dtype=np.float32)

@@ -47,3 +47,15 @@ def test_bench_shared_memory_rows_sit_beside_message_rows(repository, tmp_path):
     assert [(r["mode"], r["concurrency"]) for r in report["results"]] == [("in-process", 1), ("grpc", 2), ("grpc+shm", 2)]
     assert all(r["requests"] > 0 for r in report["results"]) and report["settings"]["shared_memory"] is True
     assert set(Path("/dev/shm").iterdir()) <= before  # every region the clients made is gone
+
+
+@pytest.mark.parametrize("served, form", [
+    ("resnet50", ("resnet50", "fp32", "float32")),
+    ("resnet50_fp16", ("resnet50", "fp16", "float32")),
+    ("resnet50_uint8", ("resnet50", "fp32", "uint8")),
+    ("resnet50_fp16_uint8", ("resnet50", "fp16", "uint8")),
+])
+def test_bench_exports_the_form_a_served_name_asks_for(served, form):
+    from deepr.cli.bench_cmd import _export_form
+
+    assert _export_form(served) == form

@@ -38,6 +38,13 @@ def _cells(text: str) -> list[tuple[int, int]]:
     return cells
 
 
+def _export_form(served: str) -> tuple[str, str, str]:
+    """(zoo model, precision, pixels) of a served name: resnet50_fp16_uint8 -> (resnet50, fp16, uint8)."""
+    name, pixels = (served[: -len("_uint8")], "uint8") if served.endswith("_uint8") else (served, "float32")
+    name, precision = (name[: -len("_fp16")], "fp16") if name.endswith("_fp16") else (name, "fp32")
+    return name, precision, pixels
+
+
 def _export_missing(repository: Path, models: list[str], staging: Path) -> Path:
     """Models not in `repository` are exported with freshly initialised weights into a
     scratch repository (speed does not depend on the weights); returns the repository to serve."""
@@ -47,16 +54,18 @@ def _export_missing(repository: Path, models: list[str], staging: Path) -> Path:
     import zoo
     from exporters import UntrainedWeightsWarning, export_model
 
-    unknown = [m for m in missing if m not in zoo.list_models()]
+    unknown = [m for m in missing if _export_form(m)[0] not in zoo.list_models()]
     if unknown:
-        raise CLIError(f"{', '.join(unknown)}: not in {repository} and not a zoo model (see `deepr models`)", EXIT_USAGE)
+        raise CLIError(f"{', '.join(unknown)}: not in {repository} and not a zoo model, NAME_fp16 or NAME_uint8 "
+                       "(see `deepr models`)", EXIT_USAGE)
     for model in models:
         source = repository / model
         if model in missing:
             logger.info("%s is not in %s: exporting it with freshly initialised weights (speed only)", model, repository)
+            name, precision, pixels = _export_form(model)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UntrainedWeightsWarning)
-                export_model(model, staging)
+                export_model(name, staging, precision=precision, pixels=pixels)
         else:
             (staging / model).symlink_to(source.resolve(), target_is_directory=True)
     return staging
@@ -103,7 +112,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "driven by tritonclient, for each model, batch size and concurrency, in one run. Writes JSON and a PNG plot.",
     )
     p.add_argument("--model", action="append", help="model to measure (repeatable; default mnist_convnet). Zoo models missing "
-                   "from the repository are exported with freshly initialised weights")
+                   "from the repository are exported with freshly initialised weights, NAME_fp16 and NAME_uint8 in those forms")
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
     p.add_argument("--batch", type=_int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
     p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")

@@ -123,6 +123,8 @@ def _export(args: argparse.Namespace) -> int:
     kinds = [flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)]
     if len(kinds) > 1:
         raise CLIError(f"choose one kind of graph per export, not --{' and --'.join(kinds)}", EXIT_USAGE)
+    if kinds and (args.precision != "fp32" or args.pixels != "float32"):
+        raise CLIError(f"--precision and --pixels apply to the model's own graph, not to --{kinds[0]}", EXIT_USAGE)
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
@@ -170,6 +172,7 @@ def _export(args: argparse.Namespace) -> int:
                     options=dict(args.option),
                     version=args.version,
                     precision=args.precision,
+                    pixels=args.pixels,
                 )
         except ExportError as exc:
             raise CLIError(str(exc)) from None
@@ -236,6 +239,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16 (default: %(default)s)")
+    p.add_argument("--pixels", choices=("float32", "uint8"), default="float32",
+                   help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
+                   "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",

@@ -1,0 +1,68 @@
+"""Graphs that take pictures as uint8 pixels.
+
+The preprocessing's scaling and per-channel normalisation move into the graph, so a
+client sends resized pixels as they are: a quarter of the bytes of float32 on the wire
+or in shared memory, which is what limits a server at large batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.preprocessing import ImagePreprocessing
+from serving.grpc._generated import model_config_pb2 as mc
+
+__all__ = ["PixelInput", "pixel_cases", "pixel_form", "as_pixel_config"]
+
+
+class PixelInput(nn.Module):
+    """`model` behind its own preprocessing: takes (N, H, W, C) uint8 pixels."""
+
+    def __init__(self, model: nn.Module, preprocessing: ImagePreprocessing) -> None:
+        super().__init__()
+        self.model = model
+        channels = preprocessing.channels
+        self.scale = preprocessing.scale
+        # The same float32 operations, in the same order, as ImagePreprocessing applies on
+        # the client, so a uint8 graph's input to `model` equals the float graph's bit for bit.
+        self.register_buffer("mean", torch.tensor(preprocessing.mean or (0.0,) * channels, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(preprocessing.std or (1.0,) * channels, dtype=torch.float32))
+        self.normalise = preprocessing.mean is not None, preprocessing.std is not None
+        self.channels_first = preprocessing.layout == "NCHW"
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(torch.float32) * self.scale
+        subtract, divide = self.normalise
+        if subtract:
+            x = x - self.mean
+        if divide:
+            x = x / self.std
+        return self.model(x.permute(0, 3, 1, 2) if self.channels_first else x)
+
+
+def pixel_cases(preprocessing: ImagePreprocessing, batch_sizes, seed: int = 0) -> list[tuple[np.ndarray]]:
+    """Random uint8 pictures at each validation batch size."""
+    rng = np.random.default_rng(seed)
+    height, width = preprocessing.size
+    return [(rng.integers(0, 256, (batch, height, width, preprocessing.channels), dtype=np.uint8),) for batch in batch_sizes]
+
+
+def pixel_form(preprocessing: ImagePreprocessing) -> ImagePreprocessing:
+    """What clients of the uint8 graph do: resize, nothing more."""
+    return dataclasses.replace(preprocessing, pixels="uint8", layout="NHWC")
+
+
+def as_pixel_config(config: mc.ModelConfig, preprocessing: ImagePreprocessing, parameter: str) -> None:
+    """Rewrite a float image model's config for its uint8 graph: the input's type, layout and
+    dims, and the preprocessing clients read (`preprocessing` in its pixel form)."""
+    height, width = preprocessing.size
+    image = config.input[0]
+    image.data_type = mc.TYPE_UINT8
+    image.format = mc.ModelInput.FORMAT_NHWC
+    del image.dims[:]
+    image.dims.extend([height, width, preprocessing.channels])
+    config.parameters[parameter].string_value = preprocessing.to_json()
