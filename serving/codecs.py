@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .datatypes import V2_TO_NUMPY, v2_dtype
-from .errors import InvalidInput, NotEnabled
+from .errors import InvalidInput
 from .grpc._generated import grpc_predict_v2_pb2 as pb
 
 if TYPE_CHECKING:
     from .shared_memory import SharedMemoryRegions, TensorSlice
 
-__all__ = ["TensorSpec", "decode_inputs", "shared_memory_slice", "decode_outputs", "encode_output", "to_raw", "serialize_bytes", "deserialize_bytes"]
+__all__ = ["TensorSpec", "decode_inputs", "decode_outputs", "encode_output", "to_raw", "serialize_bytes", "deserialize_bytes"]
 
 # V2 datatype -> the InferTensorContents field that carries it when sent typed.
 _CONTENTS_FIELD = {
@@ -132,7 +132,11 @@ def decode_inputs(
     inputs, datatype, shape, or a byte/value count that does not fit the shape.
     """
     by_name = {s.name: s for s in specs}
-    slices = [shared_memory_slice(tensor.parameters, f"input {tensor.name!r}", shared_memory) for tensor in request.inputs]
+    if shared_memory is None:
+        from .shared_memory import SharedMemoryRegions  # here: that module builds on this one
+
+        shared_memory = SharedMemoryRegions(enabled=False)
+    slices = [shared_memory.tensor_slice(tensor.parameters, f"input {tensor.name!r}") for tensor in request.inputs]
     raw = iter(request.raw_input_contents)
     in_message = sum(s is None for s in slices)
     if request.raw_input_contents and len(request.raw_input_contents) != in_message:
@@ -162,15 +166,6 @@ def decode_inputs(
     if missing:
         raise InvalidInput(f"missing input(s) {missing}; model {request.model_name!r} takes {sorted(by_name)}")
     return arrays
-
-
-def shared_memory_slice(parameters, what: str, shared_memory: "SharedMemoryRegions | None") -> "TensorSlice | None":
-    """Where a tensor with these parameters lives in shared memory; None when it travels in the message."""
-    if shared_memory is None:
-        if "shared_memory_region" in parameters:
-            raise NotEnabled(f"{what} names a shared memory region, but shared memory is off on this server (--no-shared-memory)")
-        return None
-    return shared_memory.tensor_slice(parameters, what)
 
 
 def to_raw(array: np.ndarray) -> tuple[str, bytes]:

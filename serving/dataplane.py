@@ -12,7 +12,7 @@ import numpy as np
 from . import __version__
 from .batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from .classification import top_k_strings
-from .errors import InvalidInput, ModelNotFound, NotEnabled
+from .errors import InvalidInput, ModelNotFound
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 from .repository import READY, UNLOADED, ModelRepository
@@ -41,7 +41,7 @@ class DataPlane:
         self.statistics = StatisticsRegistry()
         self._batchers: dict[OnnxModel, DynamicBatcher] = {}
         self._started = False
-        self.shared_memory = SharedMemoryRegions() if settings.shared_memory else None
+        self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory)
 
     def start(self) -> None:
         """Load every model in the repository; failures leave that model UNAVAILABLE."""
@@ -66,13 +66,8 @@ class DataPlane:
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
-        off = {"model_repository": not self.settings.model_control, "system_shared_memory": self.shared_memory is None}
+        off = {"model_repository": not self.settings.model_control, "system_shared_memory": not self.shared_memory.enabled}
         return SERVER_NAME, __version__, tuple(e for e in EXTENSIONS if not off.get(e))
-
-    def regions(self) -> SharedMemoryRegions:
-        if self.shared_memory is None:
-            raise NotEnabled("system shared memory is off on this server (started with --no-shared-memory)")
-        return self.shared_memory
 
     def model(self, name: str, version: str = "") -> OnnxModel:
         return self.repository.get(name, version)

@@ -125,11 +125,18 @@ def _int_parameter(parameters: Mapping, name: str, what: str, default: int | Non
 class SharedMemoryRegions:
     """The regions registered on one server, by name."""
 
-    def __init__(self, directory: Path = SHM_DIR) -> None:
+    def __init__(self, directory: Path = SHM_DIR, *, enabled: bool = True) -> None:
         self.directory = directory
+        self.enabled = enabled
+        """False: every use is refused (a server started with --no-shared-memory)."""
         self._regions: dict[str, Region] = {}
 
+    def _check_enabled(self, what: str = "system shared memory") -> None:
+        if not self.enabled:
+            raise NotEnabled(f"{what}: shared memory is off on this server (started with --no-shared-memory)")
+
     def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
+        self._check_enabled()
         if not name:
             raise InvalidInput("a shared memory region needs a name")
         if name in self._regions:
@@ -169,12 +176,14 @@ class SharedMemoryRegions:
     def unregister(self, name: str = "") -> None:
         """Forget `name` (every region when empty); unknown names are not an error. Requests
         already holding the region finish with it: the mapping lives until they let go."""
+        self._check_enabled()
         if name:
             self._regions.pop(name, None)
         else:
             self._regions.clear()
 
     def status(self, name: str = "") -> list[Region]:
+        self._check_enabled()
         if not name:
             return list(self._regions.values())
         if name not in self._regions:
@@ -188,6 +197,7 @@ class SharedMemoryRegions:
             if stray:
                 raise InvalidInput(f"{what}: parameters {stray} need {REGION!r} too")
             return None
+        self._check_enabled(what)
         param = parameters[REGION]
         if param.WhichOneof("parameter_choice") != "string_param":
             raise InvalidInput(f"{what}: parameter {REGION!r} must be a string (a registered region's name)")

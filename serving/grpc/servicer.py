@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import grpc
 
 from ..batching import BatchTimings
-from ..codecs import shared_memory_slice, decode_inputs, encode_output
+from ..codecs import decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
 from ..errors import InvalidInput, NotEnabled, ServingError
 from ..shared_memory import TensorSlice
@@ -55,7 +55,7 @@ def _output_slices(request: pb.ModelInferRequest, dataplane: DataPlane) -> dict[
     slices = {}
     for output in request.outputs:
         what = f"output {output.name!r}"
-        where = shared_memory_slice(output.parameters, what, dataplane.shared_memory)
+        where = dataplane.shared_memory.tensor_slice(output.parameters, what)
         if where is not None:
             if "classification" in output.parameters:
                 raise InvalidInput(f"{what}: classification results cannot go to shared memory; ask for one or the other")
@@ -224,7 +224,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryStatusRequest, context: Any
     ) -> pb.SystemSharedMemoryStatusResponse:
         status = pb.SystemSharedMemoryStatusResponse.RegionStatus
-        regions = self.dataplane.regions().status(request.name)
+        regions = self.dataplane.shared_memory.status(request.name)
         return pb.SystemSharedMemoryStatusResponse(
             regions={r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions}
         )
@@ -233,12 +233,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self.dataplane.regions().register(request.name, request.key, request.offset, request.byte_size)
+        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_status_on_error
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.dataplane.regions().unregister(request.name)
+        self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
