@@ -6,7 +6,8 @@ pass as forward operations (relu/max-pool/linear backward become ordinary ops);
 tracing symbolically keeps the batch size free. `aten.convolution_backward` has
 no ONNX translation in torch.onnx, so one is registered here: the gradient of a
 convolution with respect to its input is a transposed convolution with the same
-weights, strides, padding, dilation and groups.
+weights, strides, padding, dilation and groups. Average- and max-pooling gradients
+are translated here too (see each function).
 """
 
 from __future__ import annotations
@@ -63,9 +64,23 @@ def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_
     return op.ConvTranspose(grad_output, weight, strides=[1, 1], pads=pads * 2, group=channels)
 
 
+def _max_pool2d_with_indices_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode,
+                                      indices):  # noqa: A002 (aten's argument names)
+    # Each output's gradient goes to the input element its window's maximum came from.
+    # `indices` count within each (sample, channel) plane, so the scatter runs over
+    # flattened planes, adding where overlapping windows share a maximum. Window sizes,
+    # strides and padding are already in the indices. (onnxscript has no translation and
+    # only recent PyTorch decomposes this operator, so graphs rely on neither.)
+    planes = op.Concat(op.Shape(input, start=0, end=2), op.Constant(value_ints=[-1]), axis=0)
+    zeros = op.Reshape(op.ConstantOfShape(op.Shape(input)), planes)
+    scattered = op.ScatterElements(zeros, op.Reshape(indices, planes), op.Reshape(grad_output, planes), axis=2, reduction="add")
+    return op.Reshape(scattered, op.Shape(input))
+
+
 GRADIENT_TRANSLATIONS = {
     torch.ops.aten.convolution_backward.default: _convolution_backward,
     torch.ops.aten.avg_pool2d_backward.default: _avg_pool2d_backward,
+    torch.ops.aten.max_pool2d_with_indices_backward.default: _max_pool2d_with_indices_backward,
 }
 
 
