@@ -1,5 +1,6 @@
 """On onnxruntime's CUDA provider (skipped where there is none): served classification,
-dynamic batching and the character graphs agree with the CPU provider.
+dynamic batching, tensors in shared memory and the character graphs agree with the CPU
+provider.
 
 Tolerances: TF32 is off (deepr's default), so CUDA and CPU differ by float32 rounding
 and the order of summation only: 1e-5 absolute on probabilities.
@@ -47,6 +48,21 @@ def test_served_on_cuda_equals_cpu_under_concurrency(repository):
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, requests))
         client.close()
+    cpu = cpu_session(onnx_file)
+    for x, got in zip(requests, answers):
+        np.testing.assert_allclose(got, cpu.run(None, {"images": x})[0], atol=1e-5)
+
+
+def test_shared_memory_requests_on_cuda_equal_cpu(repository):
+    # Inputs read in place from the client's shared memory go to the GPU from there.
+    from serving.client import InferenceClient
+
+    onnx_file = repository / "mnist_convnet" / "1" / "model.onnx"
+    rng = np.random.default_rng(4)
+    requests = [rng.random((int(rng.integers(1, 65)), 1, 28, 28), dtype=np.float32) for _ in range(32)]
+    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device="cuda")) as server:
+        with InferenceClient(f"127.0.0.1:{server.port}", shared_memory=True) as client, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda x: client.infer("mnist_convnet", {"images": x})["probabilities"], requests))
     cpu = cpu_session(onnx_file)
     for x, got in zip(requests, answers):
         np.testing.assert_allclose(got, cpu.run(None, {"images": x})[0], atol=1e-5)
