@@ -5,7 +5,7 @@
 #     bash scripts/gpu_check.sh [RESULTS_DIR]
 #
 # 1. the `gpu`-marked tests (CUDA vs CPU: Grad-CAM at batch 128, served classification
-#    under dynamic batching, the character step and loop graphs); with SUITE=1 also the
+#    under dynamic batching and in shared memory, the character graphs); with SUITE=1 also the
 #    whole suite on the CUDA provider (DEEPR_TEST_DEVICE=cuda);
 # 2. Grad-CAM heatmaps with TF32 on and off (scripts/gradcam_tf32.py);
 # 3. `deepr bench` on the CUDA provider: resnet50 (224x224), the VGG16 base (150x150) and
