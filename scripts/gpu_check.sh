@@ -11,7 +11,8 @@
 # 3. `deepr bench` on the CUDA provider: resnet50 (224x224), the VGG16 base (150x150) and
 #    resnet50's uint8 pixel graph (BENCH_MODELS),
 #    in-process onnxruntime vs the gRPC server under tritonclient, tensors in the
-#    message and in system shared memory.
+#    message and in system shared memory;
+# 4. the cost of a new batch size on CUDA (scripts/shape_cost.py).
 set -u
 results="${1:-${OUT:-gpu-results}}"
 mkdir -p "$results"
@@ -37,3 +38,5 @@ models=""; for m in ${BENCH_MODELS:-resnet50 vgg16 resnet50_uint8}; do models="$
 timeout "${BENCH_TIMEOUT:-420}" python3 -m deepr bench --device cuda $models \
   --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-3}" --warmup 1 \
   --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "
+# 4. what a new batch size costs on CUDA (first run at each size against later runs).
+timeout 150 python3 scripts/shape_cost.py --model resnet50 --device cuda --sizes 1-64 --out "$results/shape_cost.json" 2>&1 | grep -v " INFO " | tail -8
