@@ -20,6 +20,7 @@ from .datatypes import CONFIG_TO_V2, ONNX_TO_V2
 from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
+from .warmup import warm_up
 
 __all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session"]
 
@@ -125,6 +126,12 @@ class OnnxModel:
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         self._session = session
         logger.info("loaded %s version %s in %.2fs on %s", self.name, self.version, time.perf_counter() - start, session.get_providers()[0])
+        try:
+            warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict,
+                    f"{self.name} version {self.version}")
+        except ModelLoadError:
+            self._session = None  # not ready: its warm-up could not run
+            raise
 
     def _specs(self, graph_args: list, configured: list, kind: str) -> list[TensorSpec]:
         """Tensor specs from the graph, cross-checked with the config entries when there are any."""

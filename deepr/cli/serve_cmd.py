@@ -85,6 +85,10 @@ per model, in its config.pbtxt (Triton's fields):
   }
   instance_group { count: 2 }          runs of this model allowed at the same time
   optimization { graph { level: 1 } }  onnxruntime graph optimization (-1 off .. 2 all)
+  model_warmup [{ name: "b32" batch_size: 32 inputs { key: "images" value: {
+    data_type: TYPE_FP32 dims: [1, 28, 28] zero_data: true } } }]
+                                       run at load, before the model is ready (also
+                                       random_data, or input_data_file in the model's warmup/)
   deepr export writes dynamic_batching {} (no added delay) for every batched model.
 
 operations:

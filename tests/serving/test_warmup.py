@@ -1,0 +1,98 @@
+"""model_warmup: samples run at load, before the model is ready; a failing sample fails the load."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TEST_DEVICE
+from serving.grpc._generated import model_config_pb2 as mc
+from serving.model import OnnxModel, RuntimeOptions
+from serving.model_config import read_config, write_config
+from serving.repository import READY, UNAVAILABLE, ModelRepository
+from serving.warmup import sample_inputs
+
+
+@pytest.fixture
+def model_dir(tmp_path, repository):
+    target = tmp_path / "mnist_convnet"
+    shutil.copytree(repository / "mnist_convnet", target)
+    return target
+
+
+def add_warmup(model_dir, **inputs_and_fields) -> mc.ModelConfig:
+    config = read_config(model_dir)
+    data = inputs_and_fields.pop("data", {"zero_data": True})
+    dims = inputs_and_fields.pop("dims", [1, 28, 28])
+    sample = config.model_warmup.add(**inputs_and_fields)
+    entry = sample.inputs["images"]
+    entry.data_type = mc.TYPE_FP32
+    entry.dims.extend(dims)
+    for key, value in data.items():
+        setattr(entry, key, value)
+    write_config(model_dir, config)
+    return config
+
+
+def load(model_dir) -> OnnxModel:
+    model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
+    model.load()
+    return model
+
+
+def test_samples_run_at_load(model_dir, caplog):
+    add_warmup(model_dir, name="zeros", batch_size=8, count=3)
+    add_warmup(model_dir, name="noise", batch_size=1, data={"random_data": True})
+    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+        model = load(model_dir)
+    assert model.ready
+    assert "warmed up mnist_convnet version 1: 2 sample(s), 4 run(s)" in caplog.text
+
+
+def test_file_samples_repeat_one_example(model_dir):
+    digit = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+    (model_dir / "warmup").mkdir()
+    (model_dir / "warmup" / "digit").write_bytes(digit.tobytes())
+    config = add_warmup(model_dir, name="file", batch_size=4, data={"input_data_file": "digit"})
+    arrays = sample_inputs(config.model_warmup[0], model_dir, batched=True)
+    assert arrays["images"].shape == (4, 1, 28, 28) and all(np.array_equal(row, digit) for row in arrays["images"])
+    assert load(model_dir).ready
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"dims": [1, 32, 32]}, "model_warmup 'bad' failed"),
+    ({"dims": [1, -1, 28]}, "must all be given"),
+    ({"data": {"input_data_file": "missing"}}, "cannot read"),
+    ({"data": {"input_data_file": "../config.pbtxt"}}, "directly in the model's warmup/ directory"),
+    ({"data": {}}, "needs zero_data, random_data or input_data_file"),
+])
+def test_a_failing_sample_leaves_the_model_unavailable(model_dir, fields, reason):
+    add_warmup(model_dir, name="bad", batch_size=2, **fields)
+    repository = ModelRepository(model_dir.parent, RuntimeOptions(device=TEST_DEVICE))
+    repository.load_all()
+    entry = repository.entry("mnist_convnet")
+    assert entry.state == UNAVAILABLE and reason in entry.reason, entry.reason
+
+
+def test_without_warmup_nothing_runs(model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+        repository = ModelRepository(model_dir.parent, RuntimeOptions(device=TEST_DEVICE))
+        repository.load_all()
+    assert repository.entry("mnist_convnet").state == READY and "warmed up" not in caplog.text
+
+
+def test_tritonclient_reads_the_warmup_config(model_dir):
+    import tritonclient.grpc as triton
+
+    from serving.grpc.server import serve_in_thread
+    from serving.settings import ServerSettings
+
+    add_warmup(model_dir, name="zeros", batch_size=8, count=2)
+    settings = ServerSettings(repository=model_dir.parent, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    with serve_in_thread(settings) as server, triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+        (sample,) = client.get_model_config("mnist_convnet").config.model_warmup  # Triton's own message, same field numbers
+    assert (sample.name, sample.batch_size, sample.count) == ("zeros", 8, 2)
+    assert list(sample.inputs["images"].dims) == [1, 28, 28] and sample.inputs["images"].zero_data
