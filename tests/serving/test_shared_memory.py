@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Iterator
@@ -316,3 +317,28 @@ def test_an_object_shrunk_after_registering_is_refused_not_a_crash(client, regio
     put(region, x)
     result = client.infer("mnist_convnet", [tensor], outputs=[triton.InferRequestedOutput(name_out)])  # alive and well
     np.testing.assert_allclose(result.as_numpy(name_out), expected(repository, x), atol=1e-6)
+
+
+def test_tritonclients_own_shared_memory_helpers(client, repository):
+    # The helpers Triton users already have (tritonclient.utils.shared_memory: shm_open via
+    # its libcshm, keys with the leading slash), unchanged against deepr.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        import tritonclient.utils.shared_memory as shm
+
+    x = digits(6)
+    name_in, name_out = mnist_io(client)
+    key = f"/deepr-test-{os.getpid()}"
+    handle = shm.create_shared_memory_region("triton-helpers", key, x.nbytes + 6 * 10 * 4)
+    try:
+        shm.set_shared_memory_region(handle, [x])
+        client.register_system_shared_memory("triton-helpers", key, x.nbytes + 6 * 10 * 4)
+        tensor = triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("triton-helpers", x.nbytes)
+        output = triton.InferRequestedOutput(name_out)
+        output.set_shared_memory("triton-helpers", 6 * 10 * 4, offset=x.nbytes)
+        result = client.infer("mnist_convnet", [tensor], outputs=[output])
+        meta = result.get_output(name_out)
+        got = shm.get_contents_as_numpy(handle, np.float32, list(meta.shape), offset=x.nbytes)
+        np.testing.assert_allclose(got, expected(repository, x), atol=1e-6)
+    finally:
+        shm.destroy_shared_memory_region(handle)
