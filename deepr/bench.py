@@ -118,27 +118,23 @@ def _client_process(url: str, model: str, specs, batch: int, concurrency: int, s
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         outputs_of = [None] * concurrency
-        with contextlib.ExitStack() as regions:
-            if shared_memory:
-                tensors, outputs_of = await _into_shared_memory(client, model, inputs, tensors, concurrency, regions)
-            measured: list[float] = []
-            start = time.perf_counter() + warmup
-            end = start + seconds
+        try:
+            async with contextlib.AsyncExitStack() as regions:
+                if shared_memory:
+                    outputs_of = await _into_shared_memory(client, model, inputs, tensors, concurrency, regions)
+                measured: list[float] = []
+                start = time.perf_counter() + warmup
+                end = start + seconds
 
-            async def worker(outputs) -> None:
-                while (sent := time.perf_counter()) < end:
-                    await client.infer(model, tensors, outputs=outputs)
-                    if sent >= start:
-                        measured.append(time.perf_counter() - sent)
+                async def worker(outputs) -> None:
+                    while (sent := time.perf_counter()) < end:
+                        await client.infer(model, tensors, outputs=outputs)
+                        if sent >= start:
+                            measured.append(time.perf_counter() - sent)
 
-            try:
                 await asyncio.gather(*(worker(outputs) for outputs in outputs_of))
-            finally:
-                if shared_memory:  # its own regions only: other client processes may still be running
-                    for name in (await client.get_system_shared_memory_status()).regions:
-                        if name.startswith(_region_prefix()):
-                            await client.unregister_system_shared_memory(name)
-                await client.close()
+        finally:
+            await client.close()
         return measured
 
     try:
@@ -148,9 +144,10 @@ def _client_process(url: str, model: str, specs, batch: int, concurrency: int, s
 
 
 async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray], tensors, concurrency: int,
-                              regions: contextlib.ExitStack):
-    """Inputs copied into one shared memory region, and one output region per worker, sized
-    by a first request answered in the message; returns (inputs, outputs per worker)."""
+                              regions: contextlib.AsyncExitStack) -> list[list]:
+    """Point `tensors` at one shared memory region holding the inputs, and give each worker
+    an output region, sized by a first request answered in the message; returns each
+    worker's requested outputs. `regions` unregisters and frees them all on exit."""
     from multiprocessing import shared_memory
 
     import tritonclient.grpc.aio as triton
@@ -158,15 +155,16 @@ async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray],
     answer = await client.infer(model, tensors)
     sizes = {o.name: len(raw) for o, raw in zip(answer.get_response().outputs, answer.get_response().raw_output_contents)}
 
-    def region(size: int) -> shared_memory.SharedMemory:
+    async def region(name: str, size: int) -> shared_memory.SharedMemory:
         shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
         regions.callback(shm.unlink)
         regions.callback(shm.close)
+        await client.register_system_shared_memory(name, "/" + shm.name, shm.size)
+        regions.push_async_callback(client.unregister_system_shared_memory, name)
         return shm
 
-    tag = _region_prefix()
-    shm_in = region(sum(a.nbytes for a in inputs.values()))
-    await client.register_system_shared_memory(f"{tag}in", "/" + shm_in.name, shm_in.size)
+    tag = f"bench-{os.getpid()}-"  # other client processes register theirs on the same server
+    shm_in = await region(f"{tag}in", sum(a.nbytes for a in inputs.values()))
     offset = 0
     for tensor, array in zip(tensors, inputs.values()):
         shm_in.buf[offset : offset + array.nbytes] = np.ascontiguousarray(array).tobytes()
@@ -174,9 +172,7 @@ async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray],
         offset += array.nbytes
     outputs_of, shm_outs = [], []
     for worker in range(concurrency):
-        shm_out = region(sum(sizes.values()))
-        shm_outs.append(shm_out)
-        await client.register_system_shared_memory(f"{tag}out{worker}", "/" + shm_out.name, shm_out.size)
+        shm_outs.append(await region(f"{tag}out{worker}", sum(sizes.values())))
         outputs, offset = [], 0
         for name, size in sizes.items():
             output = triton.InferRequestedOutput(name)
@@ -185,7 +181,7 @@ async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray],
             offset += size
         outputs_of.append(outputs)
     await _check_shared_answer(client, model, tensors, outputs_of[0], answer, shm_outs[0])
-    return tensors, outputs_of
+    return outputs_of
 
 
 async def _check_shared_answer(client, model: str, tensors, outputs, answer, shm_out) -> None:
@@ -200,10 +196,6 @@ async def _check_shared_answer(client, model: str, tensors, outputs, answer, shm
         if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
             raise RuntimeError(f"{model}: output {output.name!r} read from shared memory differs from the message's")
         offset += expected.nbytes
-
-
-def _region_prefix() -> str:
-    return f"bench-{os.getpid()}-"
 
 
 def over_grpc(
