@@ -42,7 +42,8 @@ class RegionPool:
         self._free: list[_Region] = []
         self._all: dict[str, _Region] = {}
         self._lock = threading.Lock()
-        self._names = (f"deepr-client-{os.getpid()}-{id(self):x}-{n}" for n in itertools.count())
+        self._prefix = f"deepr-client-{os.getpid()}-{id(self):x}-"
+        self._numbers = itertools.count()  # next() on it is atomic; a generator's is not, across threads
 
     @contextlib.contextmanager
     def lease(self, byte_size: int) -> Iterator[_Region]:
@@ -62,7 +63,7 @@ class RegionPool:
         # Rounded up to 1 MiB steps so slowly growing requests do not re-register every time.
         size = max(1 << 20, -(-byte_size // (1 << 20)) * (1 << 20))
         memory = shared_memory.SharedMemory(create=True, size=size)
-        region = _Region(next(self._names), memory)
+        region = _Region(f"{self._prefix}{next(self._numbers)}", memory)
         try:
             self._register(region.name, "/" + memory.name, size)
         except BaseException:
