@@ -342,3 +342,25 @@ def test_tritonclients_own_shared_memory_helpers(client, repository):
         np.testing.assert_allclose(got, expected(repository, x), atol=1e-6)
     finally:
         shm.destroy_shared_memory_region(handle)
+
+
+def test_registering_again_and_again_leaks_nothing(client, region, repository):
+    # Each registration maps the object and holds a descriptor; unregistering must give both back.
+    x = digits(2)
+    name_in, name_out = mnist_io(client)
+    put(region, x)
+
+    def open_files_and_maps() -> tuple[int, int]:
+        return len(os.listdir("/proc/self/fd")), Path("/proc/self/maps").read_text().count("\n")
+
+    for _ in range(3):  # let grpc's and numpy's own first-time allocations settle
+        client.register_system_shared_memory("again", key(region), byte_size=x.nbytes)
+        client.infer("mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)])
+        client.unregister_system_shared_memory("again")
+    before = open_files_and_maps()
+    for _ in range(100):
+        client.register_system_shared_memory("again", key(region), byte_size=x.nbytes)
+        client.infer("mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)])
+        client.unregister_system_shared_memory("again")
+    files, maps = open_files_and_maps()
+    assert files <= before[0] + 2 and maps <= before[1] + 8, (before, (files, maps))
