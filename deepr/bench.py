@@ -27,13 +27,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot"]
+__all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot", "copy_with_configs",
+           "without_batching", "with_padding"]
 
 
 @dataclass
@@ -351,13 +352,42 @@ def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
     plt.close(fig)
 
 
-def copy_without_batching(repository: Path, models: Sequence[str], target: Path) -> Path:
-    """A copy of `models` whose configs have no dynamic_batching block, for side-by-side runs."""
+def copy_with_configs(
+    repository: Path, models: Sequence[str], target: Path, edit: Callable[[Any], None], suffix: str = ""
+) -> list[str]:
+    """Copies of `models` in `target`, named NAME + `suffix`, whose config.pbtxt files `edit`
+    changed, for side-by-side runs; returns their names."""
     from serving.model_config import read_config, write_config
 
+    names = []
     for model in models:
-        shutil.copytree(repository / model, target / model)
-        config = read_config(target / model)
-        config.ClearField("dynamic_batching")
-        write_config(target / model, config)
-    return target
+        name = model + suffix
+        config = read_config(repository / model)
+        shutil.copytree(repository / model, target / name)
+        config.name = name
+        edit(config)
+        write_config(target / name, config)
+        names.append(name)
+    return names
+
+
+def without_batching(config) -> None:
+    """Each request runs alone."""
+    config.ClearField("dynamic_batching")
+
+
+def with_padding(config) -> None:
+    """Merged runs padded to fixed sizes (deepr.pad_batches), each size warmed up at load."""
+    from serving.batching import PAD_PARAMETER, BatchingPolicy
+
+    config.parameters[PAD_PARAMETER].string_value = "true"
+    policy = BatchingPolicy.from_config(config)
+    if policy is None:
+        return  # not batched: nothing to pad
+    for size in policy.pad_to:
+        sample = config.model_warmup.add(name=f"padded-{size}", batch_size=size)
+        for entry in config.input:
+            warm = sample.inputs[entry.name]
+            warm.data_type = entry.data_type
+            warm.dims.extend(entry.dims)
+            warm.zero_data = True

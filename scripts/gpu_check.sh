@@ -12,7 +12,8 @@
 #    resnet50's uint8 pixel graph (BENCH_MODELS),
 #    in-process onnxruntime vs the gRPC server under tritonclient, tensors in the
 #    message and in system shared memory;
-# 4. the cost of a new batch size on CUDA (scripts/shape_cost.py).
+# 4. the cost of a new batch size on CUDA (scripts/shape_cost.py);
+# 5. dynamic batching with runs padded to fixed sizes (--pad-batches) against without.
 set -u
 results="${1:-${OUT:-gpu-results}}"
 mkdir -p "$results"
@@ -40,3 +41,6 @@ timeout "${BENCH_TIMEOUT:-420}" python3 -m deepr bench --device cuda $models \
   --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO "
 # 4. what a new batch size costs on CUDA (first run at each size against later runs).
 timeout 150 python3 scripts/shape_cost.py --model resnet50 --device cuda --sizes 1-64 --out "$results/shape_cost.json" 2>&1 | grep -v " INFO " | tail -8
+# 5. merged runs padded to fixed, warmed sizes (NAME_padded) beside the plain model.
+timeout 200 python3 -m deepr bench --device cuda --model resnet50 --cells 1x64,32x8 --pad-batches --seconds 3 --warmup 1 \
+  --client-processes 4 --out "$results/bench_padding.json" 2>&1 | grep -v " INFO "

@@ -11,6 +11,12 @@ its requests is run alone, so one bad request fails alone.
 Triton's semantics are kept: max_queue_size bounds the queue (RESOURCE_EXHAUSTED
 when full), and a request whose client deadline passes while queued is dropped
 before it runs.
+
+With the config parameter "deepr.pad_batches" set to "true", a merged run is padded
+with zero rows up to the next of a few fixed sizes (the preferred batch sizes, else
+powers of two, and max_batch_size), so the runtime only ever sees those shapes: on
+CUDA every new shape costs kernel selection, and under dynamic batching almost every
+run would otherwise have a new one. The padding rows' outputs are dropped.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from .errors import DeadlineExceeded, QueueFull, ServingError
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 
-__all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings"]
+__all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings", "PAD_PARAMETER"]
 
 logger = logging.getLogger(__name__)
+
+PAD_PARAMETER = "deepr.pad_batches"
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,12 @@ class BatchingPolicy:
     max_queue_size: int = 0
     """0: unbounded."""
     instances: int = 1
+    pad_to: tuple[int, ...] = ()
+    """Sizes merged runs are padded up to (ascending); empty: no padding."""
+
+    def padded_rows(self, rows: int) -> int:
+        """The size a run of `rows` rows is padded to."""
+        return next((size for size in self.pad_to if size >= rows), rows)
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> "BatchingPolicy | None":
@@ -51,12 +65,18 @@ class BatchingPolicy:
         batching = config.dynamic_batching
         instances = sum(g.count or 1 for g in config.instance_group) or 1
         preferred = tuple(sorted(s for s in batching.preferred_batch_size if 0 < s <= config.max_batch_size))
+        pad_to: tuple[int, ...] = ()
+        padding = config.parameters.get(PAD_PARAMETER)
+        if padding is not None and padding.string_value.lower() in ("true", "1", "yes"):
+            sizes = preferred or tuple(2**i for i in range(config.max_batch_size.bit_length()) if 2**i < config.max_batch_size)
+            pad_to = tuple(sorted({*sizes, config.max_batch_size}))
         return cls(
             max_batch_size=config.max_batch_size,
             preferred_batch_sizes=preferred,
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
             max_queue_size=batching.default_queue_policy.max_queue_size,
             instances=instances,
+            pad_to=pad_to,
         )
 
 
@@ -208,13 +228,16 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         try:
             names = list(dict.fromkeys(name for p in batch for name in p.outputs)) or None
+            rows = sum(p.rows for p in batch)
+            size = self.policy.padded_rows(rows)
+
+            def merge_and_run() -> dict[str, np.ndarray]:
+                # In the worker thread: copying a large batch together would stall the event loop.
+                return self.model.predict(_merged([p.inputs for p in batch], size), names)
+
             started = time.perf_counter_ns()
             try:
-                if len(batch) == 1:
-                    merged = batch[0].inputs
-                else:
-                    merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-                results = await loop.run_in_executor(self._executor, self.model.predict, merged, names)
+                results = await loop.run_in_executor(self._executor, merge_and_run)
             except Exception as exc:
                 if len(batch) == 1:
                     _fail(batch[0], exc)
@@ -225,7 +248,6 @@ class DynamicBatcher:
                     await self._execute_alone(pending)
                 return
             finished = time.perf_counter_ns()
-            rows = sum(p.rows for p in batch)
             self._on_execution(rows, finished - started)
             offset = 0
             for pending in batch:
@@ -252,6 +274,23 @@ class DynamicBatcher:
         self._on_execution(pending.rows, timings.infer_ns)
         if not pending.future.done():
             pending.future.set_result((result, timings))
+
+
+def _merged(requests: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+    """The requests' inputs stacked along the batch axis, with zero rows up to `size`."""
+    if len(requests) == 1 and next(iter(requests[0].values())).shape[0] == size:
+        return requests[0]
+    merged = {}
+    for name, first in requests[0].items():
+        out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+        offset = 0
+        for inputs in requests:
+            rows = inputs[name].shape[0]
+            out[offset:offset + rows] = inputs[name]
+            offset += rows
+        out[offset:] = 0
+        merged[name] = out
+    return merged
 
 
 def _fail(pending: _Pending, exc: Exception) -> None:

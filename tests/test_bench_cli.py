@@ -59,3 +59,30 @@ def test_bench_exports_the_form_a_served_name_asks_for(served, form):
     from deepr.cli.bench_cmd import _export_form
 
     assert _export_form(served) == form
+
+
+def test_bench_with_padded_batches(repository, tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "1x8", "--pad-batches",
+                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["mode"]) for r in report["results"]] == [
+        ("mnist_convnet", "in-process"), ("mnist_convnet_padded", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_padded", "grpc")]
+    assert report["settings"]["pad_batches"] is True and all(r["requests"] > 0 for r in report["results"])
+
+
+def test_padding_config_warms_every_size(repository):
+    from deepr.bench import with_padding
+    from serving.model_config import read_config
+
+    config = read_config(repository / "mnist_convnet")
+    with_padding(config)
+    sizes = [s.batch_size for s in config.model_warmup]
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert all(list(s.inputs["images"].dims) == [1, 28, 28] and s.inputs["images"].zero_data for s in config.model_warmup)
+
+
+def test_padding_needs_dynamic_batching(repository, tmp_path, capsys):
+    code = main(["bench", "--repository", str(repository), "--pad-batches", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
+    assert code == 2 and "--pad-batches pads merged runs" in capsys.readouterr().err

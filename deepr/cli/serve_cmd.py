@@ -84,6 +84,9 @@ per model, in its config.pbtxt (Triton's fields):
     default_queue_policy { max_queue_size: 256 }   beyond it: RESOURCE_EXHAUSTED at once
   }
   instance_group { count: 2 }          runs of this model allowed at the same time
+  parameters { key: "deepr.pad_batches" value { string_value: "true" } }
+                                       pad merged runs with zero rows to fixed sizes (the
+                                       preferred sizes, else powers of two): few shapes on CUDA
   optimization { graph { level: 1 } }  onnxruntime graph optimization (-1 off .. 2 all)
   model_warmup [{ name: "b32" batch_size: 32 inputs { key: "images" value: {
     data_type: TYPE_FP32 dims: [1, 28, 28] zero_data: true } } }]

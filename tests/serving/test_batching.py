@@ -269,3 +269,40 @@ def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
         assert (stats.success.count, stats.fail.count) == (48 - len(refused), len(refused))
         assert client.is_server_ready()
         client.close()
+
+
+def test_padding_runs_only_fixed_sizes_and_drops_the_padding(executor):
+    model = RowSums()
+    model.gate.clear()
+    executed = []
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, pad_to=(4, 8, 16)), executor,
+                             lambda rows, infer_ns: executed.append(rows))
+    sizes = [1, 2, 3, 2]
+
+    async def main():
+        first = asyncio.create_task(batcher.infer(rows(1, 0), ["sum"]))  # runs alone, held at the gate
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(batcher.infer(rows(n, 100 * i), ["sum"])) for i, n in enumerate(sizes)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await first, await asyncio.gather(*tasks)
+
+    (alone, _), results = run(main())
+    np.testing.assert_array_equal(alone["sum"], [[3.0]])  # 0 + 1 + 2; its 3 zero rows dropped
+    for i, (n, (out, _)) in enumerate(zip(sizes, results)):
+        np.testing.assert_array_equal(out["sum"], rows(n, 100 * i)["x"].sum(axis=1, keepdims=True))
+    assert model.runs == [4, 8]  # 1 row padded to 4; 1 + 2 + 3 + 2 = 8 rows, exactly a size
+    assert executed == [1, 8]  # statistics count the requests' rows, not the padding
+
+
+def test_padding_sizes_from_the_config():
+    config = mc.ModelConfig(max_batch_size=32)
+    config.dynamic_batching.SetInParent()
+    assert BatchingPolicy.from_config(config).pad_to == ()
+    config.parameters["deepr.pad_batches"].string_value = "true"
+    assert BatchingPolicy.from_config(config).pad_to == (1, 2, 4, 8, 16, 32)
+    config.max_batch_size = 24
+    assert BatchingPolicy.from_config(config).pad_to == (1, 2, 4, 8, 16, 24)
+    config.dynamic_batching.preferred_batch_size.extend([4, 12])
+    policy = BatchingPolicy.from_config(config)
+    assert policy.pad_to == (4, 12, 24) and [policy.padded_rows(n) for n in (1, 4, 5, 13, 24)] == [4, 4, 12, 24, 24]
