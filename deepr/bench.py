@@ -382,8 +382,8 @@ def with_padding(config) -> None:
 
     config.parameters[PAD_PARAMETER].string_value = "true"
     policy = BatchingPolicy.from_config(config)
-    if policy is None:
-        return  # not batched: nothing to pad
+    if policy is None or any(d < 0 for entry in config.input for d in entry.dims):
+        return  # not batched, or free dimensions (sequence lengths) that no warm-up sample can cover
     for size in policy.pad_to:
         sample = config.model_warmup.add(name=f"padded-{size}", batch_size=size)
         for entry in config.input:

@@ -86,3 +86,14 @@ def test_padding_config_warms_every_size(repository):
 def test_padding_needs_dynamic_batching(repository, tmp_path, capsys):
     code = main(["bench", "--repository", str(repository), "--pad-batches", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
     assert code == 2 and "--pad-batches pads merged runs" in capsys.readouterr().err
+
+
+def test_padding_config_skips_warmup_for_free_dimensions():
+    from deepr.bench import with_padding
+    from serving.grpc._generated import model_config_pb2 as mc
+
+    config = mc.ModelConfig(name="imdb_lstm", max_batch_size=8)
+    config.dynamic_batching.SetInParent()
+    config.input.add(name="tokens", data_type=mc.TYPE_INT64, dims=[-1])
+    with_padding(config)
+    assert config.parameters["deepr.pad_batches"].string_value == "true" and not config.model_warmup
