@@ -55,8 +55,9 @@ class Region:
         start = self.offset + offset
         # Touching mapped pages past the end of a file kills the process (SIGBUS), and the
         # client may shrink its object after registering it: check its size now (mmap.size()
-        # asks the file, not the mapping). This narrows the window to the moment between the
-        # check and the copy; servers whose clients are not trusted run --no-shared-memory.
+        # asks the file, not the mapping). A client that shrinks it between this check and
+        # the run that reads it can still do harm; servers whose clients on the host are not
+        # trusted run --no-shared-memory.
         if start + byte_size > self.mapping.size():
             raise InvalidInput(
                 f"{what}: shared memory object {self.key!r} of region {self.name!r} shrank to {self.mapping.size()} "
