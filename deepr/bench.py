@@ -379,15 +379,9 @@ def without_batching(config) -> None:
 def with_padding(config) -> None:
     """Merged runs padded to fixed sizes (deepr.pad_batches), each size warmed up at load."""
     from serving.batching import PAD_PARAMETER, BatchingPolicy
+    from serving.warmup import add_zero_samples
 
     config.parameters[PAD_PARAMETER].string_value = "true"
     policy = BatchingPolicy.from_config(config)
-    if policy is None or any(d < 0 for entry in config.input for d in entry.dims):
-        return  # not batched, or free dimensions (sequence lengths) that no warm-up sample can cover
-    for size in policy.pad_to:
-        sample = config.model_warmup.add(name=f"padded-{size}", batch_size=size)
-        for entry in config.input:
-            warm = sample.inputs[entry.name]
-            warm.data_type = entry.data_type
-            warm.dims.extend(entry.dims)
-            warm.zero_data = True
+    if policy is not None:  # free dimensions (sequence lengths) get no samples: add_zero_samples says so
+        add_zero_samples(config, policy.pad_to)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from serving.grpc._generated import model_config_pb2 as mc
 from serving.labels import write_labels
-from serving.model_config import write_config
+from serving.model_config import read_config, write_config
 
 __all__ = ["add_to_repository", "next_version", "serving_config", "LABELS_FILE"]
 
@@ -63,3 +63,24 @@ def add_to_repository(
         write_labels(model_dir / LABELS_FILE, labels)
     write_config(model_dir, config)
     return target
+
+
+def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad_batches: bool = False) -> None:
+    """Ask, in an exported model's config.pbtxt, for zero-data warm-up samples at
+    `warmup_batch_sizes` and for merged runs padded to fixed sizes (deepr.pad_batches).
+    ValueError, with the config left as it was, when the model cannot have them."""
+    from serving.batching import PAD_PARAMETER
+    from serving.warmup import add_zero_samples
+
+    config = read_config(model_dir)
+    batched = config.max_batch_size > 0
+    if pad_batches:
+        if not config.HasField("dynamic_batching"):
+            raise ValueError(f"{config.name} has no dynamic batching to pad (max_batch_size {config.max_batch_size})")
+        config.parameters[PAD_PARAMETER].string_value = "true"
+    too_big = [s for s in warmup_batch_sizes if s > (config.max_batch_size if batched else 1)]
+    if too_big:
+        raise ValueError(f"{config.name}: warm-up batch sizes {too_big} exceed its max_batch_size {config.max_batch_size}")
+    if warmup_batch_sizes and not add_zero_samples(config, warmup_batch_sizes if batched else [0]):
+        raise ValueError(f"{config.name} has inputs with free dimensions (sequence lengths): write its model_warmup samples by hand")
+    write_config(model_dir, config)

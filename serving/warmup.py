@@ -21,7 +21,7 @@ from .datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from .errors import ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 
-__all__ = ["warm_up", "sample_inputs", "WARMUP_DIR"]
+__all__ = ["warm_up", "sample_inputs", "add_zero_samples", "WARMUP_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,21 @@ def _from_file(folder: Path, name: str, dtype: np.dtype, dims: tuple[int, ...], 
         raise ModelLoadError(f"{what}: {path.name} has {len(raw)} bytes; one example of {list(dims)} {dtype} is {want}")
     example = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
     return np.ascontiguousarray(np.broadcast_to(example, rows + dims), dtype=dtype)
+
+
+def add_zero_samples(config: mc.ModelConfig, batch_sizes) -> bool:
+    """Add a zero-data sample per batch size, covering every input the config lists.
+    False (nothing added) when an input has a free dimension no sample can fix."""
+    if any(d < 0 for entry in config.input for d in entry.dims):
+        return False
+    for size in batch_sizes:
+        sample = config.model_warmup.add(name=f"zeros-{size}", batch_size=size)
+        for entry in config.input:
+            warm = sample.inputs[entry.name]
+            warm.data_type = entry.data_type
+            warm.dims.extend(entry.dims)
+            warm.zero_data = True
+    return True
 
 
 def warm_up(

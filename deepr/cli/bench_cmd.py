@@ -10,19 +10,10 @@ from pathlib import Path
 
 from serving.settings import default_repository
 
+from .arguments import int_list
 from .errors import EXIT_USAGE, CLIError
 
 logger = logging.getLogger("deepr.bench")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
-    return values
 
 
 def _cells(text: str) -> list[tuple[int, int]]:
@@ -125,8 +116,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", help="model to measure (repeatable; default mnist_convnet). Zoo models missing "
                    "from the repository are exported with freshly initialised weights, NAME_fp16 and NAME_uint8 in those forms")
     p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
-    p.add_argument("--batch", type=_int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
-    p.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
+    p.add_argument("--batch", type=int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
+    p.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
     p.add_argument("--cells", type=_cells, help="explicit BATCHxCONCURRENCY cells instead of the grid, e.g. 1x64,256x4")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell (default: %(default)s)")

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from serving.settings import default_repository
 
+from .arguments import int_list
 from .errors import EXIT_USAGE, CLIError
 
 
@@ -117,6 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
+    from exporters.repository import tune_serving
     from exporters.text_generation import export_char_generation, export_char_step
     from exporters.zoo_gradcam import export_gradcam
 
@@ -176,6 +178,12 @@ def _export(args: argparse.Namespace) -> int:
                 )
         except ExportError as exc:
             raise CLIError(str(exc)) from None
+    if args.warmup or args.pad_batches:
+        try:
+            tune_serving(result.version_dir.parent, warmup_batch_sizes=args.warmup or (), pad_batches=args.pad_batches)
+        except ValueError as exc:
+            raise CLIError(f"{result.name} version {result.version_dir.name} is exported, without --warmup/--pad-batches: {exc}",
+                           EXIT_USAGE) from None
     v = result.validation
     if args.generate:
         print(f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its per-step distributions "
@@ -243,6 +251,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
                    "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
+    p.add_argument("--warmup", type=int_list, metavar="SIZES",
+                   help="batch sizes to run with zero data when the server loads the model, before it is ready, e.g. 1,8,32")
+    p.add_argument("--pad-batches", action="store_true",
+                   help="serve merged runs padded with zero rows to fixed sizes (few shapes on CUDA; a cost on the CPU)")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")

@@ -96,3 +96,28 @@ def test_tritonclient_reads_the_warmup_config(model_dir):
         (sample,) = client.get_model_config("mnist_convnet").config.model_warmup  # Triton's own message, same field numbers
     assert (sample.name, sample.batch_size, sample.count) == ("zeros", 8, 2)
     assert list(sample.inputs["images"].dims) == [1, 28, 28] and sample.inputs["images"].zero_data
+
+
+def test_export_asks_for_warmup_and_padding(tmp_path, trained_convnet, caplog):
+    from deepr.cli import main
+
+    repo = tmp_path / "repo"
+    code = main(["export", "mnist_convnet", "--weights", str(trained_convnet.out / "weights.pt"), "--repository", str(repo),
+                 "--warmup", "1,8,32", "--pad-batches"])
+    assert code == 0
+    config = read_config(repo / "mnist_convnet")
+    assert [s.batch_size for s in config.model_warmup] == [1, 8, 32] and config.parameters["deepr.pad_batches"].string_value == "true"
+    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+        repository = ModelRepository(repo, RuntimeOptions(device=TEST_DEVICE))
+        repository.load_all()
+    assert repository.entry("mnist_convnet").state == READY and "3 sample(s), 3 run(s)" in caplog.text
+
+
+def test_export_refuses_warmup_it_cannot_write(tmp_path, capsys):
+    from deepr.cli import main
+
+    code = main(["export", "imdb_lstm", "--repository", str(tmp_path / "repo"), "--warmup", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "imdb_lstm version 1 is exported, without --warmup/--pad-batches" in err and "free dimensions" in err
+    code = main(["export", "mnist_dense", "--repository", str(tmp_path / "repo"), "--warmup", "512"])
+    assert code == 2 and "exceed its max_batch_size 256" in capsys.readouterr().err
