@@ -1,9 +1,10 @@
 """Soak run: a `deepr serve` process under high concurrency for minutes, on loopback only.
 
-    python scripts/soak.py --repository REPO [--model mnist_convnet] [--minutes 3] [--concurrency 64] [--out soak.json]
+    python scripts/soak.py --repository REPO [--model mnist_convnet] [--minutes 3] [--concurrency 64] [--shared-memory] [--out soak.json]
 
 tritonclient's asyncio client keeps `concurrency` requests in flight with mixed batch sizes;
-every answer is checked against in-process onnxruntime. The server's resident memory is
+every answer is checked against in-process onnxruntime. With --shared-memory the tensors
+travel through system shared memory (deepr's InferenceClient, one thread per request in flight). The server's resident memory is
 sampled every two seconds. Prints a summary, writes JSON and a PNG of memory and
 throughput over time. Exits 1 if any good request failed or got a wrong answer.
 """
@@ -75,6 +76,51 @@ async def soak(url: str, model: str, specs, expected, seconds: float, concurrenc
     return counts, errors, samples
 
 
+def soak_shared_memory(url: str, model: str, specs, expected, seconds: float, concurrency: int, pid: int):
+    """The same load through deepr's own client with shared_memory=True: `concurrency`
+    threads on one client, which keeps a region per request in flight."""
+    import threading
+
+    from serving.client import InferenceClient
+
+    (name, _, _), = specs
+    batches = sorted(expected)
+    counts = {"ok": 0, "failed": 0, "wrong": 0}
+    errors: list[str] = []
+    samples: list[dict] = []
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def worker(client: InferenceClient, index: int) -> None:
+        n = index
+        while time.monotonic() < end:
+            batch = batches[n % len(batches)]
+            n += 1
+            try:
+                got = client.infer(model, {name: expected[batch][0]})[expected[batch][2]]
+                outcome = "ok" if np.allclose(got, expected[batch][1], rtol=1e-4, atol=1e-5) else "wrong"
+            except Exception as exc:  # every failure of a good request is counted and kept
+                outcome = "failed"
+                errors.append(str(exc)[:200])
+            with lock:
+                counts[outcome] += 1
+
+    with InferenceClient(url, shared_memory=True) as client:
+        threads = [threading.Thread(target=worker, args=(client, i), daemon=True) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        start, last = time.monotonic(), 0
+        while time.monotonic() < end:
+            time.sleep(2)
+            done = sum(counts.values())
+            samples.append({"t": round(time.monotonic() - start, 1), "rss_mb": round(resident_mb(pid), 1), "requests_per_s": (done - last) / 2})
+            last = done
+            print(f"  t={samples[-1]['t']:6.1f}s  server RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['requests_per_s']:7.0f} req/s", flush=True)
+        for thread in threads:
+            thread.join()
+    return counts, errors, samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, required=True)
@@ -82,6 +128,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batches", default="1,3,8,32")
+    parser.add_argument("--shared-memory", action="store_true",
+                        help="send tensors through system shared memory with deepr's own client (threads) instead")
     parser.add_argument("--out", type=Path, default=Path("soak.json"))
     args = parser.parse_args()
 
@@ -99,13 +147,17 @@ def main() -> int:
     with serve_subprocess(args.repository, device="cpu", extra=["--metrics-port", "-1"]) as (url, process):
         before = resident_mb(process.pid)
         print(f"server pid {process.pid}, RSS at start {before:.1f} MB; {args.concurrency} requests in flight for {args.minutes} min")
-        counts, errors, samples = asyncio.run(
-            soak(url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid)
-        )
+        if args.shared_memory:
+            counts, errors, samples = soak_shared_memory(url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid)
+        else:
+            counts, errors, samples = asyncio.run(
+                soak(url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid)
+            )
         after = resident_mb(process.pid)
     settled = samples[len(samples) // 4]["rss_mb"] if samples else before
     report = {
         "model": args.model, "minutes": args.minutes, "concurrency": args.concurrency, "batches": sorted(expected),
+        "shared_memory": args.shared_memory,
         "requests": sum(counts.values()), **counts, "errors": errors[:20],
         "rss_mb_start": round(before, 1), "rss_mb_after_first_quarter": settled, "rss_mb_end": round(after, 1), "samples": samples,
     }
