@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DeadlineExceeded, QueueFull, ServingError
+from .errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 
@@ -121,7 +121,12 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._instances = asyncio.Semaphore(policy.instances)
         self._scheduler: asyncio.Task | None = None
+        self._gathering: list[_Pending] = []
+        """Requests taken off the queue for the batch being gathered: in neither the queue
+        nor a running task, so drain and close must count them on their own."""
         self._running: set[asyncio.Task] = set()
+        self._draining = False
+        self._closed = False
 
     @property
     def queued(self) -> int:
@@ -132,6 +137,8 @@ class DynamicBatcher:
     ) -> tuple[dict[str, np.ndarray], BatchTimings]:
         """Queue one request (inputs already validated) and wait for its own rows.
         `deadline` is a time.monotonic() instant after which it must not start."""
+        if self._closed:
+            raise ModelNotReady(f"model {self.model.name!r} version {self.model.version} is no longer served; retry")
         if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
             raise QueueFull(
                 f"model {self.model.name!r}: queue is full ({self.policy.max_queue_size} requests waiting); retry later"
@@ -144,10 +151,18 @@ class DynamicBatcher:
             self._scheduler = asyncio.create_task(self._schedule(), name=f"batcher-{self.model.name}")
         return await pending.future
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, gathered or running."""
+        return not (self._queue or self._gathering or self._running)
+
     async def drain(self) -> None:
-        """Wait until every queued and running request has been answered, then stop.
-        Used when the model is unloaded or replaced: nothing accepted is dropped."""
-        while self._queue or self._running:
+        """Answer every request already accepted, then stop. Used when the model is unloaded
+        or replaced: the batch being gathered runs at once instead of waiting out the queue
+        delay, and nothing accepted is dropped."""
+        self._draining = True
+        self._arrived.set()
+        while not self.idle:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
             else:
@@ -155,17 +170,34 @@ class DynamicBatcher:
         await self.close()
 
     async def close(self) -> None:
-        """Stop now: queued requests fail with a message (server shutdown)."""
+        """Stop now (server shutdown): running batches finish, queued and gathered requests
+        fail with UNAVAILABLE and a reason."""
+        self._closed = True
         if self._scheduler is not None:
             self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(ServingError(f"model {self.model.name!r} was unloaded before the request ran"))
+        self._fail_waiting(ModelNotReady(f"model {self.model.name!r} version {self.model.version} stopped serving "
+                                         "before the request ran; retry"))
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        for pending in (*self._gathering, *self._queue):
+            _fail(pending, exc)
+        self._gathering = []
         self._queue.clear()
 
     async def _schedule(self) -> None:
+        try:
+            await self._schedule_forever()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: answer everyone waiting rather than leave them hanging
+            logger.exception("model %s: the batch scheduler failed", self.model.name)
+            self._fail_waiting(ServingError(f"model {self.model.name!r}: the batch scheduler failed: {exc!r}"))
+            raise
+
+    async def _schedule_forever(self) -> None:
         while True:
             while not self._queue:
                 self._arrived.clear()
@@ -178,6 +210,7 @@ class DynamicBatcher:
             except BaseException:
                 self._instances.release()
                 raise
+            self._gathering = []
             if not batch:
                 self._instances.release()
                 continue
@@ -187,7 +220,7 @@ class DynamicBatcher:
 
     async def _gather(self) -> list[_Pending]:
         policy = self.policy
-        batch: list[_Pending] = []
+        batch = self._gathering = []
         rows = 0
         signature = None
         give_up_at = time.monotonic() + policy.max_queue_delay_s
@@ -211,7 +244,7 @@ class DynamicBatcher:
                 else:
                     kept.append(pending)
             self._queue = kept
-            if not batch or rows >= policy.max_batch_size or rows in policy.preferred_batch_sizes:
+            if not batch or self._draining or rows >= policy.max_batch_size or rows in policy.preferred_batch_sizes:
                 return batch
             if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
                 return batch
