@@ -1,45 +1,17 @@
 """Probes an outside tester would run against `deepr serve`: model control racing requests,
 idle connections, bursts, hostile shared memory. Each probe is bounded in count and time.
 
-The models are one-node graphs (y = 2x) built here, so nothing is trained: what is under
-test is the server, not a model."""
+This folder is a package so that its conftest does not take the name `conftest`, which the
+other tests import their shared constants from."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from pathlib import Path
 from typing import Iterator
 
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from exporters.repository import add_to_repository, serving_config
-
-WIDE = 3 * 64 * 64
-"""Row width of the `wide` model: 48 KiB per row, so a 256-row request is 12 MiB."""
-
-
-def doubling_graph(path: Path, width: int) -> Path:
-    """y = 2x over (batch, width) float32."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])
-    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "double", [x], [y], [two])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    return path
-
-
-def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_delay_us: int = 0) -> None:
-    config = serving_config(name, 256)
-    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    add_to_repository(repository, config, doubling_graph(repository.parent / f"{name}.onnx", width))
+from .probes import WIDE, ServerProcess, add_doubling_model
 
 
 @pytest.fixture(scope="session")
@@ -50,60 +22,6 @@ def chaos_repository(tmp_path_factory) -> Path:
     add_doubling_model(repository, "delayed", queue_delay_us=200_000)
     add_doubling_model(repository, "wide", width=WIDE)
     return repository
-
-
-class ServerProcess:
-    """`deepr serve` in a child process, so that a probe which kills it cannot kill the tests."""
-
-    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log: deque[str] = deque(maxlen=2000)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-             "--port", "0", "--metrics-port", "0", "--device", "cpu", *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})},
-        )
-        self.port = self.metrics_port = 0
-        self._started = threading.Event()
-        threading.Thread(target=self._read_log, daemon=True).start()
-        if not self._started.wait(60) or not self.port:
-            self.stop()
-            raise AssertionError("server did not start:\n" + self.log_text())
-
-    def _read_log(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if match := re.search(r"metrics on http://[\d.]+:(\d+)", line):
-                self.metrics_port = int(match.group(1))
-            if match := re.search(r"serving .* on [\d.]+:(\d+)", line):
-                self.port = int(match.group(1))
-                self._started.set()
-        self._started.set()
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def log_text(self) -> str:
-        return "".join(self.log)
-
-    def stop(self) -> int | None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture()
@@ -118,16 +36,3 @@ def server_process(chaos_repository) -> Iterator:
     yield start
     for server in servers:
         server.stop()
-
-
-def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
-DEVICE = os.environ.get("DEEPR_TEST_DEVICE", "cpu")
-"""The onnxruntime device of servers started in this process (as tests/conftest.py reads it)."""

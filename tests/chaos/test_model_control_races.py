@@ -13,7 +13,7 @@ import tritonclient.grpc as triton
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tritonclient.utils import InferenceServerException
 
-from conftest import DEVICE
+from conftest import TEST_DEVICE
 from serving.grpc.server import serve_in_thread
 from serving.settings import ServerSettings
 
@@ -37,7 +37,7 @@ def send(client: triton.InferenceServerClient, model: str, value: float) -> tupl
 
 @pytest.fixture(scope="module")
 def server(chaos_repository):
-    settings_ = ServerSettings(repository=chaos_repository, host="127.0.0.1", port=0, metrics_port=-1, device=DEVICE)
+    settings_ = ServerSettings(repository=chaos_repository, host="127.0.0.1", port=0, metrics_port=-1, device=TEST_DEVICE)
     with serve_in_thread(settings_) as running:
         yield running
 
