@@ -41,7 +41,7 @@ class DataPlane:
         self.statistics = StatisticsRegistry()
         self._batchers: dict[OnnxModel, DynamicBatcher] = {}
         self._started = False
-        self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory)
+        self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())
 
     def start(self) -> None:
         """Load every model in the repository; failures leave that model UNAVAILABLE."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled",
-           "AlreadyExists", "NotFound"]
+           "AlreadyExists", "NotFound", "PermissionDenied"]
 
 
 class ServingError(Exception):
@@ -72,3 +72,9 @@ class NotFound(ServingError):
     """The request names something that is not there (a shared memory region)."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class PermissionDenied(ServingError):
+    """The caller may not do this from where it is (shared memory from another host)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -59,6 +59,13 @@ class ServerSettings:
     """Accept tensors in system shared memory regions that clients register (same host
     only; the server maps POSIX shared memory objects the client names, so turn it off
     where clients on the host are not trusted). Env: DEEPR_SHARED_MEMORY."""
+    shared_memory_remote: bool = False
+    """Accept shared memory registrations from any peer, not only loopback and Unix sockets
+    (for a client on this host that reaches the server through one of its other addresses).
+    Env: DEEPR_SHARED_MEMORY_REMOTE."""
+    shared_memory_group: str = ""
+    """A group (name or id) whose shared memory objects are accepted besides those of the
+    server's own user; objects of other users are refused. Env: DEEPR_SHARED_MEMORY_GROUP."""
     token: str = ""
     """When set, every inference-service RPC must carry `authorization: Bearer <token>`
     (the health service stays open for probes). Env: DEEPR_TOKEN."""
@@ -114,6 +121,20 @@ class ServerSettings:
             raise ValueError("tls_client_ca (client certificates) needs TLS: give tls_cert and tls_key too")
         if self.infer_threads < 1:
             raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
+        self.shared_memory_gid()  # an unknown group is named now, not at the first registration
+
+    def shared_memory_gid(self) -> int | None:
+        """The group id `shared_memory_group` names, or None."""
+        if not self.shared_memory_group:
+            return None
+        if self.shared_memory_group.isdigit():
+            return int(self.shared_memory_group)
+        import grp
+
+        try:
+            return grp.getgrnam(self.shared_memory_group).gr_gid
+        except KeyError:
+            raise ValueError(f"shared_memory_group {self.shared_memory_group!r} is not a group on this host") from None
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -3,18 +3,28 @@ shared memory objects instead of the gRPC message.
 
 A client creates an object (`shm_open`, Python's multiprocessing.shared_memory,
 tritonclient.utils.shared_memory), registers a byte range of it under a region name,
-then names the region in an input's or requested output's parameters. The server
-maps each registered object once; inputs are read as numpy views of the mapping (no
-copy on the way in) and outputs are written into it, so only tensor metadata
-crosses the socket. This is the V2 protocol's system shared memory extension as
-Triton implements it (same RPCs, parameter names and status codes).
+then names the region in an input's or requested output's parameters. Only tensor
+metadata crosses the socket. This is the V2 protocol's system shared memory extension
+as Triton implements it (same RPCs, parameter names and status codes).
+
+The server never maps a client's object. A mapping faults (SIGBUS, the whole process
+dies) when its client truncates the object while a request reads it, and any local
+client can do that. Inputs are copied out with positioned reads (`preadv`) and outputs
+written with `pwrite`: a truncated object gives a short read, which is an
+INVALID_ARGUMENT for that request alone. The object is opened without following
+symbolic links, must be a regular file owned by the server's user (or a group the
+operator names), and registration is accepted only from this host's own addresses
+(see `is_local_peer`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
-import mmap
 import os
+import re
+import stat
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -25,7 +35,7 @@ from .codecs import TensorSpec, deserialize_bytes, to_raw
 from .datatypes import V2_TO_NUMPY
 from .errors import AlreadyExists, InvalidInput, NotEnabled, NotFound
 
-__all__ = ["SharedMemoryRegions", "Region", "TensorSlice", "SHM_DIR"]
+__all__ = ["SharedMemoryRegions", "Region", "TensorSlice", "SHM_DIR", "is_local_peer"]
 
 # Where Linux exposes POSIX shared memory objects: shm_open("/name") is /dev/shm/name.
 SHM_DIR = Path("/dev/shm")
@@ -34,36 +44,95 @@ REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
 OFFSET = "shared_memory_offset"
 
+_REGION_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+"""Region names: 1 to 128 printable characters (they are echoed in messages and logs)."""
+_KEY = re.compile(r"^/[^/\x00]{1,255}$")
+"""POSIX shared memory names: a slash, then one path component of at most NAME_MAX bytes."""
+
+
+def is_local_peer(peer: str) -> bool:
+    """Whether a gRPC peer string (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`, `unix:...`)
+    is this host's loopback or a Unix socket. Shared memory names objects on the server's
+    host, so a client elsewhere has no business registering them."""
+    scheme, _, address = urllib.parse.unquote(peer).partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return True
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class _Descriptor:
+    """An open file descriptor, closed when the last holder lets go of it. A region that is
+    unregistered while a request still reads it keeps its descriptor until that request is
+    done, so the number can never come to point at another file meanwhile."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class Region:
-    """`byte_size` bytes from `offset` of the shared memory object `key`, mapped."""
+    """`byte_size` bytes from `offset` of the shared memory object `key`, opened."""
 
     name: str
     key: str
     offset: int
     byte_size: int
-    mapping: mmap.mmap = field(repr=False, compare=False)
+    file: _Descriptor = field(repr=False, compare=False)
 
-    def view(self, offset: int, byte_size: int, what: str) -> memoryview:
-        """Bytes [offset, offset + byte_size) of the region; InvalidInput naming `what` if they do not fit."""
+    def check_range(self, offset: int, byte_size: int, what: str) -> None:
         if offset < 0 or byte_size < 0 or offset + byte_size > self.byte_size:
             raise InvalidInput(
                 f"{what}: bytes {offset}..{offset + byte_size} are outside shared memory region {self.name!r} "
                 f"({self.byte_size} bytes)"
             )
-        start = self.offset + offset
-        # Touching mapped pages past the end of a file kills the process (SIGBUS), and the
-        # client may shrink its object after registering it: check its size now (mmap.size()
-        # asks the file, not the mapping). A client that shrinks it between this check and
-        # the run that reads it can still do harm; servers whose clients on the host are not
-        # trusted run --no-shared-memory.
-        if start + byte_size > self.mapping.size():
-            raise InvalidInput(
-                f"{what}: shared memory object {self.key!r} of region {self.name!r} shrank to {self.mapping.size()} "
-                f"bytes after it was registered; register it again"
-            )
-        return memoryview(self.mapping)[start : start + byte_size]
+
+    def _shrank(self, what: str) -> InvalidInput:
+        size = os.fstat(self.file.fileno()).st_size
+        return InvalidInput(
+            f"{what}: shared memory object {self.key!r} of region {self.name!r} shrank to {size} bytes after it "
+            "was registered; register it again"
+        )
+
+    def read_into(self, target: memoryview, offset: int, what: str) -> None:
+        """Fill `target` from byte `offset` of the region (positioned reads: no mapping to fault on)."""
+        self.check_range(offset, target.nbytes, what)
+        position, done = self.offset + offset, 0
+        while done < target.nbytes:
+            got = os.preadv(self.file.fileno(), [target[done:]], position + done)
+            if got == 0:
+                raise self._shrank(what)
+            done += got
+
+    def write_from(self, source: memoryview, offset: int, what: str) -> None:
+        """Write `source` at byte `offset` of the region. An object truncated below the slice
+        is refused rather than grown back."""
+        self.check_range(offset, source.nbytes, what)
+        position = self.offset + offset
+        if os.fstat(self.file.fileno()).st_size < position + source.nbytes:
+            raise self._shrank(what)
+        done = 0
+        while done < source.nbytes:
+            done += os.pwrite(self.file.fileno(), source[done:], position + done)
 
 
 @dataclass(frozen=True)
@@ -77,10 +146,11 @@ class TensorSlice:
     """"input 'x'" or "output 'y'", for messages."""
 
     def read(self, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor as a read-only array over the shared memory (BYTES: decoded copies)."""
-        data = self.region.view(self.offset, self.byte_size, self.what)
+        """The tensor, copied out of the shared memory object."""
         count = math.prod(shape)
         if spec.datatype == "BYTES":
+            data = bytearray(self.byte_size)
+            self.region.read_into(memoryview(data), self.offset, self.what)
             return deserialize_bytes(bytes(data), count, spec.name).reshape(shape)
         dtype = V2_TO_NUMPY[spec.datatype].newbyteorder("<")
         if count * dtype.itemsize != self.byte_size:
@@ -88,8 +158,8 @@ class TensorSlice:
                 f"{self.what}: shape {list(shape)} of {spec.datatype} needs {count * dtype.itemsize} bytes, "
                 f"{BYTE_SIZE} is {self.byte_size}"
             )
-        array = np.frombuffer(data, dtype=dtype).reshape(shape)
-        array.flags.writeable = False  # the server never writes into a client's input
+        array = np.empty(shape, dtype=dtype)
+        self.region.read_into(memoryview(array.reshape(-1).view(np.uint8)), self.offset, self.what)
         return array
 
     def write(self, array: np.ndarray) -> int:
@@ -103,8 +173,7 @@ class TensorSlice:
             raise InvalidInput(
                 f"{self.what}: the result needs {source.size} bytes, {BYTE_SIZE} is {self.byte_size}"
             )
-        target = np.frombuffer(self.region.view(self.offset, source.size, self.what), dtype=np.uint8)
-        np.copyto(target, source)
+        self.region.write_from(memoryview(source), self.offset, self.what)
         return int(source.size)
 
 
@@ -126,10 +195,12 @@ def _int_parameter(parameters: Mapping, name: str, what: str, default: int | Non
 class SharedMemoryRegions:
     """The regions registered on one server, by name."""
 
-    def __init__(self, directory: Path = SHM_DIR, *, enabled: bool = True) -> None:
+    def __init__(self, directory: Path = SHM_DIR, *, enabled: bool = True, group: int | None = None) -> None:
         self.directory = directory
         self.enabled = enabled
         """False: every use is refused (a server started with --no-shared-memory)."""
+        self.group = group
+        """A group id whose objects are accepted besides those of the server's own user."""
         self._regions: dict[str, Region] = {}
 
     def _check_enabled(self, what: str = "system shared memory") -> None:
@@ -138,41 +209,53 @@ class SharedMemoryRegions:
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
         self._check_enabled()
-        if not name:
-            raise InvalidInput("a shared memory region needs a name")
+        if not _REGION_NAME.match(name):
+            raise InvalidInput(f"shared memory region name {name[:64]!r}: expected 1 to 128 printable characters")
         if name in self._regions:
             raise AlreadyExists(f"shared memory region {name!r} is already registered; unregister it first")
         path = self._path(key)
         if byte_size == 0:
             raise InvalidInput(f"shared memory region {name!r}: byte_size must be > 0")
         try:
-            fd = os.open(path, os.O_RDWR)
+            # O_NOFOLLOW: a symbolic link planted in the shared memory directory must not lead
+            # the server to write outputs into a file elsewhere. O_NONBLOCK: a FIFO cannot hang it.
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise InvalidInput(f"shared memory region {name!r}: no shared memory object {key!r} on the server's host") from None
         except OSError as exc:
-            raise InvalidInput(f"shared memory region {name!r}: cannot open {key!r}: {exc.strerror}") from None
-        try:
-            size = os.fstat(fd).st_size
-            if offset + byte_size > size:
-                raise InvalidInput(
-                    f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond the end of "
-                    f"{key!r} ({size} bytes)"
-                )
-            mapping = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)  # the mapping keeps the object alive on its own
-        region = self._regions[name] = Region(name, key, offset, byte_size, mapping)
+            reason = "it is a symbolic link" if os.path.islink(path) else exc.strerror
+            raise InvalidInput(f"shared memory region {name!r}: cannot open {key!r}: {reason}") from None
+        file = _Descriptor(fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            file.close()
+            raise InvalidInput(f"shared memory region {name!r}: {key!r} is not a shared memory object (not a regular file)")
+        if info.st_uid != os.geteuid() and (self.group is None or info.st_gid != self.group):
+            file.close()
+            raise InvalidInput(
+                f"shared memory region {name!r}: {key!r} belongs to another user (uid {info.st_uid}); the server "
+                "accepts objects of its own user" + ("" if self.group is None else f" or of group {self.group}")
+            )
+        if offset + byte_size > info.st_size:
+            file.close()
+            raise InvalidInput(
+                f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond the end of "
+                f"{key!r} ({info.st_size} bytes)"
+            )
+        region = self._regions[name] = Region(name, key, offset, byte_size, file)
         return region
 
     def _path(self, key: str) -> Path:
         # POSIX names are one component after the slash; anything else could reach files
         # outside the shared memory directory.
-        component = key[1:] if key.startswith("/") else ""
-        if not component or "/" in component or component in (".", ".."):
-            raise InvalidInput(f"shared memory key {key!r} is not a POSIX shared memory name: expected '/name'")
+        if not _KEY.match(key) or key in ("/.", "/.."):
+            raise InvalidInput(
+                f"shared memory key {key[:64]!r} is not a POSIX shared memory name: expected '/name' "
+                "(one component of 1 to 255 characters, no NUL)"
+            )
         if not self.directory.is_dir():
             raise NotEnabled(f"system shared memory needs {self.directory} (Linux); send tensors in the request instead")
-        return self.directory / component
+        return self.directory / key[1:]
 
     def unregister(self, name: str = "") -> None:
         """Forget `name` (every region when empty); unknown names are not an error. Requests
@@ -207,5 +290,5 @@ class SharedMemoryRegions:
             raise InvalidInput(f"{what}: shared memory region {param.string_param!r} is not registered")
         byte_size = _int_parameter(parameters, BYTE_SIZE, what)
         offset = _int_parameter(parameters, OFFSET, what, default=0)
-        region.view(offset, byte_size, what)  # in range, or InvalidInput now rather than after the run
+        region.check_range(offset, byte_size, what)  # InvalidInput now rather than after the run
         return TensorSlice(region, offset, byte_size, what)

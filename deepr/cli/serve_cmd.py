@@ -44,6 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
             strict_readiness=args.strict_readiness,
             model_control=args.model_control,
             shared_memory=args.shared_memory,
+            shared_memory_remote=args.shared_memory_remote,
+            shared_memory_group=args.shared_memory_group,
             token=_token(args),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -137,6 +139,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="accept tensors in system shared memory regions that clients on this host register "
                    "(default on; tensors then skip the socket)")
+    p.add_argument("--shared-memory-remote", action=argparse.BooleanOptionalAction, default=None,
+                   help="accept shared memory registrations from any peer (default off: loopback and Unix sockets only)")
+    p.add_argument("--shared-memory-group",
+                   help="also accept shared memory objects of this group (default: only the server's own user's)")
     p.add_argument("--token-file", type=Path, help="file holding the bearer token every inference RPC must carry "
                    "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)")
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")

@@ -12,8 +12,8 @@ import grpc
 from ..batching import BatchTimings
 from ..codecs import decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
-from ..errors import InvalidInput, NotEnabled, ServingError
-from ..shared_memory import TensorSlice
+from ..errors import InvalidInput, NotEnabled, PermissionDenied, ServingError
+from ..shared_memory import TensorSlice, is_local_peer
 from ._generated import grpc_predict_v2_pb2 as pb
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -233,6 +233,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
+        if not (self.dataplane.settings.shared_memory_remote or is_local_peer(context.peer())):
+            raise PermissionDenied(
+                f"shared memory region {request.name[:64]!r}: registration is accepted from this host only (the "
+                f"request came from {context.peer()}); start the server with --shared-memory-remote to allow it"
+            )
         self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
