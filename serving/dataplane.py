@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
+from .admission import InflightLimit
 from .batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from .classification import top_k_strings
 from .errors import InvalidInput, ModelNotFound
@@ -39,6 +40,7 @@ class DataPlane:
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="deepr-infer")
         self.statistics = StatisticsRegistry()
+        self.admission = InflightLimit(settings.max_inflight)
         self._batchers: dict[OnnxModel, DynamicBatcher] = {}
         self._started = False
         self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())

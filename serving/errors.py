@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled",
-           "AlreadyExists", "NotFound", "PermissionDenied"]
+           "AlreadyExists", "NotFound", "PermissionDenied", "Overloaded"]
 
 
 class ServingError(Exception):
@@ -78,3 +78,9 @@ class PermissionDenied(ServingError):
     """The caller may not do this from where it is (shared memory from another host)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Overloaded(ServingError):
+    """The server holds as many inference requests as it was told to (max_inflight)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -55,10 +55,24 @@ class ServerSettings:
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
     model_control: bool = True
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
+    max_connections: int = 1024
+    """Open client connections at most; further ones are refused until some close (each
+    costs memory before any call is made, and before a token is checked). 0: no limit.
+    Env: DEEPR_MAX_CONNECTIONS."""
+    connection_idle_seconds: float = 300.0
+    """A connection with no call in flight for this long is closed (GOAWAY; clients
+    reconnect on their next call). 0 keeps idle connections. Env: DEEPR_CONNECTION_IDLE_SECONDS."""
+    max_inflight: int = 4096
+    """Inference requests handled at once (unary calls and stream messages, queued or
+    running); beyond it a request is answered RESOURCE_EXHAUSTED at once, logged (once per
+    interval) and counted as a failure. Env: DEEPR_MAX_INFLIGHT."""
+    grpc_options: str = ""
+    """Extra gRPC core channel arguments, `KEY=VALUE` separated by commas (integers where
+    they parse), applied last. Env: DEEPR_GRPC_OPTIONS."""
     shared_memory: bool = True
-    """Accept tensors in system shared memory regions that clients register (same host
-    only; the server maps POSIX shared memory objects the client names, so turn it off
-    where clients on the host are not trusted). Env: DEEPR_SHARED_MEMORY."""
+    """Accept tensors in system shared memory regions that clients on this host register
+    (read and written with positioned file I/O, never mapped; turn it off where clients
+    on the host are not trusted). Env: DEEPR_SHARED_MEMORY."""
     shared_memory_remote: bool = False
     """Accept shared memory registrations from any peer, not only loopback and Unix sockets
     (for a client on this host that reaches the server through one of its other addresses).
@@ -121,7 +135,24 @@ class ServerSettings:
             raise ValueError("tls_client_ca (client certificates) needs TLS: give tls_cert and tls_key too")
         if self.infer_threads < 1:
             raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
+        if self.max_connections < 0:
+            raise ValueError(f"max_connections must be >= 0 (0: no limit), got {self.max_connections}")
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.connection_idle_seconds < 0:
+            raise ValueError(f"connection_idle_seconds must be >= 0 (0: keep idle connections), got {self.connection_idle_seconds}")
+        self.extra_grpc_options()  # a malformed option is named now, not at bind time
         self.shared_memory_gid()  # an unknown group is named now, not at the first registration
+
+    def extra_grpc_options(self) -> list[tuple[str, int | str]]:
+        """`grpc_options` as channel arguments."""
+        options: list[tuple[str, int | str]] = []
+        for item in filter(None, (part.strip() for part in self.grpc_options.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.startswith("grpc."):
+                raise ValueError(f"grpc_options: expected KEY=VALUE with a key like grpc.max_concurrent_streams, got {item!r}")
+            options.append((key, int(value) if value.lstrip("-").isdigit() else value))
+        return options
 
     def shared_memory_gid(self) -> int | None:
         """The group id `shared_memory_group` names, or None."""

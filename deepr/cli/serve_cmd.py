@@ -43,6 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
             model_control=args.model_control,
+            max_connections=args.max_connections,
+            connection_idle_seconds=args.connection_idle_seconds,
+            max_inflight=args.max_inflight,
+            grpc_options=",".join(args.grpc_option) if args.grpc_option else None,
             shared_memory=args.shared_memory,
             shared_memory_remote=args.shared_memory_remote,
             shared_memory_group=args.shared_memory_group,
@@ -136,6 +140,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,
                    help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)")
+    p.add_argument("--max-connections", type=int,
+                   help="open client connections at most; more are refused until some close (default 1024; 0 no limit)")
+    p.add_argument("--connection-idle-seconds", type=float,
+                   help="close a connection with no call in flight for this long (default 300; 0 never)")
+    p.add_argument("--max-inflight", type=int,
+                   help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)")
+    p.add_argument("--grpc-option", action="append", metavar="KEY=VALUE",
+                   help="extra gRPC core channel argument, e.g. grpc.max_concurrent_streams=256 (repeatable)")
     p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="accept tensors in system shared memory regions that clients on this host register "
                    "(default on; tensors then skip the socket)")

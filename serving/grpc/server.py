@@ -28,17 +28,28 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # Tensors arrive in messages of megabytes: reading the socket in larger chunks than
-        # grpc's default took a plain 69 MB unary call on loopback from 0.19 s to 0.11 s
-        # (grpcio 1.85; with tritonclient's own request building, 0.25 s to 0.23 s).
-        ("grpc.experimental.tcp_read_chunk_size", 4 << 20),
-        ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Each connection's first read buffer is this size, and grows while reads fill it.
+        # Starting at 4 MiB cost 270 KB of memory per idle connection; grpc's 8 KiB start
+        # made a 16 MB request a third slower. 64 KiB costs 16 KB per connection and keeps
+        # the speed (scripts/connection_cost.py, docs/benchmarks.md).
+        ("grpc.experimental.tcp_read_chunk_size", 64 << 10),
         ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
     ]
+    if settings.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
+    # Calls that grpc has accepted but Python has not yet picked up are cancelled without a
+    # word beyond grpc's own limits (1,000 at random, all past 3,000): a burst on one
+    # channel lost a fifth to half of its calls that way. Lifted far above max_inflight,
+    # so that deepr refuses the excess itself, with RESOURCE_EXHAUSTED and a reason.
+    pending = max(4 * settings.max_inflight, 1 << 14)
+    options += [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", pending)]
+    if settings.connection_idle_seconds:
+        options.append(("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)))
+    return options + settings.extra_grpc_options()
 
 
 class InferenceServer:
@@ -67,7 +78,7 @@ class InferenceServer:
         settings = self.settings
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
         interceptors.append(DecodeErrorInterceptor())
-        server = grpc.aio.server(options=_channel_options(settings.max_message_bytes), interceptors=interceptors)
+        server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.settings.port}"

@@ -12,7 +12,7 @@ import grpc
 from ..batching import BatchTimings
 from ..codecs import decode_inputs, encode_output
 from ..dataplane import DataPlane, RequestedOutput
-from ..errors import InvalidInput, NotEnabled, PermissionDenied, ServingError
+from ..errors import InvalidInput, NotEnabled, Overloaded, PermissionDenied, ServingError
 from ..shared_memory import TensorSlice, is_local_peer
 from ._generated import grpc_predict_v2_pb2 as pb
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -119,19 +119,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
-            inputs = decode_inputs(request, model.inputs, self.dataplane.shared_memory)
-            requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
-            shared_outputs = _output_slices(request, self.dataplane)
-            decoded = time.perf_counter_ns()
-            timings = BatchTimings()
-            outputs = await self.dataplane.infer(model, inputs, requested, timings, deadline)
-            inferred = time.perf_counter_ns()
-            response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-            for name, array in outputs.items():
-                encode_output(name, array, response, shared_outputs.get(name))
+            with self.dataplane.admission.admit(f"model {model.name!r}"):
+                inputs = decode_inputs(request, model.inputs, self.dataplane.shared_memory)
+                requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
+                shared_outputs = _output_slices(request, self.dataplane)
+                decoded = time.perf_counter_ns()
+                timings = BatchTimings()
+                outputs = await self.dataplane.infer(model, inputs, requested, timings, deadline)
+                inferred = time.perf_counter_ns()
+                response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+                for name, array in outputs.items():
+                    encode_output(name, array, response, shared_outputs.get(name))
         except Exception as exc:
             self.dataplane.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
-            _log_failure(request, exc, start)
+            if not isinstance(exc, Overloaded):  # refusals are logged in bulk, not one line each
+                _log_failure(request, exc, start)
             raise
         end = time.perf_counter_ns()
         if logger.isEnabledFor(logging.DEBUG):

@@ -1,18 +1,21 @@
-"""A server in a child process and tiny models for the probes in this folder.
+"""A server in a child process, tiny models and idle connections for the probes in this folder.
 
 The models are one-node graphs (y = 2x) built here, so nothing is trained: what is under
 test is the server, not a model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 from onnx import TensorProto, helper
@@ -33,8 +36,9 @@ def doubling_graph(path: Path, width: int) -> Path:
     return path
 
 
-def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_delay_us: int = 0) -> None:
-    config = serving_config(name, 256)
+def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_delay_us: int = 0,
+                       max_batch_size: int = 256) -> None:
+    config = serving_config(name, max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     add_to_repository(repository, config, doubling_graph(repository.parent / f"{name}.onnx", width))
 
@@ -104,3 +108,18 @@ def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
         time.sleep(interval)
     return condition()
 
+
+# The client connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections that send the preface and nothing more; closed on exit."""
+    with contextlib.ExitStack() as stack:
+        connections = []
+        for _ in range(count):
+            connection = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            connection.sendall(PREFACE)
+            connections.append(connection)
+        yield connections

@@ -1,0 +1,100 @@
+"""Connections that never call, connections past the limit, and bursts of calls on one
+channel: each is answered or closed, and costs the server little."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import socket
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from .probes import idle_connections, wait_until
+
+def closed_by_server(connection: socket.socket, timeout: float) -> bool:
+    """Whether the server closes `connection` within `timeout` (reading whatever it sent first)."""
+    connection.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if connection.recv(65536) == b"":
+                return True
+    except (TimeoutError, socket.timeout):
+        return False
+    except ConnectionResetError:
+        return True
+    return False
+
+
+def test_an_idle_connection_costs_little(server_process):
+    server = server_process("--max-connections", "0")
+    time.sleep(1)
+    before = server.rss_bytes()
+    with idle_connections(server.port, 500) as connections:
+        time.sleep(2)
+        per_connection = (server.rss_bytes() - before) / len(connections)
+    assert server.alive()
+    assert per_connection < 40 * 1024, f"{per_connection / 1024:.0f} KB per idle connection"
+
+
+def test_connections_past_the_limit_are_closed_and_idle_ones_time_out(server_process):
+    server = server_process("--max-connections", "20", "--connection-idle-seconds", "1")
+    with idle_connections(server.port, 30) as connections:
+        refused = [closed_by_server(c, 0.5) for c in connections[20:]]
+        assert all(refused), f"{refused.count(False)} of 10 connections past the limit were kept"
+        assert all(closed_by_server(c, 5) for c in connections[:20]), "idle connections were kept past the idle timeout"
+    client = triton.InferenceServerClient(server.url)
+    x = np.ones((1, 4), np.float32)
+    tensor = triton.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    np.testing.assert_array_equal(client.infer("double", [tensor]).as_numpy("y"), 2 * x)
+
+
+async def burst(url: str, model: str, calls: int) -> collections.Counter:
+    """`calls` concurrent ModelInfer calls on one channel: their status codes (and messages)."""
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name=model)
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+
+        async def call() -> tuple[str, str]:
+            try:
+                await stub.ModelInfer(request, timeout=120)
+                return "OK", ""
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, error.details()
+
+        return collections.Counter(await asyncio.gather(*(call() for _ in range(calls))))
+
+
+def failures_metric(server, model: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    match = re.search(rf'nv_inference_request_failure\{{model="{model}",version="1"\}} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_burst_on_one_channel_is_answered(server_process):
+    server = server_process()
+    outcome = asyncio.run(burst(server.url, "double", 10_000))
+    codes = collections.Counter(code for code, _ in outcome.elements())
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["OK"] > 0 and server.alive()
+
+
+def test_overload_is_refused_with_a_reason_logged_once_and_counted(server_process):
+    server = server_process("--max-inflight", "50")
+    outcome = asyncio.run(burst(server.url, "delayed", 2_000))
+    codes = collections.Counter(code for code, _ in outcome.elements())
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+    messages = {message for code, message in outcome if code == "RESOURCE_EXHAUSTED"}
+    assert all("--max-inflight 50" in m and "model 'delayed'" in m for m in messages), messages
+    assert wait_until(lambda: failures_metric(server, "delayed") == codes["RESOURCE_EXHAUSTED"], 5)
+    assert 1 <= server.log_text().count("overloaded: refused") <= 2  # once per 10 s interval, not per request
+    assert "Traceback" not in server.log_text()
