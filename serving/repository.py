@@ -29,7 +29,22 @@ logger = logging.getLogger(__name__)
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 UNLOADED = "unloaded by request"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+"""One path component of at most NAME_MAX (255) bytes."""
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name as messages quote it: a hostile 5,000-character name is cut, not echoed."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
+def _inside(folder: Path, relative: str, what: str) -> Path:
+    """`folder / relative`, refused if it resolves (through '..' or symbolic links) outside
+    `folder`: a config must not make the server read files that are not its model's."""
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"{what} {relative!r} points outside the model's folder {folder}")
+    return path
 
 
 @dataclass
@@ -111,7 +126,8 @@ class ModelRepository:
         # Names are single path components: no separators, no leading dot, so a request
         # can never reach outside the repository directory.
         if not _MODEL_NAME.match(name):
-            raise InvalidInput(f"{name!r} is not a model name: letters, digits, '_', '.' and '-', not starting with '.' or '-'")
+            raise InvalidInput(f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
+                               "not starting with '.' or '-'")
         model_dir = self.root / name
         if not (model_dir / CONFIG_FILE).is_file():
             raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
@@ -120,7 +136,10 @@ class ModelRepository:
     def _build(self, name: str, model_dir: Path) -> ModelEntry:
         config = read_config(model_dir)
         filename = config.default_model_filename or "model.onnx"
-        available = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and (p / filename).is_file())
+        available = sorted(
+            int(p.name) for p in model_dir.iterdir()
+            if p.name.isdigit() and int(p.name) > 0 and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
+        )
         if not available:
             raise ModelLoadError(f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})")
         versions = {}
@@ -133,7 +152,7 @@ class ModelRepository:
         labels = {}
         for output in config.output:
             if output.label_filename:
-                path = model_dir / output.label_filename
+                path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
                 try:
                     labels[output.name] = read_labels(path)
                 except OSError as exc:
@@ -144,7 +163,7 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
-                raise ModelNotFound(f"model {name!r} is not loaded")
+                raise ModelNotFound(f"model {_shown(name)} is not loaded")
             self._models[name] = ModelEntry(name, UNAVAILABLE, reason=UNLOADED)
 
     def is_current(self, model: OnnxModel) -> bool:
@@ -161,7 +180,7 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}; the repository has {sorted(self._models) or 'no models'}")
+            raise ModelNotFound(f"unknown model {_shown(name)}; the repository has {sorted(self._models) or 'no models'}")
         return entry
 
     def get(self, name: str, version: str = "") -> OnnxModel:
@@ -173,5 +192,5 @@ class ModelRepository:
             return entry.latest
         model = entry.versions.get(version)
         if model is None:
-            raise ModelNotFound(f"model {name!r} has no version {version!r} loaded; loaded versions: {sorted(entry.versions, key=int)}")
+            raise ModelNotFound(f"model {name!r} has no version {_shown(version)} loaded; loaded versions: {sorted(entry.versions, key=int)}")
         return model

@@ -7,11 +7,12 @@ cannot present a token; it reveals only whether the server is serving.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import grpc
+
+from ..bearer import bearer_token_matches
 
 __all__ = ["BearerTokenInterceptor", "server_credentials", "OPEN_SERVICES"]
 
@@ -24,7 +25,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("the bearer token must not be empty")
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
@@ -33,7 +34,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
         presented = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
-        if presented is not None and hmac.compare_digest(presented.encode() if isinstance(presented, str) else presented, self._expected):
+        if bearer_token_matches(presented, self._token):
             return handler
         message = "missing bearer token (metadata 'authorization: Bearer <token>')" if presented is None else "invalid bearer token"
         return _refusal(handler, message)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..dataplane import DataPlane
@@ -52,6 +53,18 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
     return options + settings.extra_grpc_options()
 
 
+def _quiet_when_clients_leave(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Event loop exception handler. When a client cancels a call just as its answer is
+    being sent, grpc's send fails (ExecuteBatchError) before grpc marks the call as closed
+    by the client, and the error escapes as an unretrieved task exception: a traceback
+    in the log for nothing the server did wrong. That one is a debug line; the rest go to
+    asyncio's default handler."""
+    if isinstance(context.get("exception"), cygrpc.ExecuteBatchError):
+        logger.debug("a client left while its answer was being sent: %s", context["exception"])
+        return
+    loop.default_exception_handler(context)
+
+
 class InferenceServer:
     """Serves a model repository over gRPC.
 
@@ -74,7 +87,9 @@ class InferenceServer:
 
     async def start(self) -> int:
         """Load the repository, bind, start serving; returns the bound port."""
-        await asyncio.get_running_loop().run_in_executor(None, self.dataplane.start)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_when_clients_leave)
+        await loop.run_in_executor(None, self.dataplane.start)
         settings = self.settings
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
         interceptors.append(DecodeErrorInterceptor())
@@ -94,7 +109,8 @@ class InferenceServer:
             from ..metrics import StatisticsCollector, start_metrics_server
 
             collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
-            self._metrics = start_metrics_server(collector, self.settings.host, self.settings.metrics_port)
+            tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+            self._metrics = start_metrics_server(collector, settings.host, settings.metrics_port, token=settings.token, tls=tls)
             self.metrics_port = self._metrics.server_port
         await server.start()
         self._server = server

@@ -3,6 +3,10 @@ tritonclient and deepr's own client."""
 
 from __future__ import annotations
 
+import ssl
+import urllib.error
+import urllib.request
+
 import grpc
 import numpy as np
 import pytest
@@ -20,7 +24,8 @@ TOKEN = "s3cret-token"
 
 
 def settings(repository, **extra) -> ServerSettings:
-    return ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1, **extra)
+    return ServerSettings(**{"repository": repository, "host": "127.0.0.1", "port": 0, "device": TEST_DEVICE,
+                             "metrics_port": -1, **extra})
 
 
 def digits(batch=2) -> np.ndarray:
@@ -71,6 +76,32 @@ def test_streams_need_the_token_and_deepr_client_sends_it(token_server):
             assert stream.infer("mnist_convnet", {"images": digits()})["probabilities"].shape == (2, 10)
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_scheme_is_matched_without_regard_to_case(token_server, scheme):
+    client = triton.InferenceServerClient(token_server)
+    assert client.is_server_live(headers={"authorization": f"{scheme} {TOKEN}"})
+    client.close()
+
+
+def scrape(url: str, authorization: str | None = None, context=None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_need_the_token_when_the_server_has_one(repository):
+    with serve_in_thread(settings(repository, token=TOKEN, metrics_port=0)) as server:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        for authorization in (None, "Bearer wrong", f"Basic {TOKEN}"):
+            status, body = scrape(url, authorization)
+            assert status == 401 and "bearer token" in body and "mnist_convnet" not in body, authorization
+        status, body = scrape(url, f"bearer {TOKEN}")
+        assert status == 200 and "nv_inference_request_success" in body
+
+
 def test_health_stays_open_for_probes(token_server):
     with grpc.insecure_channel(token_server) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
@@ -94,8 +125,10 @@ def pki(tmp_path_factory):
 
 
 def test_tls_server(repository, pki):
-    with serve_in_thread(settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))) as server:
+    with serve_in_thread(settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]), metrics_port=0)) as server:
         url = f"127.0.0.1:{server.port}"
+        status, body = scrape(f"https://127.0.0.1:{server.metrics_port}/metrics", context=ssl.create_default_context(cafile=pki["ca"]))
+        assert status == 200 and "nv_inference_request_success" in body  # metrics speak TLS too
         client = triton.InferenceServerClient(url, ssl=True, root_certificates=str(pki["ca"]))
         assert triton_infer(client).as_numpy("probabilities").shape == (2, 10)
         client.close()

@@ -80,3 +80,38 @@ def test_missing_repository(tmp_path):
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "symbolic link"])
+def test_label_files_outside_the_model_folder_are_refused(repo, tmp_path, how):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n" * 10)
+    config = repo / "mnist_convnet" / "config.pbtxt"
+    if how == "dot-dot":
+        config.write_text(config.read_text().replace('label_filename: "labels.txt"', f'label_filename: "../../{secret.name}"'))
+    else:
+        (repo / "mnist_convnet" / "labels.txt").unlink()
+        (repo / "mnist_convnet" / "labels.txt").symlink_to(secret)
+    entry = load(repo).repository.entry("mnist_convnet")
+    assert entry.state == UNAVAILABLE and "label_filename" in entry.reason and "outside the model's folder" in entry.reason
+
+
+def test_model_files_outside_the_model_folder_are_refused(repo, tmp_path):
+    shutil.copy(repo / "mnist_convnet" / "1" / "model.onnx", tmp_path / "elsewhere.onnx")
+    config = repo / "mnist_convnet" / "config.pbtxt"
+    config.write_text(config.read_text() + 'default_model_filename: "../../elsewhere.onnx"\n')
+    entry = load(repo).repository.entry("mnist_convnet")
+    assert entry.state == UNAVAILABLE and "default_model_filename" in entry.reason and "outside" in entry.reason
+
+
+def test_overlong_names_are_invalid_and_not_echoed_whole(repo):
+    from serving.errors import InvalidInput
+
+    plane = load(repo)
+    name = "m" * 5000
+    with pytest.raises(InvalidInput, match=r"is not a model name: 1 to 255") as caught:
+        plane.repository.reload(name)
+    assert "(5000 characters)" in str(caught.value) and len(str(caught.value)) < 300
+    with pytest.raises(ModelNotFound) as caught:
+        plane.model(name)
+    assert len(str(caught.value)) < 400

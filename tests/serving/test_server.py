@@ -224,3 +224,25 @@ def test_statistics_count_what_was_sent(repository):
     assert (infer.success.count, infer.fail.count, infer.compute_infer.count) == (3, 1, 3)
     assert infer.success.ns >= infer.compute_infer.ns > 0 and s.last_inference > 0
     assert [m.name for m in everything] == ["mnist_convnet"]
+
+
+def test_a_client_leaving_mid_answer_is_not_a_traceback(caplog):
+    """grpc's failed send to a client that has just cancelled reaches the event loop's
+    exception handler; the server's handler keeps it out of the error log, and nothing else."""
+    import asyncio
+    import logging
+
+    from grpc._cython import cygrpc
+
+    from serving.grpc.server import _quiet_when_clients_leave
+
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            _quiet_when_clients_leave(loop, {"message": "Task exception was never retrieved",
+                                             "exception": cygrpc.ExecuteBatchError("Failed 'execute_batch'")})
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            _quiet_when_clients_leave(loop, {"message": "Task exception was never retrieved", "exception": ValueError("a bug")})
+            assert [r for r in caplog.records if r.levelno >= logging.ERROR and "a bug" in str(r.exc_info)]
+    finally:
+        loop.close()
