@@ -23,7 +23,9 @@ class InflightLimit:
     def __init__(self, limit: int, log_interval: float = 10.0) -> None:
         self.limit = limit
         self.inflight = 0
+        self.admitted = 0
         self.refused = 0
+        self._last_left = time.monotonic()
         self._log_interval = log_interval
         self._refused_since_log = 0
         self._next_log = 0.0
@@ -37,10 +39,16 @@ class InflightLimit:
                 f"{self.limit}); retry after a backoff, or send fewer at once"
             )
         self.inflight += 1
+        self.admitted += 1
         try:
             yield
         finally:
             self.inflight -= 1
+            self._last_left = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request left (0 while one is in flight)."""
+        return 0.0 if self.inflight else time.monotonic() - self._last_left
 
     def _refuse(self) -> None:
         self.refused += 1

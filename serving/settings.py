@@ -66,6 +66,10 @@ class ServerSettings:
     """Inference requests handled at once (unary calls and stream messages, queued or
     running); beyond it a request is answered RESOURCE_EXHAUSTED at once, logged (once per
     interval) and counted as a failure. Env: DEEPR_MAX_INFLIGHT."""
+    trim_idle_seconds: float = 2.0
+    """After a burst, once no request has been in flight for this long, the allocator's
+    free memory goes back to the system (glibc malloc_trim); 0 keeps it. Env:
+    DEEPR_TRIM_IDLE_SECONDS."""
     grpc_options: str = ""
     """Extra gRPC core channel arguments, `KEY=VALUE` separated by commas (integers where
     they parse), applied last. Env: DEEPR_GRPC_OPTIONS."""
@@ -139,6 +143,8 @@ class ServerSettings:
             raise ValueError(f"max_connections must be >= 0 (0: no limit), got {self.max_connections}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.trim_idle_seconds < 0:
+            raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
         if self.connection_idle_seconds < 0:
             raise ValueError(f"connection_idle_seconds must be >= 0 (0: keep idle connections), got {self.connection_idle_seconds}")
         self.extra_grpc_options()  # a malformed option is named now, not at bind time

@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             connection_idle_seconds=args.connection_idle_seconds,
             max_inflight=args.max_inflight,
+            trim_idle_seconds=args.trim_idle_seconds,
             grpc_options=",".join(args.grpc_option) if args.grpc_option else None,
             shared_memory=args.shared_memory,
             shared_memory_remote=args.shared_memory_remote,
@@ -146,6 +147,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="close a connection with no call in flight for this long (default 300; 0 never)")
     p.add_argument("--max-inflight", type=int,
                    help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)")
+    p.add_argument("--trim-idle-seconds", type=float,
+                   help="after a burst, return free memory to the system once idle this long (default 2; 0 never)")
     p.add_argument("--grpc-option", action="append", metavar="KEY=VALUE",
                    help="extra gRPC core channel argument, e.g. grpc.max_concurrent_streams=256 (repeatable)")
     p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,

@@ -15,6 +15,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..dataplane import DataPlane
+from ..memory import trim_when_idle
 from ..repository import ModelRepository
 from ..settings import ServerSettings
 from ._generated import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -50,7 +51,8 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
     options += [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", pending)]
     if settings.connection_idle_seconds:
         options.append(("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)))
-    return options + settings.extra_grpc_options()
+    # grpc takes the first of two equal keys: the operator's options replace deepr's.
+    return list({**dict(options), **dict(settings.extra_grpc_options())}.items())
 
 
 def _quiet_when_clients_leave(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -82,6 +84,7 @@ class InferenceServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics = None
+        self._trimmer: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -114,6 +117,8 @@ class InferenceServer:
             self.metrics_port = self._metrics.server_port
         await server.start()
         self._server = server
+        if settings.trim_idle_seconds:
+            self._trimmer = loop.create_task(trim_when_idle(self.dataplane.admission, settings.trim_idle_seconds))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving %s on %s:%d (%s%s)", settings.repository, settings.host, self.port,
@@ -128,6 +133,9 @@ class InferenceServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds if grace is None else grace)
         self._server = None
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            self._trimmer = None
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()

@@ -15,7 +15,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .probes import idle_connections, wait_until
+from .probes import WIDE, idle_connections, wait_until
 
 def closed_by_server(connection: socket.socket, timeout: float) -> bool:
     """Whether the server closes `connection` within `timeout` (reading whatever it sent first)."""
@@ -56,17 +56,19 @@ def test_connections_past_the_limit_are_closed_and_idle_ones_time_out(server_pro
     np.testing.assert_array_equal(client.infer("double", [tensor]).as_numpy("y"), 2 * x)
 
 
-async def burst(url: str, model: str, calls: int) -> collections.Counter:
-    """`calls` concurrent ModelInfer calls on one channel: their status codes (and messages)."""
-    async with grpc.aio.insecure_channel(url) as channel:
+async def burst(url: str, model: str, calls: int, x: np.ndarray | None = None, timeout: float = 120) -> collections.Counter:
+    """`calls` concurrent ModelInfer calls of `x` (default one row of 4) on one channel:
+    their status codes and messages."""
+    x = np.ones((1, 4), np.float32) if x is None else x
+    async with grpc.aio.insecure_channel(url, options=[("grpc.max_receive_message_length", -1)]) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = service_pb2.ModelInferRequest(model_name=model)
-        request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
-        request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+        request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+        request.raw_input_contents.append(x.tobytes())
 
         async def call() -> tuple[str, str]:
             try:
-                await stub.ModelInfer(request, timeout=120)
+                await stub.ModelInfer(request, timeout=timeout)
                 return "OK", ""
             except grpc.aio.AioRpcError as error:
                 return error.code().name, error.details()
@@ -98,3 +100,17 @@ def test_overload_is_refused_with_a_reason_logged_once_and_counted(server_proces
     assert wait_until(lambda: failures_metric(server, "delayed") == codes["RESOURCE_EXHAUSTED"], 5)
     assert 1 <= server.log_text().count("overloaded: refused") <= 2  # once per 10 s interval, not per request
     assert "Traceback" not in server.log_text()
+
+
+def test_memory_goes_back_after_bursts(server_process):
+    """Bursts of 0.8 MB requests whose clients give up on a short deadline: glibc kept
+    0.7-1.6 GB after each round until the server trimmed it once idle."""
+    server = server_process()
+    x = np.ones((16, WIDE), np.float32)
+    resident = []
+    for _ in range(3):
+        outcome = asyncio.run(burst(server.url, "wide", 1000, x, timeout=2))
+        assert set(code for code, _ in outcome) <= {"OK", "DEADLINE_EXCEEDED"}, outcome
+        time.sleep(4)  # the server trims after 2 s without a request
+        resident.append(server.rss_bytes() / 2**20)
+    assert max(resident) < 400, f"resident MB after each round: {resident}"
