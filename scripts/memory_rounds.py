@@ -5,8 +5,9 @@ and the server's resident memory after each.
     python scripts/memory_rounds.py --repository REPO --model mnist_convnet ...
 
 Each round sends `--requests` ModelInfer calls of `--batch` rows all at once on one
-channel, checks every answer, waits four seconds (the server trims its memory after two
-idle ones) and reads the server's VmRSS. The model is y = 2x over `--width` float32
+channel, checks every answer, waits eight seconds (the server trims its memory two seconds after
+it has finished the work the burst left, even for clients that gave up) and reads the
+server's VmRSS. The model is y = 2x over `--width` float32
 columns (an MNIST-sized batch of 256 is 0.8 MB), or `--model` of `--repository` with
 random inputs of its shape (answers checked for status only); dynamic batching merges
 the requests as it would in service. Memory that grows round after round is a leak;
@@ -87,7 +88,7 @@ def main() -> int:
                 ok = asyncio.run(burst(server.url, args.requests, args.model, metadata.name, x, args.repository is None,
                                        args.timeout))
                 seconds = time.perf_counter() - start
-                time.sleep(4)
+                time.sleep(8)
                 rows.append({"round": round_, "rss_mb": server.rss_bytes() / 2**20, "ok": ok, "seconds": seconds})
                 print(f"round {round_}: {ok}/{args.requests} OK in {seconds:.1f} s, RSS {rows[-1]['rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ class InflightLimit:
         self.inflight = 0
         self.admitted = 0
         self.refused = 0
-        self._last_left = time.monotonic()
+
         self._log_interval = log_interval
         self._refused_since_log = 0
         self._next_log = 0.0
@@ -44,7 +44,7 @@ class InflightLimit:
             yield
         finally:
             self.inflight -= 1
-            self._last_left = time.monotonic()
+    
 
     def idle_for(self) -> float:
         """Seconds since the last request left (0 while one is in flight)."""

@@ -42,6 +42,7 @@ class DataPlane:
         self.statistics = StatisticsRegistry()
         self.admission = InflightLimit(settings.max_inflight)
         self._batchers: dict[OnnxModel, DynamicBatcher] = {}
+        self._runs_alone = 0
         self._started = False
         self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())
 
@@ -122,11 +123,20 @@ class DataPlane:
             started.append(time.perf_counter_ns())
             return model.predict(inputs, names or None)
 
-        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        self._runs_alone += 1
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        finally:
+            self._runs_alone -= 1
         rows = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
         spent = BatchTimings(started[0] - submitted, time.perf_counter_ns() - started[0], rows)
         self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
         return outputs, spent
+
+    def busy(self) -> bool:
+        """Whether a request is held or any model's batcher or run still has work (a run
+        goes on after its client has left)."""
+        return self.admission.inflight > 0 or self._runs_alone > 0 or any(not b.idle for b in list(self._batchers.values()))
 
     def pending(self) -> dict[tuple[str, str], int]:
         """Requests waiting in each model version's batch queue."""

@@ -14,9 +14,10 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .admission import InflightLimit
+if TYPE_CHECKING:
+    from .dataplane import DataPlane
 
 __all__ = ["release_free_memory", "trim_when_idle"]
 
@@ -42,16 +43,19 @@ def release_free_memory() -> bool:
     return True
 
 
-async def trim_when_idle(admission: InflightLimit, idle_seconds: float) -> None:
-    """Runs until cancelled: after requests have come and none has been in flight for
-    `idle_seconds`, releases free memory once (in a thread: it walks the heap)."""
+async def trim_when_idle(dataplane: "DataPlane", idle_seconds: float) -> None:
+    """Runs until cancelled: after requests have come and the dataplane has had nothing to
+    do for `idle_seconds`, releases free memory once (in a thread: it walks the heap)."""
     if _TRIM is None:
         logger.debug("malloc_trim is not available here; memory is not trimmed after bursts")
         return
     loop = asyncio.get_running_loop()
-    trimmed_at = admission.admitted
+    trimmed_at = dataplane.admission.admitted
+    quiet_since = loop.time()
     while True:
-        await asyncio.sleep(idle_seconds)
-        if admission.inflight == 0 and admission.admitted != trimmed_at and admission.idle_for() >= idle_seconds:
-            trimmed_at = admission.admitted
+        await asyncio.sleep(min(idle_seconds / 4, 0.5))  # trims within a quarter of idle_seconds of due
+        if dataplane.busy():
+            quiet_since = loop.time()
+        elif dataplane.admission.admitted != trimmed_at and loop.time() - quiet_since >= idle_seconds:
+            trimmed_at = dataplane.admission.admitted
             await loop.run_in_executor(None, release_free_memory)

@@ -109,6 +109,11 @@ operations:
              per line; failed requests at WARNING with request_id, model, status, duration_ms;
              `deepr -v serve` logs every request
   health     grpc.health.v1 for "" and "inference.GRPCInferenceService"; SIGTERM drains
+  access     --token-file guards every inference RPC and /metrics; --tls-cert/--tls-key
+             serve TLS on both ports; shared memory registrations only from loopback
+  limits     --max-connections, --connection-idle-seconds, --max-inflight (beyond it:
+             RESOURCE_EXHAUSTED at once, logged once per 10 s, counted as failures),
+             --trim-idle-seconds (free memory back to the system after a burst)
 """
 
 

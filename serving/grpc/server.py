@@ -118,7 +118,7 @@ class InferenceServer:
         await server.start()
         self._server = server
         if settings.trim_idle_seconds:
-            self._trimmer = loop.create_task(trim_when_idle(self.dataplane.admission, settings.trim_idle_seconds))
+            self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving %s on %s:%d (%s%s)", settings.repository, settings.host, self.port,

@@ -46,12 +46,13 @@ def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_del
 class ServerProcess:
     """`deepr serve` in a child process, so that a probe which kills it cannot kill the tests."""
 
-    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        """`cwd`: the deepr checkout to run (`python -m deepr` imports from there)."""
         self.log: deque[str] = deque(maxlen=2000)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1",
              "--port", "0", "--metrics-port", "0", "--device", "cpu", *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})},
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
         )
         self.port = self.metrics_port = 0
         self._started = threading.Event()
