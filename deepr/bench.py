@@ -377,11 +377,7 @@ def without_batching(config) -> None:
 
 
 def with_padding(config) -> None:
-    """Merged runs padded to fixed sizes (deepr.pad_batches), each size warmed up at load."""
-    from serving.batching import PAD_PARAMETER, BatchingPolicy
-    from serving.warmup import add_zero_samples
+    """Merged runs at fixed sizes (deepr.pad_batches), each size warmed up at load."""
+    from serving.batch_sizes import PAD_PARAMETER
 
     config.parameters[PAD_PARAMETER].string_value = "true"
-    policy = BatchingPolicy.from_config(config)
-    if policy is not None:  # free dimensions (sequence lengths) get no samples: add_zero_samples says so
-        add_zero_samples(config, policy.pad_to)

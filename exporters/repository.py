@@ -69,7 +69,7 @@ def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad
     """Ask, in an exported model's config.pbtxt, for zero-data warm-up samples at
     `warmup_batch_sizes` and for merged runs padded to fixed sizes (deepr.pad_batches).
     ValueError, with the config left as it was, when the model cannot have them."""
-    from serving.batching import PAD_PARAMETER
+    from serving.batch_sizes import PAD_PARAMETER
     from serving.warmup import add_zero_samples
 
     config = read_config(model_dir)

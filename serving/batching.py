@@ -12,11 +12,14 @@ Triton's semantics are kept: max_queue_size bounds the queue (RESOURCE_EXHAUSTED
 when full), and a request whose client deadline passes while queued is dropped
 before it runs.
 
-With the config parameter "deepr.pad_batches" set to "true", a merged run is padded
-with zero rows up to the next of a few fixed sizes (the preferred batch sizes, else
-powers of two, and max_batch_size), so the runtime only ever sees those shapes: on
-CUDA every new shape costs kernel selection, and under dynamic batching almost every
-run would otherwise have a new one. The padding rows' outputs are dropped.
+Merged runs take one of a few sizes (serving/batch_sizes.py: the preferred batch sizes,
+else powers of two, and max_batch_size), each warmed when the model loads, so the
+runtime never meets a new shape under load: a first run at a new size is 1.5-3x slower
+per row on the CPU and costs kernel selection on CUDA, and merging whatever is queued
+would make almost every run a new size. A gathered batch either runs padded with zero
+rows up to the next size or runs fewer requests at the largest size they fill, the rest
+going first into the next batch; the warm-up's timings say which is cheaper per row.
+Padding rows' outputs are dropped.
 """
 
 from __future__ import annotations
@@ -27,20 +30,18 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
+from .batch_sizes import PAD_PARAMETER, run_sizes
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 
 __all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings", "PAD_PARAMETER"]
 
 logger = logging.getLogger(__name__)
-
-PAD_PARAMETER = "deepr.pad_batches"
-
 
 @dataclass(frozen=True)
 class BatchingPolicy:
@@ -50,33 +51,54 @@ class BatchingPolicy:
     max_queue_size: int = 0
     """0: unbounded."""
     instances: int = 1
-    pad_to: tuple[int, ...] = ()
-    """Sizes merged runs are padded up to (ascending); empty: no padding."""
+    run_sizes: tuple[int, ...] = ()
+    """Sizes merged runs take (ascending); empty: any size."""
+    run_seconds: Mapping[int, float] = field(default_factory=dict)
+    """Time of a warm run at each warmed size; without it, runs are padded up."""
 
-    def padded_rows(self, rows: int) -> int:
-        """The size a run of `rows` rows is padded to."""
-        return next((size for size in self.pad_to if size >= rows), rows)
+    def plan(self, rows: Sequence[int]) -> tuple[int, int]:
+        """For gathered requests of `rows` rows (in queue order): how many of them to run
+        now, and the run's size (their rows plus padding)."""
+        total = sum(rows)
+        sizes = self.run_sizes
+        if not sizes or total > sizes[-1]:
+            return len(rows), total  # a single request larger than every size runs as it is
+        up = next(s for s in sizes if s >= total)
+        if total in sizes or not self.run_seconds:
+            return len(rows), up
+        choices = [(self.run_seconds.get(up, float("inf")) / total, len(rows), up)]
+        fit = max((s for s in sizes if s <= total), default=0)
+        kept = filled = 0
+        for n in rows:
+            if filled + n > fit:
+                break
+            kept, filled = kept + 1, filled + n
+        if kept:
+            size = next(s for s in sizes if s >= filled)
+            choices.append((self.run_seconds.get(size, float("inf")) / filled, kept, size))
+        _, kept, size = min(choices)
+        return kept, size
 
     @classmethod
-    def from_config(cls, config: mc.ModelConfig) -> "BatchingPolicy | None":
-        """The policy a config asks for, or None when it asks for no dynamic batching."""
+    def from_config(cls, config: mc.ModelConfig, run_seconds: Mapping[int, float] | None = None) -> "BatchingPolicy | None":
+        """The policy a config asks for, or None when it asks for no dynamic batching.
+        `run_seconds`: the sizes the model warmed at load; merged runs keep to them."""
         if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
             return None
         batching = config.dynamic_batching
         instances = sum(g.count or 1 for g in config.instance_group) or 1
         preferred = tuple(sorted(s for s in batching.preferred_batch_size if 0 < s <= config.max_batch_size))
-        pad_to: tuple[int, ...] = ()
-        padding = config.parameters.get(PAD_PARAMETER)
-        if padding is not None and padding.string_value.lower() in ("true", "1", "yes"):
-            sizes = preferred or tuple(2**i for i in range(config.max_batch_size.bit_length()) if 2**i < config.max_batch_size)
-            pad_to = tuple(sorted({*sizes, config.max_batch_size}))
+        sizes = run_sizes(config)
+        if run_seconds:  # sizes past the warm-up budget are left out, not run cold
+            sizes = tuple(s for s in sizes if s in run_seconds)
         return cls(
             max_batch_size=config.max_batch_size,
             preferred_batch_sizes=preferred,
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
             max_queue_size=batching.default_queue_policy.max_queue_size,
             instances=instances,
-            pad_to=pad_to,
+            run_sizes=sizes,
+            run_seconds=dict(run_seconds or {}),
         )
 
 
@@ -111,12 +133,14 @@ class DynamicBatcher:
 
     def __init__(
         self, model: OnnxModel, policy: BatchingPolicy, executor: Executor,
-        on_execution: Callable[[int, int], None] | None = None,
+        on_execution: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
         self._executor = executor
-        self._on_execution = on_execution or (lambda rows, infer_ns: None)
+        self._on_execution = on_execution or (lambda size, infer_ns, cold: None)
+        self._sizes_run = set(policy.run_seconds)
+        """Batch sizes onnxruntime has run for this model: a run at any other is a cold one."""
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._instances = asyncio.Semaphore(policy.instances)
@@ -214,7 +238,9 @@ class DynamicBatcher:
             if not batch:
                 self._instances.release()
                 continue
-            task = asyncio.create_task(self._execute(batch))
+            kept, size = self.policy.plan([p.rows for p in batch])
+            self._queue.extendleft(reversed(batch[kept:]))  # first into the next batch
+            task = asyncio.create_task(self._execute(batch[:kept], size))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -257,12 +283,11 @@ class DynamicBatcher:
             except TimeoutError:
                 pass
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], size: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             names = list(dict.fromkeys(name for p in batch for name in p.outputs)) or None
             rows = sum(p.rows for p in batch)
-            size = self.policy.padded_rows(rows)
 
             def merge_and_run() -> dict[str, np.ndarray]:
                 # In the worker thread: copying a large batch together would stall the event loop.
@@ -281,7 +306,7 @@ class DynamicBatcher:
                     await self._execute_alone(pending)
                 return
             finished = time.perf_counter_ns()
-            self._on_execution(rows, finished - started)
+            self._record(size, finished - started)
             offset = 0
             for pending in batch:
                 own = {name: value[offset:offset + pending.rows] for name, value in results.items()
@@ -294,6 +319,11 @@ class DynamicBatcher:
             if self._queue:
                 self._arrived.set()
 
+    def _record(self, size: int, infer_ns: int) -> None:
+        cold = size not in self._sizes_run
+        self._sizes_run.add(size)
+        self._on_execution(size, infer_ns, cold)
+
     async def _execute_alone(self, pending: _Pending) -> None:
         started = time.perf_counter_ns()
         try:
@@ -304,7 +334,7 @@ class DynamicBatcher:
             _fail(pending, exc)
             return
         timings = BatchTimings(started - pending.enqueued_ns, time.perf_counter_ns() - started, pending.rows)
-        self._on_execution(pending.rows, timings.infer_ns)
+        self._record(pending.rows, timings.infer_ns)
         if not pending.future.done():
             pending.future.set_result((result, timings))
 

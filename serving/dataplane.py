@@ -163,12 +163,12 @@ class DataPlane:
         if batcher is None:
             if not self.repository.is_current(model):
                 return None  # replaced while this request was decoded: it runs alone on the old version
-            policy = BatchingPolicy.from_config(model.config)
+            policy = BatchingPolicy.from_config(model.config, model.run_seconds)
             if policy is None:
                 return None
 
-            def record(rows: int, infer_ns: int) -> None:
-                self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=infer_ns)
+            def record(size: int, infer_ns: int, cold: bool) -> None:
+                self.statistics.record_execution(model.name, model.version, batch_size=size, infer_ns=infer_ns, cold=cold)
 
             batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
         return batcher

@@ -44,6 +44,8 @@ _CUMULATIVE: dict[str, tuple[str, Callable[[ModelStatistics], float]]] = {
     "nv_inference_compute_input_duration_us": ("Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns / 1e3),
     "nv_inference_compute_infer_duration_us": ("Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns / 1e3),
     "nv_inference_compute_output_duration_us": ("Cumulative inference compute output duration in microseconds", lambda s: s.compute_output.ns / 1e3),
+    "deepr_cold_run_count": ("onnxruntime runs at a batch size the model had not run before (not warmed at load)",
+                             lambda s: s.cold_runs),
 }
 
 

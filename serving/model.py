@@ -16,10 +16,11 @@ import onnx.utils
 import onnxruntime as ort
 
 from .codecs import TensorSpec
-from .datatypes import CONFIG_TO_V2, ONNX_TO_V2
+from .datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
 from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
+from .batch_sizes import warm_run_sizes
 from .warmup import warm_up
 
 __all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session"]
@@ -92,6 +93,8 @@ class OnnxModel:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
+        self.run_seconds: dict[int, float] = {}
+        """Batch sizes warmed at load for merged runs, with the time of a warm run."""
 
     @property
     def max_batch_size(self) -> int:
@@ -129,9 +132,23 @@ class OnnxModel:
         try:
             warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict,
                     f"{self.name} version {self.version}")
+            self.run_seconds = warm_run_sizes(self.config, self._zero_inputs, self.predict, f"{self.name} version {self.version}")
         except ModelLoadError:
             self._session = None  # not ready: its warm-up could not run
             raise
+        except Exception as exc:  # onnxruntime failing on zero inputs at a size
+            self._session = None
+            raise ModelLoadError(f"{self.name} version {self.version}: warming up batch sizes failed: {exc}") from None
+
+    def _zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
+        """Zero inputs of `rows` rows, or None when an input has a free dimension."""
+        arrays = {}
+        for spec in self.inputs:
+            dims = spec.shape[1:]
+            if any(d < 0 for d in dims) or spec.datatype == "BYTES":
+                return None
+            arrays[spec.name] = np.zeros((rows, *dims), V2_TO_NUMPY[spec.datatype])
+        return arrays
 
     def _specs(self, graph_args: list, configured: list, kind: str) -> list[TensorSpec]:
         """Tensor specs from the graph, cross-checked with the config entries when there are any."""

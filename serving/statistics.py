@@ -38,7 +38,9 @@ class ModelStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=dict)
-    """onnxruntime runs by batch size (rows), with their compute time."""
+    """onnxruntime runs by batch size (rows, padding included), with their compute time."""
+    cold_runs: int = 0
+    """Runs at a batch size this model had not run before (not warmed at load)."""
 
 
 class StatisticsRegistry:
@@ -66,11 +68,12 @@ class StatisticsRegistry:
             stats.inference_count += batch
             stats.last_inference_ms = time.time_ns() // 1_000_000
 
-    def record_execution(self, name: str, version: str, *, batch_size: int, infer_ns: int) -> None:
+    def record_execution(self, name: str, version: str, *, batch_size: int, infer_ns: int, cold: bool = False) -> None:
         """One onnxruntime run, which may have served several requests (dynamic batching)."""
         with self._lock:
             stats = self._get(name, version)
             stats.execution_count += 1
+            stats.cold_runs += cold
             stats.batches.setdefault(batch_size, Duration()).add(infer_ns)
 
     def record_failure(self, name: str, version: str, total_ns: int) -> None:

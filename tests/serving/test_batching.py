@@ -189,14 +189,15 @@ def test_policy_comes_from_the_config():
     config.dynamic_batching.max_queue_delay_microseconds = 2000
     config.dynamic_batching.default_queue_policy.max_queue_size = 100
     config.instance_group.add(count=2)
-    assert BatchingPolicy.from_config(config) == BatchingPolicy(32, (8, 16), 0.002, 100, 2)
+    assert BatchingPolicy.from_config(config) == BatchingPolicy(32, (8, 16), 0.002, 100, 2, run_sizes=(8, 16, 32))
     config.max_batch_size = 0
     assert BatchingPolicy.from_config(config) is None
 
 
 def test_served_model_batches_concurrent_requests(repository, server_url):
     """Over gRPC with tritonclient: 48 concurrent requests of mixed batch sizes each get
-    exactly the rows in-process onnxruntime gives for their own images."""
+    exactly the rows in-process onnxruntime gives for their own images, and every run is
+    at a batch size the model warmed when it loaded."""
     session = ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     requests = [rng.random((int(rng.integers(1, 6)), 1, 28, 28), dtype=np.float32) for _ in range(48)]
@@ -219,7 +220,9 @@ def test_served_model_batches_concurrent_requests(repository, server_url):
     assert (inferred, succeeded) == (sum(len(x) for x in requests), len(requests))
     assert 1 <= executions <= len(requests)
     assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count
-    assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == stats.inference_count
+    # every run was at a size warmed at load (powers of two up to 256), padding included
+    assert {b.batch_size for b in stats.batch_stats} <= {2**i for i in range(9)}, stats.batch_stats
+    assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) >= stats.inference_count
 
 
 def counts(client) -> tuple[int, int, int]:
@@ -275,8 +278,8 @@ def test_padding_runs_only_fixed_sizes_and_drops_the_padding(executor):
     model = RowSums()
     model.gate.clear()
     executed = []
-    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, pad_to=(4, 8, 16)), executor,
-                             lambda rows, infer_ns: executed.append(rows))
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, run_sizes=(4, 8, 16)), executor,
+                             lambda size, infer_ns, cold: executed.append((size, cold)))
     sizes = [1, 2, 3, 2]
 
     async def main():
@@ -292,17 +295,31 @@ def test_padding_runs_only_fixed_sizes_and_drops_the_padding(executor):
     for i, (n, (out, _)) in enumerate(zip(sizes, results)):
         np.testing.assert_array_equal(out["sum"], rows(n, 100 * i)["x"].sum(axis=1, keepdims=True))
     assert model.runs == [4, 8]  # 1 row padded to 4; 1 + 2 + 3 + 2 = 8 rows, exactly a size
-    assert executed == [1, 8]  # statistics count the requests' rows, not the padding
+    assert executed == [(4, True), (8, True)]  # statistics see the run sizes; nothing was warmed here
 
 
-def test_padding_sizes_from_the_config():
+def test_run_sizes_from_the_config_and_the_warm_up():
     config = mc.ModelConfig(max_batch_size=32)
     config.dynamic_batching.SetInParent()
-    assert BatchingPolicy.from_config(config).pad_to == ()
-    config.parameters["deepr.pad_batches"].string_value = "true"
-    assert BatchingPolicy.from_config(config).pad_to == (1, 2, 4, 8, 16, 32)
+    assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 32)
     config.max_batch_size = 24
-    assert BatchingPolicy.from_config(config).pad_to == (1, 2, 4, 8, 16, 24)
+    assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 24)
+    assert BatchingPolicy.from_config(config, {1: 0.1, 2: 0.1, 4: 0.1}).run_sizes == (1, 2, 4)  # past the budget: unused
+    config.parameters["deepr.pad_batches"].string_value = "false"
+    assert BatchingPolicy.from_config(config).run_sizes == ()
+    del config.parameters["deepr.pad_batches"]
     config.dynamic_batching.preferred_batch_size.extend([4, 12])
-    policy = BatchingPolicy.from_config(config)
-    assert policy.pad_to == (4, 12, 24) and [policy.padded_rows(n) for n in (1, 4, 5, 13, 24)] == [4, 4, 12, 24, 24]
+    assert BatchingPolicy.from_config(config).run_sizes == (4, 12, 24)
+
+
+@pytest.mark.parametrize("rows, seconds, plan", [
+    ([1] * 23, {}, (23, 32)),  # no timings: pad up
+    ([8, 8], {16: 1.0}, (2, 16)),  # an exact size
+    ([32] * 5, {128: 1.28, 256: 2.56}, (4, 128)),  # compute-bound: 128 now, the fifth next (padding to 256 wastes 96 rows)
+    ([1] * 23, {16: 0.016, 32: 0.018}, (23, 32)),  # a fixed cost per run: padding 23 to 32 beats 16 now and 7 later
+    ([300], {256: 1.0}, (1, 300)),  # one request larger than every size runs as it is
+    ([3, 30], {4: 0.004, 32: 0.032, 64: 0.064}, (1, 4)),  # 33 rows: 3 padded to 4 costs the same per row as 33 in 64
+])
+def test_plan_keeps_merged_runs_at_warmed_sizes(rows, seconds, plan):
+    sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert BatchingPolicy(256, run_sizes=sizes, run_seconds=seconds).plan(rows) == plan

@@ -46,8 +46,10 @@ def test_metrics_count_what_was_sent(repository):
     assert metrics["nv_inference_exec_count", labels] == 3 == stats.execution_count
     assert metrics["nv_inference_compute_infer_duration_us", labels] == pytest.approx(stats.inference_stats.compute_infer.ns / 1e3)
     assert metrics["nv_inference_request_duration_us", labels] >= metrics["nv_inference_compute_infer_duration_us", labels] > 0
-    assert metrics["deepr_batch_size_count", labels] == 3 and metrics["deepr_batch_size_sum", labels] == 12
-    assert metrics["deepr_batch_size_bucket", (("le", "4"),) + labels] == 2  # the runs of 1 and 4 rows
+    # runs of 1, 4 and 8 rows: 7 padded to the warmed size 8, so no run was cold
+    assert metrics["deepr_batch_size_count", labels] == 3 and metrics["deepr_batch_size_sum", labels] == 13
+    assert metrics["deepr_batch_size_bucket", (("le", "4"),) + labels] == 2
+    assert metrics["deepr_cold_run_count", labels] == 0
     assert ("nv_inference_request_success", (("model", "mnist_dense"), ("version", "1"))) not in metrics  # never asked
 
 

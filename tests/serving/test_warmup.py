@@ -121,3 +121,47 @@ def test_export_refuses_warmup_it_cannot_write(tmp_path, capsys):
     assert code == 2 and "imdb_lstm version 1 is exported, without --warmup/--pad-batches" in err and "free dimensions" in err
     code = main(["export", "mnist_dense", "--repository", str(tmp_path / "repo"), "--warmup", "512"])
     assert code == 2 and "exceed its max_batch_size 256" in capsys.readouterr().err
+
+
+def test_merged_run_sizes_are_warmed_at_load(model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="serving.batch_sizes"):
+        model = load(model_dir)
+    assert sorted(model.run_seconds) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert all(seconds > 0 for seconds in model.run_seconds.values())
+    assert "warmed mnist_convnet version 1 at batch sizes [1, 2, 4, 8, 16, 32, 64, 128, 256]" in caplog.text
+
+
+def test_the_warm_up_budget_bounds_load_time_and_the_sizes_used(model_dir, caplog):
+    import time
+
+    from serving.batching import BatchingPolicy
+
+    config = read_config(model_dir)
+    config.parameters["deepr.warmup_budget_seconds"].string_value = "0.005"
+    write_config(model_dir, config)
+    start = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="serving.batch_sizes"):
+        model = load(model_dir)
+    assert time.perf_counter() - start < 5
+    warmed = sorted(model.run_seconds)
+    assert warmed and warmed == [1, 2, 4, 8, 16, 32, 64, 128, 256][:len(warmed)] and len(warmed) < 9
+    assert BatchingPolicy.from_config(model.config, model.run_seconds).run_sizes == tuple(warmed)
+    assert "merged runs stay below" in caplog.text
+
+
+def test_a_model_that_fails_at_a_batch_size_is_not_ready(model_dir, monkeypatch):
+    """A model that runs one row but not two (a graph with a hidden fixed batch, say)."""
+    from serving.errors import ModelLoadError
+
+    model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
+    predict = model.predict
+
+    def one_row_only(inputs, outputs=None):
+        if len(inputs["images"]) > 1:
+            raise RuntimeError("Reshape: the input has 1568 elements, the shape asks for 784")
+        return predict(inputs, outputs)
+
+    monkeypatch.setattr(model, "predict", one_row_only)
+    with pytest.raises(ModelLoadError, match="warming up batch sizes failed: Reshape: the input has 1568"):
+        model.load()
+    assert not model.ready
