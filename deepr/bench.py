@@ -34,7 +34,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot", "copy_with_configs",
-           "without_batching", "with_padding"]
+           "without_batching", "with_free_sizes"]
 
 
 @dataclass
@@ -376,8 +376,9 @@ def without_batching(config) -> None:
     config.ClearField("dynamic_batching")
 
 
-def with_padding(config) -> None:
-    """Merged runs at fixed sizes (deepr.pad_batches), each size warmed up at load."""
+def with_free_sizes(config) -> None:
+    """Merged runs at whatever size the queue gives (deepr.pad_batches false), no size
+    warmed beyond the config's own samples: how deepr batched before its run sizes."""
     from serving.batch_sizes import PAD_PARAMETER
 
-    config.parameters[PAD_PARAMETER].string_value = "true"
+    config.parameters[PAD_PARAMETER].string_value = "false"

@@ -61,39 +61,28 @@ def test_bench_exports_the_form_a_served_name_asks_for(served, form):
     assert _export_form(served) == form
 
 
-def test_bench_with_padded_batches(repository, tmp_path):
+def test_bench_with_free_batch_sizes(repository, tmp_path):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "1x8", "--pad-batches",
+    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "1x8", "--free-batch-sizes",
                  "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
-        ("mnist_convnet", "in-process"), ("mnist_convnet_padded", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_padded", "grpc")]
-    assert report["settings"]["pad_batches"] is True and all(r["requests"] > 0 for r in report["results"])
+        ("mnist_convnet", "in-process"), ("mnist_convnet_free", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_free", "grpc")]
+    assert report["settings"]["free_batch_sizes"] is True and all(r["requests"] > 0 for r in report["results"])
 
 
-def test_padding_config_warms_every_size(repository):
-    from deepr.bench import with_padding
+def test_free_sizes_config(repository):
+    from deepr.bench import with_free_sizes
+    from serving.batching import BatchingPolicy
     from serving.model_config import read_config
 
     config = read_config(repository / "mnist_convnet")
-    with_padding(config)
-    sizes = [s.batch_size for s in config.model_warmup]
-    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert all(list(s.inputs["images"].dims) == [1, 28, 28] and s.inputs["images"].zero_data for s in config.model_warmup)
+    assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    with_free_sizes(config)
+    assert BatchingPolicy.from_config(config).run_sizes == () and not config.model_warmup
 
 
-def test_padding_needs_dynamic_batching(repository, tmp_path, capsys):
-    code = main(["bench", "--repository", str(repository), "--pad-batches", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
-    assert code == 2 and "--pad-batches pads merged runs" in capsys.readouterr().err
-
-
-def test_padding_config_skips_warmup_for_free_dimensions():
-    from deepr.bench import with_padding
-    from serving.grpc._generated import model_config_pb2 as mc
-
-    config = mc.ModelConfig(name="imdb_lstm", max_batch_size=8)
-    config.dynamic_batching.SetInParent()
-    config.input.add(name="tokens", data_type=mc.TYPE_INT64, dims=[-1])
-    with_padding(config)
-    assert config.parameters["deepr.pad_batches"].string_value == "true" and not config.model_warmup
+def test_free_sizes_need_dynamic_batching(repository, tmp_path, capsys):
+    code = main(["bench", "--repository", str(repository), "--free-batch-sizes", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
+    assert code == 2 and "--free-batch-sizes compares ways of merging runs" in capsys.readouterr().err

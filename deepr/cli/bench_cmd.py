@@ -67,23 +67,23 @@ def _bench(args: argparse.Namespace) -> int:
         import tritonclient.grpc.aio  # noqa: F401  (the benchmark's client)
     except ImportError:
         raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
-    from deepr.bench import (HEADER, copy_with_configs, environment, run_benchmark, with_padding, without_batching, write_json,
+    from deepr.bench import (HEADER, copy_with_configs, environment, run_benchmark, with_free_sizes, without_batching, write_json,
                              write_plot)
 
-    if args.pad_batches and not args.dynamic_batching:
-        raise CLIError("--pad-batches pads merged runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)
+    if args.free_batch_sizes and not args.dynamic_batching:
+        raise CLIError("--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)
     models = args.model or ["mnist_convnet"]
     with tempfile.TemporaryDirectory(prefix="deepr-bench-") as scratch:
         repository = _export_missing(args.repository, models, Path(scratch) / "exported")
         if not args.dynamic_batching:
             copy_with_configs(repository, models, Path(scratch) / "unbatched", without_batching)
             repository = Path(scratch) / "unbatched"
-        elif args.pad_batches:  # both forms served by one server, measured one after the other
-            served = Path(scratch) / "padded"
+        elif args.free_batch_sizes:  # both forms served by one server, measured one after the other
+            served = Path(scratch) / "free"
             served.mkdir()
             for model in models:
                 (served / model).symlink_to((repository / model).resolve(), target_is_directory=True)
-            models = [*models, *copy_with_configs(repository, models, served, with_padding, suffix="_padded")]
+            models = [*models, *copy_with_configs(repository, models, served, with_free_sizes, suffix="_free")]
             repository = served
         server_args = []
         if args.intra_op_threads is not None:
@@ -97,7 +97,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
     settings = {
         "models": models, "cells": cells, "seconds": args.seconds,
-        "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching, "pad_batches": args.pad_batches,
+        "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching, "free_batch_sizes": args.free_batch_sizes,
         "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
@@ -129,8 +129,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)")
     p.add_argument("--shared-memory", action="store_true",
                    help="run every gRPC cell a second time with inputs and outputs in system shared memory (mode grpc+shm)")
-    p.add_argument("--pad-batches", action="store_true",
-                   help="also serve each model as NAME_padded, its merged runs padded to fixed sizes warmed up at load "
-                   "(deepr.pad_batches), measured in the same run")
+    p.add_argument("--free-batch-sizes", action="store_true",
+                   help="also serve each model as NAME_free, its merged runs at any size the queue gives instead of "
+                   "the sizes warmed at load (deepr.pad_batches false), measured in the same run")
     p.add_argument("--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png")
     p.set_defaults(run=_bench)

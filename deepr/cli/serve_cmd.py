@@ -91,9 +91,11 @@ per model, in its config.pbtxt (Triton's fields):
     default_queue_policy { max_queue_size: 256 }   beyond it: RESOURCE_EXHAUSTED at once
   }
   instance_group { count: 2 }          runs of this model allowed at the same time
-  parameters { key: "deepr.pad_batches" value { string_value: "true" } }
-                                       pad merged runs with zero rows to fixed sizes (the
-                                       preferred sizes, else powers of two): few shapes on CUDA
+  parameters { key: "deepr.warmup_budget_seconds" value { string_value: "10" } }
+                                       merged runs take the preferred sizes, else powers of
+                                       two and max_batch_size, each warmed at load within this
+                                       budget (sizes past it are not used); "deepr.pad_batches"
+                                       "false" lets merged runs take any size
   optimization { graph { level: 1 } }  onnxruntime graph optimization (-1 off .. 2 all)
   model_warmup [{ name: "b32" batch_size: 32 inputs { key: "images" value: {
     data_type: TYPE_FP32 dims: [1, 28, 28] zero_data: true } } }]

@@ -254,7 +254,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int_list, metavar="SIZES",
                    help="batch sizes to run with zero data when the server loads the model, before it is ready, e.g. 1,8,32")
     p.add_argument("--pad-batches", action="store_true",
-                   help="serve merged runs padded with zero rows to fixed sizes (few shapes on CUDA; a cost on the CPU)")
+                   help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
+                   "(what the server does anyway unless the config says false)")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")
