@@ -6,7 +6,9 @@ For each model and batch size, in-process onnxruntime runs the ONNX file in a lo
 same file, and tritonclient's asyncio client keeps `concurrency` requests in flight
 from one or more client processes. Each cell reports items/s, requests/s and
 client-side p50/p99 latency; gRPC rows also give their ratio to in-process items/s
-at the same batch size.
+at the same batch size. Each cell is measured once its rate is steady (two 0.5 s windows
+within 5%, after at most --warmup seconds); the items/s of its first 2 s are reported
+beside it ("first 2 s": for the first cell of a model, its speed right after loading).
 """
 
 from __future__ import annotations
@@ -52,6 +54,54 @@ class BenchResult:
     p99_ms: float
     ratio: float | None = None
     """gRPC items/s over in-process items/s at the same batch size."""
+    first_items_per_s: float | None = None
+    """items/s over the first FIRST_SECONDS of the cell's warm-up (for the first cell after
+    the server loads a model: how fast it serves from its first request)."""
+    warmup_s: float | None = None
+    """How long the warm-up took to reach a steady rate (at most the --warmup bound)."""
+
+
+WINDOW_S = 0.5
+STEADY_WITHIN = 0.05
+MIN_WINDOW_COUNT = 20
+"""A window is at least WINDOW_S long and holds at least this many completions, so that
+5% is a difference a window can show."""
+FIRST_SECONDS = 2.0
+
+
+class SteadyRate:
+    """Decides when a cell's warm-up is over: two consecutive windows whose completion
+    rates agree within STEADY_WITHIN, or `bound` seconds, whichever is first.
+    Also counts the completions of the first FIRST_SECONDS."""
+
+    def __init__(self, bound: float, began: float | None = None) -> None:
+        self.began = time.perf_counter() if began is None else began
+        self.bound = bound
+        self.completed = 0
+        self.first = 0
+        self._window_start, self._window_count, self._previous = self.began, 0, None
+        self.steady_at: float | None = None
+
+    def complete(self, at: float) -> None:
+        self.completed += 1
+        if at - self.began <= FIRST_SECONDS:
+            self.first += 1
+        if self.steady_at is not None:
+            return
+        if at - self.began >= self.bound:
+            self.steady_at = at
+            return
+        self._window_count += 1
+        if at - self._window_start >= WINDOW_S and self._window_count >= MIN_WINDOW_COUNT:
+            current, previous = self._window_count / (at - self._window_start), self._previous
+            if previous and abs(current - previous) <= STEADY_WITHIN * previous:
+                self.steady_at = at
+            self._window_start, self._window_count, self._previous = at, 0, current
+
+    def first_rate(self) -> float:
+        """Completions per second over the first FIRST_SECONDS (or the warm-up, if shorter)."""
+        span = min(FIRST_SECONDS, (self.steady_at or time.perf_counter()) - self.began)
+        return self.first / span if span > 0 else float("nan")
 
 
 def _summarise(model: str, mode: str, batch: int, concurrency: int, latencies: Sequence[float], seconds: float) -> BenchResult:
@@ -89,29 +139,34 @@ def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, s
     session = ort.InferenceSession(str(onnx_file), options, providers=list(select_providers(device, tf32)))
     inputs = example_inputs(specs, batch)
     latencies = []
-    end_warmup = time.perf_counter() + warmup
-    while time.perf_counter() < end_warmup:
+    rate = SteadyRate(warmup)
+    while rate.steady_at is None:
         session.run(None, inputs)
+        rate.complete(time.perf_counter())
     start = time.perf_counter()
     while (now := time.perf_counter()) - start < seconds:
         session.run(None, inputs)
         latencies.append(time.perf_counter() - now)
-    return _summarise(model, "in-process", batch, 1, latencies, time.perf_counter() - start)
+    result = _summarise(model, "in-process", batch, 1, latencies, time.perf_counter() - start)
+    result.first_items_per_s, result.warmup_s = rate.first_rate() * batch, rate.steady_at - rate.began
+    return result
 
 
 def _client_process(url: str, model: str, specs, batch: int, concurrency: int, seconds: float, warmup: float,
-                    shared_memory: bool = False) -> list[float]:
+                    shared_memory: bool = False) -> tuple[list[float], float, float]:
     """One client process: `concurrency` coroutines each sending requests back to back.
     With `shared_memory` the inputs (one region for all) and each coroutine's outputs (a
     region each) live in system shared memory; only metadata crosses the socket.
-    Returns the latencies of requests started after the warm-up."""
+    Returns the latencies of requests started after the warm-up (which lasts until the
+    rate is steady, at most `warmup` seconds), the requests/s of the first seconds, and
+    how long the warm-up took."""
     import tritonclient.grpc.aio as triton
 
     from serving.datatypes import v2_dtype
 
     inputs = example_inputs(specs, batch)
 
-    async def drive() -> list[float]:
+    async def drive() -> tuple[list[float], float, float]:
         client = triton.InferenceServerClient(url)
         tensors = []
         for name, array in inputs.items():
@@ -124,19 +179,24 @@ def _client_process(url: str, model: str, specs, batch: int, concurrency: int, s
                 if shared_memory:
                     outputs_of = await _into_shared_memory(client, model, inputs, tensors, concurrency, regions)
                 measured: list[float] = []
-                start = time.perf_counter() + warmup
-                end = start + seconds
+                rate = SteadyRate(warmup)
 
                 async def worker(outputs) -> None:
-                    while (sent := time.perf_counter()) < end:
+                    while True:
+                        sent = time.perf_counter()
+                        if rate.steady_at is not None and sent >= rate.steady_at + seconds:
+                            return
                         await client.infer(model, tensors, outputs=outputs)
-                        if sent >= start:
-                            measured.append(time.perf_counter() - sent)
+                        done = time.perf_counter()
+                        if rate.steady_at is None:
+                            rate.complete(done)
+                        elif sent >= rate.steady_at:
+                            measured.append(done - sent)
 
                 await asyncio.gather(*(worker(outputs) for outputs in outputs_of))
         finally:
             await client.close()
-        return measured
+        return measured, rate.first_rate(), rate.steady_at - rate.began
 
     try:
         return asyncio.run(drive())
@@ -208,8 +268,12 @@ def over_grpc(
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no GIL shared with the caller
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
         futures = [pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory) for share in shares]
-        latencies = [lat for f in futures for lat in f.result()]
-    return _summarise(model, "grpc+shm" if shared_memory else "grpc", batch, concurrency, latencies, seconds)
+        answers = [f.result() for f in futures]
+    result = _summarise(model, "grpc+shm" if shared_memory else "grpc", batch, concurrency,
+                        [lat for latencies, _, _ in answers for lat in latencies], seconds)
+    result.first_items_per_s = sum(first for _, first, _ in answers) * batch
+    result.warmup_s = max(took for _, _, took in answers)
+    return result
 
 
 def _free_port() -> int:
@@ -297,13 +361,15 @@ def run_benchmark(
     return results
 
 
-HEADER = f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs in-proc':>10}"
+HEADER = (f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs in-proc':>10} {'first 2 s':>10} {'warm-up s':>9}")
 
 
 def format_row(r: BenchResult) -> str:
     ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
     return (f"{r.model:<24} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10}")
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10} {r.first_items_per_s or float('nan'):>10.1f} "
+            f"{r.warmup_s or 0.0:>9.1f}")
 
 
 def environment(device: str, tf32: bool = False) -> dict:

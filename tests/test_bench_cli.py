@@ -70,6 +70,7 @@ def test_bench_with_free_batch_sizes(repository, tmp_path):
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
         ("mnist_convnet", "in-process"), ("mnist_convnet_free", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_free", "grpc")]
     assert report["settings"]["free_batch_sizes"] is True and all(r["requests"] > 0 for r in report["results"])
+    assert all(r["first_items_per_s"] > 0 and 0 < r["warmup_s"] < 1 for r in report["results"])
 
 
 def test_free_sizes_config(repository):
@@ -86,3 +87,24 @@ def test_free_sizes_config(repository):
 def test_free_sizes_need_dynamic_batching(repository, tmp_path, capsys):
     code = main(["bench", "--repository", str(repository), "--free-batch-sizes", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
     assert code == 2 and "--free-batch-sizes compares ways of merging runs" in capsys.readouterr().err
+
+
+def test_warm_up_ends_when_the_rate_is_steady():
+    from deepr.bench import SteadyRate
+
+    steady = SteadyRate(bound=10.0, began=0.0)
+    for i in range(1, 400):  # 100 completions per second, evenly
+        steady.complete(i / 100)
+        if steady.steady_at is not None:
+            break
+    assert steady.steady_at == 1.0  # two 0.5 s windows at the same rate
+    assert steady.first_rate() == 100.0
+
+    climbing = SteadyRate(bound=3.0, began=0.0)
+    at = 0.0
+    for i in range(1, 10_000):  # each request 1% faster than the one before: never steady
+        at += 0.05 * 0.99**i
+        climbing.complete(at)
+        if climbing.steady_at is not None:
+            break
+    assert 3.0 <= climbing.steady_at < 3.1  # the bound ends it

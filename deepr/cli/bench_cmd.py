@@ -120,7 +120,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
     p.add_argument("--cells", type=_cells, help="explicit BATCHxCONCURRENCY cells instead of the grid, e.g. 1x64,256x4")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each cell (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=10.0,
+                   help="longest unmeasured warm-up before each cell; it ends once two 0.5 s windows agree within 5%% "
+                   "(default: %(default)s)")
     p.add_argument("--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA, in-process and on the server alike")

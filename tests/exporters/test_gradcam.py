@@ -43,7 +43,9 @@ def test_exported_heatmaps_equal_autograd(tmp_path, name, layer):
     model = zoo.get_model(name).eval()
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     result = export_gradcam(name, tmp_path / "repo", weights=tmp_path / "weights.pt", layer=layer)
-    assert result.validation.max_abs_diff < 1e-6  # random inputs, batch 1 and 5, checked inside the export
+    # random inputs, batch 1 and 5, checked inside the export; float32 error depends on the CPU's
+    # kernels (VGG16's graphs: under 1e-6 where this was first run, 1.6e-6 on an AMD EPYC)
+    assert result.validation.max_abs_diff < 5e-6
     local = LocalGradCAM(result.version_dir / "model.onnx")
     pictures = pictures_for(name, 4)
     classes = [-1, 0, -1, 0] if zoo.get_model_spec(name).task == "binary" else [-1, 3, 7, -1]
