@@ -24,8 +24,7 @@ class InflightLimit:
         self.limit = limit
         self.inflight = 0
         self.admitted = 0
-        self.refused = 0
-
+        """Requests admitted so far: the memory trimmer watches it for new work."""
         self._log_interval = log_interval
         self._refused_since_log = 0
         self._next_log = 0.0
@@ -44,14 +43,8 @@ class InflightLimit:
             yield
         finally:
             self.inflight -= 1
-    
-
-    def idle_for(self) -> float:
-        """Seconds since the last request left (0 while one is in flight)."""
-        return 0.0 if self.inflight else time.monotonic() - self._last_left
 
     def _refuse(self) -> None:
-        self.refused += 1
         self._refused_since_log += 1
         now = time.monotonic()
         if now >= self._next_log:

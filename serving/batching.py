@@ -34,8 +34,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 from .batch_sizes import PAD_PARAMETER, run_sizes
+from .errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 from .grpc._generated import model_config_pb2 as mc
 from .model import OnnxModel
 

@@ -15,12 +15,12 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 
+from .batch_sizes import warm_run_sizes
 from .codecs import TensorSpec
 from .datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
 from .errors import InvalidInput, ModelLoadError
 from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
-from .batch_sizes import warm_run_sizes
 from .warmup import warm_up
 
 __all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session"]

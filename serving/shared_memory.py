@@ -226,24 +226,23 @@ class SharedMemoryRegions:
             reason = "it is a symbolic link" if os.path.islink(path) else exc.strerror
             raise InvalidInput(f"shared memory region {name!r}: cannot open {key!r}: {reason}") from None
         file = _Descriptor(fd)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        refusal = self._refusal(os.fstat(fd), key, offset, byte_size)
+        if refusal:
             file.close()
-            raise InvalidInput(f"shared memory region {name!r}: {key!r} is not a shared memory object (not a regular file)")
-        if info.st_uid != os.geteuid() and (self.group is None or info.st_gid != self.group):
-            file.close()
-            raise InvalidInput(
-                f"shared memory region {name!r}: {key!r} belongs to another user (uid {info.st_uid}); the server "
-                "accepts objects of its own user" + ("" if self.group is None else f" or of group {self.group}")
-            )
-        if offset + byte_size > info.st_size:
-            file.close()
-            raise InvalidInput(
-                f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is beyond the end of "
-                f"{key!r} ({info.st_size} bytes)"
-            )
+            raise InvalidInput(f"shared memory region {name!r}: {refusal}")
         region = self._regions[name] = Region(name, key, offset, byte_size, file)
         return region
+
+    def _refusal(self, info: os.stat_result, key: str, offset: int, byte_size: int) -> str | None:
+        """Why the opened object `key` cannot back a region, or None."""
+        if not stat.S_ISREG(info.st_mode):
+            return f"{key!r} is not a shared memory object (not a regular file)"
+        if info.st_uid != os.geteuid() and (self.group is None or info.st_gid != self.group):
+            return (f"{key!r} belongs to another user (uid {info.st_uid}); the server accepts objects of its own user"
+                    + ("" if self.group is None else f" or of group {self.group}"))
+        if offset + byte_size > info.st_size:
+            return f"offset {offset} + byte_size {byte_size} is beyond the end of {key!r} ({info.st_size} bytes)"
+        return None
 
     def _path(self, key: str) -> Path:
         # POSIX names are one component after the slash; anything else could reach files
