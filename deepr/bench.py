@@ -6,9 +6,10 @@ For each model and batch size, in-process onnxruntime runs the ONNX file in a lo
 same file, and tritonclient's asyncio client keeps `concurrency` requests in flight
 from one or more client processes. Each cell reports items/s, requests/s and
 client-side p50/p99 latency; gRPC rows also give their ratio to in-process items/s
-at the same batch size. Each cell is measured once its rate is steady (two 0.5 s windows
-within 5%, after at most --warmup seconds); the items/s of its first 2 s are reported
-beside it ("first 2 s": for the first cell of a model, its speed right after loading).
+at the same batch size. Before each gRPC cell the server reloads the model (its load-time
+warm-up included), so no cell inherits a warm state from the one before; the items/s of
+the first 2 s after the reload are reported as "cold 2 s", and the cell is measured once
+its rate is steady (two 0.5 s windows within 5%, after at most --warmup seconds).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot", "copy_with_configs",
-           "without_batching", "with_free_sizes"]
+           "without_batching", "with_free_sizes", "batch_profiles", "reload"]
 
 
 @dataclass
@@ -54,9 +55,11 @@ class BenchResult:
     p99_ms: float
     ratio: float | None = None
     """gRPC items/s over in-process items/s at the same batch size."""
-    first_items_per_s: float | None = None
-    """items/s over the first FIRST_SECONDS of the cell's warm-up (for the first cell after
-    the server loads a model: how fast it serves from its first request)."""
+    cold_items_per_s: float | None = None
+    """items/s over the first FIRST_SECONDS after the model loaded (gRPC: the server's reload
+    before the cell; in-process: a new session): how fast it serves from its first request."""
+    load_s: float | None = None
+    """gRPC: how long the reload before the cell took, its warm-up of batch sizes included."""
     warmup_s: float | None = None
     """How long the warm-up took to reach a steady rate (at most the --warmup bound)."""
 
@@ -148,7 +151,7 @@ def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, s
         session.run(None, inputs)
         latencies.append(time.perf_counter() - now)
     result = _summarise(model, "in-process", batch, 1, latencies, time.perf_counter() - start)
-    result.first_items_per_s, result.warmup_s = rate.first_rate() * batch, rate.steady_at - rate.began
+    result.cold_items_per_s, result.warmup_s = rate.first_rate() * batch, rate.steady_at - rate.began
     return result
 
 
@@ -271,7 +274,7 @@ def over_grpc(
         answers = [f.result() for f in futures]
     result = _summarise(model, "grpc+shm" if shared_memory else "grpc", batch, concurrency,
                         [lat for latencies, _, _ in answers for lat in latencies], seconds)
-    result.first_items_per_s = sum(first for _, first, _ in answers) * batch
+    result.cold_items_per_s = sum(first for _, first, _ in answers) * batch
     result.warmup_s = max(took for _, _, took in answers)
     return result
 
@@ -331,6 +334,28 @@ def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, st
     return served.path, [(s.name, s.datatype, list(s.shape)) for s in served.inputs]
 
 
+def reload(url: str, model: str) -> float:
+    """Have the server load `model` afresh (model control); returns the seconds it took."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(url)
+    try:
+        began = time.perf_counter()
+        client.load_model(model)
+        return time.perf_counter() - began
+    finally:
+        client.close()
+
+
+def batch_profiles(repository: Path, models: Sequence[str]) -> dict[str, str]:
+    """The batch profile each model's config carries (deepr export --profile-batches), as tables."""
+    from serving.batch_profile import BatchProfile
+    from serving.model_config import read_config
+
+    profiles = {m: BatchProfile.from_config(read_config(repository / m)) for m in models}
+    return {m: p.table() for m, p in profiles.items() if p is not None}
+
+
 def run_benchmark(
     repository: Path, models: Sequence[str], *, cells: Sequence[tuple[int, int]], device: str = "auto",
     seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
@@ -353,23 +378,24 @@ def run_benchmark(
         for model in models:
             for batch, concurrency in cells:
                 for shm in (False, True) if shared_memory else (False,):
+                    load_s = reload(url, model)
                     r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
                                   processes=client_processes, shared_memory=shm)
-                    r.ratio = r.items_per_s / baseline[model, batch]
+                    r.ratio, r.load_s = r.items_per_s / baseline[model, batch], load_s
                     results.append(r)
                     progress(format_row(r))
     return results
 
 
 HEADER = (f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'vs in-proc':>10} {'first 2 s':>10} {'warm-up s':>9}")
+          f"{'vs in-proc':>10} {'cold 2 s':>10} {'load s':>6} {'warm-up s':>9}")
 
 
 def format_row(r: BenchResult) -> str:
     ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
     return (f"{r.model:<24} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10} {r.first_items_per_s or float('nan'):>10.1f} "
-            f"{r.warmup_s or 0.0:>9.1f}")
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10} {r.cold_items_per_s or float('nan'):>10.1f} "
+            f"{'' if r.load_s is None else f'{r.load_s:.2f}':>6} {r.warmup_s or 0.0:>9.1f}")
 
 
 def environment(device: str, tf32: bool = False) -> dict:

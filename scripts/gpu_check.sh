@@ -2,7 +2,7 @@
 # deepr's GPU checks, on a host prepared as docs/gpu.md describes (onnxruntime-gpu staged
 # from .ortgpu0..N, extra wheels in .whl). From the project root:
 #
-#     STEPS="tests tf32 shape padding" bash scripts/gpu_check.sh RESULTS_DIR
+#     STEPS="tests tf32 shape sizes profile" bash scripts/gpu_check.sh RESULTS_DIR
 #
 # Steps (STEPS picks and orders them; the default is every step but suite):
 #   tests    the `gpu`-marked tests (CUDA vs CPU: Grad-CAM at batch 128, served
@@ -13,7 +13,9 @@
 #            resnet50's uint8 pixel graph (BENCH_MODELS), in-process onnxruntime vs the gRPC
 #            server under tritonclient, tensors in the message and in system shared memory
 #   shape    the cost of a new batch size on CUDA (scripts/shape_cost.py)
-#   padding  dynamic batching with runs padded to fixed sizes (--pad-batches) against without
+#   sizes    merged runs at the sizes warmed at load against free sizes (--free-batch-sizes)
+#   profile  `deepr export resnet50 --profile-batches` on CUDA (rows/s per batch size and
+#            instance count), then `deepr bench` of the profiled model
 # One command may run for at most 10 minutes on the lent machine: run the steps over two or
 # three calls (docs/gpu.md gives a split); each call activates onnxruntime-gpu again, which
 # is quick once the first has unpacked it.
@@ -32,7 +34,7 @@ python3 -c "import torch, onnxruntime, grpc; print('torch', torch.__version__, '
 # Graphs exported beforehand (scripts/export_gpu_graphs.py) where this host's torch cannot.
 if [ -d .gpu-graphs ]; then export DEEPR_GPU_GRAPHS="$PWD/.gpu-graphs"; tf32_args="--onnx .gpu-graphs/catsdogs_convnet_gradcam.onnx"; fi
 
-for step in ${STEPS:-tests tf32 bench shape padding}; do
+for step in ${STEPS:-tests tf32 bench shape sizes profile}; do
   echo "=== $step"
   case "$step" in
     tests)
@@ -46,15 +48,20 @@ for step in ${STEPS:-tests tf32 bench shape padding}; do
     bench)
       models=""; for m in ${BENCH_MODELS:-resnet50 vgg16 resnet50_uint8}; do models="$models --model $m"; done
       timeout "${BENCH_TIMEOUT:-500}" python3 -m deepr bench --device cuda $models \
-        --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-2}" --warmup 1 \
+        --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-2}" \
         --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO " ;;
     shape)
       timeout 150 python3 scripts/shape_cost.py --model resnet50 --device cuda --sizes 1-64 --out "$results/shape_cost.json" 2>&1 \
         | grep -v " INFO " | tail -8 ;;
-    padding)
-      timeout 200 python3 -m deepr bench --device cuda --model resnet50 --cells 1x64,32x8 --pad-batches --seconds 3 --warmup 1 \
-        --client-processes 4 --out "$results/bench_padding.json" 2>&1 | grep -v " INFO " ;;
+    sizes)
+      timeout 200 python3 -m deepr bench --device cuda --model resnet50 --cells 1x64,32x8 --free-batch-sizes --seconds 3 \
+        --client-processes 4 --out "$results/bench_sizes.json" 2>&1 | grep -v " INFO " ;;
+    profile)
+      timeout 120 python3 -m deepr export resnet50 --repository /tmp/profiled --profile-batches 2>&1 | grep -v " INFO " \
+        | tee "$results/profile_resnet50.txt"
+      timeout 200 python3 -m deepr bench --device cuda --repository /tmp/profiled --model resnet50 --cells 1x64,32x8 --seconds 3 \
+        --client-processes 4 --out "$results/bench_profiled.json" 2>&1 | grep -v " INFO " ;;
     *)
-      echo "unknown step $step (tests suite tf32 bench shape padding)"; exit 2 ;;
+      echo "unknown step $step (tests suite tf32 bench shape sizes profile)"; exit 2 ;;
   esac
 done

@@ -3,7 +3,8 @@
 onnxruntime's first run at a new batch size is 1.5-3x slower per row than the runs after
 it (memory planning, kernel choice), and a batcher that merges whatever is queued keeps
 producing sizes it has never run. So merged runs take one of a few sizes: the config's
-`preferred_batch_size`, else powers of two, and `max_batch_size`. Each is run with zero
+`preferred_batch_size` (merging stops at the largest; serving/batch_profile.py measures
+where it stops paying), else powers of two and `max_batch_size`. Each is run with zero
 data when the model loads (twice, the second run timed), within a time budget; the
 timings let the batcher choose between padding a merged run up to the next size and
 running fewer requests at a smaller one (see BatchingPolicy.plan).
@@ -21,6 +22,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .batch_profile import candidate_sizes
 from .grpc._generated import model_config_pb2 as mc
 
 __all__ = ["run_sizes", "warm_run_sizes", "PAD_PARAMETER", "BUDGET_PARAMETER", "DEFAULT_BUDGET_S"]
@@ -41,8 +43,7 @@ def run_sizes(config: mc.ModelConfig) -> tuple[int, ...]:
         return ()
     limit = config.max_batch_size
     preferred = {s for s in config.dynamic_batching.preferred_batch_size if 0 < s <= limit}
-    sizes = preferred or {2**i for i in range(limit.bit_length()) if 2**i < limit}
-    return tuple(sorted({*sizes, limit}))
+    return tuple(sorted(preferred)) if preferred else candidate_sizes(limit)
 
 
 def _budget(config: mc.ModelConfig) -> float:

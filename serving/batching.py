@@ -3,7 +3,7 @@
 A model whose config.pbtxt has a `dynamic_batching` block gets a DynamicBatcher.
 Requests queue per model; a scheduler takes the oldest one, waits for a free
 instance (instance_group count), then gathers every queued request whose tensors
-can be stacked with it (same non-batch shapes and datatypes) up to max_batch_size,
+can be stacked with it (same non-batch shapes and datatypes) up to its merge limit,
 waiting at most max_queue_delay_microseconds for a preferred batch size. The
 merged run's outputs are split back by row offsets. If a merged run fails, each of
 its requests is run alone, so one bad request fails alone.
@@ -13,7 +13,7 @@ when full), and a request whose client deadline passes while queued is dropped
 before it runs.
 
 Merged runs take one of a few sizes (serving/batch_sizes.py: the preferred batch sizes,
-else powers of two, and max_batch_size), each warmed when the model loads, so the
+else powers of two and max_batch_size; merging stops at the largest), each warmed when the model loads, so the
 runtime never meets a new shape under load: a first run at a new size is 1.5-3x slower
 per row on the CPU and costs kernel selection on CUDA, and merging whatever is queued
 would make almost every run a new size. A gathered batch either runs padded with zero
@@ -37,7 +37,7 @@ import numpy as np
 from .batch_sizes import PAD_PARAMETER, run_sizes
 from .errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 from .grpc._generated import model_config_pb2 as mc
-from .model import OnnxModel
+from .model import OnnxModel, instance_count
 
 __all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings", "PAD_PARAMETER"]
 
@@ -55,6 +55,12 @@ class BatchingPolicy:
     """Sizes merged runs take (ascending); empty: any size."""
     run_seconds: Mapping[int, float] = field(default_factory=dict)
     """Time of a warm run at each warmed size; without it, runs are padded up."""
+
+    @property
+    def merge_limit(self) -> int:
+        """Rows a merged run may hold: the largest run size, or max_batch_size for free sizes.
+        A single request over it runs alone, at its own size."""
+        return self.run_sizes[-1] if self.run_sizes else self.max_batch_size
 
     def plan(self, rows: Sequence[int]) -> tuple[int, int]:
         """For gathered requests of `rows` rows (in queue order): how many of them to run
@@ -86,7 +92,6 @@ class BatchingPolicy:
         if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
             return None
         batching = config.dynamic_batching
-        instances = sum(g.count or 1 for g in config.instance_group) or 1
         preferred = tuple(sorted(s for s in batching.preferred_batch_size if 0 < s <= config.max_batch_size))
         sizes = run_sizes(config)
         if run_seconds:  # sizes past the warm-up budget are left out, not run cold
@@ -96,7 +101,7 @@ class BatchingPolicy:
             preferred_batch_sizes=preferred,
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
             max_queue_size=batching.default_queue_policy.max_queue_size,
-            instances=instances,
+            instances=instance_count(config),
             run_sizes=sizes,
             run_seconds=dict(run_seconds or {}),
         )
@@ -264,13 +269,13 @@ class DynamicBatcher:
                     continue
                 if signature is None:
                     signature = pending.signature
-                if pending.signature == signature and rows + pending.rows <= policy.max_batch_size:
+                if pending.signature == signature and (not batch or rows + pending.rows <= policy.merge_limit):
                     batch.append(pending)
                     rows += pending.rows
                 else:
                     kept.append(pending)
             self._queue = kept
-            if not batch or self._draining or rows >= policy.max_batch_size or rows in policy.preferred_batch_sizes:
+            if not batch or self._draining or rows >= policy.merge_limit or rows in policy.preferred_batch_sizes:
                 return batch
             if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
                 return batch

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 
+from .batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_load, profile_batches
 from .batch_sizes import warm_run_sizes
 from .codecs import TensorSpec
 from .datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
@@ -23,7 +26,7 @@ from .grpc._generated import model_config_pb2 as mc
 from .providers import select_providers
 from .warmup import warm_up
 
-__all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session"]
+__all__ = ["OnnxModel", "RuntimeOptions", "pruned_graph", "part_session", "instance_count", "usable_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,16 @@ _GRAPH_LEVELS = {
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    """How many runs of the model may go at once: the config's instance_group counts."""
+    return sum(g.count or 1 for g in config.instance_group) or 1
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
@@ -87,6 +100,8 @@ class OnnxModel:
         self.config = config
         self.runtime = runtime
         self._session: ort.InferenceSession | None = None
+        self._idle_instances: queue.SimpleQueue[ort.InferenceSession] | None = None
+        """With instance_group count > 1: the sessions not running, one per instance."""
         self._options: ort.SessionOptions | None = None
         self._pruned: collections.OrderedDict[frozenset[str], ort.InferenceSession] = collections.OrderedDict()
         self._pruning = threading.Lock()
@@ -101,13 +116,18 @@ class OnnxModel:
         return self.config.max_batch_size
 
     @property
+    def providers(self) -> list[str]:
+        """The execution providers of the loaded session, first the one that runs it."""
+        return self._session.get_providers() if self._session is not None else []
+
+    @property
     def ready(self) -> bool:
         return self._session is not None
 
-    def load(self) -> None:
-        """Create the session and check the config against the graph (ModelLoadError on any mismatch)."""
+    def session_options(self, threads: int | None = None) -> ort.SessionOptions:
+        """onnxruntime options for this model's sessions; `threads` overrides the intra-op threads."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.runtime.intra_op_threads
+        options.intra_op_num_threads = self.runtime.intra_op_threads if threads is None else threads
         options.log_severity_level = 3  # errors only: deepr reports its own
         if not self.runtime.spin:
             # Idle onnxruntime threads otherwise spin for a while after each run, taking the
@@ -118,29 +138,55 @@ class OnnxModel:
             if level not in _GRAPH_LEVELS:
                 raise ModelLoadError(f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}")
             options.graph_optimization_level = _GRAPH_LEVELS[level]
-        start = time.perf_counter()
-        self._options = options
+        return options
+
+    def new_session(self, threads: int | None = None) -> ort.InferenceSession:
+        """A fresh onnxruntime session of the whole graph (ModelLoadError when it cannot load)."""
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
+            return ort.InferenceSession(str(self.path), self.session_options(threads),
+                                        providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}") from None
+
+    def load(self) -> None:
+        """Create the session(s) and check the config against the graph (ModelLoadError on any mismatch).
+
+        With instance_group count N > 1 there are N sessions, each with its share of the
+        cores as intra-op threads (unless the server fixes the threads), so N runs go at
+        once without contending for one thread pool."""
+        start = time.perf_counter()
+        instances = instance_count(self.config)
+        threads = None
+        if instances > 1 and not self.runtime.intra_op_threads:
+            threads = max(1, usable_cores() // instances)
+        self._options = self.session_options(threads)
+        session = self.new_session(threads)
         self.inputs = self._specs(session.get_inputs(), list(self.config.input), "input")
         self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        if instances > 1:
+            self._idle_instances = queue.SimpleQueue()
+            for each in [session, *(self.new_session(threads) for _ in range(instances - 1))]:
+                self._idle_instances.put(each)
         self._session = session
-        logger.info("loaded %s version %s in %.2fs on %s", self.name, self.version, time.perf_counter() - start, session.get_providers()[0])
+        logger.info("loaded %s version %s in %.2fs on %s%s", self.name, self.version, time.perf_counter() - start,
+                    session.get_providers()[0], f", {instances} instances x {threads} threads" if instances > 1 else "")
+        description = f"{self.name} version {self.version}"
         try:
-            warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict,
-                    f"{self.name} version {self.version}")
-            self.run_seconds = warm_run_sizes(self.config, self._zero_inputs, self.predict, f"{self.name} version {self.version}")
+            warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict, description)
+            if profile_at_load(self.config):
+                profile = profile_batches(self, seconds_per_size=PROFILE_SECONDS_AT_LOAD)
+                logger.info("%s: batch profile\n%s", description, profile.table())
+                profile.write_into(self.config, instances=False)
+            self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
         except ModelLoadError:
-            self._session = None  # not ready: its warm-up could not run
+            self.unload()  # not ready: its warm-up could not run
             raise
         except Exception as exc:  # onnxruntime failing on zero inputs at a size
-            self._session = None
-            raise ModelLoadError(f"{self.name} version {self.version}: warming up batch sizes failed: {exc}") from None
+            self.unload()
+            raise ModelLoadError(f"{description}: warming up batch sizes failed: {exc}") from None
 
-    def _zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
+    def zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
         """Zero inputs of `rows` rows, or None when an input has a free dimension."""
         arrays = {}
         for spec in self.inputs:
@@ -185,6 +231,7 @@ class OnnxModel:
 
     def unload(self) -> None:
         self._session = None
+        self._idle_instances = None
 
     def check_batch(self, inputs: dict[str, np.ndarray]) -> int:
         """The request's batch size, after checking its inputs agree on it and it fits."""
@@ -209,8 +256,19 @@ class OnnxModel:
         names = list(outputs) if outputs else [o.name for o in self.outputs]
         if len(set(names)) < len(self.outputs):
             session = self._session_computing(frozenset(names))
+        elif self._idle_instances is not None:
+            return self._run_on_an_instance(names, inputs)
         results = session.run(names, inputs)
         return dict(zip(names, results))
+
+    def _run_on_an_instance(self, names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on an idle instance's session, waiting for one if all are running."""
+        idle = self._idle_instances
+        session = idle.get()
+        try:
+            return dict(zip(names, session.run(names, inputs)))
+        finally:
+            idle.put(session)
 
     def _session_computing(self, outputs: frozenset[str]) -> ort.InferenceSession:
         """A session for the part of the graph that `outputs` need. onnxruntime runs every

@@ -67,8 +67,8 @@ def _bench(args: argparse.Namespace) -> int:
         import tritonclient.grpc.aio  # noqa: F401  (the benchmark's client)
     except ImportError:
         raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
-    from deepr.bench import (HEADER, copy_with_configs, environment, run_benchmark, with_free_sizes, without_batching, write_json,
-                             write_plot)
+    from deepr.bench import (HEADER, batch_profiles, copy_with_configs, environment, run_benchmark, with_free_sizes,
+                             without_batching, write_json, write_plot)
 
     if args.free_batch_sizes and not args.dynamic_batching:
         raise CLIError("--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)
@@ -88,6 +88,9 @@ def _bench(args: argparse.Namespace) -> int:
         server_args = []
         if args.intra_op_threads is not None:
             server_args += ["--intra-op-threads", str(args.intra_op_threads)]
+        profiles = batch_profiles(repository, models)
+        for model, table in profiles.items():
+            print(f"{model}: {table}\n")
         print(HEADER)
         cells = args.cells or [(b, c) for b in args.batch for c in args.concurrency]
         results = run_benchmark(
@@ -98,7 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
     settings = {
         "models": models, "cells": cells, "seconds": args.seconds,
         "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching, "free_batch_sizes": args.free_batch_sizes,
-        "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, **environment(args.device, args.tf32),
+        "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, "batch_profiles": profiles, **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
     write_plot(args.out.with_suffix(".png"), results)

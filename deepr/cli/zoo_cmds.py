@@ -188,12 +188,27 @@ def _export(args: argparse.Namespace) -> int:
     if args.generate:
         print(f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its per-step distributions "
               f"match the step graph's: max |diff| {v.max_abs_diff:.2g}")
-        return 0
+        return _profile_batches(result) if args.profile_batches else 0
     print(
         f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
         f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g}, "
         f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x largest output)"
     )
+    return _profile_batches(result) if args.profile_batches else 0
+
+
+def _profile_batches(result) -> int:
+    from exporters.repository import profile_batches_into_config
+
+    print(f"{result.name}: measuring rows/s per batch size and instance count on this machine ...", file=sys.stderr)
+    try:
+        profile = profile_batches_into_config(result.version_dir, progress=lambda line: print(f"  {line}", file=sys.stderr))
+    except ValueError as exc:
+        raise CLIError(f"{result.name} version {result.version_dir.name} is exported, without --profile-batches: {exc}",
+                       EXIT_USAGE) from None
+    print(profile.table())
+    print(f"{result.name}: wrote preferred_batch_size {list(profile.preferred_sizes)} and instance_group count "
+          f"{profile.instances} into {result.version_dir.parent / 'config.pbtxt'}")
     return 0
 
 
@@ -256,6 +271,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-batches", action="store_true",
                    help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
                    "(what the server does anyway unless the config says false)")
+    p.add_argument("--profile-batches", action="store_true",
+                   help="measure rows/s at batch sizes 1, 2, 4, ... max and with 1, 2, ... instances on this machine, and "
+                   "write the sizes worth merging to (preferred_batch_size), the instance count and the curve into the config")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")

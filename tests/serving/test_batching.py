@@ -189,7 +189,7 @@ def test_policy_comes_from_the_config():
     config.dynamic_batching.max_queue_delay_microseconds = 2000
     config.dynamic_batching.default_queue_policy.max_queue_size = 100
     config.instance_group.add(count=2)
-    assert BatchingPolicy.from_config(config) == BatchingPolicy(32, (8, 16), 0.002, 100, 2, run_sizes=(8, 16, 32))
+    assert BatchingPolicy.from_config(config) == BatchingPolicy(32, (8, 16), 0.002, 100, 2, run_sizes=(8, 16))
     config.max_batch_size = 0
     assert BatchingPolicy.from_config(config) is None
 
@@ -309,7 +309,8 @@ def test_run_sizes_from_the_config_and_the_warm_up():
     assert BatchingPolicy.from_config(config).run_sizes == ()
     del config.parameters["deepr.pad_batches"]
     config.dynamic_batching.preferred_batch_size.extend([4, 12])
-    assert BatchingPolicy.from_config(config).run_sizes == (4, 12, 24)
+    assert BatchingPolicy.from_config(config).run_sizes == (4, 12)  # merging stops at the largest preferred size
+    assert BatchingPolicy.from_config(config).merge_limit == 12
 
 
 @pytest.mark.parametrize("rows, seconds, plan", [
@@ -323,3 +324,30 @@ def test_run_sizes_from_the_config_and_the_warm_up():
 def test_plan_keeps_merged_runs_at_warmed_sizes(rows, seconds, plan):
     sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     assert BatchingPolicy(256, run_sizes=sizes, run_seconds=seconds).plan(rows) == plan
+
+
+def test_merging_stops_at_the_largest_preferred_size(executor):
+    """A profiled model (preferred sizes 1, 2, 4): one-row requests merge into runs of at
+    most 4; a request larger than that runs alone, at its own size."""
+    model = RowSums()
+    model.gate.clear()
+    executed = []
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=64, preferred_batch_sizes=(1, 2, 4), run_sizes=(1, 2, 4)),
+                             executor, lambda size, infer_ns, cold: executed.append(size))
+    sizes = [1] * 9 + [8] + [1] * 3
+
+    async def main():
+        first = asyncio.create_task(batcher.infer(rows(1, 0), ["sum"]))  # held at the gate while the rest queue
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(batcher.infer(rows(n, 100 * i), ["sum"])) for i, n in enumerate(sizes)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await first
+        return await asyncio.gather(*tasks)
+
+    results = run(main())
+    for i, (n, (out, _)) in enumerate(zip(sizes, results)):
+        np.testing.assert_array_equal(out["sum"], rows(n, 100 * i)["x"].sum(axis=1, keepdims=True))
+    assert 8 in model.runs and all(size in (1, 2, 4) for size in model.runs if size != 8)
+    assert sorted(executed) == sorted(model.runs)
+    assert sum(model.runs) == 1 + sum(sizes)  # no padding was needed: 12 one-row requests fill sizes exactly
