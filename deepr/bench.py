@@ -37,7 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot", "copy_with_configs",
-           "without_batching", "with_free_sizes", "batch_profiles", "reload"]
+           "without_batching", "with_free_sizes", "with_instances", "batch_profiles", "reload"]
 
 
 @dataclass
@@ -474,3 +474,11 @@ def with_free_sizes(config) -> None:
     from serving.batch_sizes import PAD_PARAMETER
 
     config.parameters[PAD_PARAMETER].string_value = "false"
+
+
+def with_instances(count: int) -> Callable[[Any], None]:
+    """A config edit: `count` instances, each its own session with cores/count threads."""
+    def edit(config) -> None:
+        del config.instance_group[:]
+        config.instance_group.add(count=count)
+    return edit

@@ -87,9 +87,9 @@ def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad
 
 
 def profile_batches_into_config(version_dir: Path, *, device: str = "auto", progress=lambda line: None):
-    """Measure an exported version's rows/s per batch size and per instance count on this
-    machine (serving/batch_profile.py) and write preferred_batch_size, instance_group and
-    the curve into its config.pbtxt. Returns the BatchProfile; ValueError when the model
+    """Measure an exported version's rows/s per batch size on this machine
+    (serving/batch_profile.py) and write preferred_batch_size and the curve into its
+    config.pbtxt. Returns the BatchProfile; ValueError when the model
     has no dynamic batching or no fixed-size inputs to profile with."""
     from serving.batch_profile import profile_batches
     from serving.model import OnnxModel, RuntimeOptions
@@ -101,13 +101,13 @@ def profile_batches_into_config(version_dir: Path, *, device: str = "auto", prog
     measured = mc.ModelConfig()
     measured.CopyFrom(config)
     measured.ClearField("model_warmup")  # the profile warms every size itself
-    measured.ClearField("instance_group")
+    measured.ClearField("instance_group")  # one session with every core
     measured.parameters["deepr.pad_batches"].string_value = "false"  # no warm-up of run sizes before measuring
     model = OnnxModel(config.name, Path(version_dir).name, Path(version_dir) / (config.default_model_filename or "model.onnx"),
                       measured, RuntimeOptions(device=device))
     model.load()
     try:
-        profile = profile_batches(model, instances=True, progress=progress)
+        profile = profile_batches(model, progress=progress)
     finally:
         model.unload()
     profile.write_into(config)

@@ -177,7 +177,7 @@ class OnnxModel:
             if profile_at_load(self.config):
                 profile = profile_batches(self, seconds_per_size=PROFILE_SECONDS_AT_LOAD)
                 logger.info("%s: batch profile\n%s", description, profile.table())
-                profile.write_into(self.config, instances=False)
+                profile.write_into(self.config)
             self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
         except ModelLoadError:
             self.unload()  # not ready: its warm-up could not run

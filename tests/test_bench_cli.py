@@ -74,6 +74,18 @@ def test_bench_with_free_batch_sizes(repository, tmp_path):
     assert all(r["load_s"] > 0 for r in report["results"] if r["mode"] == "grpc")  # reloaded before each cell
 
 
+def test_bench_with_instances(repository, tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "4x4", "--instances", "2",
+                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["mode"]) for r in report["results"]] == [
+        ("mnist_convnet", "in-process"), ("mnist_convnet_x2", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_x2", "grpc")]
+    assert report["settings"]["instances"] == 2 and all(r["requests"] > 0 for r in report["results"])
+    assert main(["bench", "--repository", str(repository), "--instances", "0"]) == 2
+
+
 def test_free_sizes_config(repository):
     from deepr.bench import with_free_sizes
     from serving.batching import BatchingPolicy

@@ -68,22 +68,29 @@ def _bench(args: argparse.Namespace) -> int:
     except ImportError:
         raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
     from deepr.bench import (HEADER, batch_profiles, copy_with_configs, environment, run_benchmark, with_free_sizes,
-                             without_batching, write_json, write_plot)
+                             with_instances, without_batching, write_json, write_plot)
 
     if args.free_batch_sizes and not args.dynamic_batching:
         raise CLIError("--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)
+    if args.instances is not None and args.instances < 1:
+        raise CLIError(f"--instances must be >= 1, got {args.instances}", EXIT_USAGE)
     models = args.model or ["mnist_convnet"]
     with tempfile.TemporaryDirectory(prefix="deepr-bench-") as scratch:
         repository = _export_missing(args.repository, models, Path(scratch) / "exported")
         if not args.dynamic_batching:
             copy_with_configs(repository, models, Path(scratch) / "unbatched", without_batching)
             repository = Path(scratch) / "unbatched"
-        elif args.free_batch_sizes:  # both forms served by one server, measured one after the other
-            served = Path(scratch) / "free"
+        if args.free_batch_sizes or args.instances:  # every form served by one server, measured one after the other
+            served = Path(scratch) / "side_by_side"
             served.mkdir()
             for model in models:
                 (served / model).symlink_to((repository / model).resolve(), target_is_directory=True)
-            models = [*models, *copy_with_configs(repository, models, served, with_free_sizes, suffix="_free")]
+            variants = []
+            if args.free_batch_sizes:
+                variants += copy_with_configs(repository, models, served, with_free_sizes, suffix="_free")
+            if args.instances:
+                variants += copy_with_configs(repository, models, served, with_instances(args.instances), suffix=f"_x{args.instances}")
+            models = [*models, *variants]
             repository = served
         server_args = []
         if args.intra_op_threads is not None:
@@ -101,6 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
     settings = {
         "models": models, "cells": cells, "seconds": args.seconds,
         "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching, "free_batch_sizes": args.free_batch_sizes,
+        "instances": args.instances,
         "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, "batch_profiles": profiles, **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
@@ -137,5 +145,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--free-batch-sizes", action="store_true",
                    help="also serve each model as NAME_free, its merged runs at any size the queue gives instead of "
                    "the sizes warmed at load (deepr.pad_batches false), measured in the same run")
+    p.add_argument("--instances", type=int, metavar="N",
+                   help="also serve each model as NAME_xN with instance_group count N (N sessions, each with cores/N "
+                   "onnxruntime threads), measured in the same run")
     p.add_argument("--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png")
     p.set_defaults(run=_bench)

@@ -200,15 +200,15 @@ def _export(args: argparse.Namespace) -> int:
 def _profile_batches(result) -> int:
     from exporters.repository import profile_batches_into_config
 
-    print(f"{result.name}: measuring rows/s per batch size and instance count on this machine ...", file=sys.stderr)
+    print(f"{result.name}: measuring rows/s per batch size on this machine ...", file=sys.stderr)
     try:
         profile = profile_batches_into_config(result.version_dir, progress=lambda line: print(f"  {line}", file=sys.stderr))
     except ValueError as exc:
         raise CLIError(f"{result.name} version {result.version_dir.name} is exported, without --profile-batches: {exc}",
                        EXIT_USAGE) from None
     print(profile.table())
-    print(f"{result.name}: wrote preferred_batch_size {list(profile.preferred_sizes)} and instance_group count "
-          f"{profile.instances} into {result.version_dir.parent / 'config.pbtxt'}")
+    print(f"{result.name}: wrote preferred_batch_size {list(profile.preferred_sizes)} and the curve into "
+          f"{result.version_dir.parent / 'config.pbtxt'}")
     return 0
 
 
@@ -272,8 +272,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
                    "(what the server does anyway unless the config says false)")
     p.add_argument("--profile-batches", action="store_true",
-                   help="measure rows/s at batch sizes 1, 2, 4, ... max and with 1, 2, ... instances on this machine, and "
-                   "write the sizes worth merging to (preferred_batch_size), the instance count and the curve into the config")
+                   help="measure rows/s at batch sizes 1, 2, 4, ... max on this machine and write the sizes worth merging "
+                   "to (preferred_batch_size) and the curve into the config")
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
     p.add_argument("--features", action="store_true",
                    help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")
