@@ -120,7 +120,7 @@ def _summarise(model: str, mode: str, batch: int, concurrency: int, latencies: S
 
 def example_inputs(specs: Sequence[tuple[str, str, Sequence[int]]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for (name, V2 datatype, shape with -1 for the batch) specs."""
-    from serving.datatypes import V2_TO_NUMPY
+    from serving.protocol.datatypes import V2_TO_NUMPY
 
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -135,7 +135,7 @@ def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, s
                tf32: bool = False) -> BenchResult:
     import onnxruntime as ort
 
-    from serving.providers import select_providers
+    from serving.runtime.providers import select_providers
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -165,7 +165,7 @@ def _client_process(url: str, model: str, specs, batch: int, concurrency: int, s
     how long the warm-up took."""
     import tritonclient.grpc.aio as triton
 
-    from serving.datatypes import v2_dtype
+    from serving.protocol.datatypes import v2_dtype
 
     inputs = example_inputs(specs, batch)
 
@@ -323,8 +323,8 @@ def serve_subprocess(
 
 def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, str, list[int]]]]:
     """The latest ONNX file of `model` and its inputs as (name, V2 datatype, shape)."""
-    from serving.model import OnnxModel, RuntimeOptions
-    from serving.model_config import read_config
+    from serving.protocol.model_config import read_config
+    from serving.server.model import OnnxModel, RuntimeOptions
 
     model_dir = repository / model
     config = read_config(model_dir)
@@ -349,8 +349,8 @@ def reload(url: str, model: str) -> float:
 
 def batch_profiles(repository: Path, models: Sequence[str]) -> dict[str, str]:
     """The batch profile each model's config carries (deepr export --profile-batches), as tables."""
-    from serving.batch_profile import BatchProfile
-    from serving.model_config import read_config
+    from serving.protocol.model_config import read_config
+    from serving.server.batch_profile import BatchProfile
 
     profiles = {m: BatchProfile.from_config(read_config(repository / m)) for m in models}
     return {m: p.table() for m, p in profiles.items() if p is not None}
@@ -401,7 +401,7 @@ def format_row(r: BenchResult) -> str:
 def environment(device: str, tf32: bool = False) -> dict:
     import onnxruntime as ort
 
-    from serving.providers import select_providers
+    from serving.runtime.providers import select_providers
 
     return {
         "python": platform.python_version(), "onnxruntime": ort.__version__, "machine": platform.machine(),
@@ -449,7 +449,7 @@ def copy_with_configs(
 ) -> list[str]:
     """Copies of `models` in `target`, named NAME + `suffix`, whose config.pbtxt files `edit`
     changed, for side-by-side runs; returns their names."""
-    from serving.model_config import read_config, write_config
+    from serving.protocol.model_config import read_config, write_config
 
     names = []
     for model in models:
@@ -471,9 +471,9 @@ def without_batching(config) -> None:
 def with_free_sizes(config) -> None:
     """Merged runs at whatever size the queue gives (deepr.pad_batches false), no size
     warmed beyond the config's own samples: how deepr batched before its run sizes."""
-    from serving.batch_sizes import PAD_PARAMETER
+    from serving.protocol.schema import PAD_BATCHES_KEY
 
-    config.parameters[PAD_PARAMETER].string_value = "false"
+    config.parameters[PAD_BATCHES_KEY].string_value = "false"
 
 
 def with_instances(count: int) -> Callable[[Any], None]:

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import DREAM_SUFFIX, FEATURES_LAYERS_KEY, PREPROCESSING_KEY
+
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers, prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
@@ -27,13 +30,9 @@ from .onnx import export_onnx
 from .repository import add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, _preprocessing
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.features import LAYERS_PARAMETER
-from serving.grpc._generated import model_config_pb2 as mc
 
 __all__ = ["DreamObjective", "export_dream", "DREAM_SUFFIX", "DREAM_LAYERS"]
 
-DREAM_SUFFIX = "_dream"
 DREAM_LAYERS = ("mixed2", "mixed3", "mixed4", "mixed5")
 
 
@@ -101,7 +100,7 @@ def export_dream(
         model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
         if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
-        model_config.parameters[LAYERS_PARAMETER].string_value = ",".join(chosen)
+            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
+        model_config.parameters[FEATURES_LAYERS_KEY].string_value = ",".join(chosen)
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     return ExportResult(dream_name, version_dir, report, time.perf_counter() - start)

@@ -6,7 +6,7 @@
 torchvision's `create_feature_extractor` traces the model and keeps only the operations the
 requested layers need, so a graph for shallow layers stops there. Each output is the layer's
 output as its Keras layer gives it (after its activation). The server computes, per request,
-only what the requested outputs need (see serving.model).
+only what the requested outputs need (see serving.server.model).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import FEATURES_LAYERS_KEY, FEATURES_SUFFIX, PREPROCESSING_KEY
 from zoo import get_model
 from zoo.recipes import load_weights
 
@@ -31,13 +33,9 @@ from .onnx import export_onnx
 from .repository import add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning, _input_shape, _preprocessing
-from serving.grpc._generated import model_config_pb2 as mc
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.features import LAYERS_PARAMETER
 
-__all__ = ["export_features", "feature_layers", "prepared_model", "LayerObjective", "FEATURES_SUFFIX", "LAYERS_PARAMETER"]
+__all__ = ["export_features", "feature_layers", "prepared_model", "LayerObjective", "FEATURES_SUFFIX", "FEATURES_LAYERS_KEY"]
 
-FEATURES_SUFFIX = "_features"
 
 # Layers whose outputs are only a reshaping or a training-time identity of their input.
 _SKIPPED = ("Flatten", "Dropout")
@@ -125,7 +123,7 @@ def export_features(
         for layer, tensor in zip(chosen, outputs):
             model_config.output.add(name=layer, data_type=mc.TYPE_FP32, dims=tensor.shape[1:])
         if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
-        model_config.parameters[LAYERS_PARAMETER].string_value = ",".join(chosen)
+            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
+        model_config.parameters[FEATURES_LAYERS_KEY].string_value = ",".join(chosen)
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     return ExportResult(features_name, version_dir, report, time.perf_counter() - start)

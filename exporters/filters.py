@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import FEATURES_LAYERS_KEY, FILTERS_SUFFIX, PREPROCESSING_KEY
+
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers, prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
@@ -28,13 +31,9 @@ from .onnx import export_onnx
 from .repository import add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, _input_shape, _preprocessing
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.features import LAYERS_PARAMETER
-from serving.grpc._generated import model_config_pb2 as mc
 
 __all__ = ["export_filters", "FilterObjective", "FILTERS_SUFFIX", "filter_outputs"]
 
-FILTERS_SUFFIX = "_filters"
 
 
 def filter_outputs(layer: str) -> tuple[str, str]:
@@ -110,7 +109,7 @@ def export_filters(
             model_config.output.add(name=loss_name, data_type=mc.TYPE_FP32, dims=[1])
             model_config.output.add(name=gradient_name, data_type=mc.TYPE_FP32, dims=shape)
         if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
-        model_config.parameters[LAYERS_PARAMETER].string_value = ",".join(chosen)
+            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
+        model_config.parameters[FEATURES_LAYERS_KEY].string_value = ",".join(chosen)
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     return ExportResult(filters_name, version_dir, report, time.perf_counter() - start)

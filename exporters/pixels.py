@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.preprocessing import ImagePreprocessing
-from serving.grpc._generated import model_config_pb2 as mc
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.preprocessing import ImagePreprocessing
 
 __all__ = ["PixelInput", "pixel_cases", "pixel_form", "as_pixel_config"]
 

@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from serving.grpc._generated import model_config_pb2 as mc
-from serving.labels import write_labels
-from serving.model_config import read_config, write_config
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.labels import write_labels
+from serving.protocol.model_config import add_zero_samples, read_config, write_config
 
-__all__ = ["add_to_repository", "next_version", "serving_config", "tune_serving", "profile_batches_into_config", "LABELS_FILE"]
+__all__ = ["add_to_repository", "next_version", "serving_config", "tune_serving", "LABELS_FILE"]
 
 LABELS_FILE = "labels.txt"
 
@@ -69,15 +69,14 @@ def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad
     """Ask, in an exported model's config.pbtxt, for zero-data warm-up samples at
     `warmup_batch_sizes` and for merged runs padded to fixed sizes (deepr.pad_batches).
     ValueError, with the config left as it was, when the model cannot have them."""
-    from serving.batch_sizes import PAD_PARAMETER
-    from serving.warmup import add_zero_samples
+    from serving.protocol.schema import PAD_BATCHES_KEY
 
     config = read_config(model_dir)
     batched = config.max_batch_size > 0
     if pad_batches:
         if not config.HasField("dynamic_batching"):
             raise ValueError(f"{config.name} has no dynamic batching to pad (max_batch_size {config.max_batch_size})")
-        config.parameters[PAD_PARAMETER].string_value = "true"
+        config.parameters[PAD_BATCHES_KEY].string_value = "true"
     too_big = [s for s in warmup_batch_sizes if s > (config.max_batch_size if batched else 1)]
     if too_big:
         raise ValueError(f"{config.name}: warm-up batch sizes {too_big} exceed its max_batch_size {config.max_batch_size}")
@@ -85,31 +84,3 @@ def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad
         raise ValueError(f"{config.name} has inputs with free dimensions (sequence lengths): write its model_warmup samples by hand")
     write_config(model_dir, config)
 
-
-def profile_batches_into_config(version_dir: Path, *, device: str = "auto", progress=lambda line: None):
-    """Measure an exported version's rows/s per batch size on this machine
-    (serving/batch_profile.py) and write preferred_batch_size and the curve into its
-    config.pbtxt. Returns the BatchProfile; ValueError when the model
-    has no dynamic batching or no fixed-size inputs to profile with."""
-    from serving.batch_profile import profile_batches
-    from serving.model import OnnxModel, RuntimeOptions
-
-    model_dir = Path(version_dir).parent
-    config = read_config(model_dir)
-    if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
-        raise ValueError(f"{config.name} has no dynamic batching to profile (max_batch_size {config.max_batch_size})")
-    measured = mc.ModelConfig()
-    measured.CopyFrom(config)
-    measured.ClearField("model_warmup")  # the profile warms every size itself
-    measured.ClearField("instance_group")  # one session with every core
-    measured.parameters["deepr.pad_batches"].string_value = "false"  # no warm-up of run sizes before measuring
-    model = OnnxModel(config.name, Path(version_dir).name, Path(version_dir) / (config.default_model_filename or "model.onnx"),
-                      measured, RuntimeOptions(device=device))
-    model.load()
-    try:
-        profile = profile_batches(model, progress=progress)
-    finally:
-        model.unload()
-    profile.write_into(config)
-    write_config(model_dir, config)
-    return profile

@@ -24,6 +24,9 @@ from torch import nn
 from torch.func import functional_call
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import PREPROCESSING_KEY, STYLE_SUFFIX
+
 from .config import ExportConfig
 from .features import prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
@@ -31,12 +34,9 @@ from .onnx import export_onnx
 from .repository import add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, _input_shape, _preprocessing
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.grpc._generated import model_config_pb2 as mc
 
 __all__ = ["StyleWeights", "StyleObjective", "export_style", "STYLE_SUFFIX", "STYLE_INPUTS"]
 
-STYLE_SUFFIX = "_style"
 STYLE_INPUTS = ("combination", "content", "style")
 
 
@@ -144,6 +144,6 @@ def export_style(
         model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
         if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
+            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     return ExportResult(style_name, version_dir, report, time.perf_counter() - start)

@@ -15,22 +15,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.grpc._generated import model_config_pb2 as mc
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import CHARSET_KEY, GENERATE_SUFFIX, STEP_SUFFIX
 from zoo import get_model
 from zoo.datasets.chars import CHARSET
 from zoo.recipes import load_weights
 
 from .config import ExportConfig
+from .errors import ToleranceError
 from .onnx import export_onnx
 from .repository import LABELS_FILE, add_to_repository, serving_config
-from .errors import ToleranceError
 from .validate import ValidationReport, validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning
 
-__all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_PARAMETER"]
+__all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_KEY"]
 
-STEP_SUFFIX = "_step"
-CHARSET_PARAMETER = "deepr.charset"
 
 
 class CharStep(nn.Module):
@@ -77,7 +76,7 @@ def export_char_step(
     model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[len(CHARSET)], label_filename=LABELS_FILE)
     for state in ("h_out", "c_out"):
         model_config.output.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
-    model_config.parameters[CHARSET_PARAMETER].string_value = CHARSET
+    model_config.parameters[CHARSET_KEY].string_value = CHARSET
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         example = tuple(torch.from_numpy(a[:2] if len(a) > 1 else np.repeat(a, 2, axis=0)) for a in cases[1])
@@ -87,7 +86,6 @@ def export_char_step(
     return ExportResult(step_name, version_dir, report, time.perf_counter() - start)
 
 
-GENERATE_SUFFIX = "_generate"
 
 
 def export_char_generation(
@@ -123,7 +121,7 @@ def export_char_generation(
         model_config.input.add(name="seed", data_type=mc.TYPE_INT64, dims=[1])
         model_config.output.add(name="chars", data_type=mc.TYPE_INT64, dims=[-1])
         model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[-1, len(CHARSET)])
-        model_config.parameters[CHARSET_PARAMETER].string_value = CHARSET
+        model_config.parameters[CHARSET_KEY].string_value = CHARSET
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     report = ValidationReport(((60,),), worst, worst, 1e-5, 0.0)
     return ExportResult(name + GENERATE_SUFFIX, version_dir, report, time.perf_counter() - start)

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.gradcam import LABELS_PARAMETER
-from serving.grpc._generated import model_config_pb2 as mc
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import GRADCAM_LAYER_KEY, GRADCAM_SUFFIX, LABELS_KEY, PREPROCESSING_KEY
 from zoo import get_model, get_model_spec
 from zoo.recipes import load_weights
 
@@ -30,7 +29,6 @@ from .zoo_models import ExportResult, UntrainedWeightsWarning, _classes, _input_
 
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
-GRADCAM_SUFFIX = "_gradcam"
 
 
 class _Reference(nn.Module):
@@ -114,8 +112,8 @@ def export_gradcam(
             labelled = output_name == "scores" and tuple(tensor.shape[1:]) == (len(labels),)
             model_config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=tensor.shape[1:], label_filename=LABELS_FILE if labelled else "")
         if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
-        model_config.parameters["deepr.gradcam.layer"].string_value = cam.layer
-        model_config.parameters[LABELS_PARAMETER].string_value = json.dumps(list(labels))
+            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
+        model_config.parameters[GRADCAM_LAYER_KEY].string_value = cam.layer
+        model_config.parameters[LABELS_KEY].string_value = json.dumps(list(labels))
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
     return ExportResult(gradcam_name, version_dir, report, time.perf_counter() - start)

@@ -14,10 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from serving.classify import PREPROCESSING_PARAMETER
-from serving.preprocessing import ImagePreprocessing
-from serving.text_encoding import TEXT_ENCODING_PARAMETER
-from serving.grpc._generated import model_config_pb2 as mc
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.preprocessing import ImagePreprocessing
+from serving.protocol.schema import PREPROCESSING_KEY, TEXT_ENCODING_KEY
 from zoo import get_model, get_model_spec
 from zoo.datasets import dataset_info
 from zoo.recipes import load_weights
@@ -79,7 +78,7 @@ def model_config_for(
         name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE if labelled else ""
     )
     if preprocessing is not None:  # also for nets that take the picture flattened (mnist_dense)
-        model_config.parameters[PREPROCESSING_PARAMETER].string_value = preprocessing.to_json()
+        model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
     return model_config
 
 
@@ -197,11 +196,11 @@ def export_model(
         report = validate_onnx(model, onnx_file, cases, config)
         model_config = model_config_for(name, float_model, config, output_dims, labels is not None)
         if pixels == "uint8":
-            as_pixel_config(model_config, preprocessing, PREPROCESSING_PARAMETER)
+            as_pixel_config(model_config, preprocessing, PREPROCESSING_KEY)
             served_name = f"{served_name}_uint8"
         model_config.name = served_name
         if text_encoding is not None:
-            model_config.parameters[TEXT_ENCODING_PARAMETER].string_value = text_encoding
+            model_config.parameters[TEXT_ENCODING_KEY].string_value = text_encoding
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
     return ExportResult(served_name, version_dir, report, time.perf_counter() - start)
 

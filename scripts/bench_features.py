@@ -19,8 +19,6 @@ import numpy as np
 from _timing import timed
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -32,9 +30,9 @@ def main() -> None:
     from exporters import UntrainedWeightsWarning
     from exporters.features import export_features
     from serving.client import InferenceClient
-    from serving.features import LocalFeatureExtractor, extract_features
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.features import LocalFeatureExtractor, extract_features
 
     asks = {"block1_conv1": ["block1_conv1"], "block5_pool": ["block5_pool"], "all 18 layers": None}
     rows = []

@@ -21,8 +21,6 @@ import torch
 from _timing import timed
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="catsdogs_convnet")

@@ -31,9 +31,9 @@ def main() -> None:
     import zoo
     from exporters import UntrainedWeightsWarning
     from exporters.text_generation import export_char_generation, export_char_step
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
-    from serving.text_generation import LocalStepModel, ServedStepModel, generate, generate_in_one_call
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.text_generation import LocalStepModel, ServedStepModel, generate, generate_in_one_call
     from zoo.recipes.text_sampling import window_sample
 
     prompt = "return a new list containing all items from the iterable in ascending order."

@@ -1,4 +1,4 @@
-"""Regenerate serving/grpc/_generated from protos/*.proto.
+"""Regenerate serving/protocol/generated from protos/*.proto.
 
     python scripts/gen_protos.py            # rewrite the generated modules
     python scripts/gen_protos.py --check    # exit 1 if they are out of date
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-OUT_DIR = ROOT / "serving" / "grpc" / "_generated"
+OUT_DIR = ROOT / "serving" / "protocol" / "generated"
 
 POOL_MODULE = '''"""The descriptor pool deepr's generated messages live in (see scripts/gen_protos.py)."""
 
@@ -44,9 +44,8 @@ def _rewrite(text: str, module_names: list[str]) -> str:
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # build-time tool: only needed here
-
     import grpc_tools
+    from grpc_tools import protoc  # build-time tool: only needed here
 
     protos = sorted(PROTO_DIR.glob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

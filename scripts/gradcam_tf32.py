@@ -31,7 +31,7 @@ def main() -> None:
     import zoo
     from exporters import UntrainedWeightsWarning
     from exporters.zoo_gradcam import export_gradcam
-    from serving.preprocessing import ImagePreprocessing
+    from serving.protocol.preprocessing import ImagePreprocessing
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.onnx:

@@ -39,7 +39,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from exporters import UntrainedWeightsWarning, export_model
-    from serving.providers import select_providers
+    from serving.runtime.providers import select_providers
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)

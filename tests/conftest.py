@@ -23,7 +23,7 @@ def pytest_configure(config) -> None:
     if TEST_DEVICE not in ("cpu", "cuda"):
         pytest.exit(f"DEEPR_TEST_DEVICE={TEST_DEVICE!r}: expected cpu or cuda", returncode=4)
     if TEST_DEVICE == "cuda":
-        from serving.providers import cuda_usable
+        from serving.runtime.providers import cuda_usable
 
         usable, reason = cuda_usable()
         if not usable:
@@ -65,8 +65,8 @@ def repository(tmp_path_factory, trained_convnet) -> Path:
 
 @pytest.fixture(scope="session")
 def server_url(repository) -> Iterator[str]:
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         yield f"127.0.0.1:{server.port}"
@@ -82,7 +82,7 @@ def prebuilt_graphs() -> Path | None:
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run only where onnxruntime's CUDA provider can run (never in CI)."""
-    from serving.providers import cuda_usable
+    from serving.runtime.providers import cuda_usable
 
     usable, reason = cuda_usable()
     if usable:

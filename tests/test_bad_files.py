@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serving.gradcam import LocalGradCAM
-from serving.text_generation import LocalStepModel
+from serving.tasks.gradcam import LocalGradCAM
+from serving.tasks.text_generation import LocalStepModel
 from zoo.recipes import load_weights
 
 
@@ -60,7 +60,7 @@ def test_in_process_apis_name_the_bad_file(bad_files):
 
 
 def test_prompts_keep_only_characters_the_model_knows():
-    from serving.text_generation import _prompt_codes
+    from serving.tasks.text_generation import _prompt_codes
     from zoo.datasets.chars import CHARSET
 
     assert "".join(CHARSET[i] for i in _prompt_codes(CHARSET, "Héllo ☃\tWörld")) == "hllo  wrld"

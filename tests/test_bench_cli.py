@@ -88,8 +88,8 @@ def test_bench_with_instances(repository, tmp_path):
 
 def test_free_sizes_config(repository):
     from deepr.bench import with_free_sizes
-    from serving.batching import BatchingPolicy
-    from serving.model_config import read_config
+    from serving.protocol.model_config import read_config
+    from serving.server.batching import BatchingPolicy
 
     config = read_config(repository / "mnist_convnet")
     assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -20,10 +20,10 @@ import tritonclient.grpc as triton
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.text_generation import export_char_generation, export_char_step
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
-from serving.providers import select_providers
-from serving.text_generation import LocalStepModel, _loop_inputs
+from serving.runtime.providers import select_providers
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.text_generation import LocalStepModel, _loop_inputs
 
 pytestmark = pytest.mark.gpu
 

@@ -10,11 +10,11 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
 
+from conftest import ROOT
 from deepr.cli import build_parser
-from serving.grpc.server import SERVICE_NAME
-from serving.settings import ENV_PREFIX, ServerSettings
+from serving.server.grpc.server import SERVICE_NAME
+from serving.server.settings import ENV_PREFIX, ServerSettings
 
 DEPLOY = ROOT / "deploy"
 

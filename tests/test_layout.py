@@ -14,7 +14,7 @@ def test_generated_protobuf_code_is_current():
 def test_serving_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-        "import serving.classify, serving.client, serving.grpc.server, serving.preprocessing\n"
+        "import serving.tasks.classify, serving.client.inference_client, serving.server.grpc.server, serving.protocol.preprocessing\n"
         "import tritonclient.grpc\n"  # and deepr's messages coexist with tritonclient's
         "print('ok')"
     )

@@ -9,7 +9,18 @@ import os
 import sys
 from typing import Sequence
 
-from . import activations_cmd, bench_cmd, classify_cmd, dream_cmd, filters_cmd, gradcam_cmd, sample_cmd, serve_cmd, style_cmd, zoo_cmds
+from . import (
+    activations_cmd,
+    bench_cmd,
+    classify_cmd,
+    dream_cmd,
+    filters_cmd,
+    gradcam_cmd,
+    sample_cmd,
+    serve_cmd,
+    style_cmd,
+    zoo_cmds,
+)
 from .errors import CLIError
 
 __all__ = ["main"]
@@ -33,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
-        from serving.logs import JsonFormatter
+        from serving.server.logs import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:

@@ -11,10 +11,10 @@ from .errors import EXIT_USAGE, CLIError
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from serving.activation_grid import activation_grid
     from serving.client import InferenceServerError
-    from serving.features import LocalFeatureExtractor, extract_features
-    from serving.preprocessing import load_image
+    from serving.protocol.preprocessing import load_image
+    from serving.tasks.activation_grid import activation_grid
+    from serving.tasks.features import LocalFeatureExtractor, extract_features
 
     if not args.model and not args.local:
         raise CLIError("give --model NAME_features (served) or --local MODEL.onnx", EXIT_USAGE)

@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from serving.settings import default_repository
+from serving.server.settings import default_repository
 
 from .arguments import int_list
 from .errors import EXIT_USAGE, CLIError
@@ -67,8 +67,18 @@ def _bench(args: argparse.Namespace) -> int:
         import tritonclient.grpc.aio  # noqa: F401  (the benchmark's client)
     except ImportError:
         raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
-    from deepr.bench import (HEADER, batch_profiles, copy_with_configs, environment, run_benchmark, with_free_sizes,
-                             with_instances, without_batching, write_json, write_plot)
+    from deepr.bench import (
+        HEADER,
+        batch_profiles,
+        copy_with_configs,
+        environment,
+        run_benchmark,
+        with_free_sizes,
+        with_instances,
+        without_batching,
+        write_json,
+        write_plot,
+    )
 
     if args.free_batch_sizes and not args.dynamic_batching:
         raise CLIError("--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)

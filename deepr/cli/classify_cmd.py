@@ -11,9 +11,9 @@ from .errors import EXIT_USAGE, CLIError
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from serving.classify import classify
     from serving.client import InferenceServerError
-    from serving.preprocessing import load_image
+    from serving.protocol.preprocessing import load_image
+    from serving.tasks.classify import classify
 
     try:
         images = [load_image(path) for path in args.images]  # read every file before asking the server

@@ -12,7 +12,7 @@ from .errors import EXIT_USAGE, CLIError
 
 def _dream(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.dream import LocalDreamLoss, ServedDreamLoss, coefficients_from, dream
+    from serving.tasks.dream import LocalDreamLoss, ServedDreamLoss, coefficients_from, dream
 
     if not args.model and not args.local:
         raise CLIError("give --model inception_v3_dream (served) or --local MODEL.onnx", EXIT_USAGE)

@@ -12,7 +12,7 @@ from .errors import EXIT_USAGE, CLIError
 
 def _filters(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
+    from serving.tasks.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
 
     if not args.model and not args.local:
         raise CLIError("give --model NAME_filters (served) or --local MODEL.onnx", EXIT_USAGE)

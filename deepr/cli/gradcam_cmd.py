@@ -18,8 +18,8 @@ def _out_paths(out: Path, count: int) -> list[Path]:
 
 def _gradcam(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.gradcam import LocalGradCAM, gradcam, overlay
-    from serving.preprocessing import load_image
+    from serving.protocol.preprocessing import load_image
+    from serving.tasks.gradcam import LocalGradCAM, gradcam, overlay
 
     try:
         pictures = [load_image(path) for path in args.images]

@@ -13,7 +13,7 @@ from .errors import EXIT_USAGE, CLIError
 
 def _sample(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.text_generation import generate_in_one_call, sample_text
+    from serving.tasks.text_generation import generate_in_one_call, sample_text
 
     base = args.model.removesuffix("_step").removesuffix("_generate")
     one_call = not args.stream and args.graph == "loop"

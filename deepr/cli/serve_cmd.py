@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from serving.settings import ENV_PREFIX, ServerSettings, default_repository
+from serving.server.settings import ENV_PREFIX, ServerSettings, default_repository
 
 from .errors import EXIT_USAGE, CLIError
 
@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         logger.info("building the default model repository in %s (first run only)", settings.repository)
         build_default_repository(settings.repository)
 
-    from serving.grpc.server import InferenceServer
+    from serving.server.grpc.server import InferenceServer
 
     try:
         with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:

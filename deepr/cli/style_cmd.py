@@ -12,8 +12,8 @@ from .errors import EXIT_USAGE, CLIError
 
 def _style(args: argparse.Namespace) -> int:
     from serving.client import InferenceServerError
-    from serving.preprocessing import load_image
-    from serving.style import LocalStyleLoss, ServedStyleLoss, transfer_style
+    from serving.protocol.preprocessing import load_image
+    from serving.tasks.style import LocalStyleLoss, ServedStyleLoss, transfer_style
 
     if not args.model and not args.local:
         raise CLIError("give --model vgg19_style (served) or --local MODEL.onnx", EXIT_USAGE)

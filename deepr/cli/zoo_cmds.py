@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from serving.settings import default_repository
+from serving.server.settings import default_repository
 
 from .arguments import int_list
 from .errors import EXIT_USAGE, CLIError
@@ -198,7 +198,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _profile_batches(result) -> int:
-    from exporters.repository import profile_batches_into_config
+    from serving.server.tuning import profile_batches_into_config
 
     print(f"{result.name}: measuring rows/s per batch size on this machine ...", file=sys.stderr)
     try:

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .probes import WIDE, idle_connections, wait_until
 
+
 def closed_by_server(connection: socket.socket, timeout: float) -> bool:
     """Whether the server closes `connection` within `timeout` (reading whatever it sent first)."""
     connection.settimeout(timeout)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import threading
 import time
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 BOUND_S = 3.0
 """Longest any request may take here: a 200 ms queue delay plus a tiny model."""

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from serving.shared_memory import SHM_DIR, is_local_peer
+from serving.server.shared_memory import SHM_DIR, is_local_peer
 
 from .probes import WIDE
 

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from conftest import TEST_DEVICE
 import zoo
+from conftest import TEST_DEVICE
 from exporters import UntrainedWeightsWarning
 from exporters.dream import DreamObjective, export_dream
 from serving.client import InferenceClient
-from serving.dream import LocalDreamLoss, ServedDreamLoss, dream
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.dream import LocalDreamLoss, ServedDreamLoss, dream
 
 OPTIONS = {"include_top": False, "input_shape": (96, 96, 3)}
 

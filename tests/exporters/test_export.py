@@ -19,10 +19,9 @@ from exporters import (
     export_model,
     validate_onnx,
 )
-from serving.labels import read_labels
+from serving.protocol.labels import read_labels
 from zoo.datasets import dataset_info
 from zoo.recipes import load_weights
-
 
 # Bases are exported without their 1000-class tops and at small inputs, to keep the test quick.
 EXPORT_OPTIONS = {

@@ -11,15 +11,15 @@ import onnx
 import pytest
 import torch
 
-from conftest import TEST_DEVICE
 import zoo
+from conftest import TEST_DEVICE
 from exporters import UntrainedWeightsWarning
 from exporters.features import export_features
 from serving.client import InferenceClient
-from serving.features import LocalFeatureExtractor, extract_features
-from serving.grpc.server import serve_in_thread
-from serving.model import pruned_graph
-from serving.settings import ServerSettings
+from serving.runtime.sessions import pruned_graph
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.features import LocalFeatureExtractor, extract_features
 
 # Bases at small inputs, with fresh weights: the parity is what is tested, not the features.
 CASES = {
@@ -129,7 +129,7 @@ def test_activation_grids_from_the_command_line(exported, tmp_path):
     from PIL import Image
 
     from deepr.cli import main
-    from serving.activation_grid import activation_grid
+    from serving.tasks.activation_grid import activation_grid
 
     _, results = exported
     _, result = results["mnist_convnet"]

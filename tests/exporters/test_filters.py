@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TEST_DEVICE
 import zoo
+from conftest import TEST_DEVICE
 from exporters import UntrainedWeightsWarning
 from exporters.filters import FilterObjective, export_filters
 from serving.client import InferenceClient
-from serving.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
 
 OPTIONS = {"include_top": False, "input_shape": (48, 48, 3)}
 LAYERS = ["block1_conv1", "block3_conv1"]

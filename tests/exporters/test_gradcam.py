@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TEST_DEVICE
 import zoo
+from conftest import TEST_DEVICE
 from exporters import UntrainedWeightsWarning
 from exporters.gradcam import GradCAM, hook_gradcam, last_conv_layer
 from exporters.zoo_gradcam import export_gradcam
-from serving.gradcam import LocalGradCAM, gradcam, overlay
+from serving.tasks.gradcam import LocalGradCAM, gradcam, overlay
 
 # Every zoo convnet with a classifier, at its last convolution; VGG16 also at block4_conv3,
 # which has three convolutions (and a pooling) between it and the output.
@@ -26,7 +26,6 @@ CASES = [
 
 def pictures_for(name, count):
     spec = zoo.get_model_spec(name)
-    rng = np.random.default_rng(1)
     channels, height, width = spec.input_shape
     if channels == 1:
         from zoo.datasets.digits import load_digits_28x28
@@ -62,8 +61,8 @@ def test_exported_heatmaps_equal_autograd(tmp_path, name, layer):
 
 
 def test_served_equals_in_process(tmp_path, trained_convnet, digits):
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     result = export_gradcam("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt")
     pictures = [Image.fromarray((digits.test.tensors[0][i, 0].numpy() * 255).round().astype(np.uint8)) for i in range(6)]

@@ -13,12 +13,13 @@ import torch
 from conftest import TEST_DEVICE
 from exporters import ExportError, UntrainedWeightsWarning, export_model
 from exporters.pixels import PixelInput
-from serving.classify import PREPROCESSING_PARAMETER, classify
-from serving.grpc._generated import model_config_pb2 as mc
-from serving.grpc.server import serve_in_thread
-from serving.model_config import read_config
-from serving.preprocessing import ImagePreprocessing
-from serving.settings import ServerSettings
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.model_config import read_config
+from serving.protocol.preprocessing import ImagePreprocessing
+from serving.protocol.schema import PREPROCESSING_KEY
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.classify import classify
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_config_describes_pixels(pixel_repository):
     config = read_config(pixel_repository / "mnist_convnet_uint8")
     image = config.input[0]
     assert (image.data_type, image.format, list(image.dims)) == (mc.TYPE_UINT8, mc.ModelInput.FORMAT_NHWC, [28, 28, 1])
-    preprocessing = json.loads(config.parameters[PREPROCESSING_PARAMETER].string_value)
+    preprocessing = json.loads(config.parameters[PREPROCESSING_KEY].string_value)
     assert preprocessing["pixels"] == "uint8" and preprocessing["layout"] == "NHWC"
     assert session(pixel_repository, "mnist_convnet_uint8").get_inputs()[0].type == "tensor(uint8)"
 

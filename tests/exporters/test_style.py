@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from conftest import TEST_DEVICE
 import zoo
+from conftest import TEST_DEVICE
 from exporters import UntrainedWeightsWarning
 from exporters.style import StyleObjective, export_style
 from serving.client import InferenceClient
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
-from serving.style import LocalStyleLoss, ServedStyleLoss, transfer_style
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.style import LocalStyleLoss, ServedStyleLoss, transfer_style
 
 OPTIONS = {"include_top": False, "input_shape": (48, 48, 3)}
 

@@ -10,15 +10,15 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-import trustme
 import tritonclient.grpc as triton
+import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
 from serving.client import InferenceClient, InferenceServerError
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 TOKEN = "s3cret-token"
 
@@ -155,7 +155,7 @@ def test_tls_settings_are_checked(repository, tmp_path):
         settings(repository, tls_cert="server.pem")
     with pytest.raises(ValueError, match="needs TLS"):
         settings(repository, tls_client_ca="ca.pem")
-    from serving.grpc.auth import server_credentials
+    from serving.server.grpc.auth import server_credentials
 
     with pytest.raises(ValueError, match="cannot read the TLS private key"):
         server_credentials(tmp_path / "missing.pem", tmp_path / "missing.key")

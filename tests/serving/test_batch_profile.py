@@ -13,11 +13,12 @@ import pytest
 
 from conftest import TEST_DEVICE
 from deepr.cli import main
-from serving.batch_profile import BatchProfile, candidate_sizes, profile_batches
-from serving.batching import BatchingPolicy
-from serving.grpc._generated import model_config_pb2 as mc
-from serving.model import OnnxModel, RuntimeOptions, usable_cores
-from serving.model_config import read_config, write_config
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.model_config import read_config, write_config
+from serving.runtime.sessions import usable_cores
+from serving.server.batch_profile import BatchProfile, candidate_sizes
+from serving.server.batching import BatchingPolicy
+from serving.server.model import OnnxModel, RuntimeOptions
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_a_config_can_ask_to_be_profiled_at_load(model_dir, caplog):
     config.max_batch_size = 16
     config.parameters["deepr.profile_batches"].string_value = "true"
     write_config(model_dir, config)
-    with caplog.at_level(logging.INFO, logger="serving.model"):
+    with caplog.at_level(logging.INFO, logger="serving.server.model"):
         model = load(model_dir)
     profile = BatchProfile.from_config(model.config)  # the served config carries the result
     assert profile is not None and sorted(profile.rows_per_s) == [1, 2, 4, 8, 16]
@@ -113,7 +114,7 @@ def test_instances_run_on_their_own_sessions_and_share_the_cores(model_dir, capl
     config = read_config(model_dir)
     config.instance_group.add(count=2, kind=mc.ModelInstanceGroup.KIND_CPU)
     write_config(model_dir, config)
-    with caplog.at_level(logging.INFO, logger="serving.model"):
+    with caplog.at_level(logging.INFO, logger="serving.server.model"):
         model = load(model_dir)
     assert f"2 instances x {max(1, usable_cores() // 2)} threads" in caplog.text
     single = OnnxModel("single", "1", model_dir / "1" / "model.onnx", mc.ModelConfig(max_batch_size=256), RuntimeOptions(device=TEST_DEVICE))

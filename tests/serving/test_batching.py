@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as triton
 
 from conftest import TEST_DEVICE
-from serving.batching import BatchingPolicy, DynamicBatcher
-from serving.errors import DeadlineExceeded, QueueFull
-from serving.grpc._generated import model_config_pb2 as mc
+from serving.protocol.errors import DeadlineExceeded, QueueFull
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.server.batching import BatchingPolicy, DynamicBatcher
 
 
 class RowSums:
@@ -240,9 +240,9 @@ def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
 
     from tritonclient.utils import InferenceServerException
 
-    from serving.grpc.server import serve_in_thread
-    from serving.model_config import read_config, write_config
-    from serving.settings import ServerSettings
+    from serving.protocol.model_config import read_config, write_config
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     shutil.copytree(repository / "mnist_convnet", tmp_path / "mnist_convnet")
     config = read_config(tmp_path / "mnist_convnet")

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import TEST_DEVICE
-from serving.classify import classify
 from serving.client import InferenceClient, InferenceServerError
+from serving.tasks.classify import classify
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,9 @@ def test_cli_unreachable_server(tmp_path, held_out):
 def test_served_word_model_classifies_text(tmp_path):
     """The vocabulary travels from the training run into the repository; a client sends text."""
     from exporters import export_model
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
-    from serving.classify import classify_text
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.classify import classify_text
     from zoo.datasets import load_dataset
     from zoo.recipes import TrainConfig, train
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from serving.codecs import TensorSpec, decode_inputs, decode_outputs, deserialize_bytes, encode_output, serialize_bytes
-from serving.errors import InvalidInput
-from serving.grpc._generated import grpc_predict_v2_pb2 as pb
+from serving.protocol.codecs import TensorSpec, decode_inputs, decode_outputs, deserialize_bytes, encode_output, serialize_bytes
+from serving.protocol.errors import InvalidInput
+from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 
 SPEC = [TensorSpec("x", "FP32", (-1, 3))]
 
@@ -74,7 +74,7 @@ def test_outputs_round_trip():
 
 
 def test_labels_file_keeps_every_character_on_its_line(tmp_path):
-    from serving.labels import read_labels, write_labels
+    from serving.protocol.labels import read_labels, write_labels
 
     labels = ["\n", " ", "\\", "a", "\\n", "\r", "x y"]
     write_labels(tmp_path / "labels.txt", labels)

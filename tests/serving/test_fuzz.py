@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TEST_DEVICE
-from serving.grpc._generated import grpc_predict_v2_pb2 as pb
-from serving.grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.protocol.generated import grpc_predict_v2_pb2 as pb
+from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "fp32", "", "COMPLEX"]
 CLEAR = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}

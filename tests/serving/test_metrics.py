@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -64,7 +64,7 @@ def test_failed_requests_are_logged_with_their_id(server_url):
     import json
     import logging
 
-    from serving.logs import JsonFormatter
+    from serving.server.logs import JsonFormatter
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
@@ -73,7 +73,7 @@ def test_failed_requests_are_logged_with_their_id(server_url):
     client = triton.InferenceServerClient(server_url)
     tensor = triton.InferInput("images", [1, 3, 28, 28], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 3, 28, 28), np.float32))
-    logger = logging.getLogger("serving.grpc.servicer")
+    logger = logging.getLogger("serving.server.grpc.servicer")
     logger.addHandler(handler)
     try:
         with pytest.raises(InferenceServerException):
@@ -83,6 +83,6 @@ def test_failed_requests_are_logged_with_their_id(server_url):
         client.close()
     (record,) = [r for r in records if getattr(r, "request_id", None) == "req-42"]
     entry = json.loads(JsonFormatter().format(record))
-    assert entry["level"] == "WARNING" and entry["logger"] == "serving.grpc.servicer"
+    assert entry["level"] == "WARNING" and entry["logger"] == "serving.server.grpc.servicer"
     assert (entry["request_id"], entry["model"], entry["status"]) == ("req-42", "mnist_convnet", "INVALID_ARGUMENT")
     assert entry["duration_ms"] >= 0 and "request req-42 for mnist_convnet failed: INVALID_ARGUMENT" in entry["message"]

@@ -14,8 +14,8 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 
 def images(batch: int, seed: int = 0) -> np.ndarray:

@@ -5,11 +5,11 @@ import shutil
 import pytest
 
 from conftest import TEST_DEVICE
-from serving.dataplane import DataPlane
-from serving.errors import ModelNotFound, ModelNotReady
-from serving.model import RuntimeOptions
-from serving.repository import READY, UNAVAILABLE, ModelRepository
-from serving.settings import ServerSettings
+from serving.protocol.errors import ModelNotFound, ModelNotReady
+from serving.server.dataplane import DataPlane
+from serving.server.model import RuntimeOptions
+from serving.server.repository import READY, UNAVAILABLE, ModelRepository
+from serving.server.settings import ServerSettings
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_version_policy(repo):
 
 
 def test_missing_repository(tmp_path):
-    from serving.errors import ModelLoadError
+    from serving.protocol.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load(tmp_path / "nowhere")
@@ -105,7 +105,7 @@ def test_model_files_outside_the_model_folder_are_refused(repo, tmp_path):
 
 
 def test_overlong_names_are_invalid_and_not_echoed_whole(repo):
-    from serving.errors import InvalidInput
+    from serving.protocol.errors import InvalidInput
 
     plane = load(repo)
     name = "m" * 5000

@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
-from serving.grpc._generated import grpc_predict_v2_pb2 as pb
-from serving.grpc._generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.protocol.generated import grpc_predict_v2_pb2 as pb
+from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +205,8 @@ def test_stream_infer_with_tritonclient(client, in_process):
 
 
 def test_statistics_count_what_was_sent(repository):
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
         with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as fresh:
@@ -234,7 +234,7 @@ def test_a_client_leaving_mid_answer_is_not_a_traceback(caplog):
 
     from grpc._cython import cygrpc
 
-    from serving.grpc.server import _quiet_when_clients_leave
+    from serving.server.grpc.server import _quiet_when_clients_leave
 
     loop = asyncio.new_event_loop()
     try:

@@ -18,8 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
 from exporters.repository import add_to_repository, serving_config
-from serving.grpc.server import serve_in_thread
-from serving.settings import ServerSettings
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
 
 
 @pytest.fixture()
@@ -226,7 +226,7 @@ def test_servers_started_without_shared_memory_refuse_it(repository, region):
 
 
 def slice_parameters(region_name: str, byte_size: int, offset: int = 0) -> dict:
-    from serving.grpc._generated import grpc_predict_v2_pb2 as pb
+    from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 
     return {"shared_memory_region": pb.InferParameter(string_param=region_name),
             "shared_memory_byte_size": pb.InferParameter(int64_param=byte_size),
@@ -234,8 +234,8 @@ def slice_parameters(region_name: str, byte_size: int, offset: int = 0) -> dict:
 
 
 def test_a_slice_outlives_unregister_and_reads_a_copy(region):
-    from serving.codecs import TensorSpec
-    from serving.shared_memory import SharedMemoryRegions
+    from serving.protocol.codecs import TensorSpec
+    from serving.server.shared_memory import SharedMemoryRegions
 
     regions = SharedMemoryRegions()
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -249,8 +249,8 @@ def test_a_slice_outlives_unregister_and_reads_a_copy(region):
 
 
 def test_bytes_tensors_round_trip(region):
-    from serving.codecs import TensorSpec
-    from serving.shared_memory import SharedMemoryRegions
+    from serving.protocol.codecs import TensorSpec
+    from serving.server.shared_memory import SharedMemoryRegions
 
     regions = SharedMemoryRegions()
     regions.register("r", key(region), 0, 256)
@@ -292,7 +292,7 @@ def test_deepr_client_in_shared_memory(server_url, repository):
 
 
 def test_region_pool_grows_and_frees():
-    from serving.shared_memory_client import RegionPool
+    from serving.client.shared_memory import RegionPool
 
     registered: dict[str, tuple[str, int]] = {}
     pool = RegionPool(lambda name, key, size: registered.__setitem__(name, (key, size)), registered.pop)

@@ -10,11 +10,11 @@ import torch
 from scipy.stats import chisquare
 from torch.nn import functional as F
 
-from conftest import TEST_DEVICE
 import zoo
-from exporters import UntrainedWeightsWarning
+from conftest import TEST_DEVICE
 from exporters.text_generation import export_char_step
-from serving.text_generation import LocalStepModel, ServedStepModel, generate, reweight, sample_next
+from serving.protocol.sampling import reweight, sample_next
+from serving.tasks.text_generation import LocalStepModel, ServedStepModel, generate
 from zoo.datasets.chars import CHARSET, encode_text
 
 
@@ -84,8 +84,8 @@ def test_same_seed_same_text(step_model):
 
 
 def test_served_equals_local(step_model):
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     _, repo, local = step_model
     with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
@@ -162,9 +162,9 @@ def test_loop_top_k_and_seeds(loop_graph):
 
 
 def test_loop_served_equals_local(loop_graph):
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
-    from serving.text_generation import generate_in_one_call
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.text_generation import generate_in_one_call
 
     repo, session = loop_graph
     local = "".join(CHARSET[i] for i in run_loop(session, "a list of ", 50, 0.5, 5, 9)[0])
@@ -178,9 +178,9 @@ def test_a_reader_who_stops_stops_the_generation(step_model):
     the server has stepped only as far as it was asked, and it serves the next stream."""
     import tritonclient.grpc as triton
 
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
-    from serving.text_generation import sample_text
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.text_generation import sample_text
 
     class Enough(Exception):
         pass

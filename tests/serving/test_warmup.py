@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import TEST_DEVICE
-from serving.grpc._generated import model_config_pb2 as mc
-from serving.model import OnnxModel, RuntimeOptions
-from serving.model_config import read_config, write_config
-from serving.repository import READY, UNAVAILABLE, ModelRepository
-from serving.warmup import sample_inputs
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.model_config import read_config, write_config
+from serving.server.model import OnnxModel, RuntimeOptions
+from serving.server.repository import READY, UNAVAILABLE, ModelRepository
+from serving.server.warmup import sample_inputs
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def load(model_dir) -> OnnxModel:
 def test_samples_run_at_load(model_dir, caplog):
     add_warmup(model_dir, name="zeros", batch_size=8, count=3)
     add_warmup(model_dir, name="noise", batch_size=1, data={"random_data": True})
-    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+    with caplog.at_level(logging.INFO, logger="serving.server.warmup"):
         model = load(model_dir)
     assert model.ready
     assert "warmed up mnist_convnet version 1: 2 sample(s), 4 run(s)" in caplog.text
@@ -78,7 +78,7 @@ def test_a_failing_sample_leaves_the_model_unavailable(model_dir, fields, reason
 
 
 def test_without_warmup_nothing_runs(model_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+    with caplog.at_level(logging.INFO, logger="serving.server.warmup"):
         repository = ModelRepository(model_dir.parent, RuntimeOptions(device=TEST_DEVICE))
         repository.load_all()
     assert repository.entry("mnist_convnet").state == READY and "warmed up" not in caplog.text
@@ -87,8 +87,8 @@ def test_without_warmup_nothing_runs(model_dir, caplog):
 def test_tritonclient_reads_the_warmup_config(model_dir):
     import tritonclient.grpc as triton
 
-    from serving.grpc.server import serve_in_thread
-    from serving.settings import ServerSettings
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
 
     add_warmup(model_dir, name="zeros", batch_size=8, count=2)
     settings = ServerSettings(repository=model_dir.parent, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
@@ -107,7 +107,7 @@ def test_export_asks_for_warmup_and_padding(tmp_path, trained_convnet, caplog):
     assert code == 0
     config = read_config(repo / "mnist_convnet")
     assert [s.batch_size for s in config.model_warmup] == [1, 8, 32] and config.parameters["deepr.pad_batches"].string_value == "true"
-    with caplog.at_level(logging.INFO, logger="serving.warmup"):
+    with caplog.at_level(logging.INFO, logger="serving.server.warmup"):
         repository = ModelRepository(repo, RuntimeOptions(device=TEST_DEVICE))
         repository.load_all()
     assert repository.entry("mnist_convnet").state == READY and "3 sample(s), 3 run(s)" in caplog.text
@@ -124,7 +124,7 @@ def test_export_refuses_warmup_it_cannot_write(tmp_path, capsys):
 
 
 def test_merged_run_sizes_are_warmed_at_load(model_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="serving.batch_sizes"):
+    with caplog.at_level(logging.INFO, logger="serving.server.batch_sizes"):
         model = load(model_dir)
     assert sorted(model.run_seconds) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert all(seconds > 0 for seconds in model.run_seconds.values())
@@ -134,13 +134,13 @@ def test_merged_run_sizes_are_warmed_at_load(model_dir, caplog):
 def test_the_warm_up_budget_bounds_load_time_and_the_sizes_used(model_dir, caplog):
     import time
 
-    from serving.batching import BatchingPolicy
+    from serving.server.batching import BatchingPolicy
 
     config = read_config(model_dir)
     config.parameters["deepr.warmup_budget_seconds"].string_value = "0.005"
     write_config(model_dir, config)
     start = time.perf_counter()
-    with caplog.at_level(logging.INFO, logger="serving.batch_sizes"):
+    with caplog.at_level(logging.INFO, logger="serving.server.batch_sizes"):
         model = load(model_dir)
     assert time.perf_counter() - start < 5
     warmed = sorted(model.run_seconds)
@@ -151,7 +151,7 @@ def test_the_warm_up_budget_bounds_load_time_and_the_sizes_used(model_dir, caplo
 
 def test_a_model_that_fails_at_a_batch_size_is_not_ready(model_dir, monkeypatch):
     """A model that runs one row but not two (a graph with a hidden fixed batch, say)."""
-    from serving.errors import ModelLoadError
+    from serving.protocol.errors import ModelLoadError
 
     model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
     predict = model.predict

@@ -104,7 +104,6 @@ def test_fast_recipe_on_stored_features(tmp_path):
 
     torch.manual_seed(0)
     torch.save(tvm.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
-    rng = np.random.default_rng(0)
     for part, count in (("train", 6), ("validation", 2)):
         for cls, level in (("cats", 30), ("dogs", 220)):
             (tmp_path / "pics" / part / cls).mkdir(parents=True)

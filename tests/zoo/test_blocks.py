@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from exporters import ExportConfig, export_onnx, validate_onnx
+from exporters import export_onnx, validate_onnx
 from zoo.layers import (
     BatchNormalization,
     Conv2D,

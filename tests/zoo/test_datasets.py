@@ -4,8 +4,8 @@ import gzip
 import struct
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from zoo.datasets import DatasetError, load_dataset, load_mnist, read_idx
 from zoo.datasets.digits import load_digits_28x28

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from zoo.recipes import TrainConfig, evaluate, load_weights, train
 import zoo
+from zoo.recipes import TrainConfig, evaluate, load_weights, train
 
 
 def test_convnet_default_recipe_beats_97_percent_held_out(trained_convnet, digits):

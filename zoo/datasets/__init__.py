@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from serving.preprocessing import ImagePreprocessing
-from serving.text_encoding import WordEncoding, multi_hot, pad_sequences
+from serving.protocol.preprocessing import ImagePreprocessing
+from serving.protocol.text_encoding import WordEncoding, multi_hot, pad_sequences
 
-from .digits import load_digits_28x28
-from .errors import DatasetError
-from .mnist import load_mnist, read_idx
 from .augmentation import Augmentation
 from .chars import CHARSET, CharWindows, encode_text, read_corpus
+from .digits import load_digits_28x28
+from .errors import DatasetError
 from .images import PictureSet, image_folders, skimage_cat_crops, to_tensor
+from .mnist import load_mnist, read_idx
 from .stdlib_text import docstrings
 from .text import load_imdb_npz, stdlib_prose_code
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from serving.text_encoding import INDEX_FROM, OOV, START, tokenize
+from serving.protocol.text_encoding import INDEX_FROM, OOV, START, tokenize
 
 from .errors import DatasetError
 from .stdlib_text import file_fold, prose_and_code

@@ -14,15 +14,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
-import torch
 from torch import nn
 from torchvision import models as tvm
+
+from serving.protocol.preprocessing import ImagePreprocessing
 
 from .._registry import register_model
 from ..datasets.augmentation import TUTORIAL_AUGMENTATION
 from ..layers import Conv2D, Dense, Flatten, MaxPooling2D
-from serving.preprocessing import ImagePreprocessing
-
 from ..pretrained import load_pretrained_state
 
 __all__ = ["ConvBase", "IMAGENET_MEAN", "IMAGENET_STD"]

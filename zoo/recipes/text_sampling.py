@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.text_generation import sample_next
+from serving.protocol.sampling import sample_next
 
 from ..datasets.chars import CHARSET, encode_text
 

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from .._registry import get_model, get_model_spec
 from ..datasets import SupervisedData, load_dataset
 from ..datasets.chars import CHARSET
+from ..layers import regularization_loss
 from .config import TrainConfig
 from .distributed import from_environment
-from ..layers import regularization_loss
 from .evaluate import count_correct, evaluate, fit_input, task_loss
 from .plot import plot_history
 

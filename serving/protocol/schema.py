@@ -1,0 +1,63 @@
+"""Every key deepr writes into a model, and every name suffix of its graphs, in one place.
+
+Exported graphs carry facts for the code that uses them: in the ONNX file's metadata_props
+(read by local onnxruntime sessions) and in config.pbtxt parameters (read over the V2
+protocol by served clients). Values are JSON unless said otherwise. Repositories already
+exported keep these names, so they are never renamed, only added to.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREPROCESSING_KEY", "LABELS_KEY", "LAYERS_KEY", "FEATURES_LAYERS_KEY", "GRADCAM_LAYER_KEY", "LAYER_KEY", "CHANNELS_KEY",
+    "LOSS_WEIGHTS_KEY", "CHARSET_KEY", "UNITS_KEY", "TEXT_ENCODING_KEY", "PAD_BATCHES_KEY", "WARMUP_BUDGET_KEY",
+    "BATCH_PROFILE_KEY", "PROFILE_BATCHES_KEY", "GRADCAM_SUFFIX", "FEATURES_SUFFIX", "FILTERS_SUFFIX", "DREAM_SUFFIX",
+    "STYLE_SUFFIX", "STEP_SUFFIX", "GENERATE_SUFFIX",
+]
+
+# What a picture model expects and answers: metadata and config alike.
+PREPROCESSING_KEY = "deepr.preprocessing"
+"""ImagePreprocessing as JSON: size, colour mode, layout, scale, mean and std."""
+LABELS_KEY = "deepr.labels"
+"""Class names, a JSON list (Grad-CAM graphs)."""
+TEXT_ENCODING_KEY = "deepr.text_encoding"
+"""How a text model's words become indices (WordEncoding JSON)."""
+
+# The layers a multi-output graph exposes.
+LAYERS_KEY = "deepr.layers"
+"""Metadata: the Keras layer names of the outputs, a JSON list."""
+FEATURES_LAYERS_KEY = "deepr.features.layers"
+"""Config: the same names, comma-separated (the form served feature graphs were first written in)."""
+LAYER_KEY = "deepr.layer"
+"""Metadata: the convolution a Grad-CAM graph explains."""
+GRADCAM_LAYER_KEY = "deepr.gradcam.layer"
+"""Config: the same layer."""
+CHANNELS_KEY = "deepr.channels"
+"""Filter graphs: channels per layer, a JSON list beside LAYERS_KEY."""
+LOSS_WEIGHTS_KEY = "deepr.loss_weights"
+"""Style graphs: content, style and variation weights, JSON."""
+
+# The character model.
+CHARSET_KEY = "deepr.charset"
+"""The characters, in index order, as one plain string."""
+UNITS_KEY = "deepr.units"
+"""The LSTM's state width."""
+
+# Serving: how the server batches a model (config only).
+PAD_BATCHES_KEY = "deepr.pad_batches"
+""""false": merged runs take any size instead of the sizes warmed at load."""
+WARMUP_BUDGET_KEY = "deepr.warmup_budget_seconds"
+"""Bound on the load-time warm-up of batch sizes (default 10)."""
+BATCH_PROFILE_KEY = "deepr.batch_profile"
+"""The measured rows/s per batch size (BatchProfile JSON)."""
+PROFILE_BATCHES_KEY = "deepr.profile_batches"
+""""true": profile the batch sizes when the model loads."""
+
+# Graph names: NAME + suffix in the repository.
+GRADCAM_SUFFIX = "_gradcam"
+FEATURES_SUFFIX = "_features"
+FILTERS_SUFFIX = "_filters"
+DREAM_SUFFIX = "_dream"
+STYLE_SUFFIX = "_style"
+STEP_SUFFIX = "_step"
+GENERATE_SUFFIX = "_generate"

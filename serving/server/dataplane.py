@@ -1,0 +1,174 @@
+"""The server's logic, independent of the transport: health, metadata, inference."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving import __version__
+from serving.protocol.classification import top_k_strings
+from serving.protocol.errors import InvalidInput, ModelNotFound
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.server.admission import InflightLimit
+from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
+from serving.server.model import OnnxModel
+from serving.server.repository import READY, UNLOADED, ModelRepository
+from serving.server.settings import ServerSettings
+from serving.server.shared_memory import SharedMemoryRegions
+from serving.server.statistics import StatisticsRegistry
+
+__all__ = ["DataPlane", "RequestedOutput", "SERVER_NAME", "EXTENSIONS"]
+
+SERVER_NAME = "deepr"
+EXTENSIONS = ("classification", "model_configuration", "streaming", "statistics", "model_repository", "system_shared_memory")
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    class_count: int = 0
+    """> 0: return the top `class_count` classes as BYTES instead of the tensor."""
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, settings: ServerSettings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="deepr-infer")
+        self.statistics = StatisticsRegistry()
+        self.admission = InflightLimit(settings.max_inflight)
+        self._batchers: dict[OnnxModel, DynamicBatcher] = {}
+        self._runs_alone = 0
+        self._started = False
+        self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())
+
+    def start(self) -> None:
+        """Load every model in the repository; failures leave that model UNAVAILABLE."""
+        self.repository.load_all()
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop the batch schedulers (after their runs finish) and the inference threads."""
+        batchers, self._batchers = list(self._batchers.values()), {}
+        await asyncio.gather(*(b.close() for b in batchers))
+        self._executor.shutdown(wait=True)
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not self._started:
+            return False
+        if self.settings.strict_readiness:
+            # Models unloaded on request do not count: the operator asked for that.
+            return all(e.state == READY or e.reason == UNLOADED for e in self.repository.entries())
+        return True
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        off = {"model_repository": not self.settings.model_control, "system_shared_memory": not self.shared_memory.enabled}
+        return SERVER_NAME, __version__, tuple(e for e in EXTENSIONS if not off.get(e))
+
+    def model(self, name: str, version: str = "") -> OnnxModel:
+        return self.repository.get(name, version)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """False for unknown models too: readiness probes ask, they should not fail."""
+        try:
+            entry = self.repository.entry(name)
+        except ModelNotFound:
+            return False
+        return entry.state == READY and (not version or version in entry.versions)
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.model(name, version).config
+
+    def model_versions(self, name: str) -> list[str]:
+        return sorted(self.repository.entry(name).versions, key=int)
+
+    async def infer(
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput],
+        timings: BatchTimings | None = None, deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run `model` on decoded inputs, through its dynamic batcher when its config has one,
+        and apply the classification extension. `timings` receives what the request spent
+        queued and in onnxruntime; `deadline` (time.monotonic()) drops it unrun once passed."""
+        known = {o.name for o in model.outputs}
+        unknown = [r.name for r in requested if r.name not in known]
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
+        names = [r.name for r in requested]
+        model.check_batch(inputs)
+        batcher = self._batcher(model)
+        if batcher is not None:
+            outputs, spent = await batcher.infer(inputs, names, deadline)
+        else:
+            outputs, spent = await self._run_alone(model, inputs, names)
+        if timings is not None:
+            timings.queue_ns, timings.infer_ns, timings.batch_size = spent.queue_ns, spent.infer_ns, spent.batch_size
+        labels = self.repository.entry(model.name).labels
+        for r in requested:
+            if r.class_count:
+                outputs[r.name] = top_k_strings(outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0)
+        return outputs
+
+    async def _run_alone(self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], BatchTimings]:
+        submitted = time.perf_counter_ns()
+        started: list[int] = []
+
+        def run() -> dict[str, np.ndarray]:
+            started.append(time.perf_counter_ns())
+            return model.predict(inputs, names or None)
+
+        self._runs_alone += 1
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        finally:
+            self._runs_alone -= 1
+        rows = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
+        spent = BatchTimings(started[0] - submitted, time.perf_counter_ns() - started[0], rows)
+        self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
+        return outputs, spent
+
+    def busy(self) -> bool:
+        """Whether a request is held or any model's batcher or run still has work (a run
+        goes on after its client has left)."""
+        return self.admission.inflight > 0 or self._runs_alone > 0 or any(not b.idle for b in list(self._batchers.values()))
+
+    def pending(self) -> dict[tuple[str, str], int]:
+        """Requests waiting in each model version's batch queue."""
+        return {(m.name, m.version): b.queued for m, b in list(self._batchers.items())}
+
+    async def load_model(self, name: str) -> None:
+        """Load or reload `name` from the repository. The versions already loaded keep
+        serving until the new ones are ready; requests they accepted are answered by them."""
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.reload, name)
+        await self._retire_replaced()
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving `name`: new requests are refused, accepted ones are answered."""
+        self.repository.unload(name)
+        await self._retire_replaced()
+
+    async def _retire_replaced(self) -> None:
+        current = {m for e in self.repository.entries() for m in e.versions.values()}
+        retired = [self._batchers.pop(m) for m in list(self._batchers) if m not in current]
+        await asyncio.gather(*(b.drain() for b in retired))
+
+    def _batcher(self, model: OnnxModel) -> DynamicBatcher | None:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            if not self.repository.is_current(model):
+                return None  # replaced while this request was decoded: it runs alone on the old version
+            policy = BatchingPolicy.from_config(model.config, model.run_seconds)
+            if policy is None:
+                return None
+
+            def record(size: int, infer_ns: int, cold: bool) -> None:
+                self.statistics.record_execution(model.name, model.version, batch_size=size, infer_ns=infer_ns, cold=cold)
+
+            batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
+        return batcher

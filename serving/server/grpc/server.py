@@ -1,0 +1,175 @@
+"""The asyncio gRPC server: inference service + grpc.health.v1, graceful stop on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+from grpc._cython import cygrpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.server.dataplane import DataPlane
+from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
+from serving.server.grpc.decoding import DecodeErrorInterceptor
+from serving.server.grpc.servicer import InferenceServicer
+from serving.server.memory import trim_when_idle
+from serving.server.repository import ModelRepository
+from serving.server.settings import ServerSettings
+
+__all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Each connection's first read buffer is this size, and grows while reads fill it.
+        # Starting at 4 MiB cost 270 KB of memory per idle connection; 64 KiB costs 16 KB, as
+        # grpc's own 8 KiB does, and large messages went as fast with any of the three when
+        # measured side by side (scripts/connection_cost.py, docs/benchmarks.md).
+        ("grpc.experimental.tcp_read_chunk_size", 64 << 10),
+        ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
+    ]
+    if settings.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
+    # Calls that grpc has accepted but Python has not yet picked up are cancelled without a
+    # word beyond grpc's own limits (1,000 at random, all past 3,000): a burst on one
+    # channel lost a fifth to half of its calls that way. Lifted far above max_inflight,
+    # so that deepr refuses the excess itself, with RESOURCE_EXHAUSTED and a reason.
+    pending = max(4 * settings.max_inflight, 1 << 14)
+    options += [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", pending)]
+    if settings.connection_idle_seconds:
+        options.append(("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)))
+    # grpc takes the first of two equal keys: the operator's options replace deepr's.
+    return list({**dict(options), **dict(settings.extra_grpc_options())}.items())
+
+
+def _quiet_when_clients_leave(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Event loop exception handler. When a client cancels a call just as its answer is
+    being sent, grpc's send fails (ExecuteBatchError) before grpc marks the call as closed
+    by the client, and the error escapes as an unretrieved task exception: a traceback
+    in the log for nothing the server did wrong. That one is a debug line; the rest go to
+    asyncio's default handler."""
+    if isinstance(context.get("exception"), cygrpc.ExecuteBatchError):
+        logger.debug("a client left while its answer was being sent: %s", context["exception"])
+        return
+    loop.default_exception_handler(context)
+
+
+class InferenceServer:
+    """Serves a model repository over gRPC.
+
+        server = InferenceServer(ServerSettings(repository="models", port=8001))
+        await server.serve_forever()        # until SIGTERM / SIGINT
+
+    or `await server.start()` / `await server.stop()` to embed it.
+    """
+
+    def __init__(self, settings: ServerSettings, dataplane: DataPlane | None = None) -> None:
+        self.settings = settings
+        self.dataplane = dataplane or DataPlane(
+            ModelRepository(settings.repository, settings.runtime()), settings
+        )
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics = None
+        self._trimmer: asyncio.Task | None = None
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> int:
+        """Load the repository, bind, start serving; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_when_clients_leave)
+        await loop.run_in_executor(None, self.dataplane.start)
+        settings = self.settings
+        interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
+        interceptors.append(DecodeErrorInterceptor())
+        server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            if settings.tls_cert:
+                credentials = server_credentials(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.tls_client_ca) if settings.tls_client_ca else None)
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if self.settings.metrics_port >= 0:
+            from serving.server.metrics import StatisticsCollector, start_metrics_server
+
+            collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
+            tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+            self._metrics = start_metrics_server(collector, settings.host, settings.metrics_port, token=settings.token, tls=tls)
+            self.metrics_port = self._metrics.server_port
+        await server.start()
+        self._server = server
+        if settings.trim_idle_seconds:
+            self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on %s:%d (%s%s)", settings.repository, settings.host, self.port,
+                    "TLS" + (" with client certificates" if settings.tls_client_ca else "") if settings.tls_cert else "plaintext",
+                    ", bearer token required" if settings.token else "")
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace` seconds, release models."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        self._server = None
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            self._trimmer = None
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
+        await self.dataplane.close()
+        logger.info("server stopped")
+
+    async def serve_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        logger.info("signal received: draining in-flight requests")
+        await self.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
+    """Run a server on its own event loop in a background thread, for apps and tests.
+
+        with serve_in_thread(ServerSettings(repository=repo, port=0)) as server:
+            client = InferenceClient(f"localhost:{server.port}")
+    """
+    server = InferenceServer(settings)
+    loop = settings.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="deepr-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(grace=0), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

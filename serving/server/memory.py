@@ -1,0 +1,61 @@
+"""Giving memory back after a burst.
+
+A burst of large requests has glibc's allocator take hundreds of megabytes for their
+tensors and messages; freed, most of it stays in the allocator's arenas, so the
+server's resident memory stays at its peak (measured: 2,000 requests of 0.8 MB with
+clients cancelling on a 3 s deadline left 1.0-1.8 GB resident after each round, and
+103 MB after one malloc_trim). Once no request has been in flight for a while, the
+server asks the allocator to return what it keeps free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from serving.server.dataplane import DataPlane
+
+__all__ = ["release_free_memory", "trim_when_idle"]
+
+logger = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Return the allocator's free memory to the system; False where that cannot be asked."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True
+
+
+async def trim_when_idle(dataplane: "DataPlane", idle_seconds: float) -> None:
+    """Runs until cancelled: after requests have come and the dataplane has had nothing to
+    do for `idle_seconds`, releases free memory once (in a thread: it walks the heap)."""
+    if _TRIM is None:
+        logger.debug("malloc_trim is not available here; memory is not trimmed after bursts")
+        return
+    loop = asyncio.get_running_loop()
+    trimmed_at = dataplane.admission.admitted
+    quiet_since = loop.time()
+    while True:
+        await asyncio.sleep(min(idle_seconds / 4, 0.5))  # trims within a quarter of idle_seconds of due
+        if dataplane.busy():
+            quiet_since = loop.time()
+        elif dataplane.admission.admitted != trimmed_at and loop.time() - quiet_since >= idle_seconds:
+            trimmed_at = dataplane.admission.admitted
+            await loop.run_in_executor(None, release_free_memory)

@@ -1,0 +1,150 @@
+"""Prometheus metrics on an HTTP port, under Triton's metric names.
+
+The values are read from the server's statistics at scrape time, so the metrics and
+ModelStatistics always agree and requests pay nothing extra. Triton's cumulative
+counters keep their exact names (`nv_inference_request_success`, not `..._total`) so
+dashboards written for Triton work unchanged; prometheus_client would append `_total`
+to a counter, hence they are exposed untyped. deepr adds a histogram of the rows per
+onnxruntime run (`deepr_batch_size`), which shows dynamic batching at work.
+
+The page names every model, so it is guarded like the inference service: when the
+server has a bearer token, scrapes must present it too (Prometheus: `authorization:
+credentials_file`), and when it serves TLS, so does the metrics port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from typing import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from serving.server.bearer import bearer_token_matches
+from serving.server.statistics import ModelStatistics, StatisticsRegistry
+
+__all__ = ["StatisticsCollector", "start_metrics_server", "BATCH_BUCKETS"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# Triton's name -> (help, value from one model version's statistics)
+_CUMULATIVE: dict[str, tuple[str, Callable[[ModelStatistics], float]]] = {
+    "nv_inference_request_success": ("Number of successful inference requests, all batch sizes", lambda s: s.success.count),
+    "nv_inference_request_failure": ("Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
+    "nv_inference_count": ("Number of inferences performed (rows of successful requests)", lambda s: s.inference_count),
+    "nv_inference_exec_count": ("Number of model executions performed (onnxruntime runs)", lambda s: s.execution_count),
+    "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds", lambda s: s.success.ns / 1e3),
+    "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds", lambda s: s.queue.ns / 1e3),
+    "nv_inference_compute_input_duration_us": ("Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns / 1e3),
+    "nv_inference_compute_infer_duration_us": ("Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns / 1e3),
+    "nv_inference_compute_output_duration_us": ("Cumulative inference compute output duration in microseconds", lambda s: s.compute_output.ns / 1e3),
+    "deepr_cold_run_count": ("onnxruntime runs at a batch size the model had not run before (not warmed at load)",
+                             lambda s: s.cold_runs),
+}
+
+
+class StatisticsCollector:
+    """A prometheus_client collector over the server's statistics and request queues."""
+
+    def __init__(self, statistics: StatisticsRegistry, pending: Callable[[], dict[tuple[str, str], int]] = dict) -> None:
+        self.statistics = statistics
+        self.pending = pending
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.statistics.snapshot()
+        for name, (help_text, value) in _CUMULATIVE.items():
+            family = Metric(name, help_text, "unknown")
+            for s in snapshot:
+                family.add_sample(name, {"model": s.name, "version": s.version}, value(s))
+            yield family
+        pending = GaugeMetricFamily("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution",
+                                    labels=["model", "version"])
+        for (model, version), count in sorted(self.pending().items()):
+            pending.add_metric([model, version], count)
+        yield pending
+        batches = HistogramMetricFamily("deepr_batch_size", "Rows per onnxruntime run (dynamic batching merges requests)",
+                                        labels=["model", "version"])
+        for s in snapshot:
+            if s.batches:
+                batches.add_metric([s.name, s.version], _buckets(s), sum_value=sum(size * d.count for size, d in s.batches.items()))
+        yield batches
+        yield from _gpu_memory()
+
+
+def _buckets(stats: ModelStatistics) -> list[tuple[str, float]]:
+    cumulative = []
+    for bound in BATCH_BUCKETS:
+        cumulative.append((str(bound), sum(d.count for size, d in stats.batches.items() if size <= bound)))
+    cumulative.append(("+Inf", sum(d.count for d in stats.batches.values())))
+    return cumulative
+
+
+def _gpu_memory() -> Iterator[Metric]:
+    """GPU memory per device, as Triton reports it, where NVML (nvidia-ml-py) is installed."""
+    try:
+        import pynvml
+    except ImportError:
+        return
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return
+    total = GaugeMetricFamily("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", labels=["gpu_uuid"])
+    used = GaugeMetricFamily("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", labels=["gpu_uuid"])
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        total.add_metric([uuid], memory.total)
+        used.add_metric([uuid], memory.used)
+    yield total
+    yield used
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # one line per scrape is noise
+        pass
+
+
+def _requiring_bearer(app: Callable, token: str) -> Callable:
+    def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if bearer_token_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="deepr"')])
+        return [b"missing or invalid bearer token (header 'Authorization: Bearer <token>')\n"]
+
+    return guarded
+
+
+def start_metrics_server(collector: StatisticsCollector, host: str, port: int, *, token: str = "",
+                         tls: tuple[str, str] | None = None):
+    """Serve /metrics in a background thread; returns the HTTP server (its server_port,
+    shutdown()). With `token`, scrapes need `Authorization: Bearer <token>`; with `tls`
+    (certificate chain, key), the port speaks HTTPS."""
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    app = make_wsgi_app(registry)
+    if token:
+        app = _requiring_bearer(app, token)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    try:
+        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="deepr-metrics", daemon=True).start()
+    logger.info("metrics on %s://%s:%d/metrics%s", "https" if tls else "http", host, server.server_port,
+                " (bearer token required)" if token else "")
+    return server

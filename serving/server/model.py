@@ -1,0 +1,266 @@
+"""OnnxModel: one version of one model, owning its onnxruntime session."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.protocol.codecs import TensorSpec
+from serving.protocol.datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
+from serving.protocol.errors import InvalidInput, ModelLoadError
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.runtime.providers import select_providers
+from serving.runtime.sessions import pruned_graph, usable_cores
+from serving.server.batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_load, profile_batches
+from serving.server.batch_sizes import warm_run_sizes
+from serving.server.warmup import warm_up
+
+__all__ = ["OnnxModel", "RuntimeOptions", "instance_count"]
+
+logger = logging.getLogger(__name__)
+
+_PRUNED_SESSIONS = 8
+"""Sessions kept per model for requests that ask for a subset of its outputs."""
+
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    """How many runs of the model may go at once: the config's instance_group counts."""
+    return sum(g.count or 1 for g in config.instance_group) or 1
+
+
+def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How onnxruntime runs every model of a server."""
+
+    device: str = "auto"
+    """auto (CUDA when usable), cuda or cpu."""
+    intra_op_threads: int = 0
+    """Threads per run; 0 lets onnxruntime choose (one per physical core)."""
+    tf32: bool = False
+    """Allow TF32 matmuls and convolutions on CUDA: faster on Ampere and later, about
+    three decimal digits of precision."""
+    spin: bool = False
+    """Let idle onnxruntime threads spin-wait for the next run. Faster back-to-back runs
+    when nothing else needs the cores; off, the cores go to the server's own work."""
+
+
+class OnnxModel:
+    """An ONNX file served under a name and version, described by its config.pbtxt."""
+
+    def __init__(self, name: str, version: str, path: Path, config: mc.ModelConfig, runtime: RuntimeOptions = RuntimeOptions()) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.config = config
+        self.runtime = runtime
+        self._session: ort.InferenceSession | None = None
+        self._idle_instances: queue.SimpleQueue[ort.InferenceSession] | None = None
+        """With instance_group count > 1: the sessions not running, one per instance."""
+        self._options: ort.SessionOptions | None = None
+        self._pruned: collections.OrderedDict[frozenset[str], ort.InferenceSession] = collections.OrderedDict()
+        self._pruning = threading.Lock()
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+        self.run_seconds: dict[int, float] = {}
+        """Batch sizes warmed at load for merged runs, with the time of a warm run."""
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers of the loaded session, first the one that runs it."""
+        return self._session.get_providers() if self._session is not None else []
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def session_options(self, threads: int | None = None) -> ort.SessionOptions:
+        """onnxruntime options for this model's sessions; `threads` overrides the intra-op threads."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.runtime.intra_op_threads if threads is None else threads
+        options.log_severity_level = 3  # errors only: deepr reports its own
+        if not self.runtime.spin:
+            # Idle onnxruntime threads otherwise spin for a while after each run, taking the
+            # cores the event loop needs to decode the next requests.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.config.HasField("optimization"):
+            level = self.config.optimization.graph.level
+            if level not in _GRAPH_LEVELS:
+                raise ModelLoadError(f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}")
+            options.graph_optimization_level = _GRAPH_LEVELS[level]
+        return options
+
+    def new_session(self, threads: int | None = None) -> ort.InferenceSession:
+        """A fresh onnxruntime session of the whole graph (ModelLoadError when it cannot load)."""
+        try:
+            return ort.InferenceSession(str(self.path), self.session_options(threads),
+                                        providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}") from None
+
+    def load(self) -> None:
+        """Create the session(s) and check the config against the graph (ModelLoadError on any mismatch).
+
+        With instance_group count N > 1 there are N sessions, each with its share of the
+        cores as intra-op threads (unless the server fixes the threads), so N runs go at
+        once without contending for one thread pool."""
+        start = time.perf_counter()
+        instances = instance_count(self.config)
+        threads = None
+        if instances > 1 and not self.runtime.intra_op_threads:
+            threads = max(1, usable_cores() // instances)
+        self._options = self.session_options(threads)
+        session = self.new_session(threads)
+        self.inputs = self._specs(session.get_inputs(), list(self.config.input), "input")
+        self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        if instances > 1:
+            self._idle_instances = queue.SimpleQueue()
+            for each in [session, *(self.new_session(threads) for _ in range(instances - 1))]:
+                self._idle_instances.put(each)
+        self._session = session
+        logger.info("loaded %s version %s in %.2fs on %s%s", self.name, self.version, time.perf_counter() - start,
+                    session.get_providers()[0], f", {instances} instances x {threads} threads" if instances > 1 else "")
+        description = f"{self.name} version {self.version}"
+        try:
+            warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict, description)
+            if profile_at_load(self.config):
+                profile = profile_batches(self, seconds_per_size=PROFILE_SECONDS_AT_LOAD)
+                logger.info("%s: batch profile\n%s", description, profile.table())
+                profile.write_into(self.config)
+            self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
+        except ModelLoadError:
+            self.unload()  # not ready: its warm-up could not run
+            raise
+        except Exception as exc:  # onnxruntime failing on zero inputs at a size
+            self.unload()
+            raise ModelLoadError(f"{description}: warming up batch sizes failed: {exc}") from None
+
+    def zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
+        """Zero inputs of `rows` rows, or None when an input has a free dimension."""
+        arrays = {}
+        for spec in self.inputs:
+            dims = spec.shape[1:]
+            if any(d < 0 for d in dims) or spec.datatype == "BYTES":
+                return None
+            arrays[spec.name] = np.zeros((rows, *dims), V2_TO_NUMPY[spec.datatype])
+        return arrays
+
+    def _specs(self, graph_args: list, configured: list, kind: str) -> list[TensorSpec]:
+        """Tensor specs from the graph, cross-checked with the config entries when there are any."""
+        batched = self.max_batch_size > 0
+        specs = []
+        for arg in graph_args:
+            datatype = ONNX_TO_V2.get(arg.type)
+            if datatype is None:
+                raise ModelLoadError(f"{self.name}: {kind} {arg.name!r} has type {arg.type}, which deepr cannot serve")
+            shape = _onnx_shape(arg.shape)
+            if batched:
+                if not shape or shape[0] != -1:
+                    raise ModelLoadError(f"{self.name}: max_batch_size is {self.max_batch_size}, but {kind} {arg.name!r} has no variable first (batch) axis: {list(shape)}")
+                shape = (-1, *shape[1:])
+            specs.append(TensorSpec(arg.name, datatype, shape))
+        if configured:
+            by_name = {s.name: s for s in specs}
+            for entry in configured:
+                spec = by_name.get(entry.name)
+                if spec is None:
+                    raise ModelLoadError(f"{self.name}: config {kind} {entry.name!r} is not in the graph; the graph has {sorted(by_name)}")
+                want_type = CONFIG_TO_V2.get(mc.DataType.Name(entry.data_type))
+                dims = tuple(entry.dims)
+                graph_dims = spec.shape[1:] if batched else spec.shape
+                if want_type != spec.datatype or len(dims) != len(graph_dims) or any(g not in (-1, c) for c, g in zip(dims, graph_dims)):
+                    raise ModelLoadError(
+                        f"{self.name}: config {kind} {entry.name!r} is {want_type} dims {list(dims)}, "
+                        f"the graph has {spec.datatype} dims {list(graph_dims)}"
+                    )
+                # The config may pin a dimension the graph leaves free.
+                by_name[entry.name] = TensorSpec(spec.name, spec.datatype, ((-1,) if batched else ()) + dims)
+            specs = [by_name[s.name] for s in specs]
+        return specs
+
+    def unload(self) -> None:
+        self._session = None
+        self._idle_instances = None
+
+    def check_batch(self, inputs: dict[str, np.ndarray]) -> int:
+        """The request's batch size, after checking its inputs agree on it and it fits."""
+        if self.max_batch_size <= 0:
+            return 1
+        sizes = {a.shape[0] for a in inputs.values()}
+        if len(sizes) > 1:
+            raise InvalidInput(f"inputs of {self.name} disagree on the batch size: {sorted(sizes)}")
+        batch = sizes.pop() if sizes else 0
+        if batch > self.max_batch_size:
+            raise InvalidInput(f"batch of {batch} exceeds {self.name}'s max_batch_size {self.max_batch_size}")
+        if batch == 0:
+            raise InvalidInput(f"empty batch: {self.name} needs at least one example")
+        return batch
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph; `outputs` limits what is returned (default: every output)."""
+        session = self._session
+        if session is None:
+            raise ModelLoadError(f"{self.name} version {self.version} is not loaded")
+        self.check_batch(inputs)
+        names = list(outputs) if outputs else [o.name for o in self.outputs]
+        if len(set(names)) < len(self.outputs):
+            session = self._session_computing(frozenset(names))
+        elif self._idle_instances is not None:
+            return self._run_on_an_instance(names, inputs)
+        results = session.run(names, inputs)
+        return dict(zip(names, results))
+
+    def _run_on_an_instance(self, names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on an idle instance's session, waiting for one if all are running."""
+        idle = self._idle_instances
+        session = idle.get()
+        try:
+            return dict(zip(names, session.run(names, inputs)))
+        finally:
+            idle.put(session)
+
+    def _session_computing(self, outputs: frozenset[str]) -> ort.InferenceSession:
+        """A session for the part of the graph that `outputs` need. onnxruntime runs every
+        node of a graph whatever outputs are asked for; feature extractors with early and
+        late layers, or Grad-CAM graphs asked only for scores, would pay for all of it."""
+        with self._pruning:
+            session = self._pruned.get(outputs)
+            if session is not None:
+                self._pruned.move_to_end(outputs)
+                return session
+            part = pruned_graph(self.path, outputs)
+            if part is None:
+                session = self._session  # runs whole, as onnxruntime would anyway
+            else:
+                session = ort.InferenceSession(part, self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
+            self._pruned[outputs] = session
+            if len(self._pruned) > _PRUNED_SESSIONS:
+                self._pruned.popitem(last=False)
+            if part is not None:
+                logger.info("%s version %s: a graph for outputs %s only", self.name, self.version, sorted(outputs))
+            return session

@@ -1,0 +1,196 @@
+"""A model repository on disk, in Triton's layout, and the models loaded from it.
+
+    <root>/<model>/config.pbtxt
+    <root>/<model>/<version>/model.onnx      (version: a positive integer)
+    <root>/<model>/labels.txt                (optional; named by an output's label_filename)
+
+A model that fails to load is kept as UNAVAILABLE with the reason, and the
+others serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.labels import read_labels
+from serving.protocol.model_config import CONFIG_FILE, read_config
+from serving.server.model import OnnxModel, RuntimeOptions
+
+__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE", "UNLOADED"]
+
+logger = logging.getLogger(__name__)
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+UNLOADED = "unloaded by request"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+"""One path component of at most NAME_MAX (255) bytes."""
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name as messages quote it: a hostile 5,000-character name is cut, not echoed."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
+def _inside(folder: Path, relative: str, what: str) -> Path:
+    """`folder / relative`, refused if it resolves (through '..' or symbolic links) outside
+    `folder`: a config must not make the server read files that are not its model's."""
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"{what} {relative!r} points outside the model's folder {folder}")
+    return path
+
+
+@dataclass
+class ModelEntry:
+    """What the repository holds for one model name."""
+
+    name: str
+    state: str
+    reason: str = ""
+    config: mc.ModelConfig | None = None
+    versions: dict[str, OnnxModel] = field(default_factory=dict)
+    """Loaded versions by version string."""
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """Class labels by output name."""
+
+    @property
+    def latest(self) -> OnnxModel:
+        return self.versions[max(self.versions, key=int)]
+
+
+def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        return [v for v in available if v in set(policy.specific.versions)]
+    latest = policy.latest.num_versions if choice == "latest" else 1
+    return sorted(available)[-max(latest, 1):]
+
+
+class ModelRepository:
+    def __init__(self, root: str | Path, runtime: RuntimeOptions = RuntimeOptions()) -> None:
+        self.root = Path(root)
+        self.runtime = runtime
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.Lock()
+
+    def model_names(self) -> list[str]:
+        """Model directories on disk (those holding a config.pbtxt)."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {self.root} does not exist or is not a directory")
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file() and _MODEL_NAME.match(p.name))
+
+    def load_all(self) -> None:
+        for name in self.model_names():
+            self.load(name)
+
+    def load(self, name: str) -> ModelEntry:
+        """(Re)load `name` from disk; a model that fails to load is kept as UNAVAILABLE
+        with the reason. The new entry replaces the old one only once built."""
+        model_dir = self._model_dir(name)
+        try:
+            entry = self._build(name, model_dir)
+        except ServingError as exc:
+            logger.error("model %s is unavailable: %s", name, exc)
+            entry = ModelEntry(name, UNAVAILABLE, reason=str(exc))
+        with self._lock:
+            self._models[name] = entry
+        return entry
+
+    def reload(self, name: str) -> ModelEntry:
+        """Like load, for a request to load: if the new model fails while an older one is
+        serving, the older one goes on serving and the error is raised."""
+        with self._lock:
+            previous = self._models.get(name)
+        if previous is None or previous.state != READY:
+            entry = self.load(name)
+            if entry.state != READY:
+                raise ModelLoadError(entry.reason)
+            return entry
+        entry = self._build(name, self._model_dir(name))
+        with self._lock:
+            self._models[name] = entry
+        logger.info("model %s reloaded: versions %s", name, sorted(entry.versions, key=int))
+        return entry
+
+    def _model_dir(self, name: str) -> Path:
+        # Names are single path components: no separators, no leading dot, so a request
+        # can never reach outside the repository directory.
+        if not _MODEL_NAME.match(name):
+            raise InvalidInput(f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
+                               "not starting with '.' or '-'")
+        model_dir = self.root / name
+        if not (model_dir / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
+        return model_dir
+
+    def _build(self, name: str, model_dir: Path) -> ModelEntry:
+        config = read_config(model_dir)
+        filename = config.default_model_filename or "model.onnx"
+        available = sorted(
+            int(p.name) for p in model_dir.iterdir()
+            if p.name.isdigit() and int(p.name) > 0 and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
+        )
+        if not available:
+            raise ModelLoadError(f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})")
+        versions = {}
+        for v in _chosen_versions(config, available):
+            model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, self.runtime)
+            model.load()
+            versions[str(v)] = model
+        if not versions:
+            raise ModelLoadError(f"{name}: the version policy selects none of the versions on disk {available}")
+        labels = {}
+        for output in config.output:
+            if output.label_filename:
+                path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
+                try:
+                    labels[output.name] = read_labels(path)
+                except OSError as exc:
+                    raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
+        return ModelEntry(name, READY, config=config, versions=versions, labels=labels)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                raise ModelNotFound(f"model {_shown(name)} is not loaded")
+            self._models[name] = ModelEntry(name, UNAVAILABLE, reason=UNLOADED)
+
+    def is_current(self, model: OnnxModel) -> bool:
+        """Whether `model` is still the loaded object for its name and version."""
+        with self._lock:
+            entry = self._models.get(model.name)
+        return entry is not None and entry.versions.get(model.version) is model
+
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            return [self._models[n] for n in sorted(self._models)]
+
+    def entry(self, name: str) -> ModelEntry:
+        with self._lock:
+            entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model {_shown(name)}; the repository has {sorted(self._models) or 'no models'}")
+        return entry
+
+    def get(self, name: str, version: str = "") -> OnnxModel:
+        """The ready model `name` at `version` ("" for the latest loaded one)."""
+        entry = self.entry(name)
+        if entry.state != READY:
+            raise ModelNotReady(f"model {name!r} is not ready: {entry.reason}")
+        if not version:
+            return entry.latest
+        model = entry.versions.get(version)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} has no version {_shown(version)} loaded; loaded versions: {sorted(entry.versions, key=int)}")
+        return model

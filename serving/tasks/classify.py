@@ -1,0 +1,82 @@
+"""Classify pictures with a served model: preprocessing from its config, top-k from the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from serving.client import DEFAULT_URL, InferenceClient, client_for
+from serving.protocol.classification import parse_class_string
+from serving.protocol.preprocessing import ImageInput, ImagePreprocessing
+from serving.protocol.schema import PREPROCESSING_KEY, TEXT_ENCODING_KEY
+from serving.protocol.text_encoding import WordEncoding
+
+__all__ = ["Prediction", "classify", "classify_text", "PREPROCESSING_KEY"]
+
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+def _top_k(client: InferenceClient, model: str, config, inputs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+    """Top-k predictions per row of `inputs`, in batches of the model's max_batch_size."""
+    model_input, output = config.input[0], config.output[0]
+    chunk = config.max_batch_size or 1
+    results: list[list[Prediction]] = []
+    for start in range(0, len(inputs), chunk):
+        batch = inputs[start : start + chunk]
+        batch = batch.reshape(len(batch), *[d if d > 0 else -1 for d in model_input.dims])  # e.g. (N, 784) for a dense net
+        classes = client.infer(model, {model_input.name: batch}, class_count={output.name: top_k})[output.name]
+        for row in np.atleast_2d(classes):
+            results.append([Prediction(label, index, score) for score, index, label in map(parse_class_string, row)])
+    return results
+
+
+def _classify(
+    model: str, url: str, client: InferenceClient | None, parameter: str, encoder: Callable[[str], Callable[[Sequence], np.ndarray]],
+    items: Sequence, top_k: int, what: str,
+) -> list[list[Prediction]]:
+    """Read the model's input encoding from config parameter `parameter`, encode `items`, ask for the top k."""
+    with client_for(url, client) as c:
+        config = c.model_config(model)
+        if parameter not in config.parameters:
+            raise ValueError(f"model {model!r} has no {parameter} parameter: it does not take {what}")
+        encode = encoder(config.parameters[parameter].string_value)
+        return _top_k(c, model, config, encode(items), top_k)
+
+
+def classify(
+    images: Sequence[ImageInput],
+    model: str,
+    *,
+    url: str = DEFAULT_URL,
+    top_k: int = 3,
+    client: InferenceClient | None = None,
+) -> list[list[Prediction]]:
+    """Top-k predictions, best first, for each image (paths, PIL images or uint8 arrays).
+
+    The model's config.pbtxt carries its preprocessing ("deepr.preprocessing")
+    and input shape, so the caller needs nothing but the model's name.
+    """
+    return _classify(model, url, client, PREPROCESSING_KEY, ImagePreprocessing.from_json, images, top_k, "images")
+
+
+def classify_text(
+    texts: Sequence[str],
+    model: str,
+    *,
+    url: str = DEFAULT_URL,
+    top_k: int = 1,
+    client: InferenceClient | None = None,
+) -> list[list[Prediction]]:
+    """Predictions for each text from a served word model (imdb_*): the vocabulary comes from
+    its config ("deepr.text_encoding"). A binary model answers with its positive class and
+    that class's probability."""
+    return _classify(model, url, client, TEXT_ENCODING_KEY, WordEncoding.from_json, texts, top_k,
+                     "text (export it from a training run's weights)")
