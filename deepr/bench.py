@@ -36,8 +36,20 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchResult", "run_benchmark", "in_process", "over_grpc", "serve_subprocess", "write_plot", "copy_with_configs",
-           "without_batching", "with_free_sizes", "with_instances", "batch_profiles", "reload"]
+__all__ = [
+    "BenchResult",
+    "run_benchmark",
+    "in_process",
+    "over_grpc",
+    "serve_subprocess",
+    "write_plot",
+    "copy_with_configs",
+    "without_batching",
+    "with_free_sizes",
+    "with_instances",
+    "batch_profiles",
+    "reload",
+]
 
 
 @dataclass
@@ -107,12 +119,20 @@ class SteadyRate:
         return self.first / span if span > 0 else float("nan")
 
 
-def _summarise(model: str, mode: str, batch: int, concurrency: int, latencies: Sequence[float], seconds: float) -> BenchResult:
+def _summarise(
+    model: str, mode: str, batch: int, concurrency: int, latencies: Sequence[float], seconds: float
+) -> BenchResult:
     lat = np.asarray(latencies) * 1e3
     count = len(lat)
     return BenchResult(
-        model, mode, batch, concurrency, count, round(seconds, 3),
-        items_per_s=count * batch / seconds, requests_per_s=count / seconds,
+        model,
+        mode,
+        batch,
+        concurrency,
+        count,
+        round(seconds, 3),
+        items_per_s=count * batch / seconds,
+        requests_per_s=count / seconds,
         p50_ms=float(np.percentile(lat, 50)) if count else float("nan"),
         p99_ms=float(np.percentile(lat, 99)) if count else float("nan"),
     )
@@ -127,12 +147,17 @@ def example_inputs(specs: Sequence[tuple[str, str, Sequence[int]]], batch: int, 
     for name, datatype, shape in specs:
         dims = [batch if i == 0 and d == -1 else (d if d > 0 else 8) for i, d in enumerate(shape)]
         dtype = V2_TO_NUMPY[datatype]
-        arrays[name] = rng.random(dims, dtype=np.float32).astype(dtype) if dtype.kind == "f" else rng.integers(0, 2, dims).astype(dtype)
+        arrays[name] = (
+            rng.random(dims, dtype=np.float32).astype(dtype)
+            if dtype.kind == "f"
+            else rng.integers(0, 2, dims).astype(dtype)
+        )
     return arrays
 
 
-def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, seconds: float, warmup: float,
-               tf32: bool = False) -> BenchResult:
+def in_process(
+    model: str, onnx_file: Path, batch: int, specs, *, device: str, seconds: float, warmup: float, tf32: bool = False
+) -> BenchResult:
     import onnxruntime as ort
 
     from serving.runtime.providers import select_providers
@@ -155,8 +180,16 @@ def in_process(model: str, onnx_file: Path, batch: int, specs, *, device: str, s
     return result
 
 
-def _client_process(url: str, model: str, specs, batch: int, concurrency: int, seconds: float, warmup: float,
-                    shared_memory: bool = False) -> tuple[list[float], float, float]:
+def _client_process(
+    url: str,
+    model: str,
+    specs,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    shared_memory: bool = False,
+) -> tuple[list[float], float, float]:
     """One client process: `concurrency` coroutines each sending requests back to back.
     With `shared_memory` the inputs (one region for all) and each coroutine's outputs (a
     region each) live in system shared memory; only metadata crosses the socket.
@@ -207,8 +240,9 @@ def _client_process(url: str, model: str, specs, batch: int, concurrency: int, s
         raise RuntimeError(f"{model} batch {batch}: {type(exc).__name__}: {exc}") from None
 
 
-async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray], tensors, concurrency: int,
-                              regions: contextlib.AsyncExitStack) -> list[list]:
+async def _into_shared_memory(
+    client, model: str, inputs: dict[str, np.ndarray], tensors, concurrency: int, regions: contextlib.AsyncExitStack
+) -> list[list]:
     """Point `tensors` at one shared memory region holding the inputs, and give each worker
     an output region, sized by a first request answered in the message; returns each
     worker's requested outputs. `regions` unregisters and frees them all on exit."""
@@ -217,7 +251,9 @@ async def _into_shared_memory(client, model: str, inputs: dict[str, np.ndarray],
     import tritonclient.grpc.aio as triton
 
     answer = await client.infer(model, tensors)
-    sizes = {o.name: len(raw) for o, raw in zip(answer.get_response().outputs, answer.get_response().raw_output_contents)}
+    sizes = {
+        o.name: len(raw) for o, raw in zip(answer.get_response().outputs, answer.get_response().raw_output_contents)
+    }
 
     async def region(name: str, size: int) -> shared_memory.SharedMemory:
         shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
@@ -263,17 +299,34 @@ async def _check_shared_answer(client, model: str, tensors, outputs, answer, shm
 
 
 def over_grpc(
-    url: str, model: str, specs, batch: int, concurrency: int, *, seconds: float, warmup: float, processes: int = 1,
+    url: str,
+    model: str,
+    specs,
+    batch: int,
+    concurrency: int,
+    *,
+    seconds: float,
+    warmup: float,
+    processes: int = 1,
     shared_memory: bool = False,
 ) -> BenchResult:
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no GIL shared with the caller
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = [pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory) for share in shares]
+        futures = [
+            pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory)
+            for share in shares
+        ]
         answers = [f.result() for f in futures]
-    result = _summarise(model, "grpc+shm" if shared_memory else "grpc", batch, concurrency,
-                        [lat for latencies, _, _ in answers for lat in latencies], seconds)
+    result = _summarise(
+        model,
+        "grpc+shm" if shared_memory else "grpc",
+        batch,
+        concurrency,
+        [lat for latencies, _, _ in answers for lat in latencies],
+        seconds,
+    )
     result.cold_items_per_s = sum(first for _, first, _ in answers) * batch
     result.warmup_s = max(took for _, _, took in answers)
     return result
@@ -294,8 +347,21 @@ def serve_subprocess(
 
     port = _free_port()
     log = tempfile.NamedTemporaryFile(prefix="deepr-bench-server-", suffix=".log", delete=False)
-    command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-               "--port", str(port), "--device", device, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "deepr",
+        "serve",
+        "--repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        device,
+        *extra,
+    ]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{port}"
     try:
@@ -329,7 +395,13 @@ def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, st
     model_dir = repository / model
     config = read_config(model_dir)
     version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-    served = OnnxModel(model, str(version), model_dir / str(version) / (config.default_model_filename or "model.onnx"), config, RuntimeOptions(device="cpu"))
+    served = OnnxModel(
+        model,
+        str(version),
+        model_dir / str(version) / (config.default_model_filename or "model.onnx"),
+        config,
+        RuntimeOptions(device="cpu"),
+    )
     served.load()
     return served.path, [(s.name, s.datatype, list(s.shape)) for s in served.inputs]
 
@@ -357,9 +429,18 @@ def batch_profiles(repository: Path, models: Sequence[str]) -> dict[str, str]:
 
 
 def run_benchmark(
-    repository: Path, models: Sequence[str], *, cells: Sequence[tuple[int, int]], device: str = "auto",
-    seconds: float = 5.0, warmup: float = 1.0, client_processes: int = 1, server_args: Sequence[str] = (),
-    tf32: bool = False, shared_memory: bool = False, progress=print,
+    repository: Path,
+    models: Sequence[str],
+    *,
+    cells: Sequence[tuple[int, int]],
+    device: str = "auto",
+    seconds: float = 5.0,
+    warmup: float = 1.0,
+    client_processes: int = 1,
+    server_args: Sequence[str] = (),
+    tf32: bool = False,
+    shared_memory: bool = False,
+    progress=print,
 ) -> list[BenchResult]:
     """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size;
     with `shared_memory`, each cell again with the tensors in system shared memory."""
@@ -374,28 +455,44 @@ def run_benchmark(
             baseline[model, batch] = r.items_per_s
             results.append(r)
             progress(format_row(r))
-    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as (url, _):
+    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as (
+        url,
+        _,
+    ):
         for model in models:
             for batch, concurrency in cells:
                 for shm in (False, True) if shared_memory else (False,):
                     load_s = reload(url, model)
-                    r = over_grpc(url, model, specs[model][1], batch, concurrency, seconds=seconds, warmup=warmup,
-                                  processes=client_processes, shared_memory=shm)
+                    r = over_grpc(
+                        url,
+                        model,
+                        specs[model][1],
+                        batch,
+                        concurrency,
+                        seconds=seconds,
+                        warmup=warmup,
+                        processes=client_processes,
+                        shared_memory=shm,
+                    )
                     r.ratio, r.load_s = r.items_per_s / baseline[model, batch], load_s
                     results.append(r)
                     progress(format_row(r))
     return results
 
 
-HEADER = (f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'vs in-proc':>10} {'cold 2 s':>10} {'load s':>6} {'warm-up s':>9}")
+HEADER = (
+    f"{'model':<24} {'mode':<10} {'batch':>5} {'conc':>4} {'items/s':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'vs in-proc':>10} {'cold 2 s':>10} {'load s':>6} {'warm-up s':>9}"
+)
 
 
 def format_row(r: BenchResult) -> str:
     ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-    return (f"{r.model:<24} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10} {r.cold_items_per_s or float('nan'):>10.1f} "
-            f"{'' if r.load_s is None else f'{r.load_s:.2f}':>6} {r.warmup_s or 0.0:>9.1f}")
+    return (
+        f"{r.model:<24} {r.mode:<10} {r.batch:>5} {r.concurrency:>4} {r.items_per_s:>10.1f} {r.requests_per_s:>9.1f} "
+        f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>10} {r.cold_items_per_s or float('nan'):>10.1f} "
+        f"{'' if r.load_s is None else f'{r.load_s:.2f}':>6} {r.warmup_s or 0.0:>9.1f}"
+    )
 
 
 def environment(device: str, tf32: bool = False) -> dict:
@@ -404,8 +501,12 @@ def environment(device: str, tf32: bool = False) -> dict:
     from serving.runtime.providers import select_providers
 
     return {
-        "python": platform.python_version(), "onnxruntime": ort.__version__, "machine": platform.machine(),
-        "processor": platform.processor(), "cpus": os.cpu_count(), "provider": select_providers(device, tf32)[0],
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "provider": select_providers(device, tf32)[0],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -426,14 +527,21 @@ def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r.model for r in results))
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 2.2 + 0.35 * len(results) / max(len(models), 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(models), 1, figsize=(9, 2.2 + 0.35 * len(results) / max(len(models), 1)), squeeze=False
+    )
     for ax, model in zip(axes[:, 0], models):
         rows = [r for r in results if r.model == model]
-        labels = [f"in-process b{r.batch}" if r.mode == "in-process" else f"{MODE_LABELS[r.mode]} b{r.batch} c{r.concurrency}" for r in rows]
+        labels = [
+            f"in-process b{r.batch}" if r.mode == "in-process" else f"{MODE_LABELS[r.mode]} b{r.batch} c{r.concurrency}"
+            for r in rows
+        ]
         colors = [MODE_COLORS[r.mode] for r in rows]
         ax.barh(labels, [r.items_per_s for r in rows], color=colors)
         for y, r in enumerate(rows):
-            note = f"{r.items_per_s:,.0f}/s  p99 {r.p99_ms:.1f} ms" + (f"  {r.ratio:.2f}x" if r.ratio is not None else "")
+            note = f"{r.items_per_s:,.0f}/s  p99 {r.p99_ms:.1f} ms" + (
+                f"  {r.ratio:.2f}x" if r.ratio is not None else ""
+            )
             ax.text(r.items_per_s, y, " " + note, va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_title(model)
@@ -478,7 +586,9 @@ def with_free_sizes(config) -> None:
 
 def with_instances(count: int) -> Callable[[Any], None]:
     """A config edit: `count` instances, each its own session with cores/count threads."""
+
     def edit(config) -> None:
         del config.instance_group[:]
         config.instance_group.add(count=count)
+
     return edit

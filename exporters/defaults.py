@@ -53,7 +53,10 @@ def build_default_repository(repository: str | Path, *, progress: bool = True) -
             )
             logger.info(
                 "%s: held-out accuracy %.4f after %.1fs of training; ONNX parity %.2g",
-                name, result.test["accuracy"], result.seconds, exported.validation.max_abs_diff,
+                name,
+                result.test["accuracy"],
+                result.seconds,
+                exported.validation.max_abs_diff,
             )
         os.replace(staging, repository)
     except BaseException:

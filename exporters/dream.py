@@ -48,7 +48,7 @@ class DreamObjective(LayerObjective):
                 activation = activations[layer]
                 inner = activation[:, :, 2:-2, 2:-2]  # borders see padding, not the picture
                 size = activation.shape[1] * activation.shape[2] * activation.shape[3]
-                loss = loss + coefficients[:, i] * (inner ** 2).sum(dim=(1, 2, 3)) / size
+                loss = loss + coefficients[:, i] * (inner**2).sum(dim=(1, 2, 3)) / size
             (gradient,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.unsqueeze(1), gradient
 
@@ -77,25 +77,40 @@ def export_dream(
     objective = DreamObjective(model, chosen).eval()
     rng = np.random.default_rng(0)
     # Two sizes: the graph must follow the picture's size, as octaves change it.
-    cases = [(rng.random((batch, 3, h, w), dtype=np.float32), rng.random((batch, len(chosen)), dtype=np.float32))
-             for batch, (h, w) in ((1, (96, 96)), (2, (123, 150)))]
+    cases = [
+        (rng.random((batch, 3, h, w), dtype=np.float32), rng.random((batch, len(chosen)), dtype=np.float32))
+        for batch, (h, w) in ((1, (96, 96)), (2, (123, 150)))
+    ]
     example = [torch.rand(2, 3, 96, 112), torch.rand(2, len(chosen))]
 
     def graph(weights_: dict[str, torch.Tensor], images: torch.Tensor, coefficients: torch.Tensor):
         return objective.graph_function(weights_, images, coefficients)  # make_fx traces plain functions
 
     traced = traced_with_weights(graph, objective.weights(), example)
-    config = ExportConfig(input_names=("images", "coefficients"), output_names=("loss", "gradient"), dynamic_axes=((0, 2, 3), (0,)),
-                          max_batch_size=max_batch_size, validation_batch_sizes=(1, 2), atol=1e-6, rtol=1e-3)
+    config = ExportConfig(
+        input_names=("images", "coefficients"),
+        output_names=("loss", "gradient"),
+        dynamic_axes=((0, 2, 3), (0,)),
+        max_batch_size=max_batch_size,
+        validation_batch_sizes=(1, 2),
+        atol=1e-6,
+        rtol=1e-3,
+    )
     preprocessing = _preprocessing(name, model)
     dream_name = name + DREAM_SUFFIX
-    metadata = {"model": name, "layers": chosen, **({"preprocessing": preprocessing.to_json()} if preprocessing else {})}
+    metadata = {
+        "model": name,
+        "layers": chosen,
+        **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
         report = validate_onnx(objective, onnx_file, cases, config)
         model_config = serving_config(dream_name, max_batch_size)
-        model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, -1, -1])
+        model_config.input.add(
+            name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, -1, -1]
+        )
         model_config.input.add(name="coefficients", data_type=mc.TYPE_FP32, dims=[len(chosen)])
         model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])

@@ -34,7 +34,14 @@ from .repository import add_to_repository, serving_config
 from .validate import validate_onnx
 from .zoo_models import ExportResult, UntrainedWeightsWarning, _input_shape, _preprocessing
 
-__all__ = ["export_features", "feature_layers", "prepared_model", "LayerObjective", "FEATURES_SUFFIX", "FEATURES_LAYERS_KEY"]
+__all__ = [
+    "export_features",
+    "feature_layers",
+    "prepared_model",
+    "LayerObjective",
+    "FEATURES_SUFFIX",
+    "FEATURES_LAYERS_KEY",
+]
 
 
 # Layers whose outputs are only a reshaping or a training-time identity of their input.
@@ -43,7 +50,11 @@ _SKIPPED = ("Flatten", "Dropout")
 
 def feature_layers(model: nn.Module) -> list[str]:
     """Every layer whose output is a feature map or vector, in order (Keras names)."""
-    return [name for name, module in flat_layers(model) if getattr(module, "keras_type", type(module).__name__) not in _SKIPPED]
+    return [
+        name
+        for name, module in flat_layers(model)
+        if getattr(module, "keras_type", type(module).__name__) not in _SKIPPED
+    ]
 
 
 def prepared_model(name: str, weights: str | Path | None, options: Mapping[str, Any] | None, what: str) -> nn.Module:
@@ -53,8 +64,11 @@ def prepared_model(name: str, weights: str | Path | None, options: Mapping[str, 
     if weights is not None:
         load_weights(model, weights)
     elif not (options or {}).get("weights"):
-        warnings.warn(f"exporting {name}'s {what} with freshly initialised weights: they describe nothing",
-                      UntrainedWeightsWarning, stacklevel=3)
+        warnings.warn(
+            f"exporting {name}'s {what} with freshly initialised weights: they describe nothing",
+            UntrainedWeightsWarning,
+            stacklevel=3,
+        )
     return model.eval()
 
 
@@ -112,8 +126,12 @@ def export_features(
     config = ExportConfig(output_names=tuple(chosen), max_batch_size=max_batch_size, validation_batch_sizes=(1, 3))
     preprocessing = _preprocessing(name, model)
     features_name = name + FEATURES_SUFFIX
-    metadata = {"model": name, "layers": chosen, "weights": str(weights or (options or {}).get("weights") or "untrained"),
-                **({"preprocessing": preprocessing.to_json()} if preprocessing else {})}
+    metadata = {
+        "model": name,
+        "layers": chosen,
+        "weights": str(weights or (options or {}).get("weights") or "untrained"),
+        **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(features, (example,), onnx_file, config, metadata)

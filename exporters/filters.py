@@ -35,7 +35,6 @@ from .zoo_models import ExportResult, _input_shape, _preprocessing
 __all__ = ["export_filters", "FilterObjective", "FILTERS_SUFFIX", "filter_outputs"]
 
 
-
 def filter_outputs(layer: str) -> tuple[str, str]:
     return f"{layer}.loss", f"{layer}.gradient"
 
@@ -83,7 +82,9 @@ def export_filters(
     shape = _input_shape(name, model)
     channels = [objective.extractor(torch.zeros(1, *shape))[layer].shape[1] for layer in chosen]
     rng = np.random.default_rng(0)
-    cases = [(rng.random((batch, *shape), dtype=np.float32), rng.integers(0, min(channels), (batch, 1))) for batch in (1, 3)]
+    cases = [
+        (rng.random((batch, *shape), dtype=np.float32), rng.integers(0, min(channels), (batch, 1))) for batch in (1, 3)
+    ]
     example = [torch.from_numpy(a[:2]) for a in cases[1]]
 
     def graph(weights_: dict[str, torch.Tensor], images: torch.Tensor, filter_index: torch.Tensor):
@@ -91,12 +92,23 @@ def export_filters(
 
     traced = traced_with_weights(graph, objective.weights(), example)
     names = tuple(name_ for layer in chosen for name_ in filter_outputs(layer))
-    config = ExportConfig(input_names=("images", "filter_index"), output_names=names, dynamic_axes=((0,), (0,)),
-                          max_batch_size=max_batch_size, validation_batch_sizes=(1, 3), atol=1e-7, rtol=1e-4)
+    config = ExportConfig(
+        input_names=("images", "filter_index"),
+        output_names=names,
+        dynamic_axes=((0,), (0,)),
+        max_batch_size=max_batch_size,
+        validation_batch_sizes=(1, 3),
+        atol=1e-7,
+        rtol=1e-4,
+    )
     preprocessing = _preprocessing(name, model)
     filters_name = name + FILTERS_SUFFIX
-    metadata = {"model": name, "layers": chosen, "channels": channels,
-                **({"preprocessing": preprocessing.to_json()} if preprocessing else {})}
+    metadata = {
+        "model": name,
+        "layers": chosen,
+        "channels": channels,
+        **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)

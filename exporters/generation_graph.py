@@ -85,7 +85,14 @@ def build_generation_graph(step: onnx.ModelProto) -> onnx.ModelProto:
     p = "gen_"
     # -- the loop body: one step, then the next character (forced from the prompt, or sampled)
     body_nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"])]
-    rename = {"char_index": "cur", "h": "h_in", "c": "c_in", "probabilities": "probs", "h_out": "h_next", "c_out": "c_next"}
+    rename = {
+        "char_index": "cur",
+        "h": "h_in",
+        "c": "c_in",
+        "probabilities": "probs",
+        "h_out": "h_next",
+        "c_out": "c_next",
+    }
     for node in graph.node:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -164,8 +171,12 @@ def build_generation_graph(step: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Squeeze", ["trips1"], ["trips"]),
         helper.make_node("Slice", ["prompt", "start0", "one"], ["first"]),
         helper.make_node("Reshape", ["first", "shape11"], ["first11"]),
-        helper.make_node("Loop", ["trips", "true", "zeros_state", "zeros_state", "first11"],
-                         ["h_end", "c_end", "last", "all_next", "all_probs"], body=body),
+        helper.make_node(
+            "Loop",
+            ["trips", "true", "zeros_state", "zeros_state", "first11"],
+            ["h_end", "c_end", "last", "all_next", "all_probs"],
+            body=body,
+        ),
         _const("flat", np.array([-1], np.int64)),
         helper.make_node("Reshape", ["all_next", "flat"], ["all_chars"]),
         helper.make_node("Slice", ["all_chars", "primer", "big"], ["chars"]),
@@ -189,6 +200,8 @@ def build_generation_graph(step: onnx.ModelProto) -> onnx.ModelProto:
         ],
         initializer=list(graph.initializer),
     )
-    model = helper.make_model(main, opset_imports=[helper.make_opsetid("", 18)], producer_name="deepr", ir_version=step.ir_version)
+    model = helper.make_model(
+        main, opset_imports=[helper.make_opsetid("", 18)], producer_name="deepr", ir_version=step.ir_version
+    )
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["GradCAM", "flat_layers", "hook_gradcam", "last_conv_layer", "GRADCAM_INPUTS", "GRADCAM_OUTPUTS", "TOP_CLASS"]
+__all__ = [
+    "GradCAM",
+    "flat_layers",
+    "hook_gradcam",
+    "last_conv_layer",
+    "GRADCAM_INPUTS",
+    "GRADCAM_OUTPUTS",
+    "TOP_CLASS",
+]
 
 GRADCAM_INPUTS = ("images", "class_index")
 GRADCAM_OUTPUTS = ("scores", "activations", "gradients", "heatmap")
@@ -38,7 +46,11 @@ def flat_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def last_conv_layer(model: nn.Module) -> str:
-    convs = [name for name, m in flat_layers(model) if isinstance(m, nn.Conv2d) or getattr(m, "keras_type", "") == "SeparableConv2D"]
+    convs = [
+        name
+        for name, m in flat_layers(model)
+        if isinstance(m, nn.Conv2d) or getattr(m, "keras_type", "") == "SeparableConv2D"
+    ]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no convolution; Grad-CAM needs a convolutional layer")
     return convs[-1]
@@ -59,7 +71,12 @@ class GradCAM:
         layers = flat_layers(self.model)
         names = [n for n, _ in layers]
         if self.layer not in names:
-            convs = [n for n, m in layers if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) or getattr(m, "keras_type", "") in ("Conv2D", "MaxPooling2D")]
+            convs = [
+                n
+                for n, m in layers
+                if isinstance(m, (nn.Conv2d, nn.MaxPool2d))
+                or getattr(m, "keras_type", "") in ("Conv2D", "MaxPooling2D")
+            ]
             raise ValueError(f"no layer {self.layer!r}; layers with spatial maps: {convs}")
         if self.score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit', got {self.score!r}")
@@ -72,7 +89,9 @@ class GradCAM:
         self.model.eval()
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {f"head.{k}": v for k, v in self.head.state_dict().items()} | {f"tail.{k}": v for k, v in self.tail.state_dict().items()}
+        return {f"head.{k}": v for k, v in self.head.state_dict().items()} | {
+            f"tail.{k}": v for k, v in self.tail.state_dict().items()
+        }
 
     def graph_function(self, weights: dict[str, torch.Tensor], images: torch.Tensor, class_index: torch.Tensor):
         head = {k[5:]: v for k, v in weights.items() if k.startswith("head.")}

@@ -33,28 +33,41 @@ def _to_input_size(grad_input, input, dims: int):  # noqa: A002
     return op.Pad(grad_input, pads)
 
 
-def _convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
-                          groups, output_mask):  # noqa: A002 (aten's argument names)
+def _convolution_backward(
+    grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):  # noqa: A002 (aten's argument names)
     if transposed or any(output_padding) or list(output_mask) != [True, False, False]:
         raise NotImplementedError("only the input gradient of a plain convolution is translated")
     dims = len(stride)
     pads = list(padding) * (dims // len(padding))
-    grad_input = _to_input_size(op.ConvTranspose(
-        grad_output, weight, strides=list(stride), pads=pads * 2, dilations=list(dilation) * (dims // len(dilation)), group=groups
-    ), input, dims)
+    grad_input = _to_input_size(
+        op.ConvTranspose(
+            grad_output,
+            weight,
+            strides=list(stride),
+            pads=pads * 2,
+            dilations=list(dilation) * (dims // len(dilation)),
+            group=groups,
+        ),
+        input,
+        dims,
+    )
     # output_mask says the weight and bias gradients are not used; the optimiser drops these.
     return grad_input, op.ConstantOfShape(op.Shape(weight)), op.ConstantOfShape(op.Shape(grad_output, start=1, end=2))
 
 
-def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                         divisor_override=None):  # noqa: A002 (aten's argument names)
+def _avg_pool2d_backward(
+    grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override=None
+):  # noqa: A002 (aten's argument names)
     # Average pooling spreads each output's gradient evenly over its window: a transposed
     # depthwise convolution with a constant kernel. Exact where every window divides by
     # its full size (count_include_pad, no ceil_mode) and the output size maps back
     # to the input's (stride 1, as in InceptionV3's pooling branches).
     stride = list(stride) or list(kernel_size)
     if ceil_mode or not count_include_pad or divisor_override is not None or any(s != 1 for s in stride):
-        raise NotImplementedError("only the input gradient of stride-1 average pooling that counts padding is translated")
+        raise NotImplementedError(
+            "only the input gradient of stride-1 average pooling that counts padding is translated"
+        )
     channels = input.shape[1]
     if not isinstance(channels, int):
         raise NotImplementedError("average pooling's input gradient needs a static channel count")
@@ -64,8 +77,7 @@ def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_
     return op.ConvTranspose(grad_output, weight, strides=[1, 1], pads=pads * 2, group=channels)
 
 
-def _max_pool2d_with_indices_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode,
-                                      indices):  # noqa: A002 (aten's argument names)
+def _max_pool2d_with_indices_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices):  # noqa: A002 (aten's argument names)
     # Each output's gradient goes to the input element its window's maximum came from.
     # `indices` count within each (sample, channel) plane, so the scatter runs over
     # flattened planes, adding where overlapping windows share a maximum. Window sizes,
@@ -73,7 +85,9 @@ def _max_pool2d_with_indices_backward(grad_output, input, kernel_size, stride, p
     # only recent PyTorch decomposes this operator, so graphs rely on neither.)
     planes = op.Concat(op.Shape(input, start=0, end=2), op.Constant(value_ints=[-1]), axis=0)
     zeros = op.Reshape(op.ConstantOfShape(op.Shape(input)), planes)
-    scattered = op.ScatterElements(zeros, op.Reshape(indices, planes), op.Reshape(grad_output, planes), axis=2, reduction="add")
+    scattered = op.ScatterElements(
+        zeros, op.Reshape(indices, planes), op.Reshape(grad_output, planes), axis=2, reduction="add"
+    )
     return op.Reshape(scattered, op.Shape(input))
 
 

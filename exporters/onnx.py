@@ -34,9 +34,13 @@ def _quiet_torch_internals() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
         # Raised for every recurrent layer, whatever the graph does; the batch-size
         # checks in validate_onnx show whether the exported initial state follows the batch.
-        warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Exporting a model to ONNX with a batch_size other than 1", category=UserWarning
+        )
         # torch.export's own inspection of parameters, under a warnings-as-errors filter.
-        warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"The \.grad attribute of a Tensor that is not a leaf", category=UserWarning
+        )
         # Inputs that share the batch axis: torch.onnx names the axis once and says so.
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
         yield
@@ -46,7 +50,12 @@ def _axis_name(input_name: str, axis: int) -> str:
     return "batch" if axis == 0 else f"{input_name}_dim{axis}"
 
 
-def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig, translations: Mapping | None = None) -> onnx.ModelProto:
+def _dynamo_export(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    config: ExportConfig,
+    translations: Mapping | None = None,
+) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)  # one symbol: every input shares the batch size
     dims = tuple(
         {axis: batch if axis == 0 else torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
@@ -66,8 +75,13 @@ def _dynamo_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], c
     return program.model_proto
 
 
-def _torchscript_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig) -> onnx.ModelProto:
-    axes = {name: {axis: _axis_name(name, axis) for axis in dims} for name, dims in zip(config.input_names, config.dynamic_axes)}
+def _torchscript_export(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: ExportConfig
+) -> onnx.ModelProto:
+    axes = {
+        name: {axis: _axis_name(name, axis) for axis in dims}
+        for name, dims in zip(config.input_names, config.dynamic_axes)
+    }
     for name in config.output_names:
         axes[name] = {0: "batch"}
     buffer = io.BytesIO()

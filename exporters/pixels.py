@@ -48,7 +48,9 @@ def pixel_cases(preprocessing: ImagePreprocessing, batch_sizes, seed: int = 0) -
     """Random uint8 pictures at each validation batch size."""
     rng = np.random.default_rng(seed)
     height, width = preprocessing.size
-    return [(rng.integers(0, 256, (batch, height, width, preprocessing.channels), dtype=np.uint8),) for batch in batch_sizes]
+    return [
+        (rng.integers(0, 256, (batch, height, width, preprocessing.channels), dtype=np.uint8),) for batch in batch_sizes
+    ]
 
 
 def pixel_form(preprocessing: ImagePreprocessing) -> ImagePreprocessing:

@@ -21,7 +21,9 @@ def serving_config(name: str, max_batch_size: int) -> mc.ModelConfig:
     models dynamic batching with no added delay (requests that arrive while the model is
     busy are merged into its next run). Edit max_queue_delay_microseconds,
     preferred_batch_size or default_queue_policy.max_queue_size in the file to tune it."""
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size)
+    config = mc.ModelConfig(
+        name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size
+    )
     if max_batch_size > 0:
         config.dynamic_batching.SetInParent()
     return config
@@ -79,8 +81,11 @@ def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad
         config.parameters[PAD_BATCHES_KEY].string_value = "true"
     too_big = [s for s in warmup_batch_sizes if s > (config.max_batch_size if batched else 1)]
     if too_big:
-        raise ValueError(f"{config.name}: warm-up batch sizes {too_big} exceed its max_batch_size {config.max_batch_size}")
+        raise ValueError(
+            f"{config.name}: warm-up batch sizes {too_big} exceed its max_batch_size {config.max_batch_size}"
+        )
     if warmup_batch_sizes and not add_zero_samples(config, warmup_batch_sizes if batched else [0]):
-        raise ValueError(f"{config.name} has inputs with free dimensions (sequence lengths): write its model_warmup samples by hand")
+        raise ValueError(
+            f"{config.name} has inputs with free dimensions (sequence lengths): write its model_warmup samples by hand"
+        )
     write_config(model_dir, config)
-

@@ -57,7 +57,7 @@ def _gram(features: torch.Tensor) -> torch.Tensor:
 def _total_variation(x: torch.Tensor) -> torch.Tensor:
     down = x[:, :, :-1, :-1] - x[:, :, 1:, :-1]
     right = x[:, :, :-1, :-1] - x[:, :, :-1, 1:]
-    return (down ** 2 + right ** 2).pow(1.25).sum(dim=(1, 2, 3))
+    return (down**2 + right**2).pow(1.25).sum(dim=(1, 2, 3))
 
 
 class StyleObjective(nn.Module):
@@ -70,8 +70,9 @@ class StyleObjective(nn.Module):
     def weights(self) -> dict[str, torch.Tensor]:
         return dict(self.extractor.state_dict())
 
-    def graph_function(self, weights: dict[str, torch.Tensor], combination: torch.Tensor, content: torch.Tensor,
-                       style: torch.Tensor):
+    def graph_function(
+        self, weights: dict[str, torch.Tensor], combination: torch.Tensor, content: torch.Tensor, style: torch.Tensor
+    ):
         w = self.loss_weights
         leaf = combination.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -83,7 +84,7 @@ class StyleObjective(nn.Module):
             for layer in w.style_layers:
                 channels, positions = generated[layer].shape[1], generated[layer].shape[2] * generated[layer].shape[3]
                 distance = ((_gram(generated[layer]) - _gram(targets_style[layer])) ** 2).sum(dim=(1, 2))
-                loss = loss + w.style / len(w.style_layers) * distance / (4.0 * channels ** 2 * positions ** 2)
+                loss = loss + w.style / len(w.style_layers) * distance / (4.0 * channels**2 * positions**2)
             loss = loss + w.total_variation * _total_variation(leaf)
             (gradient,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.unsqueeze(1), gradient
@@ -125,22 +126,36 @@ def export_style(
     def graph(weights_: dict[str, torch.Tensor], combination: torch.Tensor, targets: torch.Tensor):
         return objective.graph_function(weights_, combination, targets[:, 0], targets[:, 1])
 
-    traced = _ThreeInputs(traced_with_weights(graph, objective.weights(), [example[0], torch.stack(example[1:], dim=1)]))
-    config = ExportConfig(input_names=STYLE_INPUTS, output_names=("loss", "gradient"), dynamic_axes=((0,), (0,), (0,)),
-                          # Within 1e-3 of the largest gradient: max pooling routes gradients of tied
-                          # maxima differently in onnxruntime and PyTorch (see exporters.zoo_gradcam).
-                          max_batch_size=max_batch_size, validation_batch_sizes=(1, 2), atol=1e-6, rtol=1e-3)
+    traced = _ThreeInputs(
+        traced_with_weights(graph, objective.weights(), [example[0], torch.stack(example[1:], dim=1)])
+    )
+    config = ExportConfig(
+        input_names=STYLE_INPUTS,
+        output_names=("loss", "gradient"),
+        dynamic_axes=((0,), (0,), (0,)),
+        # Within 1e-3 of the largest gradient: max pooling routes gradients of tied
+        # maxima differently in onnxruntime and PyTorch (see exporters.zoo_gradcam).
+        max_batch_size=max_batch_size,
+        validation_batch_sizes=(1, 2),
+        atol=1e-6,
+        rtol=1e-3,
+    )
     preprocessing = _preprocessing(name, model)
     style_name = name + STYLE_SUFFIX
-    metadata = {"model": name, "loss_weights": loss_weights.__dict__,
-                **({"preprocessing": preprocessing.to_json()} if preprocessing else {})}
+    metadata = {
+        "model": name,
+        "loss_weights": loss_weights.__dict__,
+        **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
         report = validate_onnx(objective, onnx_file, cases, config)
         model_config = serving_config(style_name, max_batch_size)
         for input_name in STYLE_INPUTS:
-            model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+            model_config.input.add(
+                name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape
+            )
         model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
         if preprocessing is not None:

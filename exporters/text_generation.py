@@ -31,7 +31,6 @@ from .zoo_models import ExportResult, UntrainedWeightsWarning
 __all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_KEY"]
 
 
-
 class CharStep(nn.Module):
     """char_lstm advanced by one character: (char_index (B, 1), h (B, H), c (B, H)) ->
     (probabilities (B, chars), h, c). Zero state is the start of a text."""
@@ -47,33 +46,48 @@ class CharStep(nn.Module):
 
 
 def export_char_step(
-    repository: str | Path, *, weights: str | Path | None = None, name: str = "char_lstm", max_batch_size: int = 64,
+    repository: str | Path,
+    *,
+    weights: str | Path | None = None,
+    name: str = "char_lstm",
+    max_batch_size: int = 64,
     version: int | None = None,
 ) -> ExportResult:
     """Add `<name>_step` to `repository`, checked against PyTorch at batch 1 and 5."""
     start = time.perf_counter()
     model = get_model(name)
     if weights is None:
-        warnings.warn(f"exporting {name}'s step graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2)
+        warnings.warn(
+            f"exporting {name}'s step graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2
+        )
     else:
         load_weights(model, weights)
     step = CharStep(model.eval()).eval()
     units = step.lstm.hidden_size
     rng = np.random.default_rng(0)
     cases = [
-        (rng.integers(0, len(CHARSET), (b, 1)), rng.normal(0, 0.5, (b, units)).astype(np.float32), rng.normal(0, 0.5, (b, units)).astype(np.float32))
+        (
+            rng.integers(0, len(CHARSET), (b, 1)),
+            rng.normal(0, 0.5, (b, units)).astype(np.float32),
+            rng.normal(0, 0.5, (b, units)).astype(np.float32),
+        )
         for b in (1, 5)
     ]
     config = ExportConfig(
-        input_names=("char_index", "h", "c"), output_names=("probabilities", "h_out", "c_out"),
-        dynamic_axes=((0,), (0,), (0,)), max_batch_size=max_batch_size, validation_batch_sizes=(1, 5),
+        input_names=("char_index", "h", "c"),
+        output_names=("probabilities", "h_out", "c_out"),
+        dynamic_axes=((0,), (0,), (0,)),
+        max_batch_size=max_batch_size,
+        validation_batch_sizes=(1, 5),
     )
     step_name = name + STEP_SUFFIX
     model_config = serving_config(step_name, max_batch_size)
     model_config.input.add(name="char_index", data_type=mc.TYPE_INT64, dims=[1])
     for state in ("h", "c"):
         model_config.input.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
-    model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[len(CHARSET)], label_filename=LABELS_FILE)
+    model_config.output.add(
+        name="probabilities", data_type=mc.TYPE_FP32, dims=[len(CHARSET)], label_filename=LABELS_FILE
+    )
     for state in ("h_out", "c_out"):
         model_config.output.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
     model_config.parameters[CHARSET_KEY].string_value = CHARSET
@@ -82,10 +96,10 @@ def export_char_step(
         example = tuple(torch.from_numpy(a[:2] if len(a) > 1 else np.repeat(a, 2, axis=0)) for a in cases[1])
         export_onnx(step, example, onnx_file, config, {"model": step_name, "charset": CHARSET, "units": units})
         report = validate_onnx(step, onnx_file, cases, config)
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=tuple(CHARSET), version=version)
+        version_dir = add_to_repository(
+            Path(repository), model_config, onnx_file, labels=tuple(CHARSET), version=version
+        )
     return ExportResult(step_name, version_dir, report, time.perf_counter() - start)
-
-
 
 
 def export_char_generation(
@@ -104,7 +118,11 @@ def export_char_generation(
             warnings.simplefilter("ignore", UntrainedWeightsWarning)  # said once, below
             step = export_char_step(Path(tmp) / "repo", weights=weights, name=name)
         if weights is None:
-            warnings.warn(f"exporting {name}'s generation graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2)
+            warnings.warn(
+                f"exporting {name}'s generation graph with freshly initialised weights",
+                UntrainedWeightsWarning,
+                stacklevel=2,
+            )
         step_file = step.version_dir / "model.onnx"
         loop = build_generation_graph(onnx.load(step_file))
         for key, value in (("model", name + GENERATE_SUFFIX), ("charset", CHARSET)):
@@ -136,8 +154,16 @@ def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40)
     loop = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(step_file), providers=["CPUExecutionProvider"])
     prompt = encode_text("return the first item of the sequence, or raise an error if ")
-    chars, probs = loop.run(None, {"prompt": prompt, "length": np.array([length]), "temperature": np.array([0.8], np.float32),
-                                   "top_k": np.array([0]), "seed": np.array([1])})
+    chars, probs = loop.run(
+        None,
+        {
+            "prompt": prompt,
+            "length": np.array([length]),
+            "temperature": np.array([0.8], np.float32),
+            "top_k": np.array([0]),
+            "seed": np.array([1]),
+        },
+    )
     units = step.get_inputs()[1].shape[1]
     h = np.zeros((1, units), np.float32)
     c = np.zeros_like(h)
@@ -147,5 +173,7 @@ def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40)
         if position >= len(prompt) - 1:
             worst = max(worst, float(np.abs(p[0] - probs[position - len(prompt) + 1]).max()))
     if worst > 1e-5:
-        raise ToleranceError([f"loop graph vs step graph: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"])
+        raise ToleranceError(
+            [f"loop graph vs step graph: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"]
+        )
     return worst

@@ -30,7 +30,6 @@ from .zoo_models import ExportResult, UntrainedWeightsWarning, _classes, _input_
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
 
-
 class _Reference(nn.Module):
     """PyTorch autograd Grad-CAM with the graph's signature (class_index as (B, 1))."""
 
@@ -60,8 +59,11 @@ def export_gradcam(
     get_model_spec(name)  # KeyError naming the known models
     model = get_model(name, **(options or {}))
     if weights is None:
-        warnings.warn(f"exporting {name}'s Grad-CAM with freshly initialised weights: its heatmaps are meaningless",
-                      UntrainedWeightsWarning, stacklevel=2)
+        warnings.warn(
+            f"exporting {name}'s Grad-CAM with freshly initialised weights: its heatmaps are meaningless",
+            UntrainedWeightsWarning,
+            stacklevel=2,
+        )
     else:
         load_weights(model, weights)
     model.eval()
@@ -69,7 +71,10 @@ def export_gradcam(
     shape = _input_shape(name, model)
     rng = np.random.default_rng(0)
     cases = [
-        (rng.random((batch, *shape), dtype=np.float32), rng.integers(-1, 2, (batch, 1)))  # mixed classes, -1 = top class
+        (
+            rng.random((batch, *shape), dtype=np.float32),
+            rng.integers(-1, 2, (batch, 1)),
+        )  # mixed classes, -1 = top class
         for batch in (1, 5)
     ]
     example = [torch.from_numpy(a[:2]) for a in (cases[1][0], cases[1][1])]
@@ -79,10 +84,15 @@ def export_gradcam(
 
     traced = traced_with_weights(graph, cam.weights(), example)
     config = ExportConfig(
-        input_names=GRADCAM_INPUTS, output_names=GRADCAM_OUTPUTS, dynamic_axes=((0,), (0,)),
+        input_names=GRADCAM_INPUTS,
+        output_names=GRADCAM_OUTPUTS,
+        dynamic_axes=((0,), (0,)),
         # Within 1e-4 of each output's largest value; atol only covers outputs that are all but
         # zero (a saturated class score leaves gradients of 1e-20).
-        max_batch_size=max_batch_size, validation_batch_sizes=(1, 5), atol=1e-7, rtol=1e-4,
+        max_batch_size=max_batch_size,
+        validation_batch_sizes=(1, 5),
+        atol=1e-7,
+        rtol=1e-4,
     )
     gradcam_name = name + GRADCAM_SUFFIX
     labels = _labels(name, _classes(name, Path(weights) if weights else None))
@@ -100,8 +110,16 @@ def export_gradcam(
         # means (Grad-CAM's weights), to 1e-2 of the largest.
         report = validate_onnx(_Reference(cam), onnx_file, cases, config, reductions={"gradients": None})
         validate_onnx(
-            _Reference(cam), onnx_file, cases, dataclasses.replace(config, rtol=1e-2),
-            reductions={"gradients": lambda g: g.mean(axis=(2, 3)), "scores": None, "activations": None, "heatmap": None},
+            _Reference(cam),
+            onnx_file,
+            cases,
+            dataclasses.replace(config, rtol=1e-2),
+            reductions={
+                "gradients": lambda g: g.mean(axis=(2, 3)),
+                "scores": None,
+                "activations": None,
+                "heatmap": None,
+            },
         )
         with torch.no_grad():
             outputs = _Reference(cam)(*example)
@@ -110,7 +128,12 @@ def export_gradcam(
         model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
         for output_name, tensor in zip(GRADCAM_OUTPUTS, outputs):
             labelled = output_name == "scores" and tuple(tensor.shape[1:]) == (len(labels),)
-            model_config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=tensor.shape[1:], label_filename=LABELS_FILE if labelled else "")
+            model_config.output.add(
+                name=output_name,
+                data_type=mc.TYPE_FP32,
+                dims=tensor.shape[1:],
+                label_filename=LABELS_FILE if labelled else "",
+            )
         if preprocessing is not None:
             model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
         model_config.parameters[GRADCAM_LAYER_KEY].string_value = cam.layer

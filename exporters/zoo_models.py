@@ -75,7 +75,10 @@ def model_config_for(
         dims=[-1 if d is None else d for d in shape],
     )
     model_config.output.add(
-        name=config.output_names[0], data_type=mc.TYPE_FP32, dims=output_dims, label_filename=LABELS_FILE if labelled else ""
+        name=config.output_names[0],
+        data_type=mc.TYPE_FP32,
+        dims=output_dims,
+        label_filename=LABELS_FILE if labelled else "",
     )
     if preprocessing is not None:  # also for nets that take the picture flattened (mnist_dense)
         model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
@@ -109,7 +112,11 @@ def _validation_cases(model: torch.nn.Module, name: str, config: ExportConfig) -
     for batch in config.validation_batch_sizes:
         for length in lengths:
             shape = (batch, *(length if d is None else d for d in input_shape))
-            array = rng.integers(0, vocabulary, shape) if spec.input_dtype == "int64" else rng.random(shape, dtype=np.float32)
+            array = (
+                rng.integers(0, vocabulary, shape)
+                if spec.input_dtype == "int64"
+                else rng.random(shape, dtype=np.float32)
+            )
             cases.append((array,))
     return cases
 
@@ -161,7 +168,9 @@ def export_model(
     float_model = model
     if pixels == "uint8":
         if not _takes_pictures(name, model, preprocessing):
-            raise ExportError(f"{name} does not take pictures (input {_input_shape(name, model)}): it has no uint8 form")
+            raise ExportError(
+                f"{name} does not take pictures (input {_input_shape(name, model)}): it has no uint8 form"
+            )
         model = PixelInput(model, preprocessing).eval()
         cases = pixel_cases(preprocessing, config.validation_batch_sizes)
         preprocessing = pixel_form(preprocessing)

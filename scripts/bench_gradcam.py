@@ -49,17 +49,39 @@ def main() -> None:
             images = np.random.default_rng(batch).random((batch, *shape), dtype=np.float32)
             classes = np.full((batch, 1), -1, dtype=np.int64)
             onnx_s = timed(lambda: session.run(["heatmap"], {"images": images, "class_index": classes}), args.repeats)
-            torch_s = timed(lambda: hook_gradcam(model, layer, torch.from_numpy(images), torch.from_numpy(classes[:, 0])), args.repeats)
-            rows.append({"batch": batch, "onnxruntime_heatmaps_per_s": batch / onnx_s, "pytorch_hooks_heatmaps_per_s": batch / torch_s,
-                         "ratio": torch_s / onnx_s})
+            torch_s = timed(
+                lambda: hook_gradcam(model, layer, torch.from_numpy(images), torch.from_numpy(classes[:, 0])),
+                args.repeats,
+            )
+            rows.append(
+                {
+                    "batch": batch,
+                    "onnxruntime_heatmaps_per_s": batch / onnx_s,
+                    "pytorch_hooks_heatmaps_per_s": batch / torch_s,
+                    "ratio": torch_s / onnx_s,
+                }
+            )
     print(f"Grad-CAM of {args.model} at {layer}, CPU, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'batch':>6} {'onnxruntime/s':>15} {'pytorch hooks/s':>16} {'ratio':>7}")
     for r in rows:
-        print(f"{r['batch']:>6} {r['onnxruntime_heatmaps_per_s']:>15.1f} {r['pytorch_hooks_heatmaps_per_s']:>16.1f} {r['ratio']:>7.2f}")
-    args.out.write_text(json.dumps({
-        "model": args.model, "layer": layer, "device": "cpu", "machine": platform.processor() or platform.machine(),
-        "onnxruntime": ort.__version__, "torch": torch.__version__, "repeats": args.repeats, "rows": rows,
-    }, indent=2))
+        print(
+            f"{r['batch']:>6} {r['onnxruntime_heatmaps_per_s']:>15.1f} {r['pytorch_hooks_heatmaps_per_s']:>16.1f} {r['ratio']:>7.2f}"
+        )
+    args.out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "layer": layer,
+                "device": "cpu",
+                "machine": platform.processor() or platform.machine(),
+                "onnxruntime": ort.__version__,
+                "torch": torch.__version__,
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 

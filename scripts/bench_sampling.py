@@ -55,18 +55,38 @@ def main() -> None:
             loop = export_char_generation(Path(tmp) / "repo", weights=Path(tmp) / "weights.pt")
         record("window re-run, PyTorch (tutorial)", lambda: window_sample(model, prompt, args.length, 0.5, seed=0))
         local = LocalStepModel(result.version_dir / "model.onnx", device="cpu")
-        record("step graph, in-process onnxruntime", lambda: "".join(generate(local, prompt, args.length, temperature=0.5, seed=0)))
-        record("loop graph, in-process onnxruntime", lambda: generate_in_one_call(
-            prompt, local=loop.version_dir / "model.onnx", length=args.length, temperature=0.5, seed=0))
-        with serve_in_thread(ServerSettings(repository=Path(tmp) / "repo", host="127.0.0.1", port=0, device="cpu")) as server:
+        record(
+            "step graph, in-process onnxruntime",
+            lambda: "".join(generate(local, prompt, args.length, temperature=0.5, seed=0)),
+        )
+        record(
+            "loop graph, in-process onnxruntime",
+            lambda: generate_in_one_call(
+                prompt, local=loop.version_dir / "model.onnx", length=args.length, temperature=0.5, seed=0
+            ),
+        )
+        with serve_in_thread(
+            ServerSettings(repository=Path(tmp) / "repo", host="127.0.0.1", port=0, device="cpu")
+        ) as server:
             served = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}")
-            record("step graph, deepr gRPC server", lambda: "".join(generate(served, prompt, args.length, temperature=0.5, seed=0)))
+            record(
+                "step graph, deepr gRPC server",
+                lambda: "".join(generate(served, prompt, args.length, temperature=0.5, seed=0)),
+            )
             streamed = ServedStepModel("char_lstm_step", url=f"127.0.0.1:{server.port}", stream=True)
-            record("step graph, deepr gRPC stream", lambda: "".join(generate(streamed, prompt, args.length, temperature=0.5, seed=0)))
+            record(
+                "step graph, deepr gRPC stream",
+                lambda: "".join(generate(streamed, prompt, args.length, temperature=0.5, seed=0)),
+            )
             url = f"127.0.0.1:{server.port}"
-            record("loop graph, deepr gRPC server", lambda: generate_in_one_call(prompt, url=url, length=args.length, temperature=0.5, seed=0))
+            record(
+                "loop graph, deepr gRPC server",
+                lambda: generate_in_one_call(prompt, url=url, length=args.length, temperature=0.5, seed=0),
+            )
     base = rows[0]["chars_per_s"]
-    print(f"char_lstm, {args.length} characters at T=0.5, CPU, torch threads {torch.get_num_threads()}, onnxruntime {ort.__version__}")
+    print(
+        f"char_lstm, {args.length} characters at T=0.5, CPU, torch threads {torch.get_num_threads()}, onnxruntime {ort.__version__}"
+    )
     print(f"{'way':<38} {'chars/s':>10} {'x tutorial':>11}")
     for r in rows:
         print(f"{r['way']:<38} {r['chars_per_s']:>10.1f} {r['chars_per_s'] / base:>11.1f}")

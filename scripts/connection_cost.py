@@ -101,8 +101,15 @@ def main() -> int:
         repository = Path(tmp) / "repository"
         add_doubling_model(repository, "big", width=ROW_FLOATS, max_batch_size=max(rows, 1))
         servers = {
-            name: ServerProcess(repository, "--max-connections", "0", "--connection-idle-seconds", "0",
-                                "--no-shared-memory", *(f"--grpc-option={option}" for option in options))
+            name: ServerProcess(
+                repository,
+                "--max-connections",
+                "0",
+                "--connection-idle-seconds",
+                "0",
+                "--no-shared-memory",
+                *(f"--grpc-option={option}" for option in options),
+            )
             for name, options in OPTION_SETS.items()
         }
         try:
@@ -123,9 +130,13 @@ def main() -> int:
     print("| channel arguments | RSS before | with connections | after close | KB per connection | round trip ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
-        print(f"| {name} | {r['rss_mb_before']:.0f} MB | {r['rss_mb_with_connections']:.0f} MB | "
-              f"{r['rss_mb_after_close']:.0f} MB | {r['kb_per_connection']:.1f} | {r['round_trip_ms']:.0f} |")
-    args.out.write_text(json.dumps({"connections": args.connections, "message_mb": args.message_mb, "results": results}, indent=2))
+        print(
+            f"| {name} | {r['rss_mb_before']:.0f} MB | {r['rss_mb_with_connections']:.0f} MB | "
+            f"{r['rss_mb_after_close']:.0f} MB | {r['kb_per_connection']:.1f} | {r['round_trip_ms']:.0f} |"
+        )
+    args.out.write_text(
+        json.dumps({"connections": args.connections, "message_mb": args.message_mb, "results": results}, indent=2)
+    )
     print(f"\nwrote {args.out}")
     return 0
 

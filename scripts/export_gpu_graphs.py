@@ -37,7 +37,11 @@ def main() -> None:
         torch.save(zoo.get_model("char_lstm").state_dict(), tmp / "char.pt")
         step = export_char_step(tmp / "repo", weights=tmp / "char.pt")
         loop = export_char_generation(tmp / "repo", weights=tmp / "char.pt")
-        for name, result in (("catsdogs_convnet_gradcam", gradcam), ("char_lstm_step", step), ("char_lstm_generate", loop)):
+        for name, result in (
+            ("catsdogs_convnet_gradcam", gradcam),
+            ("char_lstm_step", step),
+            ("char_lstm_generate", loop),
+        ):
             shutil.copyfile(result.version_dir / "model.onnx", out / f"{name}.onnx")
             print(out / f"{name}.onnx")
 

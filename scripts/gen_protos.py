@@ -64,7 +64,9 @@ def generate(out_dir: Path) -> None:
     for path in sorted(out_dir.glob("*_pb2*.py*")):
         path.write_text(_rewrite(path.read_text(), module_names))
     (out_dir / "_pool.py").write_text(POOL_MODULE)
-    (out_dir / "__init__.py").write_text('"""protoc output for protos/*.proto; regenerate with scripts/gen_protos.py."""\n')
+    (out_dir / "__init__.py").write_text(
+        '"""protoc output for protos/*.proto; regenerate with scripts/gen_protos.py."""\n'
+    )
 
 
 def stale_files(out_dir: Path = OUT_DIR) -> list[str]:
@@ -74,7 +76,8 @@ def stale_files(out_dir: Path = OUT_DIR) -> list[str]:
         generate(fresh)
         names = {p.name for p in fresh.iterdir()} | {p.name for p in out_dir.glob("*.py*")}
         return sorted(
-            n for n in names
+            n
+            for n in names
             if not (out_dir / n).is_file()
             or not (fresh / n).is_file()
             or (out_dir / n).read_text() != (fresh / n).read_text()

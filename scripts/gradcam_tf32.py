@@ -25,7 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("gradcam_tf32.json"))
-    parser.add_argument("--onnx", type=Path, help="a catsdogs_convnet Grad-CAM graph already exported (scripts/export_gpu_graphs.py)")
+    parser.add_argument(
+        "--onnx", type=Path, help="a catsdogs_convnet Grad-CAM graph already exported (scripts/export_gpu_graphs.py)"
+    )
     args = parser.parse_args()
 
     import zoo
@@ -41,7 +43,9 @@ def main() -> None:
             torch.save(zoo.get_model("catsdogs_convnet").state_dict(), Path(tmp) / "weights.pt")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UntrainedWeightsWarning)
-                result = export_gradcam("catsdogs_convnet", Path(tmp) / "repo", weights=Path(tmp) / "weights.pt", max_batch_size=args.batch)
+                result = export_gradcam(
+                    "catsdogs_convnet", Path(tmp) / "repo", weights=Path(tmp) / "weights.pt", max_batch_size=args.batch
+                )
             onnx_file = str(result.version_dir / "model.onnx")
         meta = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         preprocess = ImagePreprocessing.from_json(meta["deepr.preprocessing"])
@@ -57,7 +61,9 @@ def main() -> None:
             session = ort.InferenceSession(onnx_file, providers=providers)
             wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
             if session.get_providers()[0] != wanted:
-                raise SystemExit(f"{name}: onnxruntime fell back to {session.get_providers()[0]}; this comparison needs CUDA")
+                raise SystemExit(
+                    f"{name}: onnxruntime fell back to {session.get_providers()[0]}; this comparison needs CUDA"
+                )
             heatmaps[name] = session.run(["heatmap"], feeds)[0]
     reference = heatmaps["cpu"]
     peak = np.maximum(reference.reshape(len(reference), -1).max(axis=1), 1e-12)
@@ -65,7 +71,9 @@ def main() -> None:
     for name in ("cuda_tf32_off", "cuda_tf32_on"):
         diff = np.abs(heatmaps[name] - reference).reshape(len(reference), -1).max(axis=1) / peak
         report[name] = {"max_relative_diff": float(diff.max()), "median_relative_diff": float(np.median(diff))}
-        print(f"{name:<14} heatmap vs CPU: max {diff.max():.2e}, median {np.median(diff):.2e} of each heatmap's maximum")
+        print(
+            f"{name:<14} heatmap vs CPU: max {diff.max():.2e}, median {np.median(diff):.2e} of each heatmap's maximum"
+        )
     args.out.write_text(json.dumps({"batch": args.batch, "onnxruntime": ort.__version__, **report}, indent=2) + "\n")
 
 

@@ -11,7 +11,8 @@ server's VmRSS. The model is y = 2x over `--width` float32
 columns (an MNIST-sized batch of 256 is 0.8 MB), or `--model` of `--repository` with
 random inputs of its shape (answers checked for status only); dynamic batching merges
 the requests as it would in service. Memory that grows round after round is a leak;
-memory that stays at one level is what the allocator keeps for the next burst. Extra arguments after `--` go to `deepr serve`. Prints a table, writes JSON.
+memory that stays at one level is what the allocator keeps for the next burst. Extra
+arguments after `--` go to `deepr serve`. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from tests.chaos.probes import ServerProcess, add_doubling_model  # noqa: E402
 
 
-async def burst(url: str, requests: int, model: str, input_name: str, x: np.ndarray, check_double: bool,
-                timeout: float) -> int:
+async def burst(
+    url: str, requests: int, model: str, input_name: str, x: np.ndarray, check_double: bool, timeout: float
+) -> int:
     """Sends the requests at once; returns how many were answered (with 2x, where checked)."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -62,8 +64,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=784)
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="client deadline per call; a short one has calls cancelled mid-burst (default 600 s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="client deadline per call; a short one has calls cancelled mid-burst (default 600 s)",
+    )
     parser.add_argument("--repository", type=Path, help="serve this repository instead of the y = 2x model")
     parser.add_argument("--model", default="rows", help="model of --repository to send to")
     parser.add_argument("--out", type=Path, default=Path("memory_rounds.json"))
@@ -85,23 +91,41 @@ def main() -> int:
             rows.append({"round": 0, "rss_mb": server.rss_bytes() / 2**20, "ok": 0, "seconds": 0.0})
             for round_ in range(1, args.rounds + 1):
                 start = time.perf_counter()
-                ok = asyncio.run(burst(server.url, args.requests, args.model, metadata.name, x, args.repository is None,
-                                       args.timeout))
+                ok = asyncio.run(
+                    burst(
+                        server.url, args.requests, args.model, metadata.name, x, args.repository is None, args.timeout
+                    )
+                )
                 seconds = time.perf_counter() - start
                 time.sleep(8)
                 rows.append({"round": round_, "rss_mb": server.rss_bytes() / 2**20, "ok": ok, "seconds": seconds})
-                print(f"round {round_}: {ok}/{args.requests} OK in {seconds:.1f} s, RSS {rows[-1]['rss_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"round {round_}: {ok}/{args.requests} OK in {seconds:.1f} s, RSS {rows[-1]['rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             server.stop()
-    print(f"\n{args.rounds} rounds of {args.requests} requests to {args.model} of float32 {shape} "
-          f"({x.nbytes / 2**20:.2f} MB each) at once; serve args {args.serve_args or 'none'}\n")
+    print(
+        f"\n{args.rounds} rounds of {args.requests} requests to {args.model} of float32 {shape} "
+        f"({x.nbytes / 2**20:.2f} MB each) at once; serve args {args.serve_args or 'none'}\n"
+    )
     print("| round | answered OK | seconds | server RSS after |")
     print("| ---: | ---: | ---: | ---: |")
     for row in rows:
         print(f"| {row['round']} | {row['ok']} | {row['seconds']:.1f} | {row['rss_mb']:.0f} MB |")
-    args.out.write_text(json.dumps({"model": args.model, "requests": args.requests, "shape": shape,
-                                    "serve_args": args.serve_args, "rounds": rows}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "requests": args.requests,
+                "shape": shape,
+                "serve_args": args.serve_args,
+                "rounds": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}")
     return 0 if args.timeout < 600 or all(row["ok"] == args.requests for row in rows[1:]) else 1
 

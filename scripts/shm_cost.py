@@ -34,7 +34,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="1,16,256", help="batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=31)
-    parser.add_argument("--baseline-checkout", type=Path, help="another deepr checkout whose server to measure beside this one")
+    parser.add_argument(
+        "--baseline-checkout", type=Path, help="another deepr checkout whose server to measure beside this one"
+    )
     parser.add_argument("--out", type=Path, default=Path("shm_cost.json"))
     args = parser.parse_args()
     sizes = [int(size) for size in args.rows.split(",")]
@@ -48,7 +50,8 @@ def main() -> int:
         try:
             clients = {
                 (name, way): InferenceClient(server.url, shared_memory=way == "shared memory")
-                for name, server in servers.items() for way in ("message", "shared memory")
+                for name, server in servers.items()
+                for way in ("message", "shared memory")
             }
             samples: dict[tuple[str, str, int], list[float]] = {}
             for rows in sizes:
@@ -72,11 +75,19 @@ def main() -> int:
     for name in checkouts:
         for rows in sizes:
             message, shared = medians[(name, "message", rows)], medians[(name, "shared memory", rows)]
-            print(f"| {name} | {rows} | {rows * WIDE * 4 / 2**20:.2f} | {message:.2f} | {shared:.2f} | {shared / message:.2f} |")
-    args.out.write_text(json.dumps({
-        "repeats": args.repeats, "checkouts": {k: str(v) for k, v in checkouts.items()},
-        "median_ms": [{"server": n, "way": w, "rows": r, "ms": ms} for (n, w, r), ms in medians.items()],
-    }, indent=2))
+            print(
+                f"| {name} | {rows} | {rows * WIDE * 4 / 2**20:.2f} | {message:.2f} | {shared:.2f} | {shared / message:.2f} |"
+            )
+    args.out.write_text(
+        json.dumps(
+            {
+                "repeats": args.repeats,
+                "checkouts": {k: str(v) for k, v in checkouts.items()},
+                "median_ms": [{"server": n, "way": w, "rows": r, "ms": ms} for (n, w, r), ms in medians.items()],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}")
     return 0
 

@@ -32,7 +32,7 @@ async def soak(url: str, model: str, specs, expected, seconds: float, concurrenc
     import tritonclient.grpc.aio as triton
 
     client = triton.InferenceServerClient(url)
-    (name, datatype, _), = specs
+    ((name, datatype, _),) = specs
     batches = sorted(expected)
     tensors = {}
     for batch in batches:
@@ -67,9 +67,18 @@ async def soak(url: str, model: str, specs, expected, seconds: float, concurrenc
         while time.monotonic() < end:
             await asyncio.sleep(2)
             done = counts["ok"] + counts["failed"] + counts["wrong"]
-            samples.append({"t": round(time.monotonic() - start, 1), "rss_mb": round(resident_mb(pid), 1), "requests_per_s": (done - last) / 2})
+            samples.append(
+                {
+                    "t": round(time.monotonic() - start, 1),
+                    "rss_mb": round(resident_mb(pid), 1),
+                    "requests_per_s": (done - last) / 2,
+                }
+            )
             last = done
-            print(f"  t={samples[-1]['t']:6.1f}s  server RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['requests_per_s']:7.0f} req/s", flush=True)
+            print(
+                f"  t={samples[-1]['t']:6.1f}s  server RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['requests_per_s']:7.0f} req/s",
+                flush=True,
+            )
 
     await asyncio.gather(sampler(), *(worker(i) for i in range(concurrency)))
     await client.close()
@@ -83,7 +92,7 @@ def soak_shared_memory(url: str, model: str, specs, expected, seconds: float, co
 
     from serving.client import InferenceClient
 
-    (name, _, _), = specs
+    ((name, _, _),) = specs
     batches = sorted(expected)
     counts = {"ok": 0, "failed": 0, "wrong": 0}
     errors: list[str] = []
@@ -113,9 +122,18 @@ def soak_shared_memory(url: str, model: str, specs, expected, seconds: float, co
         while time.monotonic() < end:
             time.sleep(2)
             done = sum(counts.values())
-            samples.append({"t": round(time.monotonic() - start, 1), "rss_mb": round(resident_mb(pid), 1), "requests_per_s": (done - last) / 2})
+            samples.append(
+                {
+                    "t": round(time.monotonic() - start, 1),
+                    "rss_mb": round(resident_mb(pid), 1),
+                    "requests_per_s": (done - last) / 2,
+                }
+            )
             last = done
-            print(f"  t={samples[-1]['t']:6.1f}s  server RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['requests_per_s']:7.0f} req/s", flush=True)
+            print(
+                f"  t={samples[-1]['t']:6.1f}s  server RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['requests_per_s']:7.0f} req/s",
+                flush=True,
+            )
         for thread in threads:
             thread.join()
     return counts, errors, samples
@@ -128,8 +146,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batches", default="1,3,8,32")
-    parser.add_argument("--shared-memory", action="store_true",
-                        help="send tensors through system shared memory with deepr's own client (threads) instead")
+    parser.add_argument(
+        "--shared-memory",
+        action="store_true",
+        help="send tensors through system shared memory with deepr's own client (threads) instead",
+    )
     parser.add_argument("--out", type=Path, default=Path("soak.json"))
     args = parser.parse_args()
 
@@ -146,9 +167,13 @@ def main() -> int:
         expected[batch] = (next(iter(inputs.values())), session.run([output], inputs)[0], output)
     with serve_subprocess(args.repository, device="cpu", extra=["--metrics-port", "-1"]) as (url, process):
         before = resident_mb(process.pid)
-        print(f"server pid {process.pid}, RSS at start {before:.1f} MB; {args.concurrency} requests in flight for {args.minutes} min")
+        print(
+            f"server pid {process.pid}, RSS at start {before:.1f} MB; {args.concurrency} requests in flight for {args.minutes} min"
+        )
         if args.shared_memory:
-            counts, errors, samples = soak_shared_memory(url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid)
+            counts, errors, samples = soak_shared_memory(
+                url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid
+            )
         else:
             counts, errors, samples = asyncio.run(
                 soak(url, args.model, specs, expected, args.minutes * 60, args.concurrency, process.pid)
@@ -156,15 +181,25 @@ def main() -> int:
         after = resident_mb(process.pid)
     settled = samples[len(samples) // 4]["rss_mb"] if samples else before
     report = {
-        "model": args.model, "minutes": args.minutes, "concurrency": args.concurrency, "batches": sorted(expected),
+        "model": args.model,
+        "minutes": args.minutes,
+        "concurrency": args.concurrency,
+        "batches": sorted(expected),
         "shared_memory": args.shared_memory,
-        "requests": sum(counts.values()), **counts, "errors": errors[:20],
-        "rss_mb_start": round(before, 1), "rss_mb_after_first_quarter": settled, "rss_mb_end": round(after, 1), "samples": samples,
+        "requests": sum(counts.values()),
+        **counts,
+        "errors": errors[:20],
+        "rss_mb_start": round(before, 1),
+        "rss_mb_after_first_quarter": settled,
+        "rss_mb_end": round(after, 1),
+        "samples": samples,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     _plot(args.out.with_suffix(".png"), samples, args.model)
-    print(f"{report['requests']} requests: {counts['ok']} ok, {counts['failed']} failed, {counts['wrong']} wrong answers; "
-          f"server RSS {before:.1f} MB at start, {settled:.1f} MB after the first quarter, {after:.1f} MB at the end")
+    print(
+        f"{report['requests']} requests: {counts['ok']} ok, {counts['failed']} failed, {counts['wrong']} wrong answers; "
+        f"server RSS {before:.1f} MB at start, {settled:.1f} MB after the first quarter, {after:.1f} MB at the end"
+    )
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0 if counts["failed"] == counts["wrong"] == 0 else 1
 

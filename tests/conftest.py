@@ -27,7 +27,9 @@ def pytest_configure(config) -> None:
 
         usable, reason = cuda_usable()
         if not usable:
-            pytest.exit(f"DEEPR_TEST_DEVICE=cuda, but onnxruntime's CUDA provider cannot run here: {reason}", returncode=4)
+            pytest.exit(
+                f"DEEPR_TEST_DEVICE=cuda, but onnxruntime's CUDA provider cannot run here: {reason}", returncode=4
+            )
 
 
 def pytest_report_header(config) -> str:

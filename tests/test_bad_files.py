@@ -33,16 +33,31 @@ def deepr(*args: str):
     return subprocess.run([sys.executable, "-m", "deepr", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["gradcam", "--local", "{bad}/truncated.onnx", "{bad}/digit.png", "--out", "{bad}/x.png"], "onnxruntime cannot load"),
-    (["gradcam", "--local", "{bad}/truncated.onnx", "{bad}/text.png", "--out", "{bad}/x.png"], "is not an image Pillow can read"),
-    (["sample", "--local", "{bad}/truncated.onnx", "--prompt", "hi", "--length", "3"], "onnxruntime cannot load"),
-    (["sample", "--local", "{bad}/absent.onnx", "--prompt", "hi"], "no generation graph at"),
-    (["evaluate", "mnist_convnet", "--weights", "{bad}/garbage.pt"], "is not a weights file deepr reads"),
-    (["export", "mnist_convnet", "--weights", "{bad}/pickled_module.pt", "--repository", "{bad}/repo"], "never pickled objects"),
-    (["export", "mnist_convnet", "--weights", "{bad}/other.pt", "--repository", "{bad}/repo"], "does not fit"),
-    (["export", "mnist_convnet", "--weights", "{bad}/absent.pt", "--repository", "{bad}/repo"], "no weights file at"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["gradcam", "--local", "{bad}/truncated.onnx", "{bad}/digit.png", "--out", "{bad}/x.png"],
+            "onnxruntime cannot load",
+        ),
+        (
+            ["gradcam", "--local", "{bad}/truncated.onnx", "{bad}/text.png", "--out", "{bad}/x.png"],
+            "is not an image Pillow can read",
+        ),
+        (["sample", "--local", "{bad}/truncated.onnx", "--prompt", "hi", "--length", "3"], "onnxruntime cannot load"),
+        (["sample", "--local", "{bad}/absent.onnx", "--prompt", "hi"], "no generation graph at"),
+        (["evaluate", "mnist_convnet", "--weights", "{bad}/garbage.pt"], "is not a weights file deepr reads"),
+        (
+            ["export", "mnist_convnet", "--weights", "{bad}/pickled_module.pt", "--repository", "{bad}/repo"],
+            "never pickled objects",
+        ),
+        (["export", "mnist_convnet", "--weights", "{bad}/other.pt", "--repository", "{bad}/repo"], "does not fit"),
+        (
+            ["export", "mnist_convnet", "--weights", "{bad}/absent.pt", "--repository", "{bad}/repo"],
+            "no weights file at",
+        ),
+    ],
+)
 def test_cli_bad_files(bad_files, args, message):
     result = deepr(*(a.format(bad=bad_files) for a in args))
     assert result.returncode == 2, result.stderr

@@ -11,25 +11,54 @@ from deepr.cli import main
 
 def test_bench_writes_json_and_plot(repository, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--batch", "1,4",
-                 "--concurrency", "1,3", "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--repository",
+            str(repository),
+            "--model",
+            "mnist_convnet",
+            "--batch",
+            "1,4",
+            "--concurrency",
+            "1,3",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     rows = report["results"]
     assert [(r["mode"], r["batch"], r["concurrency"]) for r in rows] == [
-        ("in-process", 1, 1), ("in-process", 4, 1), ("grpc", 1, 1), ("grpc", 1, 3), ("grpc", 4, 1), ("grpc", 4, 3)
+        ("in-process", 1, 1),
+        ("in-process", 4, 1),
+        ("grpc", 1, 1),
+        ("grpc", 1, 3),
+        ("grpc", 4, 1),
+        ("grpc", 4, 3),
     ]
     for r in rows:
         assert r["requests"] > 0 and r["items_per_s"] == pytest.approx(r["requests_per_s"] * r["batch"])
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert (r["ratio"] is None) == (r["mode"] == "in-process")
-    assert report["settings"]["client"] == "tritonclient.grpc.aio" and report["settings"]["provider"] == "CPUExecutionProvider"
+    assert (
+        report["settings"]["client"] == "tritonclient.grpc.aio"
+        and report["settings"]["provider"] == "CPUExecutionProvider"
+    )
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vs in-proc" in capsys.readouterr().out
 
 
 def test_bench_refuses_unknown_models(repository, tmp_path, capsys):
-    code = main(["bench", "--repository", str(repository), "--model", "no_such_model", "--out", str(tmp_path / "b.json")])
+    code = main(
+        ["bench", "--repository", str(repository), "--model", "no_such_model", "--out", str(tmp_path / "b.json")]
+    )
     assert code == 2
     assert "no_such_model: not in" in capsys.readouterr().err
 
@@ -40,21 +69,48 @@ def test_bench_shared_memory_rows_sit_beside_message_rows(repository, tmp_path):
 
     before = set(Path("/dev/shm").iterdir())
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "4x2", "--shared-memory",
-                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--client-processes", "2", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--repository",
+            str(repository),
+            "--model",
+            "mnist_convnet",
+            "--cells",
+            "4x2",
+            "--shared-memory",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--device",
+            "cpu",
+            "--client-processes",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
-    assert [(r["mode"], r["concurrency"]) for r in report["results"]] == [("in-process", 1), ("grpc", 2), ("grpc+shm", 2)]
+    assert [(r["mode"], r["concurrency"]) for r in report["results"]] == [
+        ("in-process", 1),
+        ("grpc", 2),
+        ("grpc+shm", 2),
+    ]
     assert all(r["requests"] > 0 for r in report["results"]) and report["settings"]["shared_memory"] is True
     assert set(Path("/dev/shm").iterdir()) <= before  # every region the clients made is gone
 
 
-@pytest.mark.parametrize("served, form", [
-    ("resnet50", ("resnet50", "fp32", "float32")),
-    ("resnet50_fp16", ("resnet50", "fp16", "float32")),
-    ("resnet50_uint8", ("resnet50", "fp32", "uint8")),
-    ("resnet50_fp16_uint8", ("resnet50", "fp16", "uint8")),
-])
+@pytest.mark.parametrize(
+    "served, form",
+    [
+        ("resnet50", ("resnet50", "fp32", "float32")),
+        ("resnet50_fp16", ("resnet50", "fp16", "float32")),
+        ("resnet50_uint8", ("resnet50", "fp32", "uint8")),
+        ("resnet50_fp16_uint8", ("resnet50", "fp16", "uint8")),
+    ],
+)
 def test_bench_exports_the_form_a_served_name_asks_for(served, form):
     from deepr.cli.bench_cmd import _export_form
 
@@ -63,12 +119,34 @@ def test_bench_exports_the_form_a_served_name_asks_for(served, form):
 
 def test_bench_with_free_batch_sizes(repository, tmp_path):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "1x8", "--free-batch-sizes",
-                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--repository",
+            str(repository),
+            "--model",
+            "mnist_convnet",
+            "--cells",
+            "1x8",
+            "--free-batch-sizes",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
-        ("mnist_convnet", "in-process"), ("mnist_convnet_free", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_free", "grpc")]
+        ("mnist_convnet", "in-process"),
+        ("mnist_convnet_free", "in-process"),
+        ("mnist_convnet", "grpc"),
+        ("mnist_convnet_free", "grpc"),
+    ]
     assert report["settings"]["free_batch_sizes"] is True and all(r["requests"] > 0 for r in report["results"])
     assert all(r["cold_items_per_s"] > 0 and 0 < r["warmup_s"] < 1 for r in report["results"])
     assert all(r["load_s"] > 0 for r in report["results"] if r["mode"] == "grpc")  # reloaded before each cell
@@ -76,12 +154,35 @@ def test_bench_with_free_batch_sizes(repository, tmp_path):
 
 def test_bench_with_instances(repository, tmp_path):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repository", str(repository), "--model", "mnist_convnet", "--cells", "4x4", "--instances", "2",
-                 "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--repository",
+            str(repository),
+            "--model",
+            "mnist_convnet",
+            "--cells",
+            "4x4",
+            "--instances",
+            "2",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
-        ("mnist_convnet", "in-process"), ("mnist_convnet_x2", "in-process"), ("mnist_convnet", "grpc"), ("mnist_convnet_x2", "grpc")]
+        ("mnist_convnet", "in-process"),
+        ("mnist_convnet_x2", "in-process"),
+        ("mnist_convnet", "grpc"),
+        ("mnist_convnet_x2", "grpc"),
+    ]
     assert report["settings"]["instances"] == 2 and all(r["requests"] > 0 for r in report["results"])
     assert main(["bench", "--repository", str(repository), "--instances", "0"]) == 2
 
@@ -98,7 +199,17 @@ def test_free_sizes_config(repository):
 
 
 def test_free_sizes_need_dynamic_batching(repository, tmp_path, capsys):
-    code = main(["bench", "--repository", str(repository), "--free-batch-sizes", "--no-dynamic-batching", "--out", str(tmp_path / "b.json")])
+    code = main(
+        [
+            "bench",
+            "--repository",
+            str(repository),
+            "--free-batch-sizes",
+            "--no-dynamic-batching",
+            "--out",
+            str(tmp_path / "b.json"),
+        ]
+    )
     assert code == 2 and "--free-batch-sizes compares ways of merging runs" in capsys.readouterr().err
 
 

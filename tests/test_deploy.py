@@ -58,7 +58,7 @@ def test_serving_runtime_matches_the_server():
     fields = {f.name for f in dataclasses.fields(ServerSettings)}
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     for name, value in env.items():
-        assert name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):].lower() in fields, name
+        assert name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() in fields, name
     ServerSettings.from_env(env)  # every value parses
 
 

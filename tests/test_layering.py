@@ -1,7 +1,8 @@
 """deepr's packages depend one way: protocol < runtime < server, protocol < client, and
 tasks on protocol, runtime and client (never on the server's insides); zoo and exporters
-take only the protocol from serving, and no module imports itself back through others. Read from the source (every import, those inside functions too), so a
-lazy import cannot hide a wrong direction."""
+take only the protocol from serving, and no module imports itself back through others.
+Read from the source (every import, those inside functions too), so a lazy import cannot
+hide a wrong direction."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _module_name(path: Path) -> str:
 def _sources() -> dict[str, Path]:
     return {
         _module_name(path): path
-        for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
         if "generated" not in path.parts
     }
 
@@ -80,7 +82,8 @@ def test_serving_packages_import_downwards_only(graph):
 def test_zoo_and_exporters_take_only_the_protocol_from_serving(graph):
     wrong = [
         f"{module} -> {target}"
-        for module, targets in graph.items() if module.split(".")[0] in ALLOWED_FROM_SERVING
+        for module, targets in graph.items()
+        if module.split(".")[0] in ALLOWED_FROM_SERVING
         for target in targets
         if target.startswith("serving.") and not target.startswith(ALLOWED_FROM_SERVING[module.split(".")[0]])
     ]

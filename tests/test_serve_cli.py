@@ -14,7 +14,11 @@ import tritonclient.grpc as triton
 
 def start_server(args, env):
     return subprocess.Popen(
-        [sys.executable, "-m", "deepr", "serve", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        [sys.executable, "-m", "deepr", "serve", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
 
 

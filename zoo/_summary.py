@@ -49,7 +49,12 @@ class Summary:
         def line(*cells: str) -> str:
             return "".join(c.ljust(w) for c, w in zip(cells, cols)).rstrip()
 
-        out = [f'Model: "{self.model_name}"', "_" * _WIDTH, line("Layer (type)", "Output Shape", "Param #"), "=" * _WIDTH]
+        out = [
+            f'Model: "{self.model_name}"',
+            "_" * _WIDTH,
+            line("Layer (type)", "Output Shape", "Param #"),
+            "=" * _WIDTH,
+        ]
         for i, row in enumerate(self.rows):
             shape = "(" + ", ".join("None" if d is None else str(d) for d in row.output_shape) + ")"
             out.append(line(f"{row.name} ({row.layer_type})", shape, f"{row.params:,}"))
@@ -76,12 +81,16 @@ _WHY = {
 }
 
 
-def _shapes(model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[int, ...], dtype: torch.dtype) -> list[tuple[int, ...]]:
+def _shapes(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[int, ...], dtype: torch.dtype
+) -> list[tuple[int, ...]]:
     """Output shape of each layer, in the order the layers ran, for one example of `shape`."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
     handles = [
         module.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.append((name, tuple((out[0] if isinstance(out, tuple) else out).shape[1:])))
+            lambda _m, _i, out, name=name: shapes.append(
+                (name, tuple((out[0] if isinstance(out, tuple) else out).shape[1:]))
+            )
         )
         for name, module in layers
     ]
@@ -94,7 +103,13 @@ def _shapes(model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[
     return shapes  # type: ignore[return-value]
 
 
-def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str | None = None, dtype: torch.dtype = torch.float32) -> Summary:
+def summary(
+    model: nn.Module,
+    input_shape: tuple[int | None, ...],
+    *,
+    name: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Summary:
     """Summarise `model` for one example of `input_shape` (no batch axis).
 
     Output shapes come from running the model on zeros, with the batch axis
@@ -117,7 +132,11 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
     model.eval()
     try:
         first = _shapes(model, layers, tuple(7 if d is None else d for d in input_shape), dtype)
-        second = _shapes(model, layers, tuple(11 if d is None else d for d in input_shape), dtype) if None in input_shape else first
+        second = (
+            _shapes(model, layers, tuple(11 if d is None else d for d in input_shape), dtype)
+            if None in input_shape
+            else first
+        )
     finally:
         model.train(was_training)
     rows, notes = [], []
@@ -138,7 +157,9 @@ def summary(model: nn.Module, input_shape: tuple[int | None, ...], *, name: str 
             )
         )
         if keras != count:
-            notes.append(f"{layer_name} has {count:,} parameters here, {keras:,} in Keras: {_WHY.get(layer_type, 'see its docstring')}.")
+            notes.append(
+                f"{layer_name} has {count:,} parameters here, {keras:,} in Keras: {_WHY.get(layer_type, 'see its docstring')}."
+            )
 
     params = list(model.parameters())
     return Summary(

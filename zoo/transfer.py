@@ -30,7 +30,9 @@ def unfreeze(module: nn.Module, from_: str | None = None) -> nn.Module:
         names = [name for name, _ in module.named_modules() if name]
         matches = [name for name in names if name == from_ or name.endswith("." + from_)]
         if not matches:
-            raise ValueError(f"no layer named {from_!r}; the layers are {[n.rsplit('.', 1)[-1] for n in names if n.count('.') <= 1]}")
+            raise ValueError(
+                f"no layer named {from_!r}; the layers are {[n.rsplit('.', 1)[-1] for n in names if n.count('.') <= 1]}"
+            )
         prefix = matches[0] + "."
     reached = from_ is None
     # Parameters come in layer order; everything from the first one of `from_` on is unfrozen.

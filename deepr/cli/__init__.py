@@ -31,10 +31,25 @@ _OWN_LOGGERS = ("deepr", "zoo", "exporters", "serving")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (the server logs every request)")
-    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("DEEPR_LOG_FORMAT", "text"),
-                        help="log lines as text or as one JSON object each, with request fields (env DEEPR_LOG_FORMAT; default text)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("DEEPR_LOG_FORMAT", "text"),
+        help="log lines as text or as one JSON object each, with request fields (env DEEPR_LOG_FORMAT; default text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (zoo_cmds, serve_cmd, classify_cmd, gradcam_cmd, activations_cmd, filters_cmd, dream_cmd, style_cmd, sample_cmd, bench_cmd):
+    for module in (
+        zoo_cmds,
+        serve_cmd,
+        classify_cmd,
+        gradcam_cmd,
+        activations_cmd,
+        filters_cmd,
+        dream_cmd,
+        style_cmd,
+        sample_cmd,
+        bench_cmd,
+    ):
         module.add_commands(sub)
     return parser
 

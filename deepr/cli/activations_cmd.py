@@ -50,8 +50,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served feature graph (NAME or NAME_features), from `deepr export NAME --features`")
     p.add_argument("--local", type=Path, help="run this exported feature model.onnx in-process instead")
     p.add_argument("--layers", help="comma-separated layers (default: the first --first layers)")
-    p.add_argument("--first", type=int, default=8, help="how many layers when --layers is not given (default: %(default)s)")
+    p.add_argument(
+        "--first", type=int, default=8, help="how many layers when --layers is not given (default: %(default)s)"
+    )
     p.add_argument("--columns", type=int, default=16, help="channels per grid row (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("activations"), help="folder for LAYER.png files (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("activations"), help="folder for LAYER.png files (default: %(default)s)"
+    )
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_activations)

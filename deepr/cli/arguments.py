@@ -8,7 +8,7 @@ __all__ = ["int_list"]
 
 
 def int_list(text: str) -> list[int]:
-    """"1,8,32" -> [1, 8, 32]; every value at least 1."""
+    """ "1,8,32" -> [1, 8, 32]; every value at least 1."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:

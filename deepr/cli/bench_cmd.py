@@ -23,7 +23,9 @@ def _cells(text: str) -> list[tuple[int, int]]:
         try:
             cells.append((int(batch), int(concurrency)))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected cells like 1x32,32x8 (batch x concurrency), got {cell!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected cells like 1x32,32x8 (batch x concurrency), got {cell!r}"
+            ) from None
         if min(cells[-1]) < 1:
             raise argparse.ArgumentTypeError(f"batch and concurrency must be >= 1, got {cell!r}")
     return cells
@@ -47,12 +49,17 @@ def _export_missing(repository: Path, models: list[str], staging: Path) -> Path:
 
     unknown = [m for m in missing if _export_form(m)[0] not in zoo.list_models()]
     if unknown:
-        raise CLIError(f"{', '.join(unknown)}: not in {repository} and not a zoo model, NAME_fp16 or NAME_uint8 "
-                       "(see `deepr models`)", EXIT_USAGE)
+        raise CLIError(
+            f"{', '.join(unknown)}: not in {repository} and not a zoo model, NAME_fp16 or NAME_uint8 "
+            "(see `deepr models`)",
+            EXIT_USAGE,
+        )
     for model in models:
         source = repository / model
         if model in missing:
-            logger.info("%s is not in %s: exporting it with freshly initialised weights (speed only)", model, repository)
+            logger.info(
+                "%s is not in %s: exporting it with freshly initialised weights (speed only)", model, repository
+            )
             name, precision, pixels = _export_form(model)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UntrainedWeightsWarning)
@@ -66,7 +73,9 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         import tritonclient.grpc.aio  # noqa: F401  (the benchmark's client)
     except ImportError:
-        raise CLIError("deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE) from None
+        raise CLIError(
+            "deepr bench drives the server with tritonclient: pip install 'tritonclient[grpc]'", EXIT_USAGE
+        ) from None
     from deepr.bench import (
         HEADER,
         batch_profiles,
@@ -81,7 +90,10 @@ def _bench(args: argparse.Namespace) -> int:
     )
 
     if args.free_batch_sizes and not args.dynamic_batching:
-        raise CLIError("--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)", EXIT_USAGE)
+        raise CLIError(
+            "--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)",
+            EXIT_USAGE,
+        )
     if args.instances is not None and args.instances < 1:
         raise CLIError(f"--instances must be >= 1, got {args.instances}", EXIT_USAGE)
     models = args.model or ["mnist_convnet"]
@@ -99,7 +111,9 @@ def _bench(args: argparse.Namespace) -> int:
             if args.free_batch_sizes:
                 variants += copy_with_configs(repository, models, served, with_free_sizes, suffix="_free")
             if args.instances:
-                variants += copy_with_configs(repository, models, served, with_instances(args.instances), suffix=f"_x{args.instances}")
+                variants += copy_with_configs(
+                    repository, models, served, with_instances(args.instances), suffix=f"_x{args.instances}"
+                )
             models = [*models, *variants]
             repository = served
         server_args = []
@@ -111,15 +125,31 @@ def _bench(args: argparse.Namespace) -> int:
         print(HEADER)
         cells = args.cells or [(b, c) for b in args.batch for c in args.concurrency]
         results = run_benchmark(
-            repository, models, cells=cells, device=args.device,
-            seconds=args.seconds, warmup=args.warmup, client_processes=args.client_processes, server_args=server_args, tf32=args.tf32,
+            repository,
+            models,
+            cells=cells,
+            device=args.device,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            client_processes=args.client_processes,
+            server_args=server_args,
+            tf32=args.tf32,
             shared_memory=args.shared_memory,
         )
     settings = {
-        "models": models, "cells": cells, "seconds": args.seconds,
-        "warmup": args.warmup, "client_processes": args.client_processes, "dynamic_batching": args.dynamic_batching, "free_batch_sizes": args.free_batch_sizes,
+        "models": models,
+        "cells": cells,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "client_processes": args.client_processes,
+        "dynamic_batching": args.dynamic_batching,
+        "free_batch_sizes": args.free_batch_sizes,
         "instances": args.instances,
-        "client": "tritonclient.grpc.aio", "tf32": args.tf32, "shared_memory": args.shared_memory, "batch_profiles": profiles, **environment(args.device, args.tf32),
+        "client": "tritonclient.grpc.aio",
+        "tf32": args.tf32,
+        "shared_memory": args.shared_memory,
+        "batch_profiles": profiles,
+        **environment(args.device, args.tf32),
     }
     write_json(args.out, results, settings)
     write_plot(args.out.with_suffix(".png"), results)
@@ -134,29 +164,59 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Measure items/s and p50/p99 latency of in-process onnxruntime and of a `deepr serve` process "
         "driven by tritonclient, for each model, batch size and concurrency, in one run. Writes JSON and a PNG plot.",
     )
-    p.add_argument("--model", action="append", help="model to measure (repeatable; default mnist_convnet). Zoo models missing "
-                   "from the repository are exported with freshly initialised weights, NAME_fp16 and NAME_uint8 in those forms")
-    p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="model to measure (repeatable; default mnist_convnet). Zoo models missing "
+        "from the repository are exported with freshly initialised weights, NAME_fp16 and NAME_uint8 in those forms",
+    )
+    p.add_argument(
+        "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
+    )
     p.add_argument("--batch", type=int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
     p.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
     p.add_argument("--cells", type=_cells, help="explicit BATCHxCONCURRENCY cells instead of the grid, e.g. 1x64,256x4")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=10.0,
-                   help="longest unmeasured warm-up before each cell; it ends once two 0.5 s windows agree within 5%% "
-                   "(default: %(default)s)")
-    p.add_argument("--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="longest unmeasured warm-up before each cell; it ends once two 0.5 s windows agree within 5%% "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)"
+    )
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA, in-process and on the server alike")
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session on the server")
-    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=True,
-                   help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)")
-    p.add_argument("--shared-memory", action="store_true",
-                   help="run every gRPC cell a second time with inputs and outputs in system shared memory (mode grpc+shm)")
-    p.add_argument("--free-batch-sizes", action="store_true",
-                   help="also serve each model as NAME_free, its merged runs at any size the queue gives instead of "
-                   "the sizes warmed at load (deepr.pad_batches false), measured in the same run")
-    p.add_argument("--instances", type=int, metavar="N",
-                   help="also serve each model as NAME_xN with instance_group count N (N sessions, each with cores/N "
-                   "onnxruntime threads), measured in the same run")
-    p.add_argument("--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png")
+    p.add_argument(
+        "--dynamic-batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)",
+    )
+    p.add_argument(
+        "--shared-memory",
+        action="store_true",
+        help="run every gRPC cell a second time with inputs and outputs in system shared memory (mode grpc+shm)",
+    )
+    p.add_argument(
+        "--free-batch-sizes",
+        action="store_true",
+        help="also serve each model as NAME_free, its merged runs at any size the queue gives instead of "
+        "the sizes warmed at load (deepr.pad_batches false), measured in the same run",
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        metavar="N",
+        help="also serve each model as NAME_xN with instance_group count N (N sessions, each with cores/N "
+        "onnxruntime threads), measured in the same run",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("bench_serving.json"), help="JSON results; the plot goes beside it as .png"
+    )
     p.set_defaults(run=_bench)

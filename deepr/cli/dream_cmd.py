@@ -18,8 +18,16 @@ def _dream(args: argparse.Namespace) -> int:
         raise CLIError("give --model inception_v3_dream (served) or --local MODEL.onnx", EXIT_USAGE)
     try:
         loss = LocalDreamLoss(args.local) if args.local else ServedDreamLoss(args.model, url=args.url)
-        result = dream(loss, args.image, coefficients=coefficients_from(args.coefficients, loss.layers), octaves=args.octaves,
-                       octave_scale=args.octave_scale, steps=args.steps, step=args.step, max_loss=args.max_loss)
+        result = dream(
+            loss,
+            args.image,
+            coefficients=coefficients_from(args.coefficients, loss.layers),
+            octaves=args.octaves,
+            octave_scale=args.octave_scale,
+            steps=args.steps,
+            step=args.step,
+            max_loss=args.max_loss,
+        )
     except InferenceServerError as exc:
         raise CLIError(f"{exc} (server {args.url})") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -37,11 +45,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served dream graph, from `deepr export inception_v3 --dream` (inception_v3_dream)")
     p.add_argument("--local", type=Path, help="run this exported dream model.onnx in-process instead")
     p.add_argument("--coefficients", help="layer weights, e.g. mixed2=0.2,mixed3=3,mixed4=2,mixed5=1.5 (the default)")
-    p.add_argument("--octaves", type=int, default=3, help="picture sizes, each octave-scale smaller (default: %(default)s)")
+    p.add_argument(
+        "--octaves", type=int, default=3, help="picture sizes, each octave-scale smaller (default: %(default)s)"
+    )
     p.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="ascent steps per octave (default: %(default)s)")
     p.add_argument("--step", type=float, default=0.01, help="step size per unit mean gradient (default: %(default)s)")
-    p.add_argument("--max-loss", type=float, default=10.0, help="stop an octave's ascent above this loss (default: %(default)s)")
+    p.add_argument(
+        "--max-loss", type=float, default=10.0, help="stop an octave's ascent above this loss (default: %(default)s)"
+    )
     p.add_argument("--out", type=Path, default=Path("dream.png"), help="the dreamt picture (default: %(default)s)")
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_dream)

@@ -20,7 +20,9 @@ def _filters(args: argparse.Namespace) -> int:
         if args.local:
             gradients = LocalFilterGradients(args.local)
         else:
-            gradients = ServedFilterGradients(args.model if args.model.endswith("_filters") else args.model + "_filters", url=args.url)
+            gradients = ServedFilterGradients(
+                args.model if args.model.endswith("_filters") else args.model + "_filters", url=args.url
+            )
         layers = [layer for layer in (args.layers or "").split(",") if layer] or gradients.layers
         args.out.mkdir(parents=True, exist_ok=True)
         for layer in layers:
@@ -28,8 +30,10 @@ def _filters(args: argparse.Namespace) -> int:
             path = args.out / f"{layer}.png"
             filter_grid(result.pictures, columns=args.columns).save(path)
             gains = result.losses[-1] - result.losses[0]
-            print(f"{layer}: filters 0..{args.filters - 1}, mean activation {result.losses[0].mean():.4g} -> "
-                  f"{result.losses[-1].mean():.4g} (rose for {(gains > 0).sum()} of {args.filters}) -> {path}")
+            print(
+                f"{layer}: filters 0..{args.filters - 1}, mean activation {result.losses[0].mean():.4g} -> "
+                f"{result.losses[-1].mean():.4g} (rose for {(gains > 0).sum()} of {args.filters}) -> {path}"
+            )
     except InferenceServerError as exc:
         raise CLIError(f"{exc} (server {args.url})") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -42,11 +46,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served filter graph (NAME or NAME_filters), from `deepr export NAME --filters`")
     p.add_argument("--local", type=Path, help="run this exported filter model.onnx in-process instead")
     p.add_argument("--layers", help="comma-separated layers (default: every layer of the graph)")
-    p.add_argument("--filters", type=int, default=64, help="filters per layer, from 0 (default: %(default)s, an 8x8 grid)")
+    p.add_argument(
+        "--filters", type=int, default=64, help="filters per layer, from 0 (default: %(default)s, an 8x8 grid)"
+    )
     p.add_argument("--steps", type=int, default=40, help="ascent steps (default: %(default)s)")
-    p.add_argument("--step", type=float, default=0.05, help="step size in input units per unit-RMS gradient (default: %(default)s)")
+    p.add_argument(
+        "--step", type=float, default=0.05, help="step size in input units per unit-RMS gradient (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: %(default)s)")
     p.add_argument("--columns", type=int, default=8, help="patterns per grid row (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("filters"), help="folder for LAYER.png files (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("filters"), help="folder for LAYER.png files (default: %(default)s)"
+    )
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_filters)

@@ -42,9 +42,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradcam", help="Grad-CAM heatmaps over pictures, from a served (or local) Grad-CAM graph")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", help="served model (NAME or NAME_gradcam), exported with `deepr export NAME --gradcam`")
-    p.add_argument("--local", type=Path, help="run this exported Grad-CAM model.onnx in-process instead of asking a server")
-    p.add_argument("--class", dest="class_index", type=int, help="class index to explain (default: each image's top class)")
-    p.add_argument("--out", type=Path, default=Path("heatmap.png"), help="overlay PNG (several images: NAME_0.png, ...)")
+    p.add_argument(
+        "--local", type=Path, help="run this exported Grad-CAM model.onnx in-process instead of asking a server"
+    )
+    p.add_argument(
+        "--class", dest="class_index", type=int, help="class index to explain (default: each image's top class)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("heatmap.png"), help="overlay PNG (several images: NAME_0.png, ...)"
+    )
     p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity over the picture (default: %(default)s)")
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_run_checked)

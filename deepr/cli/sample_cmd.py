@@ -25,13 +25,26 @@ def _sample(args: argparse.Namespace) -> int:
     try:
         if one_call:
             text = generate_in_one_call(
-                args.prompt, model=base + "_generate", url=args.url, local=args.local, length=args.length,
-                temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                args.prompt,
+                model=base + "_generate",
+                url=args.url,
+                local=args.local,
+                length=args.length,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                seed=args.seed,
             )
         else:
             text = sample_text(
-                args.prompt, model=base + "_step", url=args.url, local=args.local, length=args.length,
-                temperature=args.temperature, top_k=args.top_k, seed=args.seed, on_char=show if args.stream else None,
+                args.prompt,
+                model=base + "_step",
+                url=args.url,
+                local=args.local,
+                length=args.length,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                seed=args.seed,
+                on_char=show if args.stream else None,
                 stream=args.stream,
             )
     except InferenceServerError as exc:
@@ -44,15 +57,32 @@ def _sample(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a character model (loop or step graph), with temperature")
-    p.add_argument("--model", default="char_lstm", help="served model: NAME (uses NAME_generate or NAME_step; default: %(default)s)")
-    p.add_argument("--graph", choices=("loop", "step"), default="loop",
-                   help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)")
+    p.add_argument(
+        "--model",
+        default="char_lstm",
+        help="served model: NAME (uses NAME_generate or NAME_step; default: %(default)s)",
+    )
+    p.add_argument(
+        "--graph",
+        choices=("loop", "step"),
+        default="loop",
+        help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)",
+    )
     p.add_argument("--local", type=Path, help="run this exported graph (loop or step, per --graph) in-process instead")
-    p.add_argument("--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)")
+    p.add_argument(
+        "--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)"
+    )
     p.add_argument("--length", type=int, default=400, help="characters to generate (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="> 0; low is conservative, high is inventive (default: %(default)s)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="> 0; low is conservative, high is inventive (default: %(default)s)",
+    )
     p.add_argument("--top-k", type=int, help="sample only among the k likeliest characters")
     p.add_argument("--seed", type=int, help="same seed, same text")
-    p.add_argument("--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream")
+    p.add_argument(
+        "--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream"
+    )
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_sample)

@@ -128,48 +128,110 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--repository", type=Path,
-                   help=f"model repository directory (default: {default_repository()}, built with the "
-                   "default models on first use)")
-    p.add_argument("--build-defaults", action="store_true", help="if the repository does not exist, build the default models into it")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        help=f"model repository directory (default: {default_repository()}, built with the "
+        "default models on first use)",
+    )
+    p.add_argument(
+        "--build-defaults",
+        action="store_true",
+        help="if the repository does not exist, build the default models into it",
+    )
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free port)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus metrics port, /metrics (default 8002; -1 off; 0 a free port)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)")
+    p.add_argument(
+        "--metrics-port", type=int, help="Prometheus metrics port, /metrics (default 8002; -1 off; 0 a free port)"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)"
+    )
     p.add_argument("--infer-threads", type=int, help="sessions run concurrently (default 4)")
-    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)")
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
-                   help="allow TF32 on CUDA: faster, ~1e-3 relative precision (default off: CUDA matches the CPU in float32)")
-    p.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=None,
-                   help="idle onnxruntime threads spin-wait for the next run (default off: the cores go to request handling)")
-    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"),
-                   help="event loop (default auto: uvloop when installed, ~20%% more requests/s)")
+    p.add_argument(
+        "--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)"
+    )
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow TF32 on CUDA: faster, ~1e-3 relative precision (default off: CUDA matches the CPU in float32)",
+    )
+    p.add_argument(
+        "--ort-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="idle onnxruntime threads spin-wait for the next run (default off: the cores go to request handling)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        help="event loop (default auto: uvloop when installed, ~20%% more requests/s)",
+    )
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
     p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
-    p.add_argument("--model-control", action=argparse.BooleanOptionalAction, default=None,
-                   help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)")
-    p.add_argument("--max-connections", type=int,
-                   help="open client connections at most; more are refused until some close (default 1024; 0 no limit)")
-    p.add_argument("--connection-idle-seconds", type=float,
-                   help="close a connection with no call in flight for this long (default 300; 0 never)")
-    p.add_argument("--max-inflight", type=int,
-                   help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)")
-    p.add_argument("--trim-idle-seconds", type=float,
-                   help="after a burst, return free memory to the system once idle this long (default 2; 0 never)")
-    p.add_argument("--grpc-option", action="append", metavar="KEY=VALUE",
-                   help="extra gRPC core channel argument, e.g. grpc.max_concurrent_streams=256 (repeatable)")
-    p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="accept tensors in system shared memory regions that clients on this host register "
-                   "(default on; tensors then skip the socket)")
-    p.add_argument("--shared-memory-remote", action=argparse.BooleanOptionalAction, default=None,
-                   help="accept shared memory registrations from any peer (default off: loopback and Unix sockets only)")
-    p.add_argument("--shared-memory-group",
-                   help="also accept shared memory objects of this group (default: only the server's own user's)")
-    p.add_argument("--token-file", type=Path, help="file holding the bearer token every inference RPC must carry "
-                   "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)")
+    p.add_argument(
+        "--model-control",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="open client connections at most; more are refused until some close (default 1024; 0 no limit)",
+    )
+    p.add_argument(
+        "--connection-idle-seconds",
+        type=float,
+        help="close a connection with no call in flight for this long (default 300; 0 never)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)",
+    )
+    p.add_argument(
+        "--trim-idle-seconds",
+        type=float,
+        help="after a burst, return free memory to the system once idle this long (default 2; 0 never)",
+    )
+    p.add_argument(
+        "--grpc-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra gRPC core channel argument, e.g. grpc.max_concurrent_streams=256 (repeatable)",
+    )
+    p.add_argument(
+        "--shared-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept tensors in system shared memory regions that clients on this host register "
+        "(default on; tensors then skip the socket)",
+    )
+    p.add_argument(
+        "--shared-memory-remote",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept shared memory registrations from any peer (default off: loopback and Unix sockets only)",
+    )
+    p.add_argument(
+        "--shared-memory-group",
+        help="also accept shared memory objects of this group (default: only the server's own user's)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token every inference RPC must carry "
+        "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)",
+    )
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must be signed by (mutual TLS)")
-    p.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,
-                   help="ready only when every model is ready (default on)")
+    p.add_argument(
+        "--strict-readiness",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ready only when every model is ready (default on)",
+    )
     p.set_defaults(run=_serve)

@@ -20,8 +20,13 @@ def _style(args: argparse.Namespace) -> int:
     try:
         content, style = load_image(args.content), load_image(args.style_picture)
         loss = LocalStyleLoss(args.local) if args.local else ServedStyleLoss(args.model, url=args.url)
-        result = transfer_style(loss, content, style, iterations=args.iterations,
-                                on_iteration=lambda i, value: print(f"iteration {i + 1}/{args.iterations}: loss {value:.6g}", flush=True))
+        result = transfer_style(
+            loss,
+            content,
+            style,
+            iterations=args.iterations,
+            on_iteration=lambda i, value: print(f"iteration {i + 1}/{args.iterations}: loss {value:.6g}", flush=True),
+        )
     except InferenceServerError as exc:
         raise CLIError(f"{exc} (server {args.url})") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -37,7 +42,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("style_picture", type=Path, metavar="style", help="the picture whose style is taken")
     p.add_argument("--model", help="served style graph, from `deepr export vgg19 --style` (vgg19_style)")
     p.add_argument("--local", type=Path, help="run this exported style model.onnx in-process instead")
-    p.add_argument("--iterations", type=int, default=20, help="L-BFGS runs of 20 evaluations each (default: %(default)s)")
+    p.add_argument(
+        "--iterations", type=int, default=20, help="L-BFGS runs of 20 evaluations each (default: %(default)s)"
+    )
     p.add_argument("--out", type=Path, default=Path("styled.png"), help="the generated picture (default: %(default)s)")
     p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
     p.set_defaults(run=_style)

@@ -66,7 +66,15 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-AUGMENTATION_FLAGS = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range", "horizontal_flip", "fill_mode")
+AUGMENTATION_FLAGS = (
+    "rotation_range",
+    "width_shift_range",
+    "height_shift_range",
+    "shear_range",
+    "zoom_range",
+    "horizontal_flip",
+    "fill_mode",
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -122,7 +130,9 @@ def _export(args: argparse.Namespace) -> int:
     from exporters.text_generation import export_char_generation, export_char_step
     from exporters.zoo_gradcam import export_gradcam
 
-    kinds = [flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)]
+    kinds = [
+        flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)
+    ]
     if len(kinds) > 1:
         raise CLIError(f"choose one kind of graph per export, not --{' and --'.join(kinds)}", EXIT_USAGE)
     if kinds and (args.precision != "fp32" or args.pixels != "float32"):
@@ -140,30 +150,53 @@ def _export(args: argparse.Namespace) -> int:
                 from exporters.dream import export_dream
 
                 layers = [layer for layer in (args.layers or "").split(",") if layer] or None
-                result = export_dream(args.model, args.repository, layers=layers, weights=args.weights, options=dict(args.option),
-                                      version=args.version)
+                result = export_dream(
+                    args.model,
+                    args.repository,
+                    layers=layers,
+                    weights=args.weights,
+                    options=dict(args.option),
+                    version=args.version,
+                )
             elif args.style:
                 from exporters.style import export_style
 
-                result = export_style(args.model, args.repository, weights=args.weights, options=dict(args.option), version=args.version)
+                result = export_style(
+                    args.model, args.repository, weights=args.weights, options=dict(args.option), version=args.version
+                )
             elif args.filters:
                 from exporters.filters import export_filters
 
                 layers = [layer for layer in (args.layers or "").split(",") if layer] or None
                 result = export_filters(
-                    args.model, args.repository, layers=layers, weights=args.weights, options=dict(args.option), version=args.version,
+                    args.model,
+                    args.repository,
+                    layers=layers,
+                    weights=args.weights,
+                    options=dict(args.option),
+                    version=args.version,
                 )
             elif args.features:
                 from exporters.features import export_features
 
                 layers = [layer for layer in (args.layers or "").split(",") if layer] or None
                 result = export_features(
-                    args.model, args.repository, layers=layers, weights=args.weights, options=dict(args.option), version=args.version,
+                    args.model,
+                    args.repository,
+                    layers=layers,
+                    weights=args.weights,
+                    options=dict(args.option),
+                    version=args.version,
                 )
             elif args.gradcam:
                 result = export_gradcam(
-                    args.model, args.repository, weights=args.weights, layer=args.layer, score=args.score,
-                    options=dict(args.option), version=args.version,
+                    args.model,
+                    args.repository,
+                    weights=args.weights,
+                    layer=args.layer,
+                    score=args.score,
+                    options=dict(args.option),
+                    version=args.version,
                 )
             else:
                 result = export_model(
@@ -182,12 +215,16 @@ def _export(args: argparse.Namespace) -> int:
         try:
             tune_serving(result.version_dir.parent, warmup_batch_sizes=args.warmup or (), pad_batches=args.pad_batches)
         except ValueError as exc:
-            raise CLIError(f"{result.name} version {result.version_dir.name} is exported, without --warmup/--pad-batches: {exc}",
-                           EXIT_USAGE) from None
+            raise CLIError(
+                f"{result.name} version {result.version_dir.name} is exported, without --warmup/--pad-batches: {exc}",
+                EXIT_USAGE,
+            ) from None
     v = result.validation
     if args.generate:
-        print(f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its per-step distributions "
-              f"match the step graph's: max |diff| {v.max_abs_diff:.2g}")
+        print(
+            f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its per-step distributions "
+            f"match the step graph's: max |diff| {v.max_abs_diff:.2g}"
+        )
         return _profile_batches(result) if args.profile_batches else 0
     print(
         f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
@@ -202,13 +239,18 @@ def _profile_batches(result) -> int:
 
     print(f"{result.name}: measuring rows/s per batch size on this machine ...", file=sys.stderr)
     try:
-        profile = profile_batches_into_config(result.version_dir, progress=lambda line: print(f"  {line}", file=sys.stderr))
+        profile = profile_batches_into_config(
+            result.version_dir, progress=lambda line: print(f"  {line}", file=sys.stderr)
+        )
     except ValueError as exc:
-        raise CLIError(f"{result.name} version {result.version_dir.name} is exported, without --profile-batches: {exc}",
-                       EXIT_USAGE) from None
+        raise CLIError(
+            f"{result.name} version {result.version_dir.name} is exported, without --profile-batches: {exc}", EXIT_USAGE
+        ) from None
     print(profile.table())
-    print(f"{result.name}: wrote preferred_batch_size {list(profile.preferred_sizes)} and the curve into "
-          f"{result.version_dir.parent / 'config.pbtxt'}")
+    print(
+        f"{result.name}: wrote preferred_batch_size {list(profile.preferred_sizes)} and the curve into "
+        f"{result.version_dir.parent / 'config.pbtxt'}"
+    )
     return 0
 
 
@@ -219,13 +261,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("summary", help="print a model's Keras-style summary table")
     p.add_argument("model")
-    p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)")
+    p.add_argument(
+        "--option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)",
+    )
     p.set_defaults(run=_summary)
 
     p = sub.add_parser("train", help="train a model by its default recipe (flags override it)")
     p.add_argument("model")
-    p.add_argument("--data", help="dataset: digits (embedded), mnist (cached/downloaded) or a directory of MNIST IDX files")
+    p.add_argument(
+        "--data", help="dataset: digits (embedded), mnist (cached/downloaded) or a directory of MNIST IDX files"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"))
@@ -234,11 +284,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
-    p.add_argument("--sample-temperatures", type=lambda v: tuple(float(t) for t in v.split(",")),
-                   help="char_lstm: after each epoch, generate text at these temperatures, e.g. 0.2,0.5,1.0,1.2")
+    p.add_argument(
+        "--sample-temperatures",
+        type=lambda v: tuple(float(t) for t in v.split(",")),
+        help="char_lstm: after each epoch, generate text at these temperatures, e.g. 0.2,0.5,1.0,1.2",
+    )
     p.add_argument("--sample-length", type=int, help="characters per temperature (default 400)")
-    p.add_argument("--base-weights", help="pretrained base for transfer models: imagenet (TORCH_HOME or download) or a file")
-    p.add_argument("--unfreeze-from", help="fine-tuning: unfreeze the pretrained base from this layer on, e.g. block5_conv1")
+    p.add_argument(
+        "--base-weights", help="pretrained base for transfer models: imagenet (TORCH_HOME or download) or a file"
+    )
+    p.add_argument(
+        "--unfreeze-from", help="fine-tuning: unfreeze the pretrained base from this layer on, e.g. block5_conv1"
+    )
     augment = p.add_argument_group("augmentation (picture data; as image_data_generator)")
     augment.add_argument("--rotation-range", type=float, help="degrees")
     augment.add_argument("--width-shift-range", type=float, help="fraction of the width")
@@ -257,38 +314,93 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a model to ONNX, validate it, add it to a model repository")
     p.add_argument("model")
-    p.add_argument("--weights", type=Path, help="weights.pt from deepr train (default: untrained weights, with a warning)")
-    p.add_argument("--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--weights", type=Path, help="weights.pt from deepr train (default: untrained weights, with a warning)"
+    )
+    p.add_argument(
+        "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
+    )
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16 (default: %(default)s)")
-    p.add_argument("--pixels", choices=("float32", "uint8"), default="float32",
-                   help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
-                   "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)")
-    p.add_argument("--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)")
-    p.add_argument("--warmup", type=int_list, metavar="SIZES",
-                   help="batch sizes to run with zero data when the server loads the model, before it is ready, e.g. 1,8,32")
-    p.add_argument("--pad-batches", action="store_true",
-                   help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
-                   "(what the server does anyway unless the config says false)")
-    p.add_argument("--profile-batches", action="store_true",
-                   help="measure rows/s at batch sizes 1, 2, 4, ... max on this machine and write the sizes worth merging "
-                   "to (preferred_batch_size) and the curve into the config")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pixels",
+        choices=("float32", "uint8"),
+        default="float32",
+        help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
+        "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int_list,
+        metavar="SIZES",
+        help="batch sizes to run with zero data when the server loads the model, before it is ready, e.g. 1,8,32",
+    )
+    p.add_argument(
+        "--pad-batches",
+        action="store_true",
+        help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
+        "(what the server does anyway unless the config says false)",
+    )
+    p.add_argument(
+        "--profile-batches",
+        action="store_true",
+        help="measure rows/s at batch sizes 1, 2, 4, ... max on this machine and write the sizes worth merging "
+        "to (preferred_batch_size) and the curve into the config",
+    )
     p.add_argument("--gradcam", action="store_true", help="export the Grad-CAM graph instead, as NAME_gradcam")
-    p.add_argument("--features", action="store_true",
-                   help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)")
-    p.add_argument("--dream", action="store_true",
-                   help="inception_v3: export the DeepDream loss and its gradient (any picture size), as NAME_dream")
-    p.add_argument("--style", action="store_true",
-                   help="vgg19: export the style-transfer loss and its gradient, as vgg19_style (pictures of --option input_shape)")
-    p.add_argument("--filters", action="store_true",
-                   help="export input-gradient graphs for filter patterns (mean activation of one filter per layer), as NAME_filters")
-    p.add_argument("--layers", help="--features / --filters / --dream: comma-separated Keras layer names (default: every layer), e.g. block3_conv1,block5_pool")
-    p.add_argument("--step", action="store_true", help="char_lstm: export the one-character step graph, as char_lstm_step")
-    p.add_argument("--generate", action="store_true", help="char_lstm: export the whole-generation Loop graph, as char_lstm_generate")
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="export the named layers' outputs as one graph, as NAME_features (bases: --option weights=imagenet)",
+    )
+    p.add_argument(
+        "--dream",
+        action="store_true",
+        help="inception_v3: export the DeepDream loss and its gradient (any picture size), as NAME_dream",
+    )
+    p.add_argument(
+        "--style",
+        action="store_true",
+        help="vgg19: export the style-transfer loss and its gradient, as vgg19_style (pictures of --option input_shape)",
+    )
+    p.add_argument(
+        "--filters",
+        action="store_true",
+        help="export input-gradient graphs for filter patterns (mean activation of one filter per layer), as NAME_filters",
+    )
+    p.add_argument(
+        "--layers",
+        help="--features / --filters / --dream: comma-separated Keras layer names (default: every layer), e.g. block3_conv1,block5_pool",
+    )
+    p.add_argument(
+        "--step", action="store_true", help="char_lstm: export the one-character step graph, as char_lstm_step"
+    )
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="char_lstm: export the whole-generation Loop graph, as char_lstm_generate",
+    )
     p.add_argument("--layer", help="Grad-CAM: the convolutional layer to explain (default: the last convolution)")
-    p.add_argument("--score", choices=("probability", "logit"), default="probability",
-                   help="Grad-CAM: differentiate the model's output (default) or its pre-activation value")
-    p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)")
+    p.add_argument(
+        "--score",
+        choices=("probability", "logit"),
+        default="probability",
+        help="Grad-CAM: differentiate the model's output (default) or its pre-activation value",
+    )
+    p.add_argument(
+        "--option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option, e.g. include_top=false input_shape=150,150,3 (repeatable)",
+    )
     p.set_defaults(run=_export)

@@ -1,7 +1,7 @@
 """InferenceClient: a small synchronous KServe V2 gRPC client returning numpy arrays.
 
-    with InferenceClient("localhost:8001") as client:
-        probs = client.infer("mnist_convnet", {"images": batch})["probabilities"]
+with InferenceClient("localhost:8001") as client:
+    probs = client.infer("mnist_convnet", {"images": batch})["probabilities"]
 """
 
 from __future__ import annotations
@@ -37,24 +37,34 @@ class InferenceServerError(Exception):
 
 class InferenceClient:
     """Args:
-        url: host:port of the server.
-        token: bearer token for servers started with one (default: $DEEPR_TOKEN).
-        tls_ca: CA certificate file to verify a TLS server with (default: $DEEPR_TLS_CA);
-            without it the connection is plain.
-        tls_cert, tls_key: this client's certificate and key, for servers that require them.
-        shared_memory: pass tensors through POSIX shared memory regions this client owns
-            instead of the messages (the server must run on this host). Outputs whose size
-            the model's metadata fixes are written there too; the rest come in the message.
+    url: host:port of the server.
+    token: bearer token for servers started with one (default: $DEEPR_TOKEN).
+    tls_ca: CA certificate file to verify a TLS server with (default: $DEEPR_TLS_CA);
+        without it the connection is plain.
+    tls_cert, tls_key: this client's certificate and key, for servers that require them.
+    shared_memory: pass tensors through POSIX shared memory regions this client owns
+        instead of the messages (the server must run on this host). Outputs whose size
+        the model's metadata fixes are written there too; the rest come in the message.
     """
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, timeout: float | None = 30.0, max_message_bytes: int = 256 * 1024 * 1024,
-        token: str | None = None, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = 256 * 1024 * 1024,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
         shared_memory: bool = False,
     ) -> None:
         self.url = url
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
         token = token if token is not None else os.environ.get("DEEPR_TOKEN")
         tls_ca = tls_ca if tls_ca is not None else os.environ.get("DEEPR_TLS_CA")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -131,12 +141,20 @@ class InferenceClient:
         """
         if self._regions is not None:
             return self._infer_in_shared_memory(self._regions, model, inputs, outputs, class_count, version, request_id)
-        request = build_request(model, inputs, outputs=outputs, class_count=class_count, version=version, request_id=request_id)
+        request = build_request(
+            model, inputs, outputs=outputs, class_count=class_count, version=version, request_id=request_id
+        )
         return decode_outputs(self._call("ModelInfer", request))
 
     def _infer_in_shared_memory(
-        self, regions: RegionPool, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None,
-        class_count: Mapping[str, int] | None, version: str, request_id: str,
+        self,
+        regions: RegionPool,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        class_count: Mapping[str, int] | None,
+        version: str,
+        request_id: str,
     ) -> dict[str, np.ndarray]:
         specs, batched = self._layout(model, version)
         first = next(iter(inputs.values()), None)
@@ -167,10 +185,15 @@ class InferenceClient:
 
     def _register_region(self, name: str, key: str, byte_size: int) -> None:
         try:
-            self._call("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name=name, key=key, byte_size=byte_size))
+            self._call(
+                "SystemSharedMemoryRegister",
+                pb.SystemSharedMemoryRegisterRequest(name=name, key=key, byte_size=byte_size),
+            )
         except InferenceServerError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InferenceServerError(exc.code, f"{exc.message} (shared_memory=True needs the server on this host)") from None
+                raise InferenceServerError(
+                    exc.code, f"{exc.message} (shared_memory=True needs the server on this host)"
+                ) from None
             raise
 
     def _unregister_region(self, name: str) -> None:

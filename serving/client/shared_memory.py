@@ -140,7 +140,9 @@ def place_request(
     return placed
 
 
-def read_outputs(response: pb.ModelInferResponse, region: _Region, placed: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+def read_outputs(
+    response: pb.ModelInferResponse, region: _Region, placed: Mapping[str, tuple[int, int]]
+) -> dict[str, np.ndarray]:
     """Copies of the outputs the server wrote into `region` (the region is reused afterwards)."""
     arrays = {}
     for tensor in response.outputs:

@@ -18,8 +18,20 @@ from serving.protocol.datatypes import V2_TO_NUMPY, v2_dtype
 from serving.protocol.errors import InvalidInput
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 
-__all__ = ["TensorSpec", "TensorSource", "TensorSink", "decode_inputs", "decode_outputs", "encode_output", "to_raw",
-           "serialize_bytes", "deserialize_bytes", "SHM_REGION", "SHM_BYTE_SIZE", "SHM_OFFSET"]
+__all__ = [
+    "TensorSpec",
+    "TensorSource",
+    "TensorSink",
+    "decode_inputs",
+    "decode_outputs",
+    "encode_output",
+    "to_raw",
+    "serialize_bytes",
+    "deserialize_bytes",
+    "SHM_REGION",
+    "SHM_BYTE_SIZE",
+    "SHM_OFFSET",
+]
 
 # The parameters of the system shared memory extension: a tensor whose parameters name a
 # registered region travels there instead of in the message.
@@ -76,7 +88,9 @@ def deserialize_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
         (size,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + size > len(raw):
-            raise InvalidInput(f"input {name!r}: BYTES element {i} announces {size} bytes, only {len(raw) - pos} remain")
+            raise InvalidInput(
+                f"input {name!r}: BYTES element {i} announces {size} bytes, only {len(raw) - pos} remain"
+            )
         out[i] = raw[pos : pos + size]
         pos += size
     if pos != len(raw):
@@ -113,14 +127,20 @@ def _decode_raw(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndar
 def _decode_typed(contents: pb.InferTensorContents, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
     field = _CONTENTS_FIELD.get(spec.datatype)
     if field is None:
-        raise InvalidInput(f"input {spec.name!r}: {spec.datatype} cannot travel in typed contents; send it in raw_input_contents")
+        raise InvalidInput(
+            f"input {spec.name!r}: {spec.datatype} cannot travel in typed contents; send it in raw_input_contents"
+        )
     values = getattr(contents, field)
     count = math.prod(shape)
     if len(values) != count:
-        raise InvalidInput(f"input {spec.name!r}: shape {list(shape)} needs {count} values, contents.{field} has {len(values)}")
+        raise InvalidInput(
+            f"input {spec.name!r}: shape {list(shape)} needs {count} values, contents.{field} has {len(values)}"
+        )
     others = [f.name for f, _ in contents.ListFields() if f.name != field]
     if others:
-        raise InvalidInput(f"input {spec.name!r}: {spec.datatype} data must be in contents.{field}, found {', '.join(others)}")
+        raise InvalidInput(
+            f"input {spec.name!r}: {spec.datatype} data must be in contents.{field}, found {', '.join(others)}"
+        )
     if spec.datatype == "BYTES":
         return np.array(list(values), dtype=np.object_).reshape(shape)
     return np.array(values, dtype=V2_TO_NUMPY[spec.datatype]).reshape(shape)
@@ -152,7 +172,9 @@ def in_message_only(parameters: Mapping, what: str) -> None:
         raise InvalidInput(f"{what}: parameters {named} point into shared memory, which this reader does not take")
 
 
-def decode_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec], locate: Locate = in_message_only) -> dict[str, np.ndarray]:
+def decode_inputs(
+    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], locate: Locate = in_message_only
+) -> dict[str, np.ndarray]:
     """The request's inputs as arrays, checked against the model's `specs`; an input that
     `locate` finds outside the message (a shared memory region) is read from there.
 
@@ -182,7 +204,9 @@ def decode_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec], lo
             arrays[tensor.name] = where.read(spec, shape)
         elif request.raw_input_contents:
             if tensor.HasField("contents"):
-                raise InvalidInput(f"input {tensor.name!r} has typed contents while the request uses raw_input_contents; use one")
+                raise InvalidInput(
+                    f"input {tensor.name!r} has typed contents while the request uses raw_input_contents; use one"
+                )
             arrays[tensor.name] = _decode_raw(next(raw), spec, shape)
         else:
             arrays[tensor.name] = _decode_typed(tensor.contents, spec, shape)
@@ -200,7 +224,9 @@ def to_raw(array: np.ndarray) -> tuple[str, bytes]:
     return datatype, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def encode_output(name: str, array: np.ndarray, response: pb.ModelInferResponse, shared: TensorSink | None = None) -> None:
+def encode_output(
+    name: str, array: np.ndarray, response: pb.ModelInferResponse, shared: TensorSink | None = None
+) -> None:
     """Append `array` to `response` as an output tensor with raw contents or, when `shared`
     is given, written to that shared memory slice (its raw contents entry stays empty, so
     entries keep lining up with outputs)."""
@@ -231,7 +257,9 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
             raise ValueError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")
         spec = TensorSpec(tensor.name, tensor.datatype, shape)
         try:
-            arrays[tensor.name] = _decode_raw(raw[i], spec, shape) if raw else _decode_typed(tensor.contents, spec, shape)
+            arrays[tensor.name] = (
+                _decode_raw(raw[i], spec, shape) if raw else _decode_typed(tensor.contents, spec, shape)
+            )
         except InvalidInput as exc:
             raise ValueError(f"malformed response: {exc}".replace("input ", "output ")) from None
     return arrays

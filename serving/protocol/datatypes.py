@@ -53,4 +53,6 @@ def v2_dtype(array: np.ndarray) -> str:
     try:
         return NUMPY_TO_V2[array.dtype]
     except KeyError:
-        raise TypeError(f"numpy dtype {array.dtype} has no V2 datatype; use one of {sorted(map(str, NUMPY_TO_V2))}") from None
+        raise TypeError(
+            f"numpy dtype {array.dtype} has no V2 datatype; use one of {sorted(map(str, NUMPY_TO_V2))}"
+        ) from None

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["ServingError", "ModelNotFound", "ModelNotReady", "InvalidInput", "ModelLoadError", "Unavailable", "QueueFull", "DeadlineExceeded", "NotEnabled",
-           "AlreadyExists", "NotFound", "PermissionDenied", "Overloaded"]
+__all__ = [
+    "ServingError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "InvalidInput",
+    "ModelLoadError",
+    "Unavailable",
+    "QueueFull",
+    "DeadlineExceeded",
+    "NotEnabled",
+    "AlreadyExists",
+    "NotFound",
+    "PermissionDenied",
+    "Overloaded",
+]
 
 
 class ServingError(Exception):

@@ -18,7 +18,11 @@ __all__ = ["ImagePreprocessing", "ImageInput", "load_image"]
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
-_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 def load_image(source: ImageInput) -> Image.Image:

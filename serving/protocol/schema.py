@@ -9,10 +9,28 @@ exported keep these names, so they are never renamed, only added to.
 from __future__ import annotations
 
 __all__ = [
-    "PREPROCESSING_KEY", "LABELS_KEY", "LAYERS_KEY", "FEATURES_LAYERS_KEY", "GRADCAM_LAYER_KEY", "LAYER_KEY", "CHANNELS_KEY",
-    "LOSS_WEIGHTS_KEY", "CHARSET_KEY", "UNITS_KEY", "TEXT_ENCODING_KEY", "PAD_BATCHES_KEY", "WARMUP_BUDGET_KEY",
-    "BATCH_PROFILE_KEY", "PROFILE_BATCHES_KEY", "GRADCAM_SUFFIX", "FEATURES_SUFFIX", "FILTERS_SUFFIX", "DREAM_SUFFIX",
-    "STYLE_SUFFIX", "STEP_SUFFIX", "GENERATE_SUFFIX",
+    "PREPROCESSING_KEY",
+    "LABELS_KEY",
+    "LAYERS_KEY",
+    "FEATURES_LAYERS_KEY",
+    "GRADCAM_LAYER_KEY",
+    "LAYER_KEY",
+    "CHANNELS_KEY",
+    "LOSS_WEIGHTS_KEY",
+    "CHARSET_KEY",
+    "UNITS_KEY",
+    "TEXT_ENCODING_KEY",
+    "PAD_BATCHES_KEY",
+    "WARMUP_BUDGET_KEY",
+    "BATCH_PROFILE_KEY",
+    "PROFILE_BATCHES_KEY",
+    "GRADCAM_SUFFIX",
+    "FEATURES_SUFFIX",
+    "FILTERS_SUFFIX",
+    "DREAM_SUFFIX",
+    "STYLE_SUFFIX",
+    "STEP_SUFFIX",
+    "GENERATE_SUFFIX",
 ]
 
 # What a picture model expects and answers: metadata and config alike.

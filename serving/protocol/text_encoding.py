@@ -44,7 +44,7 @@ def pad_sequences(seqs: Sequence[Sequence[int]], maxlen: int) -> np.ndarray:
     for i, seq in enumerate(seqs):
         tail = list(seq)[-maxlen:]
         if tail:
-            out[i, -len(tail):] = tail
+            out[i, -len(tail) :] = tail
     return out
 
 

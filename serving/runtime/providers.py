@@ -62,7 +62,9 @@ def select_providers(device: str = "auto", tf32: bool = False) -> tuple[str | tu
         return ("CPUExecutionProvider",)
     usable, reason = cuda_usable()
     if usable:
-        logger.info("onnxruntime: CUDAExecutionProvider (%s, TF32 %s), CPU for unsupported ops", reason, "on" if tf32 else "off")
+        logger.info(
+            "onnxruntime: CUDAExecutionProvider (%s, TF32 %s), CPU for unsupported ops", reason, "on" if tf32 else "off"
+        )
         return (("CUDAExecutionProvider", {**_CUDA_OPTIONS, "use_tf32": "1" if tf32 else "0"}), "CPUExecutionProvider")
     if device == "cuda":
         raise RuntimeError(f"device 'cuda' was asked for, but CUDA cannot be used: {reason}")

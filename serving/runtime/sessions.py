@@ -38,4 +38,6 @@ def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes | None:
 
 def part_session(onnx_file: str | Path, outputs: Sequence[str], device: str = "auto") -> ort.InferenceSession:
     """An in-process session computing only `outputs` (the whole graph where it cannot be cut)."""
-    return ort.InferenceSession(pruned_graph(onnx_file, outputs) or str(onnx_file), providers=list(select_providers(device)))
+    return ort.InferenceSession(
+        pruned_graph(onnx_file, outputs) or str(onnx_file), providers=list(select_providers(device))
+    )

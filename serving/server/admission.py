@@ -48,9 +48,14 @@ class InflightLimit:
         self._refused_since_log += 1
         now = time.monotonic()
         if now >= self._next_log:
-            logger.warning("overloaded: refused %d inference request(s) with RESOURCE_EXHAUSTED since the last such "
-                           "line (%d in flight, --max-inflight %d); the next %g s of refusals are counted in "
-                           "nv_inference_request_failure, not logged", self._refused_since_log, self.inflight,
-                           self.limit, self._log_interval)
+            logger.warning(
+                "overloaded: refused %d inference request(s) with RESOURCE_EXHAUSTED since the last such "
+                "line (%d in flight, --max-inflight %d); the next %g s of refusals are counted in "
+                "nv_inference_request_failure, not logged",
+                self._refused_since_log,
+                self.inflight,
+                self.limit,
+                self._log_interval,
+            )
             self._refused_since_log = 0
             self._next_log = now + self._log_interval

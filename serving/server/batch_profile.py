@@ -32,8 +32,17 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import BATCH_PROFILE_KEY, PROFILE_BATCHES_KEY
 from serving.runtime.sessions import usable_cores
 
-__all__ = ["BatchProfile", "profile_batches", "profile_at_load", "candidate_sizes", "BATCH_PROFILE_KEY",
-           "PROFILE_BATCHES_KEY", "PROFILE_SECONDS_AT_LOAD", "SERVED_RUN_COST_S", "WITHIN"]
+__all__ = [
+    "BatchProfile",
+    "profile_batches",
+    "profile_at_load",
+    "candidate_sizes",
+    "BATCH_PROFILE_KEY",
+    "PROFILE_BATCHES_KEY",
+    "PROFILE_SECONDS_AT_LOAD",
+    "SERVED_RUN_COST_S",
+    "WITHIN",
+]
 
 PROFILE_SECONDS_AT_LOAD = 0.2
 """Time per batch size when profiling at load (each size runs at least three times)."""
@@ -54,8 +63,12 @@ def candidate_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 def profile_at_load(config: mc.ModelConfig) -> bool:
     param = config.parameters.get(PROFILE_BATCHES_KEY)
-    return (param is not None and param.string_value.lower() in ("true", "1", "yes")
-            and config.max_batch_size > 0 and config.HasField("dynamic_batching"))
+    return (
+        param is not None
+        and param.string_value.lower() in ("true", "1", "yes")
+        and config.max_batch_size > 0
+        and config.HasField("dynamic_batching")
+    )
 
 
 @dataclass(frozen=True)
@@ -88,8 +101,14 @@ class BatchProfile:
         config.parameters[BATCH_PROFILE_KEY].string_value = self.to_json()
 
     def to_json(self) -> str:
-        return json.dumps({"device": self.device, "cores": self.cores, "run_cost_s": self.run_cost_s,
-                           "rows_per_s": {str(s): round(r, 1) for s, r in sorted(self.rows_per_s.items())}})
+        return json.dumps(
+            {
+                "device": self.device,
+                "cores": self.cores,
+                "run_cost_s": self.run_cost_s,
+                "rows_per_s": {str(s): round(r, 1) for s, r in sorted(self.rows_per_s.items())},
+            }
+        )
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> "BatchProfile | None":
@@ -107,9 +126,11 @@ class BatchProfile:
     def table(self) -> str:
         """The curve as text: rows/s per batch size, alone and as served."""
         top = max(self.served_rows_per_s(s) for s in self.rows_per_s)
-        lines = [f"batch profile on {self.device}, {self.cores} cores (preferred sizes: "
-                 f"{', '.join(map(str, self.preferred_sizes))}; served: + {self.run_cost_s * 1e3:g} ms per run)",
-                 f"{'batch':>7} {'rows/s':>10} {'served':>10} {'of best':>8}"]
+        lines = [
+            f"batch profile on {self.device}, {self.cores} cores (preferred sizes: "
+            f"{', '.join(map(str, self.preferred_sizes))}; served: + {self.run_cost_s * 1e3:g} ms per run)",
+            f"{'batch':>7} {'rows/s':>10} {'served':>10} {'of best':>8}",
+        ]
         for size, rate in sorted(self.rows_per_s.items()):
             served = self.served_rows_per_s(size)
             mark = "  <- merges stop here" if size == self.best_size else ""
@@ -141,8 +162,9 @@ class Profiled(Protocol):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> object: ...
 
 
-def profile_batches(model: Profiled, *, seconds_per_size: float = 0.5,
-                    progress: Callable[[str], None] = lambda line: None) -> BatchProfile:
+def profile_batches(
+    model: Profiled, *, seconds_per_size: float = 0.5, progress: Callable[[str], None] = lambda line: None
+) -> BatchProfile:
     """Measure a loaded model's rows/s at each candidate batch size with zero inputs."""
     if model.zero_inputs(1) is None:
         raise ValueError(f"{model.name}: its inputs have free dimensions, so there is no fixed-size batch to profile")
@@ -157,4 +179,3 @@ def profile_batches(model: Profiled, *, seconds_per_size: float = 0.5,
         progress(f"batch {size}: {rate:.1f} rows/s")
     device = "cuda" if model.providers[0] == "CUDAExecutionProvider" else "cpu"
     return BatchProfile(device, usable_cores(), rates)
-

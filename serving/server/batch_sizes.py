@@ -54,8 +54,10 @@ def _budget(config: mc.ModelConfig) -> float:
 
 
 def warm_run_sizes(
-    config: mc.ModelConfig, example: Callable[[int], Mapping[str, np.ndarray] | None],
-    run: Callable[[Mapping[str, np.ndarray]], object], model: str,
+    config: mc.ModelConfig,
+    example: Callable[[int], Mapping[str, np.ndarray] | None],
+    run: Callable[[Mapping[str, np.ndarray]], object],
+    model: str,
 ) -> dict[int, float]:
     """Run each of the config's run sizes twice with `example(size)` (zero inputs; None
     when the inputs have free dimensions), smallest first, while the time budget lasts.
@@ -78,6 +80,11 @@ def warm_run_sizes(
         run(inputs)
         seconds[size] = time.perf_counter() - began
     cold = [s for s in sizes if s not in seconds]
-    logger.info("warmed %s at batch sizes %s in %.2fs%s", model, sorted(seconds), time.perf_counter() - start,
-                f"; over the {budget:g} s budget, merged runs stay below {cold[0]}" if cold else "")
+    logger.info(
+        "warmed %s at batch sizes %s in %.2fs%s",
+        model,
+        sorted(seconds),
+        time.perf_counter() - start,
+        f"; over the {budget:g} s budget, merged runs stay below {cold[0]}" if cold else "",
+    )
     return seconds

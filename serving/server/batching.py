@@ -44,6 +44,7 @@ __all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings", "PAD_BATCHES_KEY"
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class BatchingPolicy:
     max_batch_size: int
@@ -87,7 +88,9 @@ class BatchingPolicy:
         return kept, size
 
     @classmethod
-    def from_config(cls, config: mc.ModelConfig, run_seconds: Mapping[int, float] | None = None) -> "BatchingPolicy | None":
+    def from_config(
+        cls, config: mc.ModelConfig, run_seconds: Mapping[int, float] | None = None
+    ) -> "BatchingPolicy | None":
         """The policy a config asks for, or None when it asks for no dynamic batching.
         `run_seconds`: the sizes the model warmed at load; merged runs keep to them."""
         if config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
@@ -138,7 +141,10 @@ class DynamicBatcher:
     """Merges concurrent requests for one model version. Use from one event loop."""
 
     def __init__(
-        self, model: OnnxModel, policy: BatchingPolicy, executor: Executor,
+        self,
+        model: OnnxModel,
+        policy: BatchingPolicy,
+        executor: Executor,
         on_execution: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.model = model
@@ -174,7 +180,9 @@ class DynamicBatcher:
                 f"model {self.model.name!r}: queue is full ({self.policy.max_queue_size} requests waiting); retry later"
             )
         rows = next(iter(inputs.values())).shape[0]
-        pending = _Pending(inputs, tuple(outputs), rows, _signature(inputs), asyncio.get_running_loop().create_future(), deadline)
+        pending = _Pending(
+            inputs, tuple(outputs), rows, _signature(inputs), asyncio.get_running_loop().create_future(), deadline
+        )
         self._queue.append(pending)
         self._arrived.set()
         if self._scheduler is None or self._scheduler.done():
@@ -208,8 +216,11 @@ class DynamicBatcher:
             await asyncio.gather(self._scheduler, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        self._fail_waiting(ModelNotReady(f"model {self.model.name!r} version {self.model.version} stopped serving "
-                                         "before the request ran; retry"))
+        self._fail_waiting(
+            ModelNotReady(
+                f"model {self.model.name!r} version {self.model.version} stopped serving before the request ran; retry"
+            )
+        )
 
     def _fail_waiting(self, exc: Exception) -> None:
         for pending in (*self._gathering, *self._queue):
@@ -264,9 +275,11 @@ class DynamicBatcher:
                 if pending.future.done():  # cancelled by its client while queued
                     continue
                 if pending.deadline is not None and now > pending.deadline:
-                    pending.future.set_exception(DeadlineExceeded(
-                        f"model {self.model.name!r}: the request's deadline passed while it was queued; it was not run"
-                    ))
+                    pending.future.set_exception(
+                        DeadlineExceeded(
+                            f"model {self.model.name!r}: the request's deadline passed while it was queued; it was not run"
+                        )
+                    )
                     continue
                 if signature is None:
                     signature = pending.signature
@@ -306,8 +319,12 @@ class DynamicBatcher:
                 if len(batch) == 1:
                     _fail(batch[0], exc)
                     return
-                logger.warning("model %s: a merged batch of %d requests failed (%s); running them one by one",
-                               self.model.name, len(batch), exc)
+                logger.warning(
+                    "model %s: a merged batch of %d requests failed (%s); running them one by one",
+                    self.model.name,
+                    len(batch),
+                    exc,
+                )
                 for pending in batch:
                     await self._execute_alone(pending)
                 return
@@ -315,11 +332,16 @@ class DynamicBatcher:
             self._record(size, finished - started)
             offset = 0
             for pending in batch:
-                own = {name: value[offset:offset + pending.rows] for name, value in results.items()
-                       if not pending.outputs or name in pending.outputs}
+                own = {
+                    name: value[offset : offset + pending.rows]
+                    for name, value in results.items()
+                    if not pending.outputs or name in pending.outputs
+                }
                 offset += pending.rows
                 if not pending.future.done():
-                    pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, rows)))
+                    pending.future.set_result(
+                        (own, BatchTimings(started - pending.enqueued_ns, finished - started, rows))
+                    )
         finally:
             self._instances.release()
             if self._queue:
@@ -355,7 +377,7 @@ def _merged(requests: list[dict[str, np.ndarray]], size: int) -> dict[str, np.nd
         offset = 0
         for inputs in requests:
             rows = inputs[name].shape[0]
-            out[offset:offset + rows] = inputs[name]
+            out[offset : offset + rows] = inputs[name]
             offset += rows
         out[offset:] = 0
         merged[name] = out

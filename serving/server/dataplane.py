@@ -24,7 +24,14 @@ from serving.server.statistics import StatisticsRegistry
 __all__ = ["DataPlane", "RequestedOutput", "SERVER_NAME", "EXTENSIONS"]
 
 SERVER_NAME = "deepr"
-EXTENSIONS = ("classification", "model_configuration", "streaming", "statistics", "model_repository", "system_shared_memory")
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "streaming",
+    "statistics",
+    "model_repository",
+    "system_shared_memory",
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,10 @@ class DataPlane:
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
-        off = {"model_repository": not self.settings.model_control, "system_shared_memory": not self.shared_memory.enabled}
+        off = {
+            "model_repository": not self.settings.model_control,
+            "system_shared_memory": not self.shared_memory.enabled,
+        }
         return SERVER_NAME, __version__, tuple(e for e in EXTENSIONS if not off.get(e))
 
     def model(self, name: str, version: str = "") -> OnnxModel:
@@ -90,8 +100,12 @@ class DataPlane:
         return sorted(self.repository.entry(name).versions, key=int)
 
     async def infer(
-        self, model: OnnxModel, inputs: dict[str, np.ndarray], requested: list[RequestedOutput],
-        timings: BatchTimings | None = None, deadline: float | None = None,
+        self,
+        model: OnnxModel,
+        inputs: dict[str, np.ndarray],
+        requested: list[RequestedOutput],
+        timings: BatchTimings | None = None,
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run `model` on decoded inputs, through its dynamic batcher when its config has one,
         and apply the classification extension. `timings` receives what the request spent
@@ -112,10 +126,14 @@ class DataPlane:
         labels = self.repository.entry(model.name).labels
         for r in requested:
             if r.class_count:
-                outputs[r.name] = top_k_strings(outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0)
+                outputs[r.name] = top_k_strings(
+                    outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0
+                )
         return outputs
 
-    async def _run_alone(self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]) -> tuple[dict[str, np.ndarray], BatchTimings]:
+    async def _run_alone(
+        self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]
+    ) -> tuple[dict[str, np.ndarray], BatchTimings]:
         submitted = time.perf_counter_ns()
         started: list[int] = []
 
@@ -136,7 +154,11 @@ class DataPlane:
     def busy(self) -> bool:
         """Whether a request is held or any model's batcher or run still has work (a run
         goes on after its client has left)."""
-        return self.admission.inflight > 0 or self._runs_alone > 0 or any(not b.idle for b in list(self._batchers.values()))
+        return (
+            self.admission.inflight > 0
+            or self._runs_alone > 0
+            or any(not b.idle for b in list(self._batchers.values()))
+        )
 
     def pending(self) -> dict[tuple[str, str], int]:
         """Requests waiting in each model version's batch queue."""
@@ -168,7 +190,9 @@ class DataPlane:
                 return None
 
             def record(size: int, infer_ns: int, cold: bool) -> None:
-                self.statistics.record_execution(model.name, model.version, batch_size=size, infer_ns=infer_ns, cold=cold)
+                self.statistics.record_execution(
+                    model.name, model.version, batch_size=size, infer_ns=infer_ns, cold=cold
+                )
 
             batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
         return batcher

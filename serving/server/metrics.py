@@ -35,24 +35,46 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # Triton's name -> (help, value from one model version's statistics)
 _CUMULATIVE: dict[str, tuple[str, Callable[[ModelStatistics], float]]] = {
-    "nv_inference_request_success": ("Number of successful inference requests, all batch sizes", lambda s: s.success.count),
+    "nv_inference_request_success": (
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
     "nv_inference_request_failure": ("Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
     "nv_inference_count": ("Number of inferences performed (rows of successful requests)", lambda s: s.inference_count),
     "nv_inference_exec_count": ("Number of model executions performed (onnxruntime runs)", lambda s: s.execution_count),
-    "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds", lambda s: s.success.ns / 1e3),
-    "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds", lambda s: s.queue.ns / 1e3),
-    "nv_inference_compute_input_duration_us": ("Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns / 1e3),
-    "nv_inference_compute_infer_duration_us": ("Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns / 1e3),
-    "nv_inference_compute_output_duration_us": ("Cumulative inference compute output duration in microseconds", lambda s: s.compute_output.ns / 1e3),
-    "deepr_cold_run_count": ("onnxruntime runs at a batch size the model had not run before (not warmed at load)",
-                             lambda s: s.cold_runs),
+    "nv_inference_request_duration_us": (
+        "Cumulative inference request duration in microseconds",
+        lambda s: s.success.ns / 1e3,
+    ),
+    "nv_inference_queue_duration_us": (
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns / 1e3,
+    ),
+    "nv_inference_compute_input_duration_us": (
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns / 1e3,
+    ),
+    "nv_inference_compute_infer_duration_us": (
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns / 1e3,
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns / 1e3,
+    ),
+    "deepr_cold_run_count": (
+        "onnxruntime runs at a batch size the model had not run before (not warmed at load)",
+        lambda s: s.cold_runs,
+    ),
 }
 
 
 class StatisticsCollector:
     """A prometheus_client collector over the server's statistics and request queues."""
 
-    def __init__(self, statistics: StatisticsRegistry, pending: Callable[[], dict[tuple[str, str], int]] = dict) -> None:
+    def __init__(
+        self, statistics: StatisticsRegistry, pending: Callable[[], dict[tuple[str, str], int]] = dict
+    ) -> None:
         self.statistics = statistics
         self.pending = pending
 
@@ -63,16 +85,24 @@ class StatisticsCollector:
             for s in snapshot:
                 family.add_sample(name, {"model": s.name, "version": s.version}, value(s))
             yield family
-        pending = GaugeMetricFamily("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution",
-                                    labels=["model", "version"])
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution",
+            labels=["model", "version"],
+        )
         for (model, version), count in sorted(self.pending().items()):
             pending.add_metric([model, version], count)
         yield pending
-        batches = HistogramMetricFamily("deepr_batch_size", "Rows per onnxruntime run (dynamic batching merges requests)",
-                                        labels=["model", "version"])
+        batches = HistogramMetricFamily(
+            "deepr_batch_size",
+            "Rows per onnxruntime run (dynamic batching merges requests)",
+            labels=["model", "version"],
+        )
         for s in snapshot:
             if s.batches:
-                batches.add_metric([s.name, s.version], _buckets(s), sum_value=sum(size * d.count for size, d in s.batches.items()))
+                batches.add_metric(
+                    [s.name, s.version], _buckets(s), sum_value=sum(size * d.count for size, d in s.batches.items())
+                )
         yield batches
         yield from _gpu_memory()
 
@@ -116,14 +146,17 @@ def _requiring_bearer(app: Callable, token: str) -> Callable:
     def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if bearer_token_matches(environ.get("HTTP_AUTHORIZATION"), token):
             return app(environ, start_response)
-        start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="deepr"')])
+        start_response(
+            "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="deepr"')]
+        )
         return [b"missing or invalid bearer token (header 'Authorization: Bearer <token>')\n"]
 
     return guarded
 
 
-def start_metrics_server(collector: StatisticsCollector, host: str, port: int, *, token: str = "",
-                         tls: tuple[str, str] | None = None):
+def start_metrics_server(
+    collector: StatisticsCollector, host: str, port: int, *, token: str = "", tls: tuple[str, str] | None = None
+):
     """Serve /metrics in a background thread; returns the HTTP server (its server_port,
     shutdown()). With `token`, scrapes need `Authorization: Bearer <token>`; with `tls`
     (certificate chain, key), the port speaks HTTPS."""
@@ -145,6 +178,11 @@ def start_metrics_server(collector: StatisticsCollector, host: str, port: int, *
         context.load_cert_chain(*tls)
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="deepr-metrics", daemon=True).start()
-    logger.info("metrics on %s://%s:%d/metrics%s", "https" if tls else "http", host, server.server_port,
-                " (bearer token required)" if token else "")
+    logger.info(
+        "metrics on %s://%s:%d/metrics%s",
+        "https" if tls else "http",
+        host,
+        server.server_port,
+        " (bearer token required)" if token else "",
+    )
     return server

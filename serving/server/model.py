@@ -67,7 +67,9 @@ class RuntimeOptions:
 class OnnxModel:
     """An ONNX file served under a name and version, described by its config.pbtxt."""
 
-    def __init__(self, name: str, version: str, path: Path, config: mc.ModelConfig, runtime: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(
+        self, name: str, version: str, path: Path, config: mc.ModelConfig, runtime: RuntimeOptions = RuntimeOptions()
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -110,17 +112,24 @@ class OnnxModel:
         if self.config.HasField("optimization"):
             level = self.config.optimization.graph.level
             if level not in _GRAPH_LEVELS:
-                raise ModelLoadError(f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}")
+                raise ModelLoadError(
+                    f"{self.name}: optimization.graph.level {level} is not one of {sorted(_GRAPH_LEVELS)}"
+                )
             options.graph_optimization_level = _GRAPH_LEVELS[level]
         return options
 
     def new_session(self, threads: int | None = None) -> ort.InferenceSession:
         """A fresh onnxruntime session of the whole graph (ModelLoadError when it cannot load)."""
         try:
-            return ort.InferenceSession(str(self.path), self.session_options(threads),
-                                        providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
+            return ort.InferenceSession(
+                str(self.path),
+                self.session_options(threads),
+                providers=list(select_providers(self.runtime.device, self.runtime.tf32)),
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelLoadError(f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}") from None
+            raise ModelLoadError(
+                f"{self.name} version {self.version}: onnxruntime cannot load {self.path}: {exc}"
+            ) from None
 
     def load(self) -> None:
         """Create the session(s) and check the config against the graph (ModelLoadError on any mismatch).
@@ -143,11 +152,23 @@ class OnnxModel:
             for each in [session, *(self.new_session(threads) for _ in range(instances - 1))]:
                 self._idle_instances.put(each)
         self._session = session
-        logger.info("loaded %s version %s in %.2fs on %s%s", self.name, self.version, time.perf_counter() - start,
-                    session.get_providers()[0], f", {instances} instances x {threads} threads" if instances > 1 else "")
+        logger.info(
+            "loaded %s version %s in %.2fs on %s%s",
+            self.name,
+            self.version,
+            time.perf_counter() - start,
+            session.get_providers()[0],
+            f", {instances} instances x {threads} threads" if instances > 1 else "",
+        )
         description = f"{self.name} version {self.version}"
         try:
-            warm_up(list(self.config.model_warmup), self.path.parent.parent, self.max_batch_size > 0, self.predict, description)
+            warm_up(
+                list(self.config.model_warmup),
+                self.path.parent.parent,
+                self.max_batch_size > 0,
+                self.predict,
+                description,
+            )
             if profile_at_load(self.config):
                 profile = profile_batches(self, seconds_per_size=PROFILE_SECONDS_AT_LOAD)
                 logger.info("%s: batch profile\n%s", description, profile.table())
@@ -181,7 +202,10 @@ class OnnxModel:
             shape = _onnx_shape(arg.shape)
             if batched:
                 if not shape or shape[0] != -1:
-                    raise ModelLoadError(f"{self.name}: max_batch_size is {self.max_batch_size}, but {kind} {arg.name!r} has no variable first (batch) axis: {list(shape)}")
+                    raise ModelLoadError(
+                        f"{self.name}: max_batch_size is {self.max_batch_size}, but {kind} {arg.name!r} "
+                        f"has no variable first (batch) axis: {list(shape)}"
+                    )
                 shape = (-1, *shape[1:])
             specs.append(TensorSpec(arg.name, datatype, shape))
         if configured:
@@ -189,11 +213,17 @@ class OnnxModel:
             for entry in configured:
                 spec = by_name.get(entry.name)
                 if spec is None:
-                    raise ModelLoadError(f"{self.name}: config {kind} {entry.name!r} is not in the graph; the graph has {sorted(by_name)}")
+                    raise ModelLoadError(
+                        f"{self.name}: config {kind} {entry.name!r} is not in the graph; the graph has {sorted(by_name)}"
+                    )
                 want_type = CONFIG_TO_V2.get(mc.DataType.Name(entry.data_type))
                 dims = tuple(entry.dims)
                 graph_dims = spec.shape[1:] if batched else spec.shape
-                if want_type != spec.datatype or len(dims) != len(graph_dims) or any(g not in (-1, c) for c, g in zip(dims, graph_dims)):
+                if (
+                    want_type != spec.datatype
+                    or len(dims) != len(graph_dims)
+                    or any(g not in (-1, c) for c, g in zip(dims, graph_dims))
+                ):
                     raise ModelLoadError(
                         f"{self.name}: config {kind} {entry.name!r} is {want_type} dims {list(dims)}, "
                         f"the graph has {spec.datatype} dims {list(graph_dims)}"
@@ -257,7 +287,9 @@ class OnnxModel:
             if part is None:
                 session = self._session  # runs whole, as onnxruntime would anyway
             else:
-                session = ort.InferenceSession(part, self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32)))
+                session = ort.InferenceSession(
+                    part, self._options, providers=list(select_providers(self.runtime.device, self.runtime.tf32))
+                )
             self._pruned[outputs] = session
             if len(self._pruned) > _PRUNED_SESSIONS:
                 self._pruned.popitem(last=False)

@@ -73,7 +73,7 @@ def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
     if choice == "specific":
         return [v for v in available if v in set(policy.specific.versions)]
     latest = policy.latest.num_versions if choice == "latest" else 1
-    return sorted(available)[-max(latest, 1):]
+    return sorted(available)[-max(latest, 1) :]
 
 
 class ModelRepository:
@@ -126,8 +126,10 @@ class ModelRepository:
         # Names are single path components: no separators, no leading dot, so a request
         # can never reach outside the repository directory.
         if not _MODEL_NAME.match(name):
-            raise InvalidInput(f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
-                               "not starting with '.' or '-'")
+            raise InvalidInput(
+                f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
+                "not starting with '.' or '-'"
+            )
         model_dir = self.root / name
         if not (model_dir / CONFIG_FILE).is_file():
             raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
@@ -137,11 +139,16 @@ class ModelRepository:
         config = read_config(model_dir)
         filename = config.default_model_filename or "model.onnx"
         available = sorted(
-            int(p.name) for p in model_dir.iterdir()
-            if p.name.isdigit() and int(p.name) > 0 and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.name.isdigit()
+            and int(p.name) > 0
+            and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
         )
         if not available:
-            raise ModelLoadError(f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})")
+            raise ModelLoadError(
+                f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})"
+            )
         versions = {}
         for v in _chosen_versions(config, available):
             model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, self.runtime)
@@ -180,7 +187,9 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {_shown(name)}; the repository has {sorted(self._models) or 'no models'}")
+            raise ModelNotFound(
+                f"unknown model {_shown(name)}; the repository has {sorted(self._models) or 'no models'}"
+            )
         return entry
 
     def get(self, name: str, version: str = "") -> OnnxModel:
@@ -192,5 +201,7 @@ class ModelRepository:
             return entry.latest
         model = entry.versions.get(version)
         if model is None:
-            raise ModelNotFound(f"model {name!r} has no version {_shown(version)} loaded; loaded versions: {sorted(entry.versions, key=int)}")
+            raise ModelNotFound(
+                f"model {name!r} has no version {_shown(version)} loaded; loaded versions: {sorted(entry.versions, key=int)}"
+            )
         return model

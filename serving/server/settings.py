@@ -146,7 +146,9 @@ class ServerSettings:
         if self.trim_idle_seconds < 0:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
         if self.connection_idle_seconds < 0:
-            raise ValueError(f"connection_idle_seconds must be >= 0 (0: keep idle connections), got {self.connection_idle_seconds}")
+            raise ValueError(
+                f"connection_idle_seconds must be >= 0 (0: keep idle connections), got {self.connection_idle_seconds}"
+            )
         self.extra_grpc_options()  # a malformed option is named now, not at bind time
         self.shared_memory_gid()  # an unknown group is named now, not at the first registration
 
@@ -156,7 +158,9 @@ class ServerSettings:
         for item in filter(None, (part.strip() for part in self.grpc_options.split(","))):
             key, sep, value = item.partition("=")
             if not sep or not key.startswith("grpc."):
-                raise ValueError(f"grpc_options: expected KEY=VALUE with a key like grpc.max_concurrent_streams, got {item!r}")
+                raise ValueError(
+                    f"grpc_options: expected KEY=VALUE with a key like grpc.max_concurrent_streams, got {item!r}"
+                )
             options.append((key, int(value) if value.lstrip("-").isdigit() else value))
         return options
 

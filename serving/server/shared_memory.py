@@ -173,9 +173,7 @@ class TensorSlice:
         else:
             source = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
         if source.size > self.byte_size:
-            raise InvalidInput(
-                f"{self.what}: the result needs {source.size} bytes, {BYTE_SIZE} is {self.byte_size}"
-            )
+            raise InvalidInput(f"{self.what}: the result needs {source.size} bytes, {BYTE_SIZE} is {self.byte_size}")
         self.region.write_from(memoryview(source), self.offset, self.what)
         return int(source.size)
 
@@ -224,7 +222,9 @@ class SharedMemoryRegions:
             # the server to write outputs into a file elsewhere. O_NONBLOCK: a FIFO cannot hang it.
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise InvalidInput(f"shared memory region {name!r}: no shared memory object {key!r} on the server's host") from None
+            raise InvalidInput(
+                f"shared memory region {name!r}: no shared memory object {key!r} on the server's host"
+            ) from None
         except OSError as exc:
             reason = "it is a symbolic link" if os.path.islink(path) else exc.strerror
             raise InvalidInput(f"shared memory region {name!r}: cannot open {key!r}: {reason}") from None
@@ -241,8 +241,10 @@ class SharedMemoryRegions:
         if not stat.S_ISREG(info.st_mode):
             return f"{key!r} is not a shared memory object (not a regular file)"
         if info.st_uid != os.geteuid() and (self.group is None or info.st_gid != self.group):
-            return (f"{key!r} belongs to another user (uid {info.st_uid}); the server accepts objects of its own user"
-                    + ("" if self.group is None else f" or of group {self.group}"))
+            return (
+                f"{key!r} belongs to another user (uid {info.st_uid}); the server accepts objects of its own user"
+                + ("" if self.group is None else f" or of group {self.group}")
+            )
         if offset + byte_size > info.st_size:
             return f"offset {offset} + byte_size {byte_size} is beyond the end of {key!r} ({info.st_size} bytes)"
         return None
@@ -256,7 +258,9 @@ class SharedMemoryRegions:
                 "(one component of 1 to 255 characters, no NUL)"
             )
         if not self.directory.is_dir():
-            raise NotEnabled(f"system shared memory needs {self.directory} (Linux); send tensors in the request instead")
+            raise NotEnabled(
+                f"system shared memory needs {self.directory} (Linux); send tensors in the request instead"
+            )
         return self.directory / key[1:]
 
     def unregister(self, name: str = "") -> None:

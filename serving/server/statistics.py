@@ -56,8 +56,18 @@ class StatisticsRegistry:
             self._stats[key] = ModelStatistics(name, version)
         return self._stats[key]
 
-    def record_success(self, name: str, version: str, *, batch: int, total_ns: int, input_ns: int, queue_ns: int,
-                       infer_ns: int, output_ns: int) -> None:
+    def record_success(
+        self,
+        name: str,
+        version: str,
+        *,
+        batch: int,
+        total_ns: int,
+        input_ns: int,
+        queue_ns: int,
+        infer_ns: int,
+        output_ns: int,
+    ) -> None:
         with self._lock:
             stats = self._get(name, version)
             stats.success.add(total_ns)
@@ -86,6 +96,7 @@ class StatisticsRegistry:
 
         with self._lock:
             return [
-                copy.deepcopy(s) for (n, v), s in sorted(self._stats.items())
+                copy.deepcopy(s)
+                for (n, v), s in sorted(self._stats.items())
                 if (not name or n == name) and (not version or v == version)
             ]

@@ -30,8 +30,13 @@ def profile_batches_into_config(
     measured.ClearField("model_warmup")  # the profile warms every size itself
     measured.ClearField("instance_group")  # one session with every core
     measured.parameters[PAD_BATCHES_KEY].string_value = "false"  # no warm-up of run sizes before measuring
-    model = OnnxModel(config.name, Path(version_dir).name, Path(version_dir) / (config.default_model_filename or "model.onnx"),
-                      measured, RuntimeOptions(device=device))
+    model = OnnxModel(
+        config.name,
+        Path(version_dir).name,
+        Path(version_dir) / (config.default_model_filename or "model.onnx"),
+        measured,
+        RuntimeOptions(device=device),
+    )
     model.load()
     try:
         profile = profile_batches(model, progress=progress)

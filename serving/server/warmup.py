@@ -39,7 +39,9 @@ def sample_inputs(sample: mc.ModelWarmup, model_dir: Path, batched: bool, seed: 
     for name, spec in sample.inputs.items():
         datatype = CONFIG_TO_V2.get(mc.DataType.Name(spec.data_type))
         if datatype is None or datatype == "BYTES":
-            raise ModelLoadError(f"{what}: input {name!r} has data_type {mc.DataType.Name(spec.data_type)}; warm-up takes numeric types")
+            raise ModelLoadError(
+                f"{what}: input {name!r} has data_type {mc.DataType.Name(spec.data_type)}; warm-up takes numeric types"
+            )
         dtype = V2_TO_NUMPY[datatype]
         dims = tuple(spec.dims)
         if any(d < 0 for d in dims):
@@ -51,16 +53,22 @@ def sample_inputs(sample: mc.ModelWarmup, model_dir: Path, batched: bool, seed: 
         elif kind in ("zero_data", "random_data"):
             arrays[name] = np.zeros(shape, dtype)
         elif kind == "input_data_file":
-            arrays[name] = _from_file(model_dir / WARMUP_DIR, spec.input_data_file, dtype, dims, rows, f"{what}: input {name!r}")
+            arrays[name] = _from_file(
+                model_dir / WARMUP_DIR, spec.input_data_file, dtype, dims, rows, f"{what}: input {name!r}"
+            )
         else:
             raise ModelLoadError(f"{what}: input {name!r} needs zero_data, random_data or input_data_file")
     return arrays
 
 
-def _from_file(folder: Path, name: str, dtype: np.dtype, dims: tuple[int, ...], rows: tuple[int, ...], what: str) -> np.ndarray:
+def _from_file(
+    folder: Path, name: str, dtype: np.dtype, dims: tuple[int, ...], rows: tuple[int, ...], what: str
+) -> np.ndarray:
     path = folder / name
     if path.resolve().parent != folder.resolve():
-        raise ModelLoadError(f"{what}: input_data_file {name!r} must name a file directly in the model's {WARMUP_DIR}/ directory")
+        raise ModelLoadError(
+            f"{what}: input_data_file {name!r} must name a file directly in the model's {WARMUP_DIR}/ directory"
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -73,7 +81,11 @@ def _from_file(folder: Path, name: str, dtype: np.dtype, dims: tuple[int, ...], 
 
 
 def warm_up(
-    samples: list[mc.ModelWarmup], model_dir: Path, batched: bool, run: Callable[[Mapping[str, np.ndarray]], object], model: str
+    samples: list[mc.ModelWarmup],
+    model_dir: Path,
+    batched: bool,
+    run: Callable[[Mapping[str, np.ndarray]], object],
+    model: str,
 ) -> None:
     """Run every sample `count` times through `run`; ModelLoadError if one fails."""
     if not samples:
@@ -88,4 +100,6 @@ def warm_up(
             except Exception as exc:  # onnxruntime's own types, deepr's checks
                 raise ModelLoadError(f"{model}: model_warmup {sample.name or '(unnamed)'!r} failed: {exc}") from None
             runs += 1
-    logger.info("warmed up %s: %d sample(s), %d run(s) in %.2fs", model, len(samples), runs, time.perf_counter() - start)
+    logger.info(
+        "warmed up %s: %d sample(s), %d run(s) in %.2fs", model, len(samples), runs, time.perf_counter() - start
+    )

@@ -11,11 +11,15 @@ from PIL import Image
 __all__ = ["activation_grid"]
 
 
-def activation_grid(activation: np.ndarray, *, columns: int = 16, cell: int = 64, gap: int = 2, colormap: str = "viridis") -> Image.Image:
+def activation_grid(
+    activation: np.ndarray, *, columns: int = 16, cell: int = 64, gap: int = 2, colormap: str = "viridis"
+) -> Image.Image:
     """`activation`: (channels, height, width) for one image. Channels that are constant
     (dead filters) come out flat, as in the tutorial's figures."""
     if activation.ndim != 3:
-        raise ValueError(f"a layer's activation for one image is (channels, height, width), got shape {activation.shape}")
+        raise ValueError(
+            f"a layer's activation for one image is (channels, height, width), got shape {activation.shape}"
+        )
     from matplotlib import colormaps
 
     channels = activation.shape[0]

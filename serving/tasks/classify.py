@@ -16,7 +16,6 @@ from serving.protocol.text_encoding import WordEncoding
 __all__ = ["Prediction", "classify", "classify_text", "PREPROCESSING_KEY"]
 
 
-
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -31,7 +30,9 @@ def _top_k(client: InferenceClient, model: str, config, inputs: np.ndarray, top_
     results: list[list[Prediction]] = []
     for start in range(0, len(inputs), chunk):
         batch = inputs[start : start + chunk]
-        batch = batch.reshape(len(batch), *[d if d > 0 else -1 for d in model_input.dims])  # e.g. (N, 784) for a dense net
+        batch = batch.reshape(
+            len(batch), *[d if d > 0 else -1 for d in model_input.dims]
+        )  # e.g. (N, 784) for a dense net
         classes = client.infer(model, {model_input.name: batch}, class_count={output.name: top_k})[output.name]
         for row in np.atleast_2d(classes):
             results.append([Prediction(label, index, score) for score, index, label in map(parse_class_string, row)])
@@ -39,8 +40,14 @@ def _top_k(client: InferenceClient, model: str, config, inputs: np.ndarray, top_
 
 
 def _classify(
-    model: str, url: str, client: InferenceClient | None, parameter: str, encoder: Callable[[str], Callable[[Sequence], np.ndarray]],
-    items: Sequence, top_k: int, what: str,
+    model: str,
+    url: str,
+    client: InferenceClient | None,
+    parameter: str,
+    encoder: Callable[[str], Callable[[Sequence], np.ndarray]],
+    items: Sequence,
+    top_k: int,
+    what: str,
 ) -> list[list[Prediction]]:
     """Read the model's input encoding from config parameter `parameter`, encode `items`, ask for the top k."""
     with client_for(url, client) as c:
@@ -78,5 +85,13 @@ def classify_text(
     """Predictions for each text from a served word model (imdb_*): the vocabulary comes from
     its config ("deepr.text_encoding"). A binary model answers with its positive class and
     that class's probability."""
-    return _classify(model, url, client, TEXT_ENCODING_KEY, WordEncoding.from_json, texts, top_k,
-                     "text (export it from a training run's weights)")
+    return _classify(
+        model,
+        url,
+        client,
+        TEXT_ENCODING_KEY,
+        WordEncoding.from_json,
+        texts,
+        top_k,
+        "text (export it from a training run's weights)",
+    )

@@ -41,7 +41,9 @@ class LocalDreamLoss:
         self.session = open_session(onnx_file, device, what="DeepDream graph")
         meta = self.session.get_modelmeta().custom_metadata_map
         if [i.name for i in self.session.get_inputs()] != ["images", "coefficients"]:
-            raise ValueError(f"{onnx_file} is not a DeepDream graph: export one with `deepr export inception_v3 --dream`")
+            raise ValueError(
+                f"{onnx_file} is not a DeepDream graph: export one with `deepr export inception_v3 --dream`"
+            )
         self.layers = json.loads(meta[LAYERS_KEY])
         self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
 
@@ -51,12 +53,16 @@ class LocalDreamLoss:
 
 
 class ServedDreamLoss:
-    def __init__(self, model: str = "inception_v3_dream", *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+    def __init__(
+        self, model: str = "inception_v3_dream", *, url: str = DEFAULT_URL, client: InferenceClient | None = None
+    ) -> None:
         self.model = model
         self.client = client or InferenceClient(url)
         config = self.client.model_config(model)
         if [i.name for i in config.input] != ["images", "coefficients"]:
-            raise ValueError(f"model {model!r} is not a DeepDream graph (export one with `deepr export inception_v3 --dream`)")
+            raise ValueError(
+                f"model {model!r} is not a DeepDream graph (export one with `deepr export inception_v3 --dream`)"
+            )
         self.layers = config.parameters[FEATURES_LAYERS_KEY].string_value.split(",")
         self.preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
 
@@ -78,7 +84,9 @@ def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return zoom(x, factors, order=1).astype(np.float32)
 
 
-def _ascend(loss: DreamLoss, x: np.ndarray, coefficients: np.ndarray, steps: int, step: float, max_loss: float) -> tuple[np.ndarray, list[float]]:
+def _ascend(
+    loss: DreamLoss, x: np.ndarray, coefficients: np.ndarray, steps: int, step: float, max_loss: float
+) -> tuple[np.ndarray, list[float]]:
     history = []
     for _ in range(steps):
         value, gradient = loss(x[None], coefficients)
@@ -91,8 +99,17 @@ def _ascend(loss: DreamLoss, x: np.ndarray, coefficients: np.ndarray, steps: int
     return x, history
 
 
-def dream(loss: DreamLoss, picture: ImageInput, *, coefficients: dict[str, float] | None = None, octaves: int = 3,
-          octave_scale: float = 1.4, steps: int = 20, step: float = 0.01, max_loss: float = 10.0) -> DreamResult:
+def dream(
+    loss: DreamLoss,
+    picture: ImageInput,
+    *,
+    coefficients: dict[str, float] | None = None,
+    octaves: int = 3,
+    octave_scale: float = 1.4,
+    steps: int = 20,
+    step: float = 0.01,
+    max_loss: float = 10.0,
+) -> DreamResult:
     """The tutorial's DeepDream: from the smallest octave up, `steps` ascent steps each (the
     gradient divided by its mean magnitude), then the picture grows by `octave_scale` and the
     detail lost by shrinking the original is added back."""
@@ -105,7 +122,7 @@ def dream(loss: DreamLoss, picture: ImageInput, *, coefficients: dict[str, float
     width, height = image.size
     as_is = dataclasses.replace(loss.preprocess, size=(height, width))  # the model's scaling, the picture's size
     original = as_is([image])[0]
-    shapes = [(round(height / octave_scale ** i), round(width / octave_scale ** i)) for i in range(octaves)][::-1]
+    shapes = [(round(height / octave_scale**i), round(width / octave_scale**i)) for i in range(octaves)][::-1]
     result = DreamResult(picture=image, shapes=shapes)
     x = _resize(original, shapes[0])
     shrunk_original = x.copy()
@@ -130,5 +147,7 @@ def coefficients_from(text: str | None, layers: Sequence[str]) -> dict[str, floa
         try:
             pairs[layer.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"expected LAYER=WEIGHT pairs like mixed3=3, got {item!r}; layers: {', '.join(layers)}") from None
+            raise ValueError(
+                f"expected LAYER=WEIGHT pairs like mixed3=3, got {item!r}; layers: {', '.join(layers)}"
+            ) from None
     return pairs

@@ -25,7 +25,6 @@ from serving.runtime.sessions import part_session
 __all__ = ["LocalFeatureExtractor", "extract_features", "FEATURES_LAYERS_KEY"]
 
 
-
 def _check_layers(layers: Sequence[str] | None, available: Sequence[str], model: str) -> list[str]:
     chosen = list(layers) if layers else list(available)
     unknown = [layer for layer in chosen if layer not in available]
@@ -48,7 +47,9 @@ class LocalFeatureExtractor:
         self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY]) if PREPROCESSING_KEY in meta else None
         self._parts: dict[frozenset[str], ort.InferenceSession] = {}
 
-    def __call__(self, images: Sequence[ImageInput] | np.ndarray, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def __call__(
+        self, images: Sequence[ImageInput] | np.ndarray, layers: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """`images`: files or pictures (preprocessed as the export says), or an NCHW float32
         batch already preprocessed. Returns {layer: (N, ...) array}."""
         chosen = _check_layers(layers, self.layers, self.onnx_file.name)
@@ -92,9 +93,12 @@ def extract_features(
         chosen = _check_layers(layers, available, model)
         preprocess = (
             ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-            if PREPROCESSING_KEY in config.parameters else None
+            if PREPROCESSING_KEY in config.parameters
+            else None
         )
         batch = _batch(images, preprocess)
         chunk = config.max_batch_size or len(batch)
-        parts = [own.infer(model, {"images": batch[i:i + chunk]}, outputs=chosen) for i in range(0, len(batch), chunk)]
+        parts = [
+            own.infer(model, {"images": batch[i : i + chunk]}, outputs=chosen) for i in range(0, len(batch), chunk)
+        ]
     return {layer: np.concatenate([p[layer] for p in parts]) for layer in chosen}

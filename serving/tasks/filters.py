@@ -64,7 +64,9 @@ class LocalFilterGradients:
             raise ValueError(f"{self.onnx_file.name} has no layer {layer}; it has {', '.join(self.layers)}")
         if layer not in self._sessions:  # only this layer's forward and backward
             self._sessions[layer] = part_session(self.onnx_file, _outputs(layer), self.device)
-        loss, gradient = self._sessions[layer].run(_outputs(layer), {"images": images, "filter_index": filters.reshape(-1, 1)})
+        loss, gradient = self._sessions[layer].run(
+            _outputs(layer), {"images": images, "filter_index": filters.reshape(-1, 1)}
+        )
         return loss.reshape(-1), gradient
 
 
@@ -79,14 +81,19 @@ class ServedFilterGradients:
             raise ValueError(f"model {model!r} is not a filter graph (export one with `deepr export NAME --filters`)")
         self.layers = config.parameters[FEATURES_LAYERS_KEY].string_value.split(",")
         self.input_shape = tuple(config.input[0].dims)
-        self.preprocess = (ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-                           if PREPROCESSING_KEY in config.parameters else None)
+        self.preprocess = (
+            ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
+            if PREPROCESSING_KEY in config.parameters
+            else None
+        )
 
     def __call__(self, images: np.ndarray, filters: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
         if layer not in self.layers:
             raise ValueError(f"{self.model} has no layer {layer}; it has {', '.join(self.layers)}")
         names = _outputs(layer)
-        out = self.client.infer(self.model, {"images": images, "filter_index": filters.reshape(-1, 1).astype(np.int64)}, outputs=names)
+        out = self.client.infer(
+            self.model, {"images": images, "filter_index": filters.reshape(-1, 1).astype(np.int64)}, outputs=names
+        )
         return out[names[0]].reshape(-1), out[names[1]]
 
 
@@ -104,8 +111,16 @@ class AscentResult:
         return [to_picture(x) for x in self.inputs]
 
 
-def ascend(gradients: FilterGradients, layer: str, filters: Sequence[int], *, steps: int = 40, step: float = 0.05,
-           noise: float = 0.1, seed: int = 0) -> AscentResult:
+def ascend(
+    gradients: FilterGradients,
+    layer: str,
+    filters: Sequence[int],
+    *,
+    steps: int = 40,
+    step: float = 0.05,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> AscentResult:
     """Gradient ascent for each filter at once (one batch). `step` is in the model's input
     units per step of unit-RMS gradient; `noise` is the starting noise's amplitude, around
     a grey picture (the model's preprocessing applied)."""
@@ -115,7 +130,9 @@ def ascend(gradients: FilterGradients, layer: str, filters: Sequence[int], *, st
     grey = 0.5 + noise * (rng.random((len(filters), height, width, channels)) - 0.5)
     if gradients.preprocess is not None:
         pixels = (np.clip(grey, 0, 1) * 255).astype(np.uint8)
-        pictures = [Image.fromarray(p[..., 0] if channels == 1 else p).convert(gradients.preprocess.color_mode) for p in pixels]
+        pictures = [
+            Image.fromarray(p[..., 0] if channels == 1 else p).convert(gradients.preprocess.color_mode) for p in pixels
+        ]
         x = gradients.preprocess(pictures)
     else:
         x = grey.transpose(0, 3, 1, 2).astype(np.float32)
@@ -124,7 +141,7 @@ def ascend(gradients: FilterGradients, layer: str, filters: Sequence[int], *, st
     for _ in range(steps):
         loss, gradient = gradients(x, index, layer)
         losses.append(loss)
-        rms = np.sqrt((gradient ** 2).mean(axis=(1, 2, 3), keepdims=True)) + 1e-5
+        rms = np.sqrt((gradient**2).mean(axis=(1, 2, 3), keepdims=True)) + 1e-5
         x = (x + step * gradient / rms).astype(np.float32)
     losses.append(gradients(x, index, layer)[0])
     return AscentResult(layer, filters, x, np.stack(losses))

@@ -46,7 +46,9 @@ def _upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(scaled.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
 
 
-def _results(pictures: list[Image.Image], scores: np.ndarray, heatmaps: np.ndarray, classes: np.ndarray, labels: Sequence[str]) -> list[GradCAMResult]:
+def _results(
+    pictures: list[Image.Image], scores: np.ndarray, heatmaps: np.ndarray, classes: np.ndarray, labels: Sequence[str]
+) -> list[GradCAMResult]:
     out = []
     for picture, row, heat, requested in zip(pictures, scores, heatmaps, classes.reshape(-1)):
         index = int(row.argmax()) if requested < 0 else int(requested)
@@ -58,12 +60,16 @@ def _results(pictures: list[Image.Image], scores: np.ndarray, heatmaps: np.ndarr
 def _class_column(count: int, class_index: int | Sequence[int] | None, num_classes: int) -> np.ndarray:
     if class_index is None:
         return np.full((count, 1), TOP_CLASS, dtype=np.int64)
-    column = np.asarray([class_index] * count if np.isscalar(class_index) else list(class_index), dtype=np.int64).reshape(-1, 1)
+    column = np.asarray(
+        [class_index] * count if np.isscalar(class_index) else list(class_index), dtype=np.int64
+    ).reshape(-1, 1)
     if len(column) != count:
         raise ValueError(f"{len(column)} class indices for {count} images")
     bad = [int(c) for c in column.reshape(-1) if not TOP_CLASS <= c < num_classes]
     if bad:
-        raise ValueError(f"class index {bad[0]} is out of range: the model has {num_classes} classes (0..{num_classes - 1}; -1 = top class)")
+        raise ValueError(
+            f"class index {bad[0]} is out of range: the model has {num_classes} classes (0..{num_classes - 1}; -1 = top class)"
+        )
     return column
 
 
@@ -74,15 +80,21 @@ class LocalGradCAM:
         self.session = open_session(onnx_file, device, what="Grad-CAM model")
         meta = self.session.get_modelmeta().custom_metadata_map
         if PREPROCESSING_KEY not in meta:
-            raise ValueError(f"{onnx_file} carries no deepr.preprocessing metadata: export it with `deepr export NAME --gradcam`")
+            raise ValueError(
+                f"{onnx_file} carries no deepr.preprocessing metadata: export it with `deepr export NAME --gradcam`"
+            )
         self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
         self.labels: list[str] = json.loads(meta.get(LABELS_KEY, "[]"))
         self.layer = meta.get(LAYER_KEY, "")
 
-    def __call__(self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None) -> list[GradCAMResult]:
+    def __call__(
+        self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None
+    ) -> list[GradCAMResult]:
         pictures = [load_image(i) for i in images]
         classes = _class_column(len(pictures), class_index, self.session.get_outputs()[0].shape[1])
-        scores, heatmaps = self.session.run(["scores", "heatmap"], {"images": self.preprocess(pictures), "class_index": classes})
+        scores, heatmaps = self.session.run(
+            ["scores", "heatmap"], {"images": self.preprocess(pictures), "class_index": classes}
+        )
         return _results(pictures, scores, heatmaps, classes, self.labels)
 
 
@@ -103,7 +115,9 @@ def gradcam(
         pictures = [load_image(i) for i in images]
         count = int(np.prod(config.output[0].dims))
         classes = _class_column(len(pictures), class_index, count)
-        outputs = c.infer(model, {"images": preprocess(pictures), "class_index": classes}, outputs=["scores", "heatmap"])
+        outputs = c.infer(
+            model, {"images": preprocess(pictures), "class_index": classes}, outputs=["scores", "heatmap"]
+        )
     labels = json.loads(config.parameters[LABELS_KEY].string_value) if LABELS_KEY in config.parameters else []
     return _results(pictures, outputs["scores"], outputs["heatmap"], classes, labels)
 

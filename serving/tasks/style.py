@@ -30,7 +30,9 @@ class StyleLoss(Protocol):
     input_shape: tuple[int, int, int]
     preprocess: ImagePreprocessing
 
-    def __call__(self, combination: np.ndarray, content: np.ndarray, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(
+        self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class LocalStyleLoss:
@@ -43,22 +45,32 @@ class LocalStyleLoss:
         self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
         self.loss_weights = json.loads(meta[LOSS_WEIGHTS_KEY])
 
-    def __call__(self, combination: np.ndarray, content: np.ndarray, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        loss, gradient = self.session.run(["loss", "gradient"], {"combination": combination, "content": content, "style": style})
+    def __call__(
+        self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        loss, gradient = self.session.run(
+            ["loss", "gradient"], {"combination": combination, "content": content, "style": style}
+        )
         return loss.reshape(-1), gradient
 
 
 class ServedStyleLoss:
-    def __init__(self, model: str = "vgg19_style", *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+    def __init__(
+        self, model: str = "vgg19_style", *, url: str = DEFAULT_URL, client: InferenceClient | None = None
+    ) -> None:
         self.model = model
         self.client = client or InferenceClient(url)
         config = self.client.model_config(model)
         if [i.name for i in config.input] != ["combination", "content", "style"]:
-            raise ValueError(f"model {model!r} is not a style-transfer graph (export one with `deepr export vgg19 --style`)")
+            raise ValueError(
+                f"model {model!r} is not a style-transfer graph (export one with `deepr export vgg19 --style`)"
+            )
         self.input_shape = tuple(config.input[0].dims)
         self.preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
 
-    def __call__(self, combination: np.ndarray, content: np.ndarray, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         out = self.client.infer(self.model, {"combination": combination, "content": content, "style": style})
         return out["loss"].reshape(-1), out["gradient"]
 
@@ -70,8 +82,15 @@ class StyleResult:
     """The loss after each iteration (the first entry: before any)."""
 
 
-def transfer_style(loss: StyleLoss, content: ImageInput, style: ImageInput, *, iterations: int = 20,
-                   evaluations_per_iteration: int = 20, on_iteration=None) -> StyleResult:
+def transfer_style(
+    loss: StyleLoss,
+    content: ImageInput,
+    style: ImageInput,
+    *,
+    iterations: int = 20,
+    evaluations_per_iteration: int = 20,
+    on_iteration=None,
+) -> StyleResult:
     """The tutorial's loop: `iterations` runs of L-BFGS, each allowed
     `evaluations_per_iteration` loss evaluations, starting from the content picture."""
     content_x = loss.preprocess([load_image(content)])

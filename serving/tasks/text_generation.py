@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 class StepModel(Protocol):
     charset: str
     units: int
@@ -56,7 +55,9 @@ class ServedStepModel:
     """A `<model>_step` graph on a V2 server: one request per character, state sent along;
     with `stream=True` the requests go over one ModelStreamInfer stream."""
 
-    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None, stream: bool = False) -> None:
+    def __init__(
+        self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None, stream: bool = False
+    ) -> None:
         self.model = model
         self._own_client = client is None
         self.client = client or InferenceClient(url)
@@ -64,7 +65,9 @@ class ServedStepModel:
         self._infer = self._stream.infer if self._stream is not None else self.client.infer
         config = self.client.model_config(model)
         if CHARSET_KEY not in config.parameters:
-            raise ValueError(f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)")
+            raise ValueError(
+                f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)"
+            )
         self.charset = config.parameters[CHARSET_KEY].string_value
         self.units = int(config.input[1].dims[0])
 
@@ -88,7 +91,13 @@ class ServedStepModel:
 
 
 def generate(
-    model: StepModel, prompt: str, length: int, *, temperature: float = 1.0, top_k: int | None = None, seed: int | None = None
+    model: StepModel,
+    prompt: str,
+    length: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
 ) -> Iterator[str]:
     """Characters one at a time, after reading `prompt` into the state."""
     codes = _prompt_codes(model.charset, prompt)
@@ -113,7 +122,9 @@ def _prompt_codes(charset: str, prompt: str) -> np.ndarray:
     return np.asarray(codes, dtype=np.int64)
 
 
-def _loop_inputs(charset: str, prompt: str, length: int, temperature: float, top_k: int | None, seed: int | None) -> dict[str, np.ndarray]:
+def _loop_inputs(
+    charset: str, prompt: str, length: int, temperature: float, top_k: int | None, seed: int | None
+) -> dict[str, np.ndarray]:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if length < 1:
@@ -151,9 +162,13 @@ def generate_in_one_call(
     with InferenceClient(url) as client:
         config = client.model_config(model)
         if CHARSET_KEY not in config.parameters or [i.name for i in config.input][:1] != ["prompt"]:
-            raise ValueError(f"model {model!r} is not a generation graph (export one with `deepr export char_lstm --generate`)")
+            raise ValueError(
+                f"model {model!r} is not a generation graph (export one with `deepr export char_lstm --generate`)"
+            )
         charset = config.parameters[CHARSET_KEY].string_value
-        chars = client.infer(model, _loop_inputs(charset, prompt, length, temperature, top_k, seed), outputs=["chars"])["chars"]
+        chars = client.infer(model, _loop_inputs(charset, prompt, length, temperature, top_k, seed), outputs=["chars"])[
+            "chars"
+        ]
     return "".join(charset[i] for i in chars)
 
 

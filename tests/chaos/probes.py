@@ -36,8 +36,9 @@ def doubling_graph(path: Path, width: int) -> Path:
     return path
 
 
-def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_delay_us: int = 0,
-                       max_batch_size: int = 256) -> None:
+def add_doubling_model(
+    repository: Path, name: str, *, width: int = 4, queue_delay_us: int = 0, max_batch_size: int = 256
+) -> None:
     config = serving_config(name, max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     add_to_repository(repository, config, doubling_graph(repository.parent / f"{name}.onnx", width))
@@ -46,13 +47,34 @@ def add_doubling_model(repository: Path, name: str, *, width: int = 4, queue_del
 class ServerProcess:
     """`deepr serve` in a child process, so that a probe which kills it cannot kill the tests."""
 
-    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, repository: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         """`cwd`: the deepr checkout to run (`python -m deepr` imports from there)."""
         self.log: deque[str] = deque(maxlen=2000)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-             "--port", "0", "--metrics-port", "0", "--device", "cpu", *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
+            [
+                sys.executable,
+                "-m",
+                "deepr",
+                "serve",
+                "--repository",
+                str(repository),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--device",
+                "cpu",
+                *args,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         self.port = self.metrics_port = 0
         self._started = threading.Event()

@@ -57,7 +57,9 @@ def test_connections_past_the_limit_are_closed_and_idle_ones_time_out(server_pro
     np.testing.assert_array_equal(client.infer("double", [tensor]).as_numpy("y"), 2 * x)
 
 
-async def burst(url: str, model: str, calls: int, x: np.ndarray | None = None, timeout: float = 120) -> collections.Counter:
+async def burst(
+    url: str, model: str, calls: int, x: np.ndarray | None = None, timeout: float = 120
+) -> collections.Counter:
     """`calls` concurrent ModelInfer calls of `x` (default one row of 4) on one channel:
     their status codes and messages."""
     x = np.ones((1, 4), np.float32) if x is None else x
@@ -112,5 +114,6 @@ def test_memory_goes_back_after_bursts(server_process):
         outcome = asyncio.run(burst(server.url, "wide", 1000, x, timeout=2))
         assert set(code for code, _ in outcome) <= {"OK", "DEADLINE_EXCEEDED"}, outcome
         # the server trims 2 s after it has finished what the burst left it
-        assert wait_until(lambda: server.rss_bytes() < 300 * 2**20, 15, interval=0.5), \
+        assert wait_until(lambda: server.rss_bytes() < 300 * 2**20, 15, interval=0.5), (
             f"round {round_}: {server.rss_bytes() / 2**20:.0f} MB resident 15 s after the burst"
+        )

@@ -37,7 +37,9 @@ def send(client: triton.InferenceServerClient, model: str, value: float) -> tupl
 
 @pytest.fixture(scope="module")
 def server(chaos_repository):
-    settings_ = ServerSettings(repository=chaos_repository, host="127.0.0.1", port=0, metrics_port=-1, device=TEST_DEVICE)
+    settings_ = ServerSettings(
+        repository=chaos_repository, host="127.0.0.1", port=0, metrics_port=-1, device=TEST_DEVICE
+    )
     with serve_in_thread(settings_) as running:
         yield running
 

@@ -26,7 +26,9 @@ def wide_request(region_name: str, rows: int = ROWS) -> triton.InferInput:
     return triton.InferInput("x", [rows, WIDE], "FP32").set_shared_memory(region_name, rows * WIDE * 4)
 
 
-def register_error(client: triton.InferenceServerClient, name: str, key: str, byte_size: int = 64) -> InferenceServerException:
+def register_error(
+    client: triton.InferenceServerClient, name: str, key: str, byte_size: int = 64
+) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as caught:
         client.register_system_shared_memory(name, key, byte_size=byte_size)
     return caught.value
@@ -64,9 +66,13 @@ def test_truncating_an_object_under_requests_in_flight_fails_them_not_the_server
             client.async_infer("wide", [wide_request("victim")], lambda result, error: answers.put(error))
         os.truncate(path, 0)  # the client pulls the object from under the requests
         errors = [answers.get(timeout=30) for _ in range(8)]
-        assert server.alive(), f"round {round_}: the server died ({server.proc.returncode})\n{server.log_text()[-2000:]}"
+        assert server.alive(), (
+            f"round {round_}: the server died ({server.proc.returncode})\n{server.log_text()[-2000:]}"
+        )
         for error in errors:
-            assert error is None or (error.status() == "StatusCode.INVALID_ARGUMENT" and "shrank" in error.message()), error
+            assert error is None or (error.status() == "StatusCode.INVALID_ARGUMENT" and "shrank" in error.message()), (
+                error
+            )
         client.unregister_system_shared_memory("victim")
     tensor = triton.InferInput("x", [2, WIDE], "FP32")
     tensor.set_data_from_numpy(x[:2])
@@ -99,13 +105,16 @@ def test_only_regular_files_of_the_servers_user_are_accepted(server_process):
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "belongs to another user (uid 65534)" in error.message()
 
 
-@pytest.mark.parametrize("name, key, expected", [
-    ("r", "/deepr\x00nul", "not a POSIX shared memory name"),
-    ("r", "/" + "k" * 256, "not a POSIX shared memory name"),
-    ("r", "//etc", "not a POSIX shared memory name"),
-    ("x" * 5000, "/deepr-any", "expected 1 to 128 printable characters"),
-    ("bad\nname", "/deepr-any", "expected 1 to 128 printable characters"),
-])
+@pytest.mark.parametrize(
+    "name, key, expected",
+    [
+        ("r", "/deepr\x00nul", "not a POSIX shared memory name"),
+        ("r", "/" + "k" * 256, "not a POSIX shared memory name"),
+        ("r", "//etc", "not a POSIX shared memory name"),
+        ("x" * 5000, "/deepr-any", "expected 1 to 128 printable characters"),
+        ("bad\nname", "/deepr-any", "expected 1 to 128 printable characters"),
+    ],
+)
 def test_odd_keys_and_names_are_invalid_arguments(server_process, name, key, expected):
     server = server_process()
     error = register_error(triton.InferenceServerClient(server.url), name, key)
@@ -113,10 +122,20 @@ def test_odd_keys_and_names_are_invalid_arguments(server_process, name, key, exp
     assert "Traceback" not in server.log_text()
 
 
-@pytest.mark.parametrize("peer, local", [
-    ("ipv4:127.0.0.1:50000", True), ("ipv4:127.8.9.10:1", True), ("ipv6:[::1]:50000", True),
-    ("ipv6:%5B::1%5D:50000", True), ("ipv6:[::ffff:127.0.0.1]:5", True), ("unix:/tmp/deepr.sock", True),
-    ("ipv4:10.1.2.3:50000", False), ("ipv6:[2001:db8::1]:443", False), ("ipv4:192.168.0.7:9", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "peer, local",
+    [
+        ("ipv4:127.0.0.1:50000", True),
+        ("ipv4:127.8.9.10:1", True),
+        ("ipv6:[::1]:50000", True),
+        ("ipv6:%5B::1%5D:50000", True),
+        ("ipv6:[::ffff:127.0.0.1]:5", True),
+        ("unix:/tmp/deepr.sock", True),
+        ("ipv4:10.1.2.3:50000", False),
+        ("ipv6:[2001:db8::1]:443", False),
+        ("ipv4:192.168.0.7:9", False),
+        ("", False),
+    ],
+)
 def test_registration_is_for_peers_on_this_host(peer, local):
     assert is_local_peer(peer) is local

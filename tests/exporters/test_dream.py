@@ -50,7 +50,9 @@ def test_loss_and_gradient_equal_pytorch_at_any_size(exported, size):
     images = np.random.default_rng(2).random((2, 3, *size), dtype=np.float32)
     coefficients = np.array([[0.2, 3, 2, 1.5], [1, 0, 0, 0]], np.float32)
     value, gradient = loss(images, coefficients)
-    want_value, want_gradient = DreamObjective(model, loss.layers)(torch.from_numpy(images), torch.from_numpy(coefficients))
+    want_value, want_gradient = DreamObjective(model, loss.layers)(
+        torch.from_numpy(images), torch.from_numpy(coefficients)
+    )
     np.testing.assert_allclose(value, want_value.detach().numpy().reshape(-1), rtol=1e-4)
     assert gradient.shape == images.shape
     assert np.abs(gradient - want_gradient.numpy()).max() <= 1e-3 * float(want_gradient.abs().max())
@@ -64,7 +66,9 @@ def test_every_octave_raises_the_loss_in_process_and_served(exported):
     for history in local.losses:
         assert history[-1] > history[0], history
     assert local.picture.size == (220, 220)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = dream(ServedDreamLoss("inception_v3_dream", client=client), photo(), **settings)
     np.testing.assert_allclose(np.array(served.losses), np.array(local.losses), rtol=1e-3)
@@ -75,11 +79,36 @@ def test_dream_command(exported, tmp_path, capsys):
 
     _, _, result = exported
     photo(160).save(tmp_path / "photo.png")
-    code = main(["dream", str(tmp_path / "photo.png"), "--local", str(result.version_dir / "model.onnx"), "--octaves", "2",
-                 "--steps", "2", "--coefficients", "mixed3=1,mixed5=2", "--out", str(tmp_path / "dream.png")])
+    code = main(
+        [
+            "dream",
+            str(tmp_path / "photo.png"),
+            "--local",
+            str(result.version_dir / "model.onnx"),
+            "--octaves",
+            "2",
+            "--steps",
+            "2",
+            "--coefficients",
+            "mixed3=1,mixed5=2",
+            "--out",
+            str(tmp_path / "dream.png"),
+        ]
+    )
     assert code == 0
     with Image.open(tmp_path / "dream.png") as dreamt:
         assert dreamt.size == (160, 160)
     assert "octave 160x160: loss" in capsys.readouterr().out
-    assert main(["dream", str(tmp_path / "photo.png"), "--local", str(result.version_dir / "model.onnx"),
-                 "--coefficients", "mixed9=1"]) == 2
+    assert (
+        main(
+            [
+                "dream",
+                str(tmp_path / "photo.png"),
+                "--local",
+                str(result.version_dir / "model.onnx"),
+                "--coefficients",
+                "mixed9=1",
+            ]
+        )
+        == 2
+    )

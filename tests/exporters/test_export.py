@@ -101,7 +101,8 @@ def test_config_is_valid_triton_and_matches_graph(exported, name):
     assert list(config.input[0].dims) == dims == expected
     elem_type = graph.input[0].type.tensor_type.elem_type
     assert (elem_type, config.input[0].data_type) in {
-        (onnx.TensorProto.FLOAT, triton_config.TYPE_FP32), (onnx.TensorProto.INT64, triton_config.TYPE_INT64)
+        (onnx.TensorProto.FLOAT, triton_config.TYPE_FP32),
+        (onnx.TensorProto.INT64, triton_config.TYPE_INT64),
     }
     if name in EXPORT_OPTIONS:  # features: no labels
         assert config.output[0].name == "features" and not config.output[0].label_filename
@@ -145,7 +146,10 @@ def test_mismatch_lists_every_batch_size(exported):
     with pytest.raises(ToleranceError) as info:
         validate_onnx(other, repo / "mnist_convnet" / "1" / "model.onnx", cases)
     assert isinstance(info.value, ValidationError)
-    assert [f.split(", output")[0] for f in info.value.failures] == ["input shape (1, 1, 28, 28)", "input shape (7, 1, 28, 28)"]
+    assert [f.split(", output")[0] for f in info.value.failures] == [
+        "input shape (1, 1, 28, 28)",
+        "input shape (7, 1, 28, 28)",
+    ]
     assert "max |diff|" in str(info.value)
 
 
@@ -197,7 +201,9 @@ def test_float16_export_keeps_float32_io_and_the_predictions(tmp_path, trained_c
         session = ort.InferenceSession(str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
         predictions[result.name] = session.run(None, {"images": x.numpy()})[0].argmax(1)
     accuracy = {name: float((p == y.numpy()).mean()) for name, p in predictions.items()}
-    assert abs(accuracy["mnist_convnet"] - accuracy["mnist_convnet_fp16"]) <= 1 / len(y)  # at most one held-out digit differs
+    assert abs(accuracy["mnist_convnet"] - accuracy["mnist_convnet_fp16"]) <= 1 / len(
+        y
+    )  # at most one held-out digit differs
     assert (predictions["mnist_convnet"] != predictions["mnist_convnet_fp16"]).sum() <= 1
     with pytest.raises(ValueError, match="precision must be one of"):
         export_model("mnist_convnet", tmp_path, precision="int8")

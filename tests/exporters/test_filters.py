@@ -68,11 +68,17 @@ def test_ascent_raises_every_live_filter_at_every_step(exported):
 
 def test_served_ascent_equals_in_process(exported):
     repo, _, result = exported
-    local = ascend(LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE), "block1_conv1", range(4), steps=5)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    local = ascend(
+        LocalFilterGradients(result.version_dir / "model.onnx", device=TEST_DEVICE), "block1_conv1", range(4), steps=5
+    )
+    with serve_in_thread(
+        ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = ascend(ServedFilterGradients("vgg16_filters", client=client), "block1_conv1", range(4), steps=5)
-        assert list(server.dataplane.model("vgg16_filters")._pruned) == [frozenset({"block1_conv1.loss", "block1_conv1.gradient"})]
+        assert list(server.dataplane.model("vgg16_filters")._pruned) == [
+            frozenset({"block1_conv1.loss", "block1_conv1.gradient"})
+        ]
     np.testing.assert_allclose(served.losses, local.losses, rtol=1e-5)
     np.testing.assert_allclose(served.inputs, local.inputs, rtol=1e-4, atol=1e-5)
 
@@ -81,8 +87,21 @@ def test_filters_command_writes_grids(exported, tmp_path, capsys):
     from deepr.cli import main
 
     _, _, result = exported
-    code = main(["filters", "--local", str(result.version_dir / "model.onnx"), "--layers", "block1_conv1", "--filters", "4",
-                 "--steps", "3", "--out", str(tmp_path)])
+    code = main(
+        [
+            "filters",
+            "--local",
+            str(result.version_dir / "model.onnx"),
+            "--layers",
+            "block1_conv1",
+            "--filters",
+            "4",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0 and (tmp_path / "block1_conv1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "block1_conv1: filters 0..3, mean activation" in capsys.readouterr().out
     with pytest.raises(ValueError, match="vgg16 has no convolutional layer block1_pool"), warnings.catch_warnings():

@@ -33,7 +33,9 @@ def pictures_for(name, count):
         return [Image.fromarray(d) for d in load_digits_28x28()[0][:count]]
     import skimage.data
 
-    return [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in ("chelsea", "coffee", "astronaut", "rocket")][:count]
+    return [
+        Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in ("chelsea", "coffee", "astronaut", "rocket")
+    ][:count]
 
 
 @pytest.mark.parametrize("name, layer", CASES)
@@ -65,10 +67,14 @@ def test_served_equals_in_process(tmp_path, trained_convnet, digits):
     from serving.server.settings import ServerSettings
 
     result = export_gradcam("mnist_convnet", tmp_path, weights=trained_convnet.out / "weights.pt")
-    pictures = [Image.fromarray((digits.test.tensors[0][i, 0].numpy() * 255).round().astype(np.uint8)) for i in range(6)]
+    pictures = [
+        Image.fromarray((digits.test.tensors[0][i, 0].numpy() * 255).round().astype(np.uint8)) for i in range(6)
+    ]
     local = LocalGradCAM(result.version_dir / "model.onnx")(pictures, [-1, 2, -1, 5, -1, -1])
     with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
-        served = gradcam(pictures, "mnist_convnet_gradcam", url=f"127.0.0.1:{server.port}", class_index=[-1, 2, -1, 5, -1, -1])
+        served = gradcam(
+            pictures, "mnist_convnet_gradcam", url=f"127.0.0.1:{server.port}", class_index=[-1, 2, -1, 5, -1, -1]
+        )
     for a, b in zip(local, served):
         assert (a.class_index, a.label) == (b.class_index, b.label)
         np.testing.assert_allclose(a.raw_heatmap, b.raw_heatmap, rtol=1e-5, atol=1e-6)
@@ -99,12 +105,25 @@ def test_cli_writes_the_overlay(tmp_path):
         result = export_gradcam("mnist_convnet", tmp_path)
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "d.png")
     run = subprocess.run(
-        [sys.executable, "-m", "deepr", "gradcam", "--local", str(result.version_dir / "model.onnx"), str(tmp_path / "d.png"),
-         "--out", str(tmp_path / "heat.png")], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deepr",
+            "gradcam",
+            "--local",
+            str(result.version_dir / "model.onnx"),
+            str(tmp_path / "d.png"),
+            "--out",
+            str(tmp_path / "heat.png"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    missing = subprocess.run([sys.executable, "-m", "deepr", "gradcam", str(tmp_path / "d.png")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "deepr", "gradcam", str(tmp_path / "d.png")], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "give --model NAME" in missing.stderr
 
 
@@ -116,7 +135,9 @@ def test_cuda_heatmaps_equal_cpu_at_batch_128(tmp_path, prebuilt_graphs):
     else:
         torch.manual_seed(0)
         torch.save(zoo.get_model("catsdogs_convnet").state_dict(), tmp_path / "weights.pt")
-        result = export_gradcam("catsdogs_convnet", tmp_path / "repo", weights=tmp_path / "weights.pt", max_batch_size=128)
+        result = export_gradcam(
+            "catsdogs_convnet", tmp_path / "repo", weights=tmp_path / "weights.pt", max_batch_size=128
+        )
         onnx_file = result.version_dir / "model.onnx"
     pictures = [np.random.default_rng(i).integers(0, 256, (150, 150, 3), dtype=np.uint8) for i in range(128)]
     cpu = LocalGradCAM(onnx_file, device="cpu")(pictures)

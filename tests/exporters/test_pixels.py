@@ -62,7 +62,9 @@ def test_pixel_graph_equals_float_graph_on_held_out_digits(pixel_repository, dig
 
 def test_classify_reads_the_pixel_form_from_the_config(pixel_repository, digits):
     pictures = list(held_out_pictures(digits, 12))
-    settings = ServerSettings(repository=pixel_repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    settings = ServerSettings(
+        repository=pixel_repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1
+    )
     with serve_in_thread(settings) as server:
         url = f"127.0.0.1:{server.port}"
         as_floats = classify(pictures, "mnist_convnet", url=url, top_k=2)
@@ -74,7 +76,9 @@ def test_classify_reads_the_pixel_form_from_the_config(pixel_repository, digits)
 
 def test_normalisation_in_the_graph_is_bit_identical_to_the_clients():
     # ImageNet-style mean/std on RGB: the graph must compute exactly what ImagePreprocessing does.
-    preprocessing = ImagePreprocessing(size=(9, 7), color_mode="RGB", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    preprocessing = ImagePreprocessing(
+        size=(9, 7), color_mode="RGB", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
     pictures = np.random.default_rng(0).integers(0, 256, (3, 9, 7, 3), dtype=np.uint8)
     with torch.no_grad():
         inside = PixelInput(torch.nn.Identity(), preprocessing)(torch.from_numpy(pictures)).numpy()

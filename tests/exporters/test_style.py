@@ -53,10 +53,14 @@ def test_loss_and_gradient_equal_pytorch(exported):
 def test_lbfgs_lowers_the_loss_in_process_and_served(exported):
     repo, _, result = exported
     content, style = pictures()
-    local = transfer_style(LocalStyleLoss(result.version_dir / "model.onnx", device=TEST_DEVICE), content, style, iterations=3)
+    local = transfer_style(
+        LocalStyleLoss(result.version_dir / "model.onnx", device=TEST_DEVICE), content, style, iterations=3
+    )
     assert all(b < a for a, b in zip(local.losses, local.losses[1:])), local.losses
     assert local.picture.size == (48, 48)
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             served = transfer_style(ServedStyleLoss("vgg19_style", client=client), content, style, iterations=3)
     np.testing.assert_allclose(served.losses, local.losses, rtol=1e-3)
@@ -69,8 +73,19 @@ def test_style_command(exported, tmp_path, capsys):
     content, style = pictures()
     content.save(tmp_path / "content.png")
     style.save(tmp_path / "style.png")
-    code = main(["style", str(tmp_path / "content.png"), str(tmp_path / "style.png"), "--local", str(result.version_dir / "model.onnx"),
-                 "--iterations", "2", "--out", str(tmp_path / "styled.png")])
+    code = main(
+        [
+            "style",
+            str(tmp_path / "content.png"),
+            str(tmp_path / "style.png"),
+            "--local",
+            str(result.version_dir / "model.onnx"),
+            "--iterations",
+            "2",
+            "--out",
+            str(tmp_path / "styled.png"),
+        ]
+    )
     assert code == 0
     with Image.open(tmp_path / "styled.png") as styled:
         assert styled.size == (48, 48)

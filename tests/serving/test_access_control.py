@@ -24,8 +24,9 @@ TOKEN = "s3cret-token"
 
 
 def settings(repository, **extra) -> ServerSettings:
-    return ServerSettings(**{"repository": repository, "host": "127.0.0.1", "port": 0, "device": TEST_DEVICE,
-                             "metrics_port": -1, **extra})
+    return ServerSettings(
+        **{"repository": repository, "host": "127.0.0.1", "port": 0, "device": TEST_DEVICE, "metrics_port": -1, **extra}
+    )
 
 
 def digits(batch=2) -> np.ndarray:
@@ -56,7 +57,10 @@ def test_every_inference_rpc_needs_the_token(token_server):
         "RepositoryModelUnload": lambda **h: client.unload_model("no_such_model", **h),
     }
     for name, call in calls.items():
-        for headers, reason in (({}, "missing bearer token"), ({"authorization": "Bearer wrong"}, "invalid bearer token")):
+        for headers, reason in (
+            ({}, "missing bearer token"),
+            ({"authorization": "Bearer wrong"}, "invalid bearer token"),
+        ):
             with pytest.raises(InferenceServerException, match=reason) as err:
                 call(headers=headers)
             assert err.value.status() == "StatusCode.UNAUTHENTICATED", name
@@ -114,8 +118,13 @@ def pki(tmp_path_factory):
     ca = trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1", "localhost")
     client_cert = ca.issue_cert("client@deepr")
-    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key",
-             "client_cert": folder / "client.pem", "client_key": folder / "client.key"}
+    files = {
+        "ca": folder / "ca.pem",
+        "cert": folder / "server.pem",
+        "key": folder / "server.key",
+        "client_cert": folder / "client.pem",
+        "client_key": folder / "client.key",
+    }
     ca.cert_pem.write_to_path(files["ca"])
     server_cert.private_key_pem.write_to_path(files["key"])
     (files["cert"]).write_bytes(b"".join(blob.bytes() for blob in server_cert.cert_chain_pems))
@@ -125,9 +134,13 @@ def pki(tmp_path_factory):
 
 
 def test_tls_server(repository, pki):
-    with serve_in_thread(settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]), metrics_port=0)) as server:
+    with serve_in_thread(
+        settings(repository, tls_cert=str(pki["cert"]), tls_key=str(pki["key"]), metrics_port=0)
+    ) as server:
         url = f"127.0.0.1:{server.port}"
-        status, body = scrape(f"https://127.0.0.1:{server.metrics_port}/metrics", context=ssl.create_default_context(cafile=pki["ca"]))
+        status, body = scrape(
+            f"https://127.0.0.1:{server.metrics_port}/metrics", context=ssl.create_default_context(cafile=pki["ca"])
+        )
         assert status == 200 and "nv_inference_request_success" in body  # metrics speak TLS too
         client = triton.InferenceServerClient(url, ssl=True, root_certificates=str(pki["ca"]))
         assert triton_infer(client).as_numpy("probabilities").shape == (2, 10)

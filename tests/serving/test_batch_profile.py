@@ -29,21 +29,26 @@ def model_dir(tmp_path, repository):
 
 
 def load(model_dir) -> OnnxModel:
-    model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
+    model = OnnxModel(
+        "mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE)
+    )
     model.load()
     return model
 
 
-@pytest.mark.parametrize("rates, cost, best", [
-    ({1: 100, 2: 180, 4: 300, 8: 310, 16: 320}, 0.0, 8),  # 4 is 6% short of the best: merging to 8 still pays
-    ({1: 300, 2: 330, 4: 340, 8: 338, 16: 335}, 0.0, 2),  # compute-bound: flat from 2 on
-    ({1: 50, 2: 90, 4: 160, 8: 200, 16: 150}, 0.0, 8),  # slower past the best size
-    ({1: 10}, 0.0, 1),
-    # The cats-vs-dogs convnet on 2 cores: flat from 4 on alone, but a served run's 2 ms
-    # is 17% of a 2-row run and 4% of a 16-row one.
-    ({1: 308, 2: 328, 4: 341, 8: 339, 16: 332, 32: 333, 64: 335, 128: 335, 256: 329}, 0.002, 16),
-    ({1: 1000, 2: 2000, 4: 4000}, 0.002, 4),  # a run costs more served than it computes: merge all
-])
+@pytest.mark.parametrize(
+    "rates, cost, best",
+    [
+        ({1: 100, 2: 180, 4: 300, 8: 310, 16: 320}, 0.0, 8),  # 4 is 6% short of the best: merging to 8 still pays
+        ({1: 300, 2: 330, 4: 340, 8: 338, 16: 335}, 0.0, 2),  # compute-bound: flat from 2 on
+        ({1: 50, 2: 90, 4: 160, 8: 200, 16: 150}, 0.0, 8),  # slower past the best size
+        ({1: 10}, 0.0, 1),
+        # The cats-vs-dogs convnet on 2 cores: flat from 4 on alone, but a served run's 2 ms
+        # is 17% of a 2-row run and 4% of a 16-row one.
+        ({1: 308, 2: 328, 4: 341, 8: 339, 16: 332, 32: 333, 64: 335, 128: 335, 256: 329}, 0.002, 16),
+        ({1: 1000, 2: 2000, 4: 4000}, 0.002, 4),  # a run costs more served than it computes: merge all
+    ],
+)
 def test_preferred_sizes_stop_where_the_served_rate_stops_rising(rates, cost, best):
     profile = BatchProfile("cpu", 2, rates, cost)
     assert profile.best_size == best
@@ -83,7 +88,9 @@ def test_export_profile_batches_writes_what_it_measured(tmp_path, capsys):
     assert f"wrote preferred_batch_size {list(profile.preferred_sizes)} and the curve" in out
     assert "rows/s" in out and "<- merges stop here" in out
     # The server keeps to it: merged runs warmed at the preferred sizes only.
-    model = OnnxModel("mnist_dense", "1", repo / "mnist_dense" / "1" / "model.onnx", config, RuntimeOptions(device=TEST_DEVICE))
+    model = OnnxModel(
+        "mnist_dense", "1", repo / "mnist_dense" / "1" / "model.onnx", config, RuntimeOptions(device=TEST_DEVICE)
+    )
     model.load()
     assert tuple(sorted(model.run_seconds)) == profile.preferred_sizes
     assert BatchingPolicy.from_config(config, model.run_seconds).merge_limit == profile.best_size
@@ -92,7 +99,9 @@ def test_export_profile_batches_writes_what_it_measured(tmp_path, capsys):
 def test_export_refuses_to_profile_a_model_without_fixed_inputs(tmp_path, capsys):
     code = main(["export", "imdb_lstm", "--repository", str(tmp_path / "repo"), "--profile-batches"])
     err = capsys.readouterr().err
-    assert code == 2 and "imdb_lstm version 1 is exported, without --profile-batches" in err and "free dimensions" in err
+    assert (
+        code == 2 and "imdb_lstm version 1 is exported, without --profile-batches" in err and "free dimensions" in err
+    )
 
 
 def test_a_config_can_ask_to_be_profiled_at_load(model_dir, caplog):
@@ -117,7 +126,13 @@ def test_instances_run_on_their_own_sessions_and_share_the_cores(model_dir, capl
     with caplog.at_level(logging.INFO, logger="serving.server.model"):
         model = load(model_dir)
     assert f"2 instances x {max(1, usable_cores() // 2)} threads" in caplog.text
-    single = OnnxModel("single", "1", model_dir / "1" / "model.onnx", mc.ModelConfig(max_batch_size=256), RuntimeOptions(device=TEST_DEVICE))
+    single = OnnxModel(
+        "single",
+        "1",
+        model_dir / "1" / "model.onnx",
+        mc.ModelConfig(max_batch_size=256),
+        RuntimeOptions(device=TEST_DEVICE),
+    )
     single.load()
     images = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
     want = single.predict({"images": images})["probabilities"]
@@ -126,7 +141,7 @@ def test_instances_run_on_their_own_sessions_and_share_the_cores(model_dir, capl
     def call(i):
         try:
             for _ in range(20):
-                got.append(model.predict({"images": images[i:i + 4]})["probabilities"] - want[i:i + 4])
+                got.append(model.predict({"images": images[i : i + 4]})["probabilities"] - want[i : i + 4])
         except Exception as exc:  # surfaces in the assertion below
             errors.append(exc)
 

@@ -168,7 +168,9 @@ def test_request_past_its_deadline_is_dropped_unrun(executor):
 
 def test_queue_delay_waits_for_a_preferred_batch(executor):
     model = RowSums()
-    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_s=0.5), executor)
+    batcher = DynamicBatcher(
+        model, BatchingPolicy(max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_s=0.5), executor
+    )
 
     async def main():
         first = asyncio.create_task(batcher.infer(rows(1, 0), []))
@@ -198,7 +200,9 @@ def test_served_model_batches_concurrent_requests(repository, server_url):
     """Over gRPC with tritonclient: 48 concurrent requests of mixed batch sizes each get
     exactly the rows in-process onnxruntime gives for their own images, and every run is
     at a batch size the model warmed when it loaded."""
-    session = ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(7)
     requests = [rng.random((int(rng.integers(1, 6)), 1, 28, 28), dtype=np.float32) for _ in range(48)]
     client = triton.InferenceServerClient(server_url)
@@ -248,10 +252,14 @@ def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
     config = read_config(tmp_path / "mnist_convnet")
     config.dynamic_batching.default_queue_policy.max_queue_size = 1
     write_config(tmp_path / "mnist_convnet", config)
-    session = ort.InferenceSession(str(tmp_path / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(1).random((256, 1, 28, 28), dtype=np.float32)
     want = session.run(None, {"images": x})[0]
-    with serve_in_thread(ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=tmp_path, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
 
         def ask(_):
@@ -265,7 +273,9 @@ def test_full_queue_answers_resource_exhausted_over_grpc(repository, tmp_path):
         with ThreadPoolExecutor(48) as pool:
             answers = list(pool.map(ask, range(48)))
         refused = [a for a in answers if isinstance(a, InferenceServerException)]
-        assert refused and all(e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "queue is full" in e.message() for e in refused)
+        assert refused and all(
+            e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "queue is full" in e.message() for e in refused
+        )
         for got in (a for a in answers if not isinstance(a, InferenceServerException)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         stats = client.get_inference_statistics("mnist_convnet").model_stats[0].inference_stats
@@ -278,8 +288,12 @@ def test_padding_runs_only_fixed_sizes_and_drops_the_padding(executor):
     model = RowSums()
     model.gate.clear()
     executed = []
-    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, run_sizes=(4, 8, 16)), executor,
-                             lambda size, infer_ns, cold: executed.append((size, cold)))
+    batcher = DynamicBatcher(
+        model,
+        BatchingPolicy(max_batch_size=16, run_sizes=(4, 8, 16)),
+        executor,
+        lambda size, infer_ns, cold: executed.append((size, cold)),
+    )
     sizes = [1, 2, 3, 2]
 
     async def main():
@@ -304,7 +318,11 @@ def test_run_sizes_from_the_config_and_the_warm_up():
     assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 32)
     config.max_batch_size = 24
     assert BatchingPolicy.from_config(config).run_sizes == (1, 2, 4, 8, 16, 24)
-    assert BatchingPolicy.from_config(config, {1: 0.1, 2: 0.1, 4: 0.1}).run_sizes == (1, 2, 4)  # past the budget: unused
+    assert BatchingPolicy.from_config(config, {1: 0.1, 2: 0.1, 4: 0.1}).run_sizes == (
+        1,
+        2,
+        4,
+    )  # past the budget: unused
     config.parameters["deepr.pad_batches"].string_value = "false"
     assert BatchingPolicy.from_config(config).run_sizes == ()
     del config.parameters["deepr.pad_batches"]
@@ -313,14 +331,25 @@ def test_run_sizes_from_the_config_and_the_warm_up():
     assert BatchingPolicy.from_config(config).merge_limit == 12
 
 
-@pytest.mark.parametrize("rows, seconds, plan", [
-    ([1] * 23, {}, (23, 32)),  # no timings: pad up
-    ([8, 8], {16: 1.0}, (2, 16)),  # an exact size
-    ([32] * 5, {128: 1.28, 256: 2.56}, (4, 128)),  # compute-bound: 128 now, the fifth next (padding to 256 wastes 96 rows)
-    ([1] * 23, {16: 0.016, 32: 0.018}, (23, 32)),  # a fixed cost per run: padding 23 to 32 beats 16 now and 7 later
-    ([300], {256: 1.0}, (1, 300)),  # one request larger than every size runs as it is
-    ([3, 30], {4: 0.004, 32: 0.032, 64: 0.064}, (1, 4)),  # 33 rows: 3 padded to 4 costs the same per row as 33 in 64
-])
+@pytest.mark.parametrize(
+    "rows, seconds, plan",
+    [
+        ([1] * 23, {}, (23, 32)),  # no timings: pad up
+        ([8, 8], {16: 1.0}, (2, 16)),  # an exact size
+        (
+            [32] * 5,
+            {128: 1.28, 256: 2.56},
+            (4, 128),
+        ),  # compute-bound: 128 now, the fifth next (padding to 256 wastes 96 rows)
+        ([1] * 23, {16: 0.016, 32: 0.018}, (23, 32)),  # a fixed cost per run: padding 23 to 32 beats 16 now and 7 later
+        ([300], {256: 1.0}, (1, 300)),  # one request larger than every size runs as it is
+        (
+            [3, 30],
+            {4: 0.004, 32: 0.032, 64: 0.064},
+            (1, 4),
+        ),  # 33 rows: 3 padded to 4 costs the same per row as 33 in 64
+    ],
+)
 def test_plan_keeps_merged_runs_at_warmed_sizes(rows, seconds, plan):
     sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     assert BatchingPolicy(256, run_sizes=sizes, run_seconds=seconds).plan(rows) == plan
@@ -332,8 +361,12 @@ def test_merging_stops_at_the_largest_preferred_size(executor):
     model = RowSums()
     model.gate.clear()
     executed = []
-    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=64, preferred_batch_sizes=(1, 2, 4), run_sizes=(1, 2, 4)),
-                             executor, lambda size, infer_ns, cold: executed.append(size))
+    batcher = DynamicBatcher(
+        model,
+        BatchingPolicy(max_batch_size=64, preferred_batch_sizes=(1, 2, 4), run_sizes=(1, 2, 4)),
+        executor,
+        lambda size, infer_ns, cold: executed.append(size),
+    )
     sizes = [1] * 9 + [8] + [1] * 3
 
     async def main():

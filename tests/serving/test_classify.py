@@ -102,7 +102,9 @@ def test_served_word_model_classifies_text(tmp_path):
         "Return the number of items in the queue, or raise an error when it is closed.",
         "if not isinstance(value, int): raise TypeError(f'bad value {value!r}') return value + 1",
     ]
-    with serve_in_thread(ServerSettings(repository=tmp_path / "repo", host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=tmp_path / "repo", host="127.0.0.1", port=0, device=TEST_DEVICE)
+    ) as server:
         served = classify_text(texts, "imdb_lstm", url=f"127.0.0.1:{server.port}")
     encode = data.info.text
     with torch.no_grad():

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from serving.protocol.codecs import TensorSpec, decode_inputs, decode_outputs, deserialize_bytes, encode_output, serialize_bytes
+from serving.protocol.codecs import (
+    TensorSpec,
+    decode_inputs,
+    decode_outputs,
+    deserialize_bytes,
+    encode_output,
+    serialize_bytes,
+)
 from serving.protocol.errors import InvalidInput
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 
@@ -38,8 +45,11 @@ def test_bytes_round_trip():
 
 @pytest.mark.parametrize(
     "raw, message",
-    [(b"\x05\x00\x00\x00ab", "announces 5 bytes, only 2 remain"), (b"\x01\x00", "end after 0 of 1"),
-     (b"\x01\x00\x00\x00ab", "1 bytes left over")],
+    [
+        (b"\x05\x00\x00\x00ab", "announces 5 bytes, only 2 remain"),
+        (b"\x01\x00", "end after 0 of 1"),
+        (b"\x01\x00\x00\x00ab", "1 bytes left over"),
+    ],
 )
 def test_malformed_bytes(raw, message):
     with pytest.raises(InvalidInput, match=message):
@@ -64,7 +74,11 @@ def test_fp16_needs_raw_contents():
 
 def test_outputs_round_trip():
     response = pb.ModelInferResponse()
-    arrays = {"f": np.random.rand(2, 5).astype(np.float32), "i": np.arange(4, dtype=np.int64), "s": np.array([b"a", b"bc"], dtype=object)}
+    arrays = {
+        "f": np.random.rand(2, 5).astype(np.float32),
+        "i": np.arange(4, dtype=np.int64),
+        "s": np.array([b"a", b"bc"], dtype=object),
+    }
     for name, array in arrays.items():
         encode_output(name, array, response)
     back = decode_outputs(response)

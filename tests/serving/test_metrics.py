@@ -22,7 +22,8 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         text = response.read().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 
@@ -35,7 +36,10 @@ def test_metrics_count_what_was_sent(repository):
             tensor.set_data_from_numpy(np.zeros((batch, 1, 28, 28), np.float32))
             client.infer("mnist_convnet", [tensor])
         with pytest.raises(InferenceServerException):
-            client.infer("mnist_convnet", [triton.InferInput("images", [1, 784], "FP32").set_data_from_numpy(np.zeros((1, 784), np.float32))])
+            client.infer(
+                "mnist_convnet",
+                [triton.InferInput("images", [1, 784], "FP32").set_data_from_numpy(np.zeros((1, 784), np.float32))],
+            )
         metrics = scrape(server.metrics_port)
         stats = client.get_inference_statistics("mnist_convnet").model_stats[0]
         client.close()
@@ -44,8 +48,14 @@ def test_metrics_count_what_was_sent(repository):
     assert metrics["nv_inference_request_failure", labels] == 1 == stats.inference_stats.fail.count
     assert metrics["nv_inference_count", labels] == 12 == stats.inference_count
     assert metrics["nv_inference_exec_count", labels] == 3 == stats.execution_count
-    assert metrics["nv_inference_compute_infer_duration_us", labels] == pytest.approx(stats.inference_stats.compute_infer.ns / 1e3)
-    assert metrics["nv_inference_request_duration_us", labels] >= metrics["nv_inference_compute_infer_duration_us", labels] > 0
+    assert metrics["nv_inference_compute_infer_duration_us", labels] == pytest.approx(
+        stats.inference_stats.compute_infer.ns / 1e3
+    )
+    assert (
+        metrics["nv_inference_request_duration_us", labels]
+        >= metrics["nv_inference_compute_infer_duration_us", labels]
+        > 0
+    )
     # runs of 1, 4 and 8 rows: 7 padded to the warmed size 8, so no run was cold
     assert metrics["deepr_batch_size_count", labels] == 3 and metrics["deepr_batch_size_sum", labels] == 13
     assert metrics["deepr_batch_size_bucket", (("le", "4"),) + labels] == 2
@@ -54,7 +64,9 @@ def test_metrics_count_what_was_sent(repository):
 
 
 def test_metrics_can_be_turned_off(repository):
-    with serve_in_thread(ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         assert server.metrics_port == 0
     with pytest.raises(ValueError, match="metrics_port must be in -1..65535"):
         ServerSettings(metrics_port=70000)

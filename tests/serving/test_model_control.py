@@ -41,7 +41,9 @@ def client_for(own_repository):
     servers = []
 
     def start(**settings):
-        context = serve_in_thread(ServerSettings(repository=own_repository, host="127.0.0.1", port=0, device=TEST_DEVICE, **settings))
+        context = serve_in_thread(
+            ServerSettings(repository=own_repository, host="127.0.0.1", port=0, device=TEST_DEVICE, **settings)
+        )
         server = context.__enter__()
         servers.append(context)
         return triton.InferenceServerClient(f"127.0.0.1:{server.port}")

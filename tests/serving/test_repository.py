@@ -20,7 +20,9 @@ def repo(tmp_path, repository):
 
 
 def load(path, **settings):
-    plane = DataPlane(ModelRepository(path, RuntimeOptions(device=TEST_DEVICE)), ServerSettings(repository=path, **settings))
+    plane = DataPlane(
+        ModelRepository(path, RuntimeOptions(device=TEST_DEVICE)), ServerSettings(repository=path, **settings)
+    )
     plane.start()
     return plane
 
@@ -88,12 +90,16 @@ def test_label_files_outside_the_model_folder_are_refused(repo, tmp_path, how):
     secret.write_text("root:x:0:0\n" * 10)
     config = repo / "mnist_convnet" / "config.pbtxt"
     if how == "dot-dot":
-        config.write_text(config.read_text().replace('label_filename: "labels.txt"', f'label_filename: "../../{secret.name}"'))
+        config.write_text(
+            config.read_text().replace('label_filename: "labels.txt"', f'label_filename: "../../{secret.name}"')
+        )
     else:
         (repo / "mnist_convnet" / "labels.txt").unlink()
         (repo / "mnist_convnet" / "labels.txt").symlink_to(secret)
     entry = load(repo).repository.entry("mnist_convnet")
-    assert entry.state == UNAVAILABLE and "label_filename" in entry.reason and "outside the model's folder" in entry.reason
+    assert (
+        entry.state == UNAVAILABLE and "label_filename" in entry.reason and "outside the model's folder" in entry.reason
+    )
 
 
 def test_model_files_outside_the_model_folder_are_refused(repo, tmp_path):

@@ -29,7 +29,9 @@ def stub(server_url):
 
 @pytest.fixture(scope="module")
 def in_process(repository):
-    return ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def images(batch, seed=0):
@@ -103,13 +105,17 @@ def test_health_service(server_url):
     with grpc.insecure_channel(server_url) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         for service in ("", "inference.GRPCInferenceService"):
-            assert check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            )
 
 
 def raw_request(shape=(1, 1, 28, 28), datatype="FP32", name="images", data=None, model="mnist_convnet", version=""):
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     request.inputs.add(name=name, datatype=datatype, shape=shape)
-    request.raw_input_contents.append(data if data is not None else images(shape[0] if shape and shape[0] > 0 else 1).tobytes())
+    request.raw_input_contents.append(
+        data if data is not None else images(shape[0] if shape and shape[0] > 0 else 1).tobytes()
+    )
     return request
 
 
@@ -147,20 +153,52 @@ def with_bad_classification_param():
 BAD_REQUESTS = {
     "unknown model": (raw_request(model="mnist_resnet"), grpc.StatusCode.NOT_FOUND, "unknown model 'mnist_resnet'"),
     "unknown version": (raw_request(version="7"), grpc.StatusCode.NOT_FOUND, "no version '7'"),
-    "wrong input name": (raw_request(name="pixels"), grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'pixels'.*images"),
-    "wrong rank": (raw_request(shape=(1, 28, 28), data=images(1).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, r"shape \[1, 28, 28\] does not match.*\[-1, 1, 28, 28\]"),
-    "wrong size": (raw_request(shape=(1, 1, 32, 32), data=b"\0" * 4096), grpc.StatusCode.INVALID_ARGUMENT, "does not match"),
-    "wrong datatype": (raw_request(datatype="FP64", data=b"\0" * 6272), grpc.StatusCode.INVALID_ARGUMENT, "datatype 'FP64', expected 'FP32'"),
+    "wrong input name": (
+        raw_request(name="pixels"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown input 'pixels'.*images",
+    ),
+    "wrong rank": (
+        raw_request(shape=(1, 28, 28), data=images(1).tobytes()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"shape \[1, 28, 28\] does not match.*\[-1, 1, 28, 28\]",
+    ),
+    "wrong size": (
+        raw_request(shape=(1, 1, 32, 32), data=b"\0" * 4096),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "does not match",
+    ),
+    "wrong datatype": (
+        raw_request(datatype="FP64", data=b"\0" * 6272),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "datatype 'FP64', expected 'FP32'",
+    ),
     "unknown datatype": (raw_request(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "not a V2 datatype"),
-    "short bytes": (raw_request(data=b"\0" * 3000), grpc.StatusCode.INVALID_ARGUMENT, "needs 3136 bytes, raw_input_contents has 3000"),
+    "short bytes": (
+        raw_request(data=b"\0" * 3000),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "needs 3136 bytes, raw_input_contents has 3000",
+    ),
     "negative dim": (raw_request(shape=(-1, 1, 28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "negative dimension"),
     "empty batch": (raw_request(shape=(0, 1, 28, 28), data=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
-    "over max batch": (raw_request(shape=(257, 1, 28, 28), data=images(257).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "exceeds .*max_batch_size 256"),
-    "missing input": (pb.ModelInferRequest(model_name="mnist_convnet"), grpc.StatusCode.INVALID_ARGUMENT, r"missing input\(s\) \['images'\]"),
+    "over max batch": (
+        raw_request(shape=(257, 1, 28, 28), data=images(257).tobytes()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "exceeds .*max_batch_size 256",
+    ),
+    "missing input": (
+        pb.ModelInferRequest(model_name="mnist_convnet"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"missing input\(s\) \['images'\]",
+    ),
     "duplicate input": (with_duplicate_input(), grpc.StatusCode.INVALID_ARGUMENT, "given twice"),
     "raw count": (with_extra_raw(), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents has 2 entries for 1 inputs"),
     "unknown output": (with_unknown_output(), grpc.StatusCode.INVALID_ARGUMENT, r"unknown output\(s\) \['logits'\]"),
-    "typed count": (with_bad_typed_count(), grpc.StatusCode.INVALID_ARGUMENT, "needs 784 values, contents.fp32_contents has 10"),
+    "typed count": (
+        with_bad_typed_count(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "needs 784 values, contents.fp32_contents has 10",
+    ),
     "classification type": (with_bad_classification_param(), grpc.StatusCode.INVALID_ARGUMENT, "int64 class count"),
 }
 
@@ -192,15 +230,24 @@ def test_stream_infer_with_tritonclient(client, in_process):
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         for batch in (1, 3):
-            client.async_stream_infer("mnist_convnet", [triton_input(images(batch, seed=batch))], request_id=f"s{batch}")
-        client.async_stream_infer("mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))], request_id="bad")
+            client.async_stream_infer(
+                "mnist_convnet", [triton_input(images(batch, seed=batch))], request_id=f"s{batch}"
+            )
+        client.async_stream_infer(
+            "mnist_convnet", [triton_input(np.zeros((1, 784), dtype=np.float32))], request_id="bad"
+        )
         client.async_stream_infer("mnist_convnet", [triton_input(images(2, seed=2))], request_id="s2")
         got = [results.get(timeout=30) for _ in range(4)]
     finally:
         client.stop_stream()
     for (result, error), batch in zip([got[0], got[1], got[3]], (1, 3, 2)):
         assert error is None
-        np.testing.assert_allclose(result.as_numpy("probabilities"), in_process.run(None, {"images": images(batch, seed=batch)})[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"),
+            in_process.run(None, {"images": images(batch, seed=batch)})[0],
+            rtol=1e-6,
+            atol=1e-7,
+        )
     assert got[2][0] is None and "INVALID_ARGUMENT" in str(got[2][1]) and "does not match" in str(got[2][1])
 
 
@@ -239,10 +286,17 @@ def test_a_client_leaving_mid_answer_is_not_a_traceback(caplog):
     loop = asyncio.new_event_loop()
     try:
         with caplog.at_level(logging.DEBUG):
-            _quiet_when_clients_leave(loop, {"message": "Task exception was never retrieved",
-                                             "exception": cygrpc.ExecuteBatchError("Failed 'execute_batch'")})
+            _quiet_when_clients_leave(
+                loop,
+                {
+                    "message": "Task exception was never retrieved",
+                    "exception": cygrpc.ExecuteBatchError("Failed 'execute_batch'"),
+                },
+            )
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-            _quiet_when_clients_leave(loop, {"message": "Task exception was never retrieved", "exception": ValueError("a bug")})
+            _quiet_when_clients_leave(
+                loop, {"message": "Task exception was never retrieved", "exception": ValueError("a bug")}
+            )
             assert [r for r in caplog.records if r.levelno >= logging.ERROR and "a bug" in str(r.exc_info)]
     finally:
         loop.close()

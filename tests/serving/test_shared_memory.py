@@ -53,7 +53,9 @@ def digits(n: int) -> np.ndarray:
 
 
 def expected(repository: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(repository / "mnist_convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
@@ -109,7 +111,9 @@ def test_status_register_unregister(client, region):
     client.register_system_shared_memory("b", key(region), byte_size=region.size)
     status = client.get_system_shared_memory_status()
     assert {name: (r.key, r.offset, r.byte_size) for name, r in status.regions.items()} == {
-        "a": (key(region), 24, 1000), "b": (key(region), 0, region.size)}
+        "a": (key(region), 24, 1000),
+        "b": (key(region), 0, region.size),
+    }
     assert list(client.get_system_shared_memory_status("a").regions) == ["a"]
 
     with pytest.raises(InferenceServerException) as exc:
@@ -124,12 +128,15 @@ def test_status_register_unregister(client, region):
     assert exc.value.status() == "StatusCode.NOT_FOUND"
 
 
-@pytest.mark.parametrize("bad_key, reason", [
-    ("/deepr-no-such-object", "no shared memory object"),
-    ("/../etc/passwd", "not a POSIX shared memory name"),
-    ("etc", "not a POSIX shared memory name"),
-    ("/", "not a POSIX shared memory name"),
-])
+@pytest.mark.parametrize(
+    "bad_key, reason",
+    [
+        ("/deepr-no-such-object", "no shared memory object"),
+        ("/../etc/passwd", "not a POSIX shared memory name"),
+        ("etc", "not a POSIX shared memory name"),
+        ("/", "not a POSIX shared memory name"),
+    ],
+)
 def test_register_refuses_bad_keys(client, bad_key, reason):
     with pytest.raises(InferenceServerException) as exc:
         client.register_system_shared_memory("r", bad_key, byte_size=16)
@@ -228,9 +235,11 @@ def test_servers_started_without_shared_memory_refuse_it(repository, region):
 def slice_parameters(region_name: str, byte_size: int, offset: int = 0) -> dict:
     from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 
-    return {"shared_memory_region": pb.InferParameter(string_param=region_name),
-            "shared_memory_byte_size": pb.InferParameter(int64_param=byte_size),
-            "shared_memory_offset": pb.InferParameter(int64_param=offset)}
+    return {
+        "shared_memory_region": pb.InferParameter(string_param=region_name),
+        "shared_memory_byte_size": pb.InferParameter(int64_param=byte_size),
+        "shared_memory_offset": pb.InferParameter(int64_param=offset),
+    }
 
 
 def test_a_slice_outlives_unregister_and_reads_a_copy(region):
@@ -257,7 +266,9 @@ def test_bytes_tensors_round_trip(region):
     words = np.array([b"cat", b"", b"dog \xff"], dtype=np.object_)
     written = regions.tensor_slice(slice_parameters("r", 200, 8), "output 'w'").write(words)
     assert written == 3 * 4 + 3 + 0 + 5
-    back = regions.tensor_slice(slice_parameters("r", written, 8), "input 'w'").read(TensorSpec("w", "BYTES", (-1,)), (3,))
+    back = regions.tensor_slice(slice_parameters("r", written, 8), "input 'w'").read(
+        TensorSpec("w", "BYTES", (-1,)), (3,)
+    )
     assert back.tolist() == words.tolist()
 
 
@@ -357,12 +368,16 @@ def test_registering_again_and_again_leaks_nothing(client, region, repository):
 
     for _ in range(3):  # let grpc's and numpy's own first-time allocations settle
         client.register_system_shared_memory("again", key(region), byte_size=x.nbytes)
-        client.infer("mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)])
+        client.infer(
+            "mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)]
+        )
         client.unregister_system_shared_memory("again")
     before = open_files_and_maps()
     for _ in range(100):
         client.register_system_shared_memory("again", key(region), byte_size=x.nbytes)
-        client.infer("mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)])
+        client.infer(
+            "mnist_convnet", [triton.InferInput(name_in, list(x.shape), "FP32").set_shared_memory("again", x.nbytes)]
+        )
         client.unregister_system_shared_memory("again")
     files, maps = open_files_and_maps()
     assert files <= before[0] + 2 and maps <= before[1] + 8, (before, (files, maps))

@@ -106,8 +106,20 @@ def test_bad_requests(step_model):
     with pytest.raises(ValueError, match="has no character the model knows"):
         next(generate(local, "\u00e9\u00e8", 5))
     run = subprocess.run(
-        [sys.executable, "-m", "deepr", "sample", "--local", str(repo / "char_lstm_step" / "1" / "model.onnx"),
-         "--prompt", "hello", "--temperature", "0"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deepr",
+            "sample",
+            "--local",
+            str(repo / "char_lstm_step" / "1" / "model.onnx"),
+            "--prompt",
+            "hello",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2 and "temperature must be > 0" in run.stderr
 
@@ -123,12 +135,22 @@ def loop_graph(step_model, tmp_path_factory):
     torch.save(model.state_dict(), tmp / "weights.pt")
     result = export_char_generation(tmp / "repo", weights=tmp / "weights.pt")
     assert result.validation.max_abs_diff <= 1e-5  # per-step distributions equal the step graph's
-    return tmp / "repo", ort.InferenceSession(str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return tmp / "repo", ort.InferenceSession(
+        str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def run_loop(session, prompt, length, temperature, top_k, seed):
-    return session.run(None, {"prompt": encode_text(prompt), "length": np.array([length]), "temperature": np.array([temperature], np.float32),
-                              "top_k": np.array([top_k]), "seed": np.array([seed])})
+    return session.run(
+        None,
+        {
+            "prompt": encode_text(prompt),
+            "length": np.array([length]),
+            "temperature": np.array([temperature], np.float32),
+            "top_k": np.array([top_k]),
+            "seed": np.array([seed]),
+        },
+    )
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.2])
@@ -169,7 +191,9 @@ def test_loop_served_equals_local(loop_graph):
     repo, session = loop_graph
     local = "".join(CHARSET[i] for i in run_loop(session, "a list of ", 50, 0.5, 5, 9)[0])
     with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE)) as server:
-        served = generate_in_one_call("a list of ", url=f"127.0.0.1:{server.port}", length=50, temperature=0.5, top_k=5, seed=9)
+        served = generate_in_one_call(
+            "a list of ", url=f"127.0.0.1:{server.port}", length=50, temperature=0.5, top_k=5, seed=9
+        )
     assert served == local and len(served) == 50
 
 
@@ -191,7 +215,9 @@ def test_a_reader_who_stops_stops_the_generation(step_model):
             raise Enough
 
     _, repo, _ = step_model
-    with serve_in_thread(ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)) as server:
+    with serve_in_thread(
+        ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
         url = f"127.0.0.1:{server.port}"
         with pytest.raises(Enough):
             sample_text("abc", model="char_lstm_step", url=url, length=400, seed=1, on_char=reader, stream=True)

@@ -38,7 +38,9 @@ def add_warmup(model_dir, **inputs_and_fields) -> mc.ModelConfig:
 
 
 def load(model_dir) -> OnnxModel:
-    model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
+    model = OnnxModel(
+        "mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE)
+    )
     model.load()
     return model
 
@@ -62,13 +64,16 @@ def test_file_samples_repeat_one_example(model_dir):
     assert load(model_dir).ready
 
 
-@pytest.mark.parametrize("fields, reason", [
-    ({"dims": [1, 32, 32]}, "model_warmup 'bad' failed"),
-    ({"dims": [1, -1, 28]}, "must all be given"),
-    ({"data": {"input_data_file": "missing"}}, "cannot read"),
-    ({"data": {"input_data_file": "../config.pbtxt"}}, "directly in the model's warmup/ directory"),
-    ({"data": {}}, "needs zero_data, random_data or input_data_file"),
-])
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"dims": [1, 32, 32]}, "model_warmup 'bad' failed"),
+        ({"dims": [1, -1, 28]}, "must all be given"),
+        ({"data": {"input_data_file": "missing"}}, "cannot read"),
+        ({"data": {"input_data_file": "../config.pbtxt"}}, "directly in the model's warmup/ directory"),
+        ({"data": {}}, "needs zero_data, random_data or input_data_file"),
+    ],
+)
 def test_a_failing_sample_leaves_the_model_unavailable(model_dir, fields, reason):
     add_warmup(model_dir, name="bad", batch_size=2, **fields)
     repository = ModelRepository(model_dir.parent, RuntimeOptions(device=TEST_DEVICE))
@@ -91,9 +96,13 @@ def test_tritonclient_reads_the_warmup_config(model_dir):
     from serving.server.settings import ServerSettings
 
     add_warmup(model_dir, name="zeros", batch_size=8, count=2)
-    settings = ServerSettings(repository=model_dir.parent, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    settings = ServerSettings(
+        repository=model_dir.parent, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1
+    )
     with serve_in_thread(settings) as server, triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
-        (sample,) = client.get_model_config("mnist_convnet").config.model_warmup  # Triton's own message, same field numbers
+        (sample,) = client.get_model_config(
+            "mnist_convnet"
+        ).config.model_warmup  # Triton's own message, same field numbers
     assert (sample.name, sample.batch_size, sample.count) == ("zeros", 8, 2)
     assert list(sample.inputs["images"].dims) == [1, 28, 28] and sample.inputs["images"].zero_data
 
@@ -102,11 +111,24 @@ def test_export_asks_for_warmup_and_padding(tmp_path, trained_convnet, caplog):
     from deepr.cli import main
 
     repo = tmp_path / "repo"
-    code = main(["export", "mnist_convnet", "--weights", str(trained_convnet.out / "weights.pt"), "--repository", str(repo),
-                 "--warmup", "1,8,32", "--pad-batches"])
+    code = main(
+        [
+            "export",
+            "mnist_convnet",
+            "--weights",
+            str(trained_convnet.out / "weights.pt"),
+            "--repository",
+            str(repo),
+            "--warmup",
+            "1,8,32",
+            "--pad-batches",
+        ]
+    )
     assert code == 0
     config = read_config(repo / "mnist_convnet")
-    assert [s.batch_size for s in config.model_warmup] == [1, 8, 32] and config.parameters["deepr.pad_batches"].string_value == "true"
+    assert [s.batch_size for s in config.model_warmup] == [1, 8, 32] and config.parameters[
+        "deepr.pad_batches"
+    ].string_value == "true"
     with caplog.at_level(logging.INFO, logger="serving.server.warmup"):
         repository = ModelRepository(repo, RuntimeOptions(device=TEST_DEVICE))
         repository.load_all()
@@ -118,7 +140,11 @@ def test_export_refuses_warmup_it_cannot_write(tmp_path, capsys):
 
     code = main(["export", "imdb_lstm", "--repository", str(tmp_path / "repo"), "--warmup", "4"])
     err = capsys.readouterr().err
-    assert code == 2 and "imdb_lstm version 1 is exported, without --warmup/--pad-batches" in err and "free dimensions" in err
+    assert (
+        code == 2
+        and "imdb_lstm version 1 is exported, without --warmup/--pad-batches" in err
+        and "free dimensions" in err
+    )
     code = main(["export", "mnist_dense", "--repository", str(tmp_path / "repo"), "--warmup", "512"])
     assert code == 2 and "exceed its max_batch_size 256" in capsys.readouterr().err
 
@@ -144,7 +170,7 @@ def test_the_warm_up_budget_bounds_load_time_and_the_sizes_used(model_dir, caplo
         model = load(model_dir)
     assert time.perf_counter() - start < 5
     warmed = sorted(model.run_seconds)
-    assert warmed and warmed == [1, 2, 4, 8, 16, 32, 64, 128, 256][:len(warmed)] and len(warmed) < 9
+    assert warmed and warmed == [1, 2, 4, 8, 16, 32, 64, 128, 256][: len(warmed)] and len(warmed) < 9
     assert BatchingPolicy.from_config(model.config, model.run_seconds).run_sizes == tuple(warmed)
     assert "merged runs stay below" in caplog.text
 
@@ -153,7 +179,9 @@ def test_a_model_that_fails_at_a_batch_size_is_not_ready(model_dir, monkeypatch)
     """A model that runs one row but not two (a graph with a hidden fixed batch, say)."""
     from serving.protocol.errors import ModelLoadError
 
-    model = OnnxModel("mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE))
+    model = OnnxModel(
+        "mnist_convnet", "1", model_dir / "1" / "model.onnx", read_config(model_dir), RuntimeOptions(device=TEST_DEVICE)
+    )
     predict = model.predict
 
     def one_row_only(inputs, outputs=None):

@@ -38,13 +38,21 @@ def test_inception_and_resnet_names():
 
 @pytest.mark.parametrize(
     "name, tv_builder, shape",
-    [("vgg16", tvm.vgg16, (2, 3, 64, 64)), ("resnet50", tvm.resnet50, (2, 3, 64, 64)), ("inception_v3", tvm.inception_v3, (2, 3, 96, 96))],
+    [
+        ("vgg16", tvm.vgg16, (2, 3, 64, 64)),
+        ("resnet50", tvm.resnet50, (2, 3, 64, 64)),
+        ("inception_v3", tvm.inception_v3, (2, 3, 96, 96)),
+    ],
 )
 def test_weights_file_maps_onto_torchvision(tmp_path, name, tv_builder, shape):
     torch.manual_seed(0)
-    reference = tv_builder(weights=None, **({"aux_logits": True, "init_weights": True} if name == "inception_v3" else {})).eval()
+    reference = tv_builder(
+        weights=None, **({"aux_logits": True, "init_weights": True} if name == "inception_v3" else {})
+    ).eval()
     torch.save(reference.state_dict(), tmp_path / "weights.pth")
-    ours = zoo.get_model(name, include_top=False, input_shape=(shape[2], shape[3], 3), weights=str(tmp_path / "weights.pth")).eval()
+    ours = zoo.get_model(
+        name, include_top=False, input_shape=(shape[2], shape[3], 3), weights=str(tmp_path / "weights.pth")
+    ).eval()
     x = torch.rand(shape)
     with torch.no_grad():
         if name == "vgg16":
@@ -67,7 +75,9 @@ def test_imagenet_weights_offline_name_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(tvm._api, "load_state_dict_from_url", offline, raising=False)
-    with pytest.raises(PretrainedWeightsError, match=r"vgg16-397923af.pth are not in .*checkpoints and could not be downloaded"):
+    with pytest.raises(
+        PretrainedWeightsError, match=r"vgg16-397923af.pth are not in .*checkpoints and could not be downloaded"
+    ):
         zoo.get_model("vgg16", weights="imagenet")
     with pytest.raises(PretrainedWeightsError, match="no weights file at"):
         zoo.get_model("vgg16", weights=str(tmp_path / "missing.pth"))
@@ -76,7 +86,10 @@ def test_imagenet_weights_offline_name_the_file(tmp_path, monkeypatch):
 def test_transfer_model_counts_as_the_tutorial():
     s = zoo.model_summary("catsdogs_vgg16")
     assert [(r.name, r.layer_type, r.params) for r in s.rows] == [
-        ("vgg16", "Model", 14_714_688), ("flatten", "Flatten", 0), ("dense", "Dense", 2_097_408), ("dense_1", "Dense", 257)
+        ("vgg16", "Model", 14_714_688),
+        ("flatten", "Flatten", 0),
+        ("dense", "Dense", 2_097_408),
+        ("dense_1", "Dense", 257),
     ]
     assert (s.total_params, s.trainable_params, s.non_trainable_params) == (16_812_353, 2_097_665, 14_714_688)
     head = zoo.model_summary("catsdogs_vgg16_head")

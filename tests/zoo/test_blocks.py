@@ -41,8 +41,15 @@ def test_keras_counts():
     s = zoo.summary(block_model(), (3, 14, 14))
     # Keras: SeparableConv2D = 32*3*3 (depthwise) + 32*64 + 64 (pointwise); BatchNormalization = 4 per feature.
     assert [(r.name, r.keras_params) for r in s.rows] == [
-        ("conv2d", 896), ("batch_normalization", 128), ("separable_conv2d", 2_400), ("max_pooling2d", 0),
-        ("flatten", 0), ("dense", 51_232), ("batch_normalization_1", 128), ("dropout", 0), ("dense_1", 330),
+        ("conv2d", 896),
+        ("batch_normalization", 128),
+        ("separable_conv2d", 2_400),
+        ("max_pooling2d", 0),
+        ("flatten", 0),
+        ("dense", 51_232),
+        ("batch_normalization_1", 128),
+        ("dropout", 0),
+        ("dense_1", 330),
     ]
     assert s.rows[1].params == 64  # gamma and beta; the moving statistics are buffers
     assert "Keras counts the moving mean and variance as non-trainable parameters" in str(s)
@@ -63,7 +70,11 @@ def test_blocks_export_with_trained_statistics(tmp_path):
 
 @pytest.mark.parametrize(
     "regularizer, expected",
-    [(regularizer_l1(0.01), 0.01 * 10.0), (regularizer_l2(0.001), 0.001 * 10.0), (regularizer_l1_l2(0.1, 0.2), 0.1 * 10 + 0.2 * 10)],
+    [
+        (regularizer_l1(0.01), 0.01 * 10.0),
+        (regularizer_l2(0.001), 0.001 * 10.0),
+        (regularizer_l1_l2(0.1, 0.2), 0.1 * 10 + 0.2 * 10),
+    ],
 )
 def test_penalties_add_to_the_loss(regularizer, expected):
     layer = Dense(5, 2, kernel_regularizer=regularizer)

@@ -31,7 +31,9 @@ def test_train_and_export_a_recurrent_model(tmp_path):
     trained = deepr("train", "imdb_lstm", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert trained.returncode == 0, trained.stderr
     assert "imdb_lstm: held-out accuracy" in trained.stdout
-    exported = deepr("export", "imdb_lstm", "--weights", str(tmp_path / "run" / "weights.pt"), "--repository", str(tmp_path / "repo"))
+    exported = deepr(
+        "export", "imdb_lstm", "--weights", str(tmp_path / "run" / "weights.pt"), "--repository", str(tmp_path / "repo")
+    )
     assert exported.returncode == 0, exported.stderr
     assert "(1, 5), (1, 23), (7, 5), (7, 23)" in exported.stdout
     assert (tmp_path / "repo" / "imdb_lstm" / "1" / "model.onnx").is_file()
@@ -45,5 +47,8 @@ def test_refusals_are_one_line_with_exit_code_2(tmp_path):
     bad_fill = deepr("train", "catsdogs_convnet", "--fill-mode", "wrap", "--out", str(tmp_path))
     assert bad_fill.returncode == 2 and "invalid choice: 'wrap'" in bad_fill.stderr
     two_kinds = deepr("export", "mnist_convnet", "--features", "--filters", "--repository", str(tmp_path / "repo"))
-    assert two_kinds.returncode == 2 and "choose one kind of graph per export, not --filters and --features" in two_kinds.stderr
+    assert (
+        two_kinds.returncode == 2
+        and "choose one kind of graph per export, not --filters and --features" in two_kinds.stderr
+    )
     assert not (tmp_path / "repo").exists()

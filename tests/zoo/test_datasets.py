@@ -13,7 +13,9 @@ from zoo.datasets.digits import load_digits_28x28
 
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
     type_code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}[array.dtype]
-    data = struct.pack(">HBB", 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    data = (
+        struct.pack(">HBB", 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    )
     path.write_bytes(gzip.compress(data) if compress else data)
 
 
@@ -130,7 +132,9 @@ def test_imdb_npz_format(tmp_path):
     x_train[:] = [[1, 14, 22], [5, 9998, 3], [7]]
     x_test = np.empty(2, dtype=object)
     x_test[:] = [[2, 2], [9, 10, 11, 12]]
-    np.savez(tmp_path / "imdb.npz", x_train=x_train, y_train=np.array([1, 0, 1]), x_test=x_test, y_test=np.array([0, 1]))
+    np.savez(
+        tmp_path / "imdb.npz", x_train=x_train, y_train=np.array([1, 0, 1]), x_test=x_test, y_test=np.array([0, 1])
+    )
     data = load_dataset(str(tmp_path / "imdb.npz"), like="words_multi_hot")
     x, y = data.train.tensors
     assert x.shape == (3, 10_000) and y.tolist() == [1, 0, 1]

@@ -23,9 +23,30 @@ HISTORY_TOLERANCE = 1e-5
 
 
 def train(out, *launcher: str):
-    command = [*launcher, "-m", "deepr", "train", "mnist_convnet", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
-               "--seed", "3", "--optimizer", "sgd", "--lr", "0.05", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **_env()})
+    command = [
+        *launcher,
+        "-m",
+        "deepr",
+        "train",
+        "mnist_convnet",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **_env()}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out / "weights.pt", weights_only=True), json.loads((out / "history.json").read_text())
 
@@ -33,7 +54,11 @@ def train(out, *launcher: str):
 def _env():
     import os
 
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
 
 
 @pytest.mark.slow

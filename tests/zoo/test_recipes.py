@@ -29,5 +29,7 @@ def test_default_recipe_beats_majority_baseline(tmp_path, name):
     cfg = TrainConfig.for_model(name, out=tmp_path, progress=False)
     cfg.epochs = min(cfg.epochs, SHORT_EPOCHS)
     result = train(cfg, data=data)
-    print(f"{name}: held-out accuracy {result.test['accuracy']:.4f} vs baseline {baseline:.4f} in {result.seconds:.1f}s")
+    print(
+        f"{name}: held-out accuracy {result.test['accuracy']:.4f} vs baseline {baseline:.4f} in {result.seconds:.1f}s"
+    )
     assert result.test["accuracy"] > baseline + 0.2

@@ -16,7 +16,10 @@ def test_duplicate_name_is_rejected():
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(KeyError, match="unknown model .mnist_resnet.; known models: catsdogs_convnet, catsdogs_vgg16, catsdogs_vgg16_head, char_lstm, "):
+    with pytest.raises(
+        KeyError,
+        match="unknown model .mnist_resnet.; known models: catsdogs_convnet, catsdogs_vgg16, catsdogs_vgg16_head, char_lstm, ",
+    ):
         zoo.get_model("mnist_resnet")
 
 

@@ -14,8 +14,9 @@ from zoo.recipes.text_sampling import window_sample
 def test_epoch_samples_at_each_temperature(tmp_path):
     (tmp_path / "corpus.txt").write_text("the cat sat on the mat. the dog sat on the log. " * 60)
     data = load_dataset(str(tmp_path / "corpus.txt"), like="chars")
-    cfg = TrainConfig.for_model("char_lstm", out=tmp_path / "run", epochs=2, progress=False,
-                                sample_temperatures=(0.2, 1.2), sample_length=30)
+    cfg = TrainConfig.for_model(
+        "char_lstm", out=tmp_path / "run", epochs=2, progress=False, sample_temperatures=(0.2, 1.2), sample_length=30
+    )
     train(cfg, data=data)
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert [s["epoch"] for s in samples] == [1, 2]

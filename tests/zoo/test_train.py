@@ -46,8 +46,12 @@ def test_dense_default_recipe_beats_chance(tmp_path, digits):
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'"), ({"epochs": 0}, "epochs and batch_size must be >= 1"),
-     ({"validation_split": 1.0}, "validation_split must be in"), ({"lr": -1.0}, "lr must be > 0")],
+    [
+        ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'"),
+        ({"epochs": 0}, "epochs and batch_size must be >= 1"),
+        ({"validation_split": 1.0}, "validation_split must be in"),
+        ({"lr": -1.0}, "lr must be > 0"),
+    ],
 )
 def test_bad_config_is_explained(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):

@@ -160,7 +160,9 @@ def _words(num_words: int, maxlen: int | None, source: Path | None) -> Supervise
     if source is None:
         (train_x, train_y), (test_x, test_y), words = stdlib_prose_code(num_words)
         name, classes = "prose_code", _PROSE_CODE_INFO.classes
-        description = f"standard-library prose vs code snippets: {len(train_y)} train, {len(test_y)} held-out (other files)"
+        description = (
+            f"standard-library prose vs code snippets: {len(train_y)} train, {len(test_y)} held-out (other files)"
+        )
     else:
         (train_x, train_y), (test_x, test_y), words = load_imdb_npz(source, num_words)
         name, classes = "imdb", _IMDB_INFO.classes
@@ -171,7 +173,9 @@ def _words(num_words: int, maxlen: int | None, source: Path | None) -> Supervise
         vectors = multi_hot(x, num_words) if maxlen is None else pad_sequences(x, maxlen)
         return TensorDataset(torch.from_numpy(vectors), torch.from_numpy(y))
 
-    return SupervisedData(name, tensors(train_x, train_y), tensors(test_x, test_y), DatasetInfo(classes, text=encoding), description)
+    return SupervisedData(
+        name, tensors(train_x, train_y), tensors(test_x, test_y), DatasetInfo(classes, text=encoding), description
+    )
 
 
 def _multi_hot(source: Path | None = None) -> SupervisedData:
@@ -241,7 +245,11 @@ def _picture_folders(root: Path, augmentation: Augmentation | None = None) -> Su
     train, validation, test, classes = image_folders(root, train_tf, eval_tf)
     info = DatasetInfo(classes, _PICTURES_INFO.preprocessing)
     return SupervisedData(
-        root.name, train, test, info, f"pictures under {root}: {len(train)} train, {len(validation)} validation, {len(test)} test",
+        root.name,
+        train,
+        test,
+        info,
+        f"pictures under {root}: {len(train)} train, {len(validation)} validation, {len(test)} test",
         validation=validation,
     )
 
@@ -282,8 +290,13 @@ def _features_of(pictures: SupervisedData, base_weights: str | None) -> Supervis
 
 
 _FAMILIES: dict[str, _Family] = {
-    "digits": _Family(_DIGITS_INFO, _digits, _mnist, "a directory of MNIST IDX files",
-                      aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)}),
+    "digits": _Family(
+        _DIGITS_INFO,
+        _digits,
+        _mnist,
+        "a directory of MNIST IDX files",
+        aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)},
+    ),
     "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
     "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),
     "chars": _Family(_CHARS_INFO, _docstring_chars, _text_file, "a text file or an http(s) URL"),
@@ -295,8 +308,13 @@ _FAMILIES: dict[str, _Family] = {
         takes_base_weights=True,
     ),
     "imagenet": _Family(DatasetInfo(_imagenet_classes()), _no_imagenet, _no_imagenet, "ImageNet (not bundled)"),
-    "pictures": _Family(_PICTURES_INFO, _cat_crops, _picture_folders, "a directory with train/ and validation/ class folders",
-                        augments=True),
+    "pictures": _Family(
+        _PICTURES_INFO,
+        _cat_crops,
+        _picture_folders,
+        "a directory with train/ and validation/ class folders",
+        augments=True,
+    ),
 }
 
 
@@ -349,5 +367,7 @@ def load_dataset(
         return _chars(read_corpus(source), "text", source)
     path = Path(source)
     if not path.exists():
-        raise DatasetError(f"unknown dataset {source!r}: not one of {list_datasets()} and no such path (expected {family.path_kind})")
+        raise DatasetError(
+            f"unknown dataset {source!r}: not one of {list_datasets()} and no such path (expected {family.path_kind})"
+        )
     return family.from_path(path, **options)

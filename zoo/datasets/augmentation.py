@@ -49,21 +49,36 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"fill_mode must be one of {sorted(FILL_MODES)}, got {self.fill_mode!r} (wrap is not supported)")
+            raise ValueError(
+                f"fill_mode must be one of {sorted(FILL_MODES)}, got {self.fill_mode!r} (wrap is not supported)"
+            )
         for name in ("width_shift_range", "height_shift_range", "zoom_range"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.rotation_range <= 180.0 or self.shear_range < 0:
-            raise ValueError(f"rotation_range must be in [0, 180] and shear_range >= 0, got {self.rotation_range}, {self.shear_range}")
+            raise ValueError(
+                f"rotation_range must be in [0, 180] and shear_range >= 0, got {self.rotation_range}, {self.shear_range}"
+            )
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range, self.horizontal_flip))
+        return any(
+            (
+                self.rotation_range,
+                self.width_shift_range,
+                self.height_shift_range,
+                self.shear_range,
+                self.zoom_range,
+                self.horizontal_flip,
+            )
+        )
 
     def transform(self, size: tuple[int, int]) -> v2.Transform:
         """Random transforms for float CHW tensors of `size` (height, width)."""
         steps: list[v2.Transform] = []
-        if any((self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range)):
+        if any(
+            (self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range)
+        ):
             # Pad with the fill rule, warp, crop back: border pixels come from the
             # padding (edge / mirror / black) rather than a constant colour.
             pad = max(size) // 2
@@ -71,7 +86,10 @@ class Augmentation:
                 v2.Pad(pad, padding_mode=FILL_MODES[self.fill_mode]),
                 v2.RandomAffine(
                     degrees=self.rotation_range,
-                    translate=(self.width_shift_range * size[1] / (size[1] + 2 * pad), self.height_shift_range * size[0] / (size[0] + 2 * pad)),
+                    translate=(
+                        self.width_shift_range * size[1] / (size[1] + 2 * pad),
+                        self.height_shift_range * size[0] / (size[0] + 2 * pad),
+                    ),
                     scale=(1 - self.zoom_range, 1 + self.zoom_range) if self.zoom_range else None,
                     shear=self.shear_range or None,
                     interpolation=v2.InterpolationMode.BILINEAR,

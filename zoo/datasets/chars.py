@@ -57,7 +57,9 @@ class CharWindows(Dataset):
 
     def __init__(self, codes: np.ndarray, maxlen: int = 60, step: int = 3) -> None:
         if len(codes) <= maxlen:
-            raise DatasetError(f"the text has {len(codes)} usable characters; at least {maxlen + 1} are needed for one window")
+            raise DatasetError(
+                f"the text has {len(codes)} usable characters; at least {maxlen + 1} are needed for one window"
+            )
         self.codes = torch.from_numpy(codes)
         self.maxlen = maxlen
         self.starts = torch.arange(0, len(codes) - maxlen, step)

@@ -22,7 +22,19 @@ from .errors import DatasetError
 
 __all__ = ["PictureSet", "image_folders", "skimage_cat_crops", "to_tensor"]
 
-_OTHER_PHOTOS = ("coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "grass", "gravel", "brick", "coins", "clock")
+_OTHER_PHOTOS = (
+    "coffee",
+    "astronaut",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "grass",
+    "gravel",
+    "brick",
+    "coins",
+    "clock",
+)
 
 
 def to_tensor(size: tuple[int, int]) -> v2.Transform:
@@ -33,7 +45,9 @@ def to_tensor(size: tuple[int, int]) -> v2.Transform:
 class PictureSet(Dataset):
     """(picture tensor, label) pairs from in-memory PIL images, transformed when read."""
 
-    def __init__(self, images: Sequence[Image.Image], labels: Sequence[int], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self, images: Sequence[Image.Image], labels: Sequence[int], transform: Callable[[Image.Image], torch.Tensor]
+    ) -> None:
         self.images, self.labels, self.transform = list(images), torch.as_tensor(labels, dtype=torch.int64), transform
 
     def __len__(self) -> int:
@@ -70,17 +84,25 @@ def skimage_cat_crops(train_per_class: int = 240, held_out_per_class: int = 60, 
     splits = []
     for held_out, per_class in ((False, train_per_class), (True, held_out_per_class // 2), (True, held_out_per_class)):
         cat = crops(skimage.data.chelsea(), per_class, held_out)
-        others = [img for name in _OTHER_PHOTOS for img in crops(getattr(skimage.data, name)(), -(-per_class // len(_OTHER_PHOTOS)), held_out)]
+        others = [
+            img
+            for name in _OTHER_PHOTOS
+            for img in crops(getattr(skimage.data, name)(), -(-per_class // len(_OTHER_PHOTOS)), held_out)
+        ]
         others = others[:per_class]
         splits.append((cat + others, [1] * len(cat) + [0] * len(others)))
     return splits[0], splits[1], splits[2]
 
 
-def image_folders(root: Path, train_transform: v2.Transform, eval_transform: v2.Transform) -> tuple[Dataset, Dataset, Dataset, tuple[str, ...]]:
+def image_folders(
+    root: Path, train_transform: v2.Transform, eval_transform: v2.Transform
+) -> tuple[Dataset, Dataset, Dataset, tuple[str, ...]]:
     """(train, validation, test, classes) from `root`'s train/validation[/test] class folders."""
     missing = [part for part in ("train", "validation") if not (root / part).is_dir()]
     if missing:
-        raise DatasetError(f"{root} needs {' and '.join(p + '/' for p in missing)} with one folder per class (like flow_images_from_directory)")
+        raise DatasetError(
+            f"{root} needs {' and '.join(p + '/' for p in missing)} with one folder per class (like flow_images_from_directory)"
+        )
     try:
         train = ImageFolder(str(root / "train"), transform=train_transform)
         validation = ImageFolder(str(root / "validation"), transform=eval_transform)
@@ -88,5 +110,7 @@ def image_folders(root: Path, train_transform: v2.Transform, eval_transform: v2.
     except (FileNotFoundError, OSError) as exc:
         raise DatasetError(f"cannot read images under {root}: {exc}") from None
     if validation.classes != train.classes or test.classes != train.classes:
-        raise DatasetError(f"class folders differ: train {train.classes}, validation {validation.classes}, test {test.classes}")
+        raise DatasetError(
+            f"class folders differ: train {train.classes}, validation {validation.classes}, test {test.classes}"
+        )
     return train, validation, test, tuple(train.classes)

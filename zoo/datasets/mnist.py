@@ -60,10 +60,14 @@ def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     image_path, label_path = _find(root, image_stem), _find(root, label_stem)
     if image_path is None or label_path is None:
         missing = [s for s, p in ((image_stem, image_path), (label_stem, label_path)) if p is None]
-        raise DatasetError(f"no MNIST file {' or '.join(missing)} (or .gz) in {root}, {root / 'raw'} or {root / 'MNIST' / 'raw'}")
+        raise DatasetError(
+            f"no MNIST file {' or '.join(missing)} (or .gz) in {root}, {root / 'raw'} or {root / 'MNIST' / 'raw'}"
+        )
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DatasetError(f"{image_path} should hold uint8 images (N, rows, cols), holds {images.dtype} {images.shape}")
+        raise DatasetError(
+            f"{image_path} should hold uint8 images (N, rows, cols), holds {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != len(images):
         raise DatasetError(
             f"{label_path} holds {labels.shape} labels for the {len(images)} images of {image_path}; they must match one to one"

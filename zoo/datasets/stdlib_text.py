@@ -43,7 +43,11 @@ def _docstring_nodes(tree: ast.Module) -> list[ast.Expr]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 nodes.append(first)
     return nodes
 
@@ -77,7 +81,9 @@ def prose_and_code() -> tuple[list[str], list[int], list[int]]:
         doc_lines: set[int] = set()
         for node in _docstring_nodes(tree):
             doc_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-            for paragraph in (ast.get_docstring(ast.Module(body=[node], type_ignores=[]), clean=True) or "").split("\n\n"):
+            for paragraph in (ast.get_docstring(ast.Module(body=[node], type_ignores=[]), clean=True) or "").split(
+                "\n\n"
+            ):
                 if len(paragraph.split()) >= _MIN_PROSE_WORDS:
                     texts.append(" ".join(paragraph.split()))
                     labels.append(1)

@@ -18,7 +18,16 @@ from torch.nn import functional as F
 
 from .regularizers import L1L2
 
-__all__ = ["BatchNormalization", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPooling2D", "SeparableConv2D", "keras_sequential"]
+__all__ = [
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "MaxPooling2D",
+    "SeparableConv2D",
+    "keras_sequential",
+]
 
 _ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     None: lambda x: x,
@@ -62,7 +71,9 @@ class Dense(_Activated, nn.Linear):
     keras_type = "Dense"
     keras_name = "dense"
 
-    def __init__(self, in_features: int, units: int, activation: str | None = None, kernel_regularizer: L1L2 | None = None) -> None:
+    def __init__(
+        self, in_features: int, units: int, activation: str | None = None, kernel_regularizer: L1L2 | None = None
+    ) -> None:
         nn.Linear.__init__(self, in_features, units)
         self._set_activation(activation, kernel_regularizer)
 
@@ -129,8 +140,14 @@ class BatchNormalization(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # (B, C, H, W): normalise each channel over batch and space
             return F.batch_norm(
-                x, self.norm.running_mean, self.norm.running_var, self.norm.weight, self.norm.bias,
-                self.training, self.norm.momentum, self.norm.eps,
+                x,
+                self.norm.running_mean,
+                self.norm.running_var,
+                self.norm.weight,
+                self.norm.bias,
+                self.training,
+                self.norm.momentum,
+                self.norm.eps,
             )
         return self.norm(x)
 
@@ -147,9 +164,13 @@ class SeparableConv2D(nn.Module):
     keras_type = "SeparableConv2D"
     keras_name = "separable_conv2d"
 
-    def __init__(self, in_channels: int, filters: int, kernel_size: int, activation: str | None = None, padding: str = "valid") -> None:
+    def __init__(
+        self, in_channels: int, filters: int, kernel_size: int, activation: str | None = None, padding: str = "valid"
+    ) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, groups=in_channels, bias=False)
+        self.depthwise = nn.Conv2d(
+            in_channels, in_channels, kernel_size, padding=padding, groups=in_channels, bias=False
+        )
         self.pointwise = nn.Conv2d(in_channels, filters, 1)
         self.activation = activation
         self._act = _activation(activation)

@@ -30,11 +30,11 @@ class L1L2:
         return penalty
 
 
-def regularizer_l1(l: float = 0.01) -> L1L2:
+def regularizer_l1(l: float = 0.01) -> L1L2:  # noqa: E741 (Keras' own argument name)
     return L1L2(l1=l)
 
 
-def regularizer_l2(l: float = 0.01) -> L1L2:
+def regularizer_l2(l: float = 0.01) -> L1L2:  # noqa: E741 (Keras' own argument name)
     return L1L2(l2=l)
 
 

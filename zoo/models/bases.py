@@ -35,6 +35,8 @@ def _imagenet_preprocessing(shape: tuple[int, int, int], inception: bool = False
     # weights (Google's) take RGB scaled to [-1, 1].
     mean, std = ((0.5,) * 3, (0.5,) * 3) if inception else (IMAGENET_MEAN, IMAGENET_STD)
     return ImagePreprocessing(size=shape[1:], color_mode="RGB", scale=1 / 255, mean=mean, std=std)
+
+
 _SECTION = "Pretrained DL models"
 
 
@@ -44,8 +46,13 @@ class ConvBase(nn.Sequential):
 
     keras_type = "Model"
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", input_shape: tuple[int, int, int], name: str,
-                 preprocessing: ImagePreprocessing) -> None:
+    def __init__(
+        self,
+        layers: "OrderedDict[str, nn.Module]",
+        input_shape: tuple[int, int, int],
+        name: str,
+        preprocessing: ImagePreprocessing,
+    ) -> None:
         super().__init__(layers)
         self.input_shape = input_shape  # (C, H, W)
         self.keras_name = name
@@ -53,21 +60,31 @@ class ConvBase(nn.Sequential):
         """What the weights expect: resize, 0..1 scaling, then their normalisation."""
 
 
-def _channels_first(input_shape: tuple[int, ...] | None, default: tuple[int, int, int], include_top: bool, name: str) -> tuple[int, int, int]:
+def _channels_first(
+    input_shape: tuple[int, ...] | None, default: tuple[int, int, int], include_top: bool, name: str
+) -> tuple[int, int, int]:
     if input_shape is None:
         return default
     if len(input_shape) != 3 or input_shape[2] != 3:
         raise ValueError(f"{name}: input_shape is (height, width, 3) as in Keras, got {input_shape}")
     height, width, _ = input_shape
     if include_top and (height, width) != default[1:]:
-        raise ValueError(f"{name}: with include_top=True the input must be {default[1]}x{default[2]}; use include_top=False for {height}x{width}")
+        raise ValueError(
+            f"{name}: with include_top=True the input must be {default[1]}x{default[2]}; use include_top=False for {height}x{width}"
+        )
     if min(height, width) < 32:
         raise ValueError(f"{name}: input_shape {input_shape} is too small; height and width must be >= 32")
     return (3, height, width)
 
 
-def _vgg(builder: Callable[..., tvm.VGG], weights_enum: tvm.WeightsEnum, name: str, include_top: bool,
-         input_shape: tuple[int, ...] | None, weights: str | None) -> ConvBase:
+def _vgg(
+    builder: Callable[..., tvm.VGG],
+    weights_enum: tvm.WeightsEnum,
+    name: str,
+    include_top: bool,
+    input_shape: tuple[int, ...] | None,
+    weights: str | None,
+) -> ConvBase:
     shape = _channels_first(input_shape, (3, 224, 224), include_top, name)
     source = builder(weights=None)  # torchvision's architecture
     if weights is not None:
@@ -92,8 +109,6 @@ def _vgg(builder: Callable[..., tvm.VGG], weights_enum: tvm.WeightsEnum, name: s
             dense.load_state_dict(linear.state_dict())
             layers[key] = dense
     return ConvBase(layers, shape, name, _imagenet_preprocessing(shape))
-
-
 
 
 def _pooled_top(fc: nn.Linear) -> "OrderedDict[str, nn.Module]":
@@ -153,13 +168,17 @@ def vgg19(include_top: bool = True, input_shape: tuple[int, ...] | None = None, 
 
 
 @register_model("inception_v3", section=_SECTION, input_shape=(3, 299, 299), **_IMAGENET)
-def inception_v3(include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None) -> ConvBase:
+def inception_v3(
+    include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None
+) -> ConvBase:
     """InceptionV3 (torchvision's), its 11 mixed blocks named mixed0 ... mixed10 as in Keras."""
     return _inception_v3(include_top, input_shape, weights)
 
 
 @register_model("resnet50", section=_SECTION, input_shape=(3, 224, 224), **_IMAGENET)
-def resnet50(include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None) -> ConvBase:
+def resnet50(
+    include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None
+) -> ConvBase:
     """ResNet50 (torchvision's names: conv1 ... layer4), top avg_pool-predictions."""
     return _resnet50(include_top, input_shape, weights)
 
@@ -167,7 +186,14 @@ def resnet50(include_top: bool = True, input_shape: tuple[int, ...] | None = Non
 # -- the tutorial's transfer-learning models on 150x150 pictures ----------------------------------------------------
 
 _PICTURE_SHAPE = (150, 150, 3)
-_FINE_TUNE_RECIPE = {"epochs": 5, "batch_size": 20, "optimizer": "rmsprop", "lr": 2e-5, "base_weights": "imagenet", **TUTORIAL_AUGMENTATION}
+_FINE_TUNE_RECIPE = {
+    "epochs": 5,
+    "batch_size": 20,
+    "optimizer": "rmsprop",
+    "lr": 2e-5,
+    "base_weights": "imagenet",
+    **TUTORIAL_AUGMENTATION,
+}
 
 
 @register_model(

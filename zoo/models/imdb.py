@@ -29,7 +29,13 @@ def _imdb_dense(regularizer: L1L2 | None = None, dropout: float = 0.0) -> nn.Seq
 
 def _register(name: str):
     return register_model(
-        name, section=_SECTION, input_shape=(_WORDS,), dataset="words_multi_hot", recipe=_RECIPE, task="binary", export=_EXPORT
+        name,
+        section=_SECTION,
+        input_shape=(_WORDS,),
+        dataset="words_multi_hot",
+        recipe=_RECIPE,
+        task="binary",
+        export=_EXPORT,
     )
 
 

@@ -14,7 +14,9 @@ from ..layers import Conv2D, Dense, Flatten, MaxPooling2D, keras_sequential
 _DIGITS_RECIPE = {"epochs": 30, "batch_size": 32, "optimizer": "rmsprop", "lr": 2e-3, "lr_schedule": "cosine"}
 
 
-@register_model("mnist_dense", section="Architectures / Problems", input_shape=(784,), dataset="digits", recipe=_DIGITS_RECIPE)
+@register_model(
+    "mnist_dense", section="Architectures / Problems", input_shape=(784,), dataset="digits", recipe=_DIGITS_RECIPE
+)
 def mnist_dense() -> nn.Sequential:
     """Dense 784 -> 512 relu -> 10 softmax on flattened 28x28 digits."""
     return keras_sequential(
@@ -41,13 +43,21 @@ def _mnist_convnet(pooling: bool) -> nn.Sequential:
     )
 
 
-@register_model("mnist_convnet", section="Convolutional Layers", input_shape=(1, 28, 28), dataset="digits", recipe=_DIGITS_RECIPE)
+@register_model(
+    "mnist_convnet", section="Convolutional Layers", input_shape=(1, 28, 28), dataset="digits", recipe=_DIGITS_RECIPE
+)
 def mnist_convnet() -> nn.Sequential:
     """Convnet conv32-pool-conv64-pool-conv64, dense 64, dense 10 softmax."""
     return _mnist_convnet(pooling=True)
 
 
-@register_model("mnist_convnet_nopool", section="Convolutional Layers", input_shape=(1, 28, 28), dataset="digits", recipe=_DIGITS_RECIPE)
+@register_model(
+    "mnist_convnet_nopool",
+    section="Convolutional Layers",
+    input_shape=(1, 28, 28),
+    dataset="digits",
+    recipe=_DIGITS_RECIPE,
+)
 def mnist_convnet_nopool() -> nn.Sequential:
     """The same convnet without max pooling: 20x the parameters, most in the first dense layer."""
     return _mnist_convnet(pooling=False)

@@ -16,7 +16,9 @@ __all__ = ["window_sample"]
 
 
 @torch.no_grad()
-def window_sample(model: nn.Module, seed_text: str, length: int, temperature: float, *, maxlen: int = 60, seed: int | None = None) -> str:
+def window_sample(
+    model: nn.Module, seed_text: str, length: int, temperature: float, *, maxlen: int = 60, seed: int | None = None
+) -> str:
     """`length` characters after `seed_text`, each from the model's distribution given the last
     `maxlen` characters, reweighted as exp(log(p) / T)."""
     model.eval()

@@ -81,14 +81,19 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def _epoch_samples(cfg: TrainConfig, model: nn.Module, data: SupervisedData, epoch: int, bar: tqdm) -> dict[str, object]:
+def _epoch_samples(
+    cfg: TrainConfig, model: nn.Module, data: SupervisedData, epoch: int, bar: tqdm
+) -> dict[str, object]:
     """The tutorial's loop body: a random 60-character seed from the text, then text at each temperature."""
     from .text_sampling import window_sample
 
     windows = data.train
     start = int(torch.randint(len(windows), (1,), generator=torch.Generator().manual_seed(cfg.seed + epoch)))
     seed_text = "".join(CHARSET[i] for i in windows[start][0].argmax(1).tolist())
-    texts = {str(t): window_sample(model, seed_text, cfg.sample_length, t, seed=cfg.seed + epoch) for t in cfg.sample_temperatures}
+    texts = {
+        str(t): window_sample(model, seed_text, cfg.sample_length, t, seed=cfg.seed + epoch)
+        for t in cfg.sample_temperatures
+    }
     model.train()
     for t, text in texts.items():
         bar.write(f"--- epoch {epoch + 1}, temperature {t}, seed {seed_text!r}\n{text}")
@@ -101,7 +106,9 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     parallel = from_environment()
     device = parallel.device(_device(cfg.device))
     parallel.start(device)
-    data = data or load_dataset(cfg.data, like=spec.dataset, augmentation=cfg.augmentation(), base_weights=cfg.base_weights)
+    data = data or load_dataset(
+        cfg.data, like=spec.dataset, augmentation=cfg.augmentation(), base_weights=cfg.base_weights
+    )
 
     torch.manual_seed(cfg.seed)
     try:
@@ -117,7 +124,9 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
         n_split = int(round(cfg.validation_split * len(order)))
         train_set, val_set = Subset(data.train, order[n_split:]), Subset(data.train, order[:n_split])
     n_val = len(val_set)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1)
+    )
 
     optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])  # frozen layers stay as they are
     trained = parallel.wrap(model)  # the DDP wrapper under torchrun, else the model itself
@@ -129,7 +138,13 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     )
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     samples: list[dict[str, object]] = []
-    bar = tqdm(total=total_steps, desc=cfg.model, unit="batch", disable=not (cfg.progress and parallel.is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        desc=cfg.model,
+        unit="batch",
+        disable=not (cfg.progress and parallel.is_main),
+        dynamic_ncols=True,
+    )
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
@@ -140,7 +155,9 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
             probs = trained(x)  # (B, classes) softmax or (B, 1) sigmoid
             # Weight penalties join the loss, and the reported loss, as in Keras.
             penalty = regularization_loss(model)
-            task = task_loss(spec.task, probs, y) if len(y) else probs.sum() * 0.0  # an empty slice still joins DDP's sync
+            task = (
+                task_loss(spec.task, probs, y) if len(y) else probs.sum() * 0.0
+            )  # an empty slice still joins DDP's sync
             loss = task * share + penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -148,7 +165,9 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
             if scheduler is not None:
                 scheduler.step()
             seen += len(y)
-            loss_sum += (task.item() + (penalty.detach().item() if torch.is_tensor(penalty) else float(penalty))) * len(y)
+            loss_sum += (task.item() + (penalty.detach().item() if torch.is_tensor(penalty) else float(penalty))) * len(
+                y
+            )
             correct += count_correct(spec.task, probs, y)
             bar.update()
         seen, loss_sum, correct = parallel.sum(seen, loss_sum, correct)

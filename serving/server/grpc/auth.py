@@ -28,7 +28,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._token = token
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
@@ -36,7 +38,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         presented = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
         if bearer_token_matches(presented, self._token):
             return handler
-        message = "missing bearer token (metadata 'authorization: Bearer <token>')" if presented is None else "invalid bearer token"
+        message = (
+            "missing bearer token (metadata 'authorization: Bearer <token>')"
+            if presented is None
+            else "invalid bearer token"
+        )
         return _refusal(handler, message)
 
 
@@ -50,7 +56,10 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # an async generator, as streaming handlers are
 
-    serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **serializers)
     if handler.unary_stream:

@@ -35,12 +35,17 @@ def _refuse(reason: str) -> tuple[grpc.StatusCode, str]:
 
 class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None:
             return None
-        serializers = {"request_deserializer": _tolerant(handler.request_deserializer), "response_serializer": handler.response_serializer}
+        serializers = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary:
             behaviour = handler.unary_unary
 

@@ -78,9 +78,7 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings, dataplane: DataPlane | None = None) -> None:
         self.settings = settings
-        self.dataplane = dataplane or DataPlane(
-            ModelRepository(settings.repository, settings.runtime()), settings
-        )
+        self.dataplane = dataplane or DataPlane(ModelRepository(settings.repository, settings.runtime()), settings)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics = None
@@ -102,7 +100,11 @@ class InferenceServer:
         address = f"{self.settings.host}:{self.settings.port}"
         try:
             if settings.tls_cert:
-                credentials = server_credentials(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.tls_client_ca) if settings.tls_client_ca else None)
+                credentials = server_credentials(
+                    Path(settings.tls_cert),
+                    Path(settings.tls_key),
+                    Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+                )
                 self.port = server.add_secure_port(address, credentials)
             else:
                 self.port = server.add_insecure_port(address)
@@ -113,7 +115,9 @@ class InferenceServer:
 
             collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
             tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-            self._metrics = start_metrics_server(collector, settings.host, settings.metrics_port, token=settings.token, tls=tls)
+            self._metrics = start_metrics_server(
+                collector, settings.host, settings.metrics_port, token=settings.token, tls=tls
+            )
             self.metrics_port = self._metrics.server_port
         await server.start()
         self._server = server
@@ -121,9 +125,16 @@ class InferenceServer:
             self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("serving %s on %s:%d (%s%s)", settings.repository, settings.host, self.port,
-                    "TLS" + (" with client certificates" if settings.tls_client_ca else "") if settings.tls_cert else "plaintext",
-                    ", bearer token required" if settings.token else "")
+        logger.info(
+            "serving %s on %s:%d (%s%s)",
+            settings.repository,
+            settings.host,
+            self.port,
+            "TLS" + (" with client certificates" if settings.tls_client_ca else "")
+            if settings.tls_cert
+            else "plaintext",
+            ", bearer token required" if settings.token else "",
+        )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -158,8 +169,8 @@ class InferenceServer:
 def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
     """Run a server on its own event loop in a background thread, for apps and tests.
 
-        with serve_in_thread(ServerSettings(repository=repo, port=0)) as server:
-            client = InferenceClient(f"localhost:{server.port}")
+    with serve_in_thread(ServerSettings(repository=repo, port=0)) as server:
+        client = InferenceClient(f"localhost:{server.port}")
     """
     server = InferenceServer(settings)
     loop = settings.new_event_loop()

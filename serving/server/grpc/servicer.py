@@ -58,7 +58,9 @@ def _output_slices(request: pb.ModelInferRequest, dataplane: DataPlane) -> dict[
         where = dataplane.shared_memory.tensor_slice(output.parameters, what)
         if where is not None:
             if "classification" in output.parameters:
-                raise InvalidInput(f"{what}: classification results cannot go to shared memory; ask for one or the other")
+                raise InvalidInput(
+                    f"{what}: classification results cannot go to shared memory; ask for one or the other"
+                )
             slices[output.name] = where
     return slices
 
@@ -67,9 +69,20 @@ def _log_failure(request: pb.ModelInferRequest, exc: Exception, start_ns: int) -
     """Failed requests are logged at WARNING with their id (the client's `id`, if it sent one)."""
     status = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
     duration = round((time.perf_counter_ns() - start_ns) / 1e6, 3)
-    logger.warning("request %s for %s failed: %s: %s", request.id or "-", request.model_name, status, exc,
-                   extra={"request_id": request.id, "model": request.model_name, "version": request.model_version,
-                          "status": status, "duration_ms": duration})
+    logger.warning(
+        "request %s for %s failed: %s: %s",
+        request.id or "-",
+        request.model_name,
+        status,
+        exc,
+        extra={
+            "request_id": request.id,
+            "model": request.model_name,
+            "version": request.model_version,
+            "status": status,
+            "duration_ms": duration,
+        },
+    )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -137,13 +150,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         end = time.perf_counter_ns()
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("request %s: %s version %s answered in %.2f ms", request.id or "-", model.name, model.version, (end - start) / 1e6,
-                         extra={"request_id": request.id, "model": model.name, "version": model.version, "status": "OK",
-                                "duration_ms": round((end - start) / 1e6, 3), "batch": timings.batch_size})
+            logger.debug(
+                "request %s: %s version %s answered in %.2f ms",
+                request.id or "-",
+                model.name,
+                model.version,
+                (end - start) / 1e6,
+                extra={
+                    "request_id": request.id,
+                    "model": model.name,
+                    "version": model.version,
+                    "status": "OK",
+                    "duration_ms": round((end - start) / 1e6, 3),
+                    "batch": timings.batch_size,
+                },
+            )
         batch = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
         self.dataplane.statistics.record_success(
-            model.name, model.version, batch=batch, total_ns=end - start, input_ns=decoded - start,
-            queue_ns=timings.queue_ns, infer_ns=timings.infer_ns, output_ns=end - inferred,
+            model.name,
+            model.version,
+            batch=batch,
+            total_ns=end - start,
+            input_ns=decoded - start,
+            queue_ns=timings.queue_ns,
+            infer_ns=timings.infer_ns,
+            output_ns=end - inferred,
         )
         return response
 
@@ -172,12 +203,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         duration = pb.StatisticDuration
         stats = [
             pb.ModelStatistics(
-                name=s.name, version=s.version, last_inference=s.last_inference_ms, inference_count=s.inference_count,
+                name=s.name,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
                 execution_count=s.execution_count,
-                inference_stats=pb.InferStatistics(**{
-                    key: duration(count=getattr(s, key).count, ns=getattr(s, key).ns)
-                    for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-                }),
+                inference_stats=pb.InferStatistics(
+                    **{
+                        key: duration(count=getattr(s, key).count, ns=getattr(s, key).ns)
+                        for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+                    }
+                ),
                 batch_stats=[
                     pb.InferBatchStatistics(batch_size=size, compute_infer=duration(count=d.count, ns=d.ns))
                     for size, d in sorted(s.batches.items())
@@ -202,7 +238,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not self.dataplane.settings.model_control:
             raise NotEnabled("model control is disabled on this server (started with --no-model-control)")
         if request.repository_name:
-            raise InvalidInput(f"repository {request.repository_name!r}: this server has one repository; leave repository_name empty")
+            raise InvalidInput(
+                f"repository {request.repository_name!r}: this server has one repository; leave repository_name empty"
+            )
         # unload_dependents (tritonclient always sends it) has nothing to act on: deepr
         # models have no ensembles depending on them. Config and file overrides are refused.
         unsupported = sorted(set(request.parameters) - {"unload_dependents"})
@@ -210,13 +248,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput(f"parameters {unsupported} are not supported: deepr loads models as they are on disk")
 
     @_status_on_error
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
         self._check_model_control(request)
         await self.dataplane.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_status_on_error
-    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> pb.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
         self._check_model_control(request)
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
