@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.protocol.preprocessing import load_image
     from serving.tasks.activation_grid import activation_grid
     from serving.tasks.features import LocalFeatureExtractor, extract_features
@@ -19,7 +17,7 @@ def _activations(args: argparse.Namespace) -> int:
     if not args.model and not args.local:
         raise CLIError("give --model NAME_features (served) or --local MODEL.onnx", EXIT_USAGE)
     layers = [layer for layer in (args.layers or "").split(",") if layer] or None
-    try:
+    with task_errors(args.url):
         picture = load_image(args.image)
         if args.local:
             extractor = LocalFeatureExtractor(args.local)
@@ -29,10 +27,6 @@ def _activations(args: argparse.Namespace) -> int:
             maps = extract_features([picture], model=model, layers=layers, url=args.url)
             if not layers:
                 maps = dict(list(maps.items())[: args.first])
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     args.out.mkdir(parents=True, exist_ok=True)
     for layer, batch in maps.items():
         if batch.ndim != 4:
@@ -48,7 +42,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("activations", help="every channel of a convnet's layers for one picture, as PNG grids")
     p.add_argument("image", type=Path)
     p.add_argument("--model", help="served feature graph (NAME or NAME_features), from `deepr export NAME --features`")
-    p.add_argument("--local", type=Path, help="run this exported feature model.onnx in-process instead")
     p.add_argument("--layers", help="comma-separated layers (default: the first --first layers)")
     p.add_argument(
         "--first", type=int, default=8, help="how many layers when --layers is not given (default: %(default)s)"
@@ -57,5 +50,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("activations"), help="folder for LAYER.png files (default: %(default)s)"
     )
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "feature")
     p.set_defaults(run=_activations)

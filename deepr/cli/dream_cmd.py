@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _dream(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.tasks.dream import LocalDreamLoss, ServedDreamLoss, coefficients_from, dream
 
     if not args.model and not args.local:
         raise CLIError("give --model inception_v3_dream (served) or --local MODEL.onnx", EXIT_USAGE)
-    try:
+    with task_errors(args.url):
         loss = LocalDreamLoss(args.local) if args.local else ServedDreamLoss(args.model, url=args.url)
         result = dream(
             loss,
@@ -28,10 +26,6 @@ def _dream(args: argparse.Namespace) -> int:
             step=args.step,
             max_loss=args.max_loss,
         )
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     for shape, history in zip(result.shapes, result.losses):
         print(f"octave {shape[1]}x{shape[0]}: loss {history[0]:.4g} -> {history[-1]:.4g} in {len(history) - 1} steps")
     result.picture.save(args.out)
@@ -43,7 +37,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dream", help="DeepDream on a picture, from an exported InceptionV3 dream graph")
     p.add_argument("image", type=Path)
     p.add_argument("--model", help="served dream graph, from `deepr export inception_v3 --dream` (inception_v3_dream)")
-    p.add_argument("--local", type=Path, help="run this exported dream model.onnx in-process instead")
     p.add_argument("--coefficients", help="layer weights, e.g. mixed2=0.2,mixed3=3,mixed4=2,mixed5=1.5 (the default)")
     p.add_argument(
         "--octaves", type=int, default=3, help="picture sizes, each octave-scale smaller (default: %(default)s)"
@@ -55,5 +48,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--max-loss", type=float, default=10.0, help="stop an octave's ascent above this loss (default: %(default)s)"
     )
     p.add_argument("--out", type=Path, default=Path("dream.png"), help="the dreamt picture (default: %(default)s)")
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "dream")
     p.set_defaults(run=_dream)

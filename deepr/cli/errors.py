@@ -1,6 +1,11 @@
 """CLIError: a failure the user can fix, printed as one line with an exit code."""
 
-__all__ = ["CLIError", "EXIT_FAILURE", "EXIT_USAGE"]
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+__all__ = ["CLIError", "EXIT_FAILURE", "EXIT_USAGE", "task_errors"]
 
 EXIT_FAILURE = 1  # the work failed (server error, training or export failure)
 EXIT_USAGE = 2  # the input was wrong (unknown model, unreadable file); argparse uses 2 too
@@ -10,3 +15,18 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def task_errors(url: str) -> Iterator[None]:
+    """How a client command's failures become exits: what the server refused, or a server
+    that cannot be reached, exits 1 naming the server; the user's own input (a missing
+    file, a value out of range) exits 2."""
+    from serving.client import InferenceServerError
+
+    try:
+        yield
+    except InferenceServerError as exc:
+        raise CLIError(f"{exc} (server {url})") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None

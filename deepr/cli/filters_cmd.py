@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _filters(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.tasks.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
 
     if not args.model and not args.local:
         raise CLIError("give --model NAME_filters (served) or --local MODEL.onnx", EXIT_USAGE)
-    try:
+    with task_errors(args.url):
         if args.local:
             gradients = LocalFilterGradients(args.local)
         else:
@@ -34,17 +32,12 @@ def _filters(args: argparse.Namespace) -> int:
                 f"{layer}: filters 0..{args.filters - 1}, mean activation {result.losses[0].mean():.4g} -> "
                 f"{result.losses[-1].mean():.4g} (rose for {(gains > 0).sum()} of {args.filters}) -> {path}"
             )
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("filters", help="filter patterns by gradient ascent in input space, as PNG grids per layer")
     p.add_argument("--model", help="served filter graph (NAME or NAME_filters), from `deepr export NAME --filters`")
-    p.add_argument("--local", type=Path, help="run this exported filter model.onnx in-process instead")
     p.add_argument("--layers", help="comma-separated layers (default: every layer of the graph)")
     p.add_argument(
         "--filters", type=int, default=64, help="filters per layer, from 0 (default: %(default)s, an 8x8 grid)"
@@ -58,5 +51,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("filters"), help="folder for LAYER.png files (default: %(default)s)"
     )
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "filter")
     p.set_defaults(run=_filters)

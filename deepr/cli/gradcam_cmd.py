@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _out_paths(out: Path, count: int) -> list[Path]:
@@ -17,21 +16,16 @@ def _out_paths(out: Path, count: int) -> list[Path]:
 
 
 def _gradcam(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.protocol.preprocessing import load_image
     from serving.tasks.gradcam import LocalGradCAM, gradcam, overlay
 
-    try:
+    with task_errors(args.url):
         pictures = [load_image(path) for path in args.images]
         if args.local:
             results = LocalGradCAM(args.local)(pictures, args.class_index)
         else:
             model = args.model if args.model.endswith("_gradcam") else args.model + "_gradcam"
             results = gradcam(pictures, model, url=args.url, class_index=args.class_index)
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     for path, picture, result, out in zip(args.images, pictures, results, _out_paths(args.out, len(pictures))):
         overlay(picture, result.heatmap, alpha=args.alpha).save(out)
         print(f"{path}: class {result.class_index} ({result.label}) score {result.score:.4f} -> {out}")
@@ -43,16 +37,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", help="served model (NAME or NAME_gradcam), exported with `deepr export NAME --gradcam`")
     p.add_argument(
-        "--local", type=Path, help="run this exported Grad-CAM model.onnx in-process instead of asking a server"
-    )
-    p.add_argument(
         "--class", dest="class_index", type=int, help="class index to explain (default: each image's top class)"
     )
     p.add_argument(
         "--out", type=Path, default=Path("heatmap.png"), help="overlay PNG (several images: NAME_0.png, ...)"
     )
     p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity over the picture (default: %(default)s)")
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "Grad-CAM")
     p.set_defaults(run=_run_checked)
 
 

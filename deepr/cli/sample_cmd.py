@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import task_errors
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.tasks.text_generation import generate_in_one_call, sample_text
 
     base = args.model.removesuffix("_step").removesuffix("_generate")
@@ -22,7 +19,7 @@ def _sample(args: argparse.Namespace) -> int:
         sys.stdout.write(ch)
         sys.stdout.flush()
 
-    try:
+    with task_errors(args.url):
         if one_call:
             text = generate_in_one_call(
                 args.prompt,
@@ -47,10 +44,6 @@ def _sample(args: argparse.Namespace) -> int:
                 on_char=show if args.stream else None,
                 stream=args.stream,
             )
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     print("" if args.stream else text)
     return 0
 
@@ -68,7 +61,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="loop",
         help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)",
     )
-    p.add_argument("--local", type=Path, help="run this exported graph (loop or step, per --graph) in-process instead")
     p.add_argument(
         "--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)"
     )
@@ -84,5 +76,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream"
     )
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "graph (loop or step, per --graph)")
     p.set_defaults(run=_sample)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.client import DEFAULT_URL
-
-from .errors import EXIT_USAGE, CLIError
+from .arguments import add_server_options
+from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _style(args: argparse.Namespace) -> int:
-    from serving.client import InferenceServerError
     from serving.protocol.preprocessing import load_image
     from serving.tasks.style import LocalStyleLoss, ServedStyleLoss, transfer_style
 
     if not args.model and not args.local:
         raise CLIError("give --model vgg19_style (served) or --local MODEL.onnx", EXIT_USAGE)
-    try:
+    with task_errors(args.url):
         content, style = load_image(args.content), load_image(args.style_picture)
         loss = LocalStyleLoss(args.local) if args.local else ServedStyleLoss(args.model, url=args.url)
         result = transfer_style(
@@ -27,10 +25,6 @@ def _style(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             on_iteration=lambda i, value: print(f"iteration {i + 1}/{args.iterations}: loss {value:.6g}", flush=True),
         )
-    except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {args.url})") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc), EXIT_USAGE) from None
     result.picture.save(args.out)
     print(f"loss {result.losses[0]:.6g} -> {result.losses[-1]:.6g}; wrote {args.out}")
     return 0
@@ -41,10 +35,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("content", type=Path, help="the picture whose content is kept")
     p.add_argument("style_picture", type=Path, metavar="style", help="the picture whose style is taken")
     p.add_argument("--model", help="served style graph, from `deepr export vgg19 --style` (vgg19_style)")
-    p.add_argument("--local", type=Path, help="run this exported style model.onnx in-process instead")
     p.add_argument(
         "--iterations", type=int, default=20, help="L-BFGS runs of 20 evaluations each (default: %(default)s)"
     )
     p.add_argument("--out", type=Path, default=Path("styled.png"), help="the generated picture (default: %(default)s)")
-    p.add_argument("--url", default=DEFAULT_URL, help="server address (default: %(default)s)")
+    add_server_options(p, "style")
     p.set_defaults(run=_style)

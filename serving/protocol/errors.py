@@ -10,7 +10,6 @@ __all__ = [
     "ModelNotReady",
     "InvalidInput",
     "ModelLoadError",
-    "Unavailable",
     "QueueFull",
     "DeadlineExceeded",
     "NotEnabled",
@@ -49,12 +48,6 @@ class ModelLoadError(ServingError):
     """A model in the repository cannot be loaded (bad config, bad ONNX file)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class Unavailable(ServingError):
-    """The server cannot take the request now."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 class QueueFull(ServingError):

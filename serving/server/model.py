@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from serving.protocol.codecs import TensorSpec
 from serving.protocol.datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
-from serving.protocol.errors import InvalidInput, ModelLoadError
+from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotReady
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.runtime.providers import select_providers
 from serving.runtime.sessions import pruned_graph, usable_cores
@@ -255,7 +255,7 @@ class OnnxModel:
         """Run the graph; `outputs` limits what is returned (default: every output)."""
         session = self._session
         if session is None:
-            raise ModelLoadError(f"{self.name} version {self.version} is not loaded")
+            raise ModelNotReady(f"{self.name} version {self.version} is not loaded (unloaded or replaced); retry")
         self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
         if len(set(names)) < len(self.outputs):

@@ -121,3 +121,16 @@ def test_overlong_names_are_invalid_and_not_echoed_whole(repo):
     with pytest.raises(ModelNotFound) as caught:
         plane.model(name)
     assert len(str(caught.value)) < 400
+
+
+def test_an_unloaded_model_answers_unavailable_not_a_failed_precondition(repo):
+    """A request that reaches a model after its unload (a reload replaced it) may retry."""
+    import grpc
+    import numpy as np
+
+    repository = ModelRepository(repo, RuntimeOptions(device=TEST_DEVICE))
+    model = repository.load("mnist_convnet").latest
+    model.unload()
+    with pytest.raises(ModelNotReady, match="is not loaded") as raised:
+        model.predict({"images": np.zeros((1, 1, 28, 28), np.float32)})
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
