@@ -1,17 +1,27 @@
-"""The server's logic, independent of the transport: health, metadata, inference."""
+"""The server's logic, independent of the transport: health, metadata, inference.
+
+A transport (the gRPC servicer) hands each inference over as an InferenceCall: the model it
+names, and how to decode its tensors and encode the answer in the transport's own form.
+DataPlane.handle owns everything between: model lookup and readiness, admission, timing
+of each phase, the batcher, the classification extension, statistics and logs, so a
+second transport is only its own decoding and encoding.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
 from serving import __version__
 from serving.protocol.classification import top_k_strings
-from serving.protocol.errors import InvalidInput, ModelNotFound
+from serving.protocol.codecs import TensorSink
+from serving.protocol.errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
@@ -21,7 +31,11 @@ from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
 from serving.server.statistics import StatisticsRegistry
 
-__all__ = ["DataPlane", "RequestedOutput", "SERVER_NAME", "EXTENSIONS"]
+__all__ = ["DataPlane", "RequestedOutput", "DecodedRequest", "InferenceCall", "SERVER_NAME", "EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
 
 SERVER_NAME = "deepr"
 EXTENSIONS = (
@@ -39,6 +53,30 @@ class RequestedOutput:
     name: str
     class_count: int = 0
     """> 0: return the top `class_count` classes as BYTES instead of the tensor."""
+    sink: TensorSink | None = None
+    """Where the output goes outside the message (a shared memory slice), or None."""
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    """Requested outputs; empty: every output, in the message."""
+
+
+@dataclass(frozen=True)
+class InferenceCall(Generic[Response]):
+    """One inference request as a transport received it."""
+
+    model_name: str
+    model_version: str
+    request_id: str
+    decode: Callable[[OnnxModel], DecodedRequest]
+    """The request's tensors, checked against the model (InvalidInput otherwise)."""
+    encode: Callable[[OnnxModel, dict[str, np.ndarray], list[RequestedOutput]], Response]
+    """The answer in the transport's form."""
+    deadline: float | None = None
+    """time.monotonic() after which the request must not start running."""
 
 
 class DataPlane:
@@ -98,6 +136,58 @@ class DataPlane:
 
     def model_versions(self, name: str) -> list[str]:
         return sorted(self.repository.entry(name).versions, key=int)
+
+    async def handle(self, call: InferenceCall[Response]) -> Response:
+        """Answer one inference request end to end, counting it in the statistics and logs
+        whether it succeeds or fails."""
+        start = time.perf_counter_ns()
+        try:
+            model = self.model(call.model_name, call.model_version)
+        except ServingError as exc:
+            _log_failure(call, exc, start)
+            raise
+        try:
+            with self.admission.admit(f"model {model.name!r}"):
+                request = call.decode(model)
+                decoded = time.perf_counter_ns()
+                timings = BatchTimings()
+                outputs = await self.infer(model, request.inputs, request.outputs, timings, call.deadline)
+                inferred = time.perf_counter_ns()
+                response = call.encode(model, outputs, request.outputs)
+        except Exception as exc:
+            self.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
+            if not isinstance(exc, Overloaded):  # refusals are logged in bulk, not one line each
+                _log_failure(call, exc, start)
+            raise
+        end = time.perf_counter_ns()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s: %s version %s answered in %.2f ms",
+                call.request_id or "-",
+                model.name,
+                model.version,
+                (end - start) / 1e6,
+                extra={
+                    "request_id": call.request_id,
+                    "model": model.name,
+                    "version": model.version,
+                    "status": "OK",
+                    "duration_ms": round((end - start) / 1e6, 3),
+                    "batch": timings.batch_size,
+                },
+            )
+        batch = next(iter(request.inputs.values())).shape[0] if model.max_batch_size > 0 and request.inputs else 1
+        self.statistics.record_success(
+            model.name,
+            model.version,
+            batch=batch,
+            total_ns=end - start,
+            input_ns=decoded - start,
+            queue_ns=timings.queue_ns,
+            infer_ns=timings.infer_ns,
+            output_ns=end - inferred,
+        )
+        return response
 
     async def infer(
         self,
@@ -196,3 +286,23 @@ class DataPlane:
 
             batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
         return batcher
+
+
+def _log_failure(call: InferenceCall, exc: Exception, start_ns: int) -> None:
+    """Failed requests are logged at WARNING with their id (the client's, if it sent one)."""
+    status = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
+    duration = round((time.perf_counter_ns() - start_ns) / 1e6, 3)
+    logger.warning(
+        "request %s for %s failed: %s: %s",
+        call.request_id or "-",
+        call.model_name,
+        status,
+        exc,
+        extra={
+            "request_id": call.request_id,
+            "model": call.model_name,
+            "version": call.model_version,
+            "status": status,
+            "duration_ms": duration,
+        },
+    )

@@ -85,7 +85,7 @@ def test_failed_requests_are_logged_with_their_id(server_url):
     client = triton.InferenceServerClient(server_url)
     tensor = triton.InferInput("images", [1, 3, 28, 28], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 3, 28, 28), np.float32))
-    logger = logging.getLogger("serving.server.grpc.servicer")
+    logger = logging.getLogger("serving.server.dataplane")
     logger.addHandler(handler)
     try:
         with pytest.raises(InferenceServerException):
@@ -95,6 +95,6 @@ def test_failed_requests_are_logged_with_their_id(server_url):
         client.close()
     (record,) = [r for r in records if getattr(r, "request_id", None) == "req-42"]
     entry = json.loads(JsonFormatter().format(record))
-    assert entry["level"] == "WARNING" and entry["logger"] == "serving.server.grpc.servicer"
+    assert entry["level"] == "WARNING" and entry["logger"] == "serving.server.dataplane"
     assert (entry["request_id"], entry["model"], entry["status"]) == ("req-42", "mnist_convnet", "INVALID_ARGUMENT")
     assert entry["duration_ms"] >= 0 and "request req-42 for mnist_convnet failed: INVALID_ARGUMENT" in entry["message"]

@@ -8,14 +8,15 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
+import numpy as np
 
 from serving.protocol.codecs import decode_inputs, encode_output
-from serving.protocol.errors import InvalidInput, NotEnabled, Overloaded, PermissionDenied, ServingError
+from serving.protocol.errors import InvalidInput, NotEnabled, PermissionDenied, ServingError
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from serving.server.batching import BatchTimings
-from serving.server.dataplane import DataPlane, RequestedOutput
-from serving.server.shared_memory import TensorSlice, is_local_peer
+from serving.server.dataplane import DataPlane, DecodedRequest, InferenceCall, RequestedOutput
+from serving.server.model import OnnxModel
+from serving.server.shared_memory import SharedMemoryRegions, is_local_peer
 
 __all__ = ["InferenceServicer"]
 
@@ -50,39 +51,38 @@ def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int
     return param.int64_param
 
 
-def _output_slices(request: pb.ModelInferRequest, dataplane: DataPlane) -> dict[str, TensorSlice]:
-    """Requested outputs to be written to shared memory, by name."""
-    slices = {}
-    for output in request.outputs:
-        what = f"output {output.name!r}"
-        where = dataplane.shared_memory.tensor_slice(output.parameters, what)
-        if where is not None:
-            if "classification" in output.parameters:
+def _decoder(
+    request: pb.ModelInferRequest, shared_memory: SharedMemoryRegions
+) -> Callable[[OnnxModel], DecodedRequest]:
+    def decode(model: OnnxModel) -> DecodedRequest:
+        inputs = decode_inputs(request, model.inputs, shared_memory.tensor_slice)
+        outputs = []
+        for output in request.outputs:
+            what = f"output {output.name!r}"
+            sink = shared_memory.tensor_slice(output.parameters, what)
+            if sink is not None and "classification" in output.parameters:
                 raise InvalidInput(
                     f"{what}: classification results cannot go to shared memory; ask for one or the other"
                 )
-            slices[output.name] = where
-    return slices
+            outputs.append(RequestedOutput(output.name, _class_count(output), sink))
+        return DecodedRequest(inputs, outputs)
+
+    return decode
 
 
-def _log_failure(request: pb.ModelInferRequest, exc: Exception, start_ns: int) -> None:
-    """Failed requests are logged at WARNING with their id (the client's `id`, if it sent one)."""
-    status = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
-    duration = round((time.perf_counter_ns() - start_ns) / 1e6, 3)
-    logger.warning(
-        "request %s for %s failed: %s: %s",
-        request.id or "-",
-        request.model_name,
-        status,
-        exc,
-        extra={
-            "request_id": request.id,
-            "model": request.model_name,
-            "version": request.model_version,
-            "status": status,
-            "duration_ms": duration,
-        },
-    )
+def _encoder(
+    request_id: str,
+) -> Callable[[OnnxModel, dict[str, np.ndarray], list[RequestedOutput]], pb.ModelInferResponse]:
+    def encode(
+        model: OnnxModel, outputs: dict[str, np.ndarray], requested: list[RequestedOutput]
+    ) -> pb.ModelInferResponse:
+        sinks = {r.name: r.sink for r in requested if r.sink is not None}
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
+        for name, array in outputs.items():
+            encode_output(name, array, response, sinks.get(name))
+        return response
+
+    return encode
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -123,60 +123,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        start = time.perf_counter_ns()
-        try:
-            model = self.dataplane.model(request.model_name, request.model_version)
-        except ServingError as exc:
-            _log_failure(request, exc, start)
-            raise
         remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        try:
-            with self.dataplane.admission.admit(f"model {model.name!r}"):
-                inputs = decode_inputs(request, model.inputs, self.dataplane.shared_memory.tensor_slice)
-                requested = [RequestedOutput(o.name, _class_count(o)) for o in request.outputs]
-                shared_outputs = _output_slices(request, self.dataplane)
-                decoded = time.perf_counter_ns()
-                timings = BatchTimings()
-                outputs = await self.dataplane.infer(model, inputs, requested, timings, deadline)
-                inferred = time.perf_counter_ns()
-                response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-                for name, array in outputs.items():
-                    encode_output(name, array, response, shared_outputs.get(name))
-        except Exception as exc:
-            self.dataplane.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
-            if not isinstance(exc, Overloaded):  # refusals are logged in bulk, not one line each
-                _log_failure(request, exc, start)
-            raise
-        end = time.perf_counter_ns()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "request %s: %s version %s answered in %.2f ms",
-                request.id or "-",
-                model.name,
-                model.version,
-                (end - start) / 1e6,
-                extra={
-                    "request_id": request.id,
-                    "model": model.name,
-                    "version": model.version,
-                    "status": "OK",
-                    "duration_ms": round((end - start) / 1e6, 3),
-                    "batch": timings.batch_size,
-                },
-            )
-        batch = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
-        self.dataplane.statistics.record_success(
-            model.name,
-            model.version,
-            batch=batch,
-            total_ns=end - start,
-            input_ns=decoded - start,
-            queue_ns=timings.queue_ns,
-            infer_ns=timings.infer_ns,
-            output_ns=end - inferred,
+        call = InferenceCall(
+            request.model_name,
+            request.model_version,
+            request.id,
+            decode=_decoder(request, self.dataplane.shared_memory),
+            encode=_encoder(request.id),
+            deadline=time.monotonic() + remaining if remaining is not None else None,
         )
-        return response
+        return await self.dataplane.handle(call)
 
     @_status_on_error
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
