@@ -11,7 +11,6 @@ an input, so one export serves any mix of the layers.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,15 +20,14 @@ import torch
 from torch.func import functional_call
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import DREAM_SUFFIX, FEATURES_LAYERS_KEY, PREPROCESSING_KEY
+from serving.protocol.schema import DREAM_SUFFIX
 
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers, prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .onnx import export_onnx
-from .repository import add_to_repository, serving_config
-from .validate import validate_onnx
-from .zoo_models import ExportResult, _preprocessing
+from .pipeline import ExportResult, GraphExport, export_graph
+from .repository import serving_config
+from .zoo_models import _preprocessing
 
 __all__ = ["DreamObjective", "export_dream", "DREAM_SUFFIX", "DREAM_LAYERS"]
 
@@ -103,19 +101,19 @@ def export_dream(
         "layers": chosen,
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
-        report = validate_onnx(objective, onnx_file, cases, config)
-        model_config = serving_config(dream_name, max_batch_size)
-        model_config.input.add(
-            name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, -1, -1]
-        )
-        model_config.input.add(name="coefficients", data_type=mc.TYPE_FP32, dims=[len(chosen)])
-        model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
-        model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
-        if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
-        model_config.parameters[FEATURES_LAYERS_KEY].string_value = ",".join(chosen)
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
-    return ExportResult(dream_name, version_dir, report, time.perf_counter() - start)
+    model_config = serving_config(dream_name, max_batch_size)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, -1, -1])
+    model_config.input.add(name="coefficients", data_type=mc.TYPE_FP32, dims=[len(chosen)])
+    model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
+    model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
+    graph = GraphExport(
+        model_config,
+        traced,
+        tuple(example),
+        config,
+        cases,
+        metadata,
+        reference=objective,
+        translations=GRADIENT_TRANSLATIONS,
+    )
+    return export_graph(graph, repository, version=version, started=start)

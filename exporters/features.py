@@ -11,7 +11,6 @@ only what the requested outputs need (see serving.server.model).
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,16 +22,15 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import FEATURES_LAYERS_KEY, FEATURES_SUFFIX, PREPROCESSING_KEY
+from serving.protocol.schema import FEATURES_LAYERS_KEY, FEATURES_SUFFIX
 from zoo import get_model
 from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .gradcam import flat_layers
-from .onnx import export_onnx
-from .repository import add_to_repository, serving_config
-from .validate import validate_onnx
-from .zoo_models import ExportResult, UntrainedWeightsWarning, _input_shape, _preprocessing
+from .pipeline import ExportResult, GraphExport, export_graph
+from .repository import serving_config
+from .zoo_models import UntrainedWeightsWarning, _input_shape, _preprocessing
 
 __all__ = [
     "export_features",
@@ -132,16 +130,9 @@ def export_features(
         "weights": str(weights or (options or {}).get("weights") or "untrained"),
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(features, (example,), onnx_file, config, metadata)
-        report = validate_onnx(features, onnx_file, cases, config)
-        model_config = serving_config(features_name, max_batch_size)
-        model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
-        for layer, tensor in zip(chosen, outputs):
-            model_config.output.add(name=layer, data_type=mc.TYPE_FP32, dims=tensor.shape[1:])
-        if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
-        model_config.parameters[FEATURES_LAYERS_KEY].string_value = ",".join(chosen)
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
-    return ExportResult(features_name, version_dir, report, time.perf_counter() - start)
+    model_config = serving_config(features_name, max_batch_size)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    for layer, tensor in zip(chosen, outputs):
+        model_config.output.add(name=layer, data_type=mc.TYPE_FP32, dims=tensor.shape[1:])
+    graph = GraphExport(model_config, features, (example,), config, cases, metadata)
+    return export_graph(graph, repository, version=version, started=start)

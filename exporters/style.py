@@ -12,7 +12,6 @@ of the generated picture, weighted 0.025, 1 and 1e-4.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +24,14 @@ from torch.func import functional_call
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import PREPROCESSING_KEY, STYLE_SUFFIX
+from serving.protocol.schema import STYLE_SUFFIX
 
 from .config import ExportConfig
 from .features import prepared_model
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .onnx import export_onnx
-from .repository import add_to_repository, serving_config
-from .validate import validate_onnx
-from .zoo_models import ExportResult, _input_shape, _preprocessing
+from .pipeline import ExportResult, GraphExport, export_graph
+from .repository import serving_config
+from .zoo_models import _input_shape, _preprocessing
 
 __all__ = ["StyleWeights", "StyleObjective", "export_style", "STYLE_SUFFIX", "STYLE_INPUTS"]
 
@@ -147,18 +145,19 @@ def export_style(
         "loss_weights": loss_weights.__dict__,
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
-        report = validate_onnx(objective, onnx_file, cases, config)
-        model_config = serving_config(style_name, max_batch_size)
-        for input_name in STYLE_INPUTS:
-            model_config.input.add(
-                name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape
-            )
-        model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
-        model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
-        if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
-    return ExportResult(style_name, version_dir, report, time.perf_counter() - start)
+    model_config = serving_config(style_name, max_batch_size)
+    for input_name in STYLE_INPUTS:
+        model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
+    model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
+    graph = GraphExport(
+        model_config,
+        traced,
+        tuple(example),
+        config,
+        cases,
+        metadata,
+        reference=objective,
+        translations=GRADIENT_TRANSLATIONS,
+    )
+    return export_graph(graph, repository, version=version, started=start)

@@ -23,10 +23,10 @@ from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .errors import ToleranceError
-from .onnx import export_onnx
+from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import LABELS_FILE, add_to_repository, serving_config
-from .validate import ValidationReport, validate_onnx
-from .zoo_models import ExportResult, UntrainedWeightsWarning
+from .validate import ValidationReport
+from .zoo_models import UntrainedWeightsWarning
 
 __all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_KEY"]
 
@@ -90,16 +90,10 @@ def export_char_step(
     )
     for state in ("h_out", "c_out"):
         model_config.output.add(name=state, data_type=mc.TYPE_FP32, dims=[units])
-    model_config.parameters[CHARSET_KEY].string_value = CHARSET
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        example = tuple(torch.from_numpy(a[:2] if len(a) > 1 else np.repeat(a, 2, axis=0)) for a in cases[1])
-        export_onnx(step, example, onnx_file, config, {"model": step_name, "charset": CHARSET, "units": units})
-        report = validate_onnx(step, onnx_file, cases, config)
-        version_dir = add_to_repository(
-            Path(repository), model_config, onnx_file, labels=tuple(CHARSET), version=version
-        )
-    return ExportResult(step_name, version_dir, report, time.perf_counter() - start)
+    example = tuple(torch.from_numpy(a[:2] if len(a) > 1 else np.repeat(a, 2, axis=0)) for a in cases[1])
+    metadata = {"model": step_name, "charset": CHARSET, "units": units}
+    graph = GraphExport(model_config, step, example, config, cases, metadata, labels=tuple(CHARSET))
+    return export_graph(graph, repository, version=version, started=start)
 
 
 def export_char_generation(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -15,17 +13,17 @@ import torch
 from torch import nn
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import GRADCAM_LAYER_KEY, GRADCAM_SUFFIX, LABELS_KEY, PREPROCESSING_KEY
+from serving.protocol.schema import GRADCAM_SUFFIX
 from zoo import get_model, get_model_spec
 from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .gradcam import GRADCAM_INPUTS, GRADCAM_OUTPUTS, GradCAM, last_conv_layer
 from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .onnx import export_onnx
-from .repository import LABELS_FILE, add_to_repository, serving_config
-from .validate import validate_onnx
-from .zoo_models import ExportResult, UntrainedWeightsWarning, _classes, _input_shape, _labels, _preprocessing
+from .pipeline import ExportResult, GraphExport, export_graph
+from .repository import LABELS_FILE, serving_config
+from .validate import ValidationReport, validate_onnx
+from .zoo_models import UntrainedWeightsWarning, _classes, _input_shape, _labels, _preprocessing
 
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
@@ -100,9 +98,8 @@ def export_gradcam(
     metadata = {"model": gradcam_name, "layer": cam.layer, "score": cam.score, "labels": list(labels)}
     if preprocessing is not None:
         metadata["preprocessing"] = preprocessing.to_json()
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(traced, tuple(example), onnx_file, config, metadata, translations=GRADIENT_TRANSLATIONS)
+
+    def validate(onnx_file: Path) -> ValidationReport:
         # Where max pooling sees equal values (often zeros after ReLU), PyTorch and onnxruntime
         # route the gradient to different ones of them, and through later ReLU masks the
         # gradients can differ where the heatmap does not. Scores, activations and heatmaps
@@ -121,22 +118,30 @@ def export_gradcam(
                 "heatmap": None,
             },
         )
-        with torch.no_grad():
-            outputs = _Reference(cam)(*example)
-        model_config = serving_config(gradcam_name, max_batch_size)
-        model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
-        model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
-        for output_name, tensor in zip(GRADCAM_OUTPUTS, outputs):
-            labelled = output_name == "scores" and tuple(tensor.shape[1:]) == (len(labels),)
-            model_config.output.add(
-                name=output_name,
-                data_type=mc.TYPE_FP32,
-                dims=tensor.shape[1:],
-                label_filename=LABELS_FILE if labelled else "",
-            )
-        if preprocessing is not None:
-            model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
-        model_config.parameters[GRADCAM_LAYER_KEY].string_value = cam.layer
-        model_config.parameters[LABELS_KEY].string_value = json.dumps(list(labels))
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
-    return ExportResult(gradcam_name, version_dir, report, time.perf_counter() - start)
+        return report
+
+    with torch.no_grad():
+        outputs = _Reference(cam)(*example)
+    model_config = serving_config(gradcam_name, max_batch_size)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
+    for output_name, tensor in zip(GRADCAM_OUTPUTS, outputs):
+        labelled = output_name == "scores" and tuple(tensor.shape[1:]) == (len(labels),)
+        model_config.output.add(
+            name=output_name,
+            data_type=mc.TYPE_FP32,
+            dims=tensor.shape[1:],
+            label_filename=LABELS_FILE if labelled else "",
+        )
+    graph = GraphExport(
+        model_config,
+        traced,
+        tuple(example),
+        config,
+        cases,
+        metadata,
+        validate=validate,
+        translations=GRADIENT_TRANSLATIONS,
+        labels=labels,
+    )
+    return export_graph(graph, repository, version=version, started=start)

@@ -7,7 +7,6 @@ import json
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,23 +23,16 @@ from zoo.recipes import load_weights
 from .config import ExportConfig
 from .errors import ExportError
 from .onnx import export_onnx
+from .pipeline import ExportResult
 from .pixels import PixelInput, as_pixel_config, pixel_cases, pixel_form
 from .repository import LABELS_FILE, add_to_repository, serving_config
-from .validate import ValidationReport, validate_onnx
+from .validate import validate_onnx
 
 __all__ = ["ExportResult", "UntrainedWeightsWarning", "export_model", "model_config_for"]
 
 
 class UntrainedWeightsWarning(UserWarning):
     """A model was exported with freshly initialised weights: fine for benchmarks, useless for predictions."""
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    name: str
-    version_dir: Path
-    validation: ValidationReport
-    seconds: float
 
 
 def _input_shape(name: str, model: torch.nn.Module) -> tuple[int | None, ...]:

@@ -1,0 +1,92 @@
+"""The one way a graph reaches a repository: torch.onnx export, validation against PyTorch,
+config.pbtxt, and an atomic copy into `<repository>/<name>/<version>/`.
+
+Each kind of graph (Grad-CAM, features, filters, DeepDream, style, the character step)
+only declares a GraphExport: the module to export, example inputs, validation cases, the
+serving config's tensors, and the facts it carries as metadata. Facts that served clients
+also need are copied from the metadata into config parameters here, in the one encoding
+serving/protocol/schema.py names, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.schema import CHARSET_KEY, FEATURES_LAYERS_KEY, GRADCAM_LAYER_KEY, LABELS_KEY, PREPROCESSING_KEY
+
+from .config import ExportConfig
+from .onnx import export_onnx
+from .repository import add_to_repository
+from .validate import ValidationReport, validate_onnx
+
+__all__ = ["GraphExport", "ExportResult", "export_graph", "CONFIG_MIRRORS"]
+
+CONFIG_MIRRORS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "preprocessing": (PREPROCESSING_KEY, str),
+    "layers": (FEATURES_LAYERS_KEY, ",".join),
+    "layer": (GRADCAM_LAYER_KEY, str),
+    "labels": (LABELS_KEY, lambda labels: json.dumps(list(labels))),
+    "charset": (CHARSET_KEY, str),
+}
+"""Metadata key -> (config parameter, its encoding) for the facts served clients read."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    name: str
+    version_dir: Path
+    validation: ValidationReport
+    seconds: float
+
+
+@dataclass
+class GraphExport:
+    """Everything one graph export needs; export_graph does the rest."""
+
+    config: mc.ModelConfig
+    """The serving config: name, max_batch_size, inputs and outputs (from serving_config)."""
+    module: torch.nn.Module
+    """What torch.onnx exports."""
+    example: tuple[torch.Tensor, ...]
+    export: ExportConfig
+    cases: Sequence[Sequence[np.ndarray]]
+    """Validation inputs, one array per graph input."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    reference: torch.nn.Module | None = None
+    """What onnxruntime is compared with (default: `module`)."""
+    validate: Callable[[Path], ValidationReport] | None = None
+    """A validation of its own instead of comparing with `reference` on `cases`."""
+    translations: Mapping | None = None
+    labels: Sequence[str] | None = None
+    """Written to labels.txt beside the config."""
+
+
+def export_graph(
+    graph: GraphExport, repository: str | Path, *, version: int | None = None, started: float | None = None
+) -> ExportResult:
+    """Export, validate and add `graph` to `repository`; `started` (time.perf_counter) counts
+    the preparation before this call into ExportResult.seconds."""
+    start = time.perf_counter() if started is None else started
+    for key, (parameter, encode) in CONFIG_MIRRORS.items():
+        if key in graph.metadata:
+            graph.config.parameters[parameter].string_value = encode(graph.metadata[key])
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        export_onnx(
+            graph.module, graph.example, onnx_file, graph.export, graph.metadata, translations=graph.translations
+        )
+        if graph.validate is not None:
+            report = graph.validate(onnx_file)
+        else:
+            report = validate_onnx(graph.reference or graph.module, onnx_file, graph.cases, graph.export)
+        version_dir = add_to_repository(Path(repository), graph.config, onnx_file, labels=graph.labels, version=version)
+    return ExportResult(graph.config.name, version_dir, report, time.perf_counter() - start)
