@@ -1,5 +1,5 @@
-"""The code passes deepr's lint and format rules (pyproject.toml [tool.ruff]), so the test
-command CI runs checks them too."""
+"""The code passes deepr's lint and format rules (pyproject.toml [tool.ruff]) and the
+serving packages type-check ([tool.mypy]), so the test command CI runs checks them too."""
 
 from __future__ import annotations
 
@@ -18,3 +18,8 @@ def test_ruff(command):
         [sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
+def test_mypy():
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"mypy:\n{done.stdout}{done.stderr}"

@@ -10,10 +10,11 @@ import contextlib
 import os
 import queue
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from serving.client.shared_memory import RegionPool, input_bytes, output_bytes, place_request, read_outputs
 from serving.protocol.codecs import TensorSpec, decode_outputs, to_raw
@@ -92,7 +93,8 @@ class InferenceClient:
             self._regions.close()
         self._channel.close()
 
-    def _call(self, method: str, request: object) -> object:
+    def _call(self, method: str, request: Message) -> Any:
+        # The generated stubs are untyped: each method's response type is its RPC's.
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -161,7 +163,7 @@ class InferenceClient:
         rows = np.shape(first)[0] if batched and first is not None and np.ndim(first) else None
         wanted = _wanted_outputs(outputs, class_count) or [s.name for s in specs]
         sizes = {s.name: output_bytes(s, rows) for s in specs}
-        shared = [(n, sizes[n]) for n in wanted if sizes.get(n) and n not in (class_count or {})]
+        shared = [(n, size) for n in wanted if (size := sizes.get(n)) and n not in (class_count or {})]
         in_message = [n for n in wanted if n not in dict(shared)]
         with regions.lease(input_bytes(inputs) + sum(size for _, size in shared)) as region:
             request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)

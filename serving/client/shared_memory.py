@@ -120,6 +120,7 @@ def place_request(
     bytes) pairs) to be written after them; returns each output's (offset, bytes)."""
     offset = 0
     buffer = region.memory.buf
+    assert buffer is not None  # a mapped region
     for name, array in inputs.items():
         array = np.asarray(array)
         datatype, size = v2_dtype(array), array.nbytes

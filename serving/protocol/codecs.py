@@ -155,8 +155,11 @@ class TensorSource(Protocol):
 class TensorSink(Protocol):
     """Where an output goes outside the message."""
 
-    region_name: str
-    offset: int
+    @property
+    def region_name(self) -> str: ...
+
+    @property
+    def offset(self) -> int: ...
 
     def write(self, array: np.ndarray) -> int: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 import onnx
 import onnx.utils
@@ -24,7 +24,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes | None:
+def pruned_graph(onnx_file: str | Path, outputs: Iterable[str]) -> bytes | None:
     """The serialized part of a graph that `outputs` need (onnx's own extractor), or None
     for graphs with control flow, whose subgraphs the extractor cannot follow."""
     graph = onnx.load(str(onnx_file))
@@ -36,7 +36,7 @@ def pruned_graph(onnx_file: str | Path, outputs: Sequence[str]) -> bytes | None:
     return part.SerializeToString()
 
 
-def part_session(onnx_file: str | Path, outputs: Sequence[str], device: str = "auto") -> ort.InferenceSession:
+def part_session(onnx_file: str | Path, outputs: Iterable[str], device: str = "auto") -> ort.InferenceSession:
     """An in-process session computing only `outputs` (the whole graph where it cannot be cut)."""
     return ort.InferenceSession(
         pruned_graph(onnx_file, outputs) or str(onnx_file), providers=list(select_providers(device))

@@ -153,11 +153,16 @@ def _median_rate(run: Callable[[], object], rows: int, seconds: float) -> float:
 class Profiled(Protocol):
     """What profiling needs of a loaded model (OnnxModel is one)."""
 
-    name: str
-    max_batch_size: int
-    providers: list[str]
+    @property
+    def name(self) -> str: ...
 
-    def zero_inputs(self, rows: int) -> Mapping[str, np.ndarray] | None: ...
+    @property
+    def max_batch_size(self) -> int: ...
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None: ...
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> object: ...
 
@@ -173,7 +178,7 @@ def profile_batches(
     # Two passes, up then down, keeping each size's better rate: on a shared machine noise
     # only ever slows a run, and a slow spell then cannot bend the curve at one end.
     for size in (*sizes, *reversed(sizes)):
-        inputs = model.zero_inputs(size)
+        inputs = model.zero_inputs(size) or {}  # not None: the first size had fixed dimensions
         rate = _median_rate(lambda: model.predict(inputs), size, seconds_per_size / 2)
         rates[size] = max(rate, rates.get(size, 0.0))
         progress(f"batch {size}: {rate:.1f} rows/s")

@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 from typing import Callable, Iterable, Iterator
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -108,7 +108,7 @@ class StatisticsCollector:
 
 
 def _buckets(stats: ModelStatistics) -> list[tuple[str, float]]:
-    cumulative = []
+    cumulative: list[tuple[str, float]] = []
     for bound in BATCH_BUCKETS:
         cumulative.append((str(bound), sum(d.count for size, d in stats.batches.items() if size <= bound)))
     cumulative.append(("+Inf", sum(d.count for d in stats.batches.values())))
@@ -156,7 +156,7 @@ def _requiring_bearer(app: Callable, token: str) -> Callable:
 
 def start_metrics_server(
     collector: StatisticsCollector, host: str, port: int, *, token: str = "", tls: tuple[str, str] | None = None
-):
+) -> WSGIServer:
     """Serve /metrics in a background thread; returns the HTTP server (its server_port,
     shutdown()). With `token`, scrapes need `Authorization: Bearer <token>`; with `tls`
     (certificate chain, key), the port speaks HTTPS."""
@@ -170,7 +170,7 @@ def start_metrics_server(
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
     try:
-        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
     if tls:

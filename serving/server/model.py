@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -237,7 +237,7 @@ class OnnxModel:
         self._session = None
         self._idle_instances = None
 
-    def check_batch(self, inputs: dict[str, np.ndarray]) -> int:
+    def check_batch(self, inputs: Mapping[str, np.ndarray]) -> int:
         """The request's batch size, after checking its inputs agree on it and it fits."""
         if self.max_batch_size <= 0:
             return 1
@@ -251,7 +251,7 @@ class OnnxModel:
             raise InvalidInput(f"empty batch: {self.name} needs at least one example")
         return batch
 
-    def predict(self, inputs: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the graph; `outputs` limits what is returned (default: every output)."""
         session = self._session
         if session is None:
@@ -265,9 +265,10 @@ class OnnxModel:
         results = session.run(names, inputs)
         return dict(zip(names, results))
 
-    def _run_on_an_instance(self, names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_on_an_instance(self, names: list[str], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on an idle instance's session, waiting for one if all are running."""
         idle = self._idle_instances
+        assert idle is not None  # predict checked
         session = idle.get()
         try:
             return dict(zip(names, session.run(names, inputs)))

@@ -162,7 +162,7 @@ class TensorSlice:
                 f"{BYTE_SIZE} is {self.byte_size}"
             )
         array = np.empty(shape, dtype=dtype)
-        self.region.read_into(memoryview(array.reshape(-1).view(np.uint8)), self.offset, self.what)
+        self.region.read_into(array.reshape(-1).view(np.uint8).data, self.offset, self.what)
         return array
 
     def write(self, array: np.ndarray) -> int:
@@ -174,7 +174,7 @@ class TensorSlice:
             source = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
         if source.size > self.byte_size:
             raise InvalidInput(f"{self.what}: the result needs {source.size} bytes, {BYTE_SIZE} is {self.byte_size}")
-        self.region.write_from(memoryview(source), self.offset, self.what)
+        self.region.write_from(source.data, self.offset, self.what)
         return int(source.size)
 
 

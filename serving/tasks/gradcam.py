@@ -60,9 +60,8 @@ def _results(
 def _class_column(count: int, class_index: int | Sequence[int] | None, num_classes: int) -> np.ndarray:
     if class_index is None:
         return np.full((count, 1), TOP_CLASS, dtype=np.int64)
-    column = np.asarray(
-        [class_index] * count if np.isscalar(class_index) else list(class_index), dtype=np.int64
-    ).reshape(-1, 1)
+    indices = [int(class_index)] * count if isinstance(class_index, (int, np.integer)) else list(class_index)
+    column = np.asarray(indices, dtype=np.int64).reshape(-1, 1)
     if len(column) != count:
         raise ValueError(f"{len(column)} class indices for {count} images")
     bad = [int(c) for c in column.reshape(-1) if not TOP_CLASS <= c < num_classes]

@@ -9,6 +9,7 @@ import signal
 import threading
 from pathlib import Path
 from typing import Iterator
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc._cython import cygrpc
@@ -81,7 +82,7 @@ class InferenceServer:
         self.dataplane = dataplane or DataPlane(ModelRepository(settings.repository, settings.runtime()), settings)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
-        self._metrics = None
+        self._metrics: WSGIServer | None = None
         self._trimmer: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = 0
@@ -115,10 +116,11 @@ class InferenceServer:
 
             collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
             tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-            self._metrics = start_metrics_server(
+            metrics = start_metrics_server(
                 collector, settings.host, settings.metrics_port, token=settings.token, tls=tls
             )
-            self.metrics_port = self._metrics.server_port
+            self.metrics_port = metrics.server_port
+            self._metrics = metrics
         await server.start()
         self._server = server
         if settings.trim_idle_seconds:
