@@ -24,8 +24,8 @@ from serving.protocol.schema import DREAM_SUFFIX
 
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers, prepared_model
-from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .pipeline import ExportResult, GraphExport, export_graph
+from .gradients import gradient_graph, traced_with_weights
+from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .zoo_models import _preprocessing
 
@@ -106,14 +106,5 @@ def export_dream(
     model_config.input.add(name="coefficients", data_type=mc.TYPE_FP32, dims=[len(chosen)])
     model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
     model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
-    graph = GraphExport(
-        model_config,
-        traced,
-        tuple(example),
-        config,
-        cases,
-        metadata,
-        reference=objective,
-        translations=GRADIENT_TRANSLATIONS,
-    )
+    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
     return export_graph(graph, repository, version=version, started=start)

@@ -25,8 +25,8 @@ from serving.protocol.schema import FILTERS_SUFFIX
 
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers, prepared_model
-from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .pipeline import ExportResult, GraphExport, export_graph
+from .gradients import gradient_graph, traced_with_weights
+from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .zoo_models import _input_shape, _preprocessing
 
@@ -114,14 +114,5 @@ def export_filters(
         loss_name, gradient_name = filter_outputs(layer)
         model_config.output.add(name=loss_name, data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name=gradient_name, data_type=mc.TYPE_FP32, dims=shape)
-    graph = GraphExport(
-        model_config,
-        traced,
-        tuple(example),
-        config,
-        cases,
-        metadata,
-        reference=objective,
-        translations=GRADIENT_TRANSLATIONS,
-    )
+    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
     return export_graph(graph, repository, version=version, started=start)

@@ -12,7 +12,7 @@ are translated here too (see each function).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -21,7 +21,12 @@ from onnxscript import opset18 as op
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["GRADIENT_TRANSLATIONS", "traced_with_weights"]
+from serving.protocol.generated import model_config_pb2 as mc
+
+from .config import ExportConfig
+from .pipeline import GraphExport
+
+__all__ = ["GRADIENT_TRANSLATIONS", "traced_with_weights", "gradient_graph"]
 
 
 def _to_input_size(grad_input, input, dims: int):  # noqa: A002
@@ -122,3 +127,28 @@ def traced_with_weights(
     weights = {k: v.detach() for k, v in weights.items()}
     graph = make_fx(fn, tracing_mode="symbolic")(weights, *example_inputs)
     return _TracedWithWeights(graph, weights)
+
+
+def gradient_graph(
+    config: mc.ModelConfig,
+    objective: nn.Module,
+    traced: nn.Module,
+    example: Sequence[torch.Tensor],
+    export: ExportConfig,
+    cases: Sequence[Sequence[np.ndarray]],
+    metadata: Mapping[str, Any],
+    **extra: Any,
+) -> GraphExport:
+    """The GraphExport of a traced gradient objective: exported with the gradient
+    translations, validated against the objective it was traced from."""
+    return GraphExport(
+        config,
+        traced,
+        tuple(example),
+        export,
+        cases,
+        metadata,
+        reference=objective,
+        translations=GRADIENT_TRANSLATIONS,
+        **extra,
+    )

@@ -28,8 +28,8 @@ from serving.protocol.schema import STYLE_SUFFIX
 
 from .config import ExportConfig
 from .features import prepared_model
-from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .pipeline import ExportResult, GraphExport, export_graph
+from .gradients import gradient_graph, traced_with_weights
+from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .zoo_models import _input_shape, _preprocessing
 
@@ -150,14 +150,5 @@ def export_style(
         model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
     model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
     model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
-    graph = GraphExport(
-        model_config,
-        traced,
-        tuple(example),
-        config,
-        cases,
-        metadata,
-        reference=objective,
-        translations=GRADIENT_TRANSLATIONS,
-    )
+    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
     return export_graph(graph, repository, version=version, started=start)

@@ -19,8 +19,8 @@ from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .gradcam import GRADCAM_INPUTS, GRADCAM_OUTPUTS, GradCAM, last_conv_layer
-from .gradients import GRADIENT_TRANSLATIONS, traced_with_weights
-from .pipeline import ExportResult, GraphExport, export_graph
+from .gradients import gradient_graph, traced_with_weights
+from .pipeline import ExportResult, export_graph
 from .repository import LABELS_FILE, serving_config
 from .validate import ValidationReport, validate_onnx
 from .zoo_models import UntrainedWeightsWarning, _classes, _input_shape, _labels, _preprocessing
@@ -133,15 +133,7 @@ def export_gradcam(
             dims=tensor.shape[1:],
             label_filename=LABELS_FILE if labelled else "",
         )
-    graph = GraphExport(
-        model_config,
-        traced,
-        tuple(example),
-        config,
-        cases,
-        metadata,
-        validate=validate,
-        translations=GRADIENT_TRANSLATIONS,
-        labels=labels,
+    graph = gradient_graph(
+        model_config, _Reference(cam), traced, example, config, cases, metadata, validate=validate, labels=labels
     )
     return export_graph(graph, repository, version=version, started=start)
