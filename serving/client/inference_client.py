@@ -146,7 +146,7 @@ class InferenceClient:
         request = build_request(
             model, inputs, outputs=outputs, class_count=class_count, version=version, request_id=request_id
         )
-        return decode_outputs(self._call("ModelInfer", request))
+        return _decoded(self._call("ModelInfer", request), self.url)
 
     def _infer_in_shared_memory(
         self,
@@ -174,7 +174,7 @@ class InferenceClient:
             except InferenceServerError:
                 self._layouts.pop((model, version), None)  # the model may have been reloaded with other outputs
                 raise
-            arrays = {**decode_outputs(response), **read_outputs(response, region, placed)}
+            arrays = {**_decoded(response, self.url), **read_outputs(response, region, placed)}
         return {t.name: arrays[t.name] for t in response.outputs}
 
     def _layout(self, model: str, version: str) -> tuple[list[TensorSpec], bool]:
@@ -200,6 +200,15 @@ class InferenceClient:
 
     def _unregister_region(self, name: str) -> None:
         self._call("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name=name))
+
+
+def _decoded(response: pb.ModelInferResponse, url: str) -> dict[str, np.ndarray]:
+    """The response's arrays. A response that breaks the protocol is the server's fault, so
+    it raises InferenceServerError like any server failure, not the caller's ValueError."""
+    try:
+        return decode_outputs(response)
+    except (ValueError, IndexError) as exc:
+        raise InferenceServerError(grpc.StatusCode.INTERNAL, f"{url} sent a malformed response: {exc}") from None
 
 
 def _wanted_outputs(outputs: Sequence[str] | None, class_count: Mapping[str, int] | None) -> list[str]:
@@ -273,4 +282,4 @@ class InferenceStream:
             code_name, _, message = response.error_message.partition(": ")
             code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
             raise InferenceServerError(code, message if code is not grpc.StatusCode.UNKNOWN else response.error_message)
-        return decode_outputs(response.infer_response)
+        return _decoded(response.infer_response, self.url)

@@ -94,3 +94,21 @@ def test_labels_file_keeps_every_character_on_its_line(tmp_path):
     write_labels(tmp_path / "labels.txt", labels)
     assert len((tmp_path / "labels.txt").read_text().splitlines()) == len(labels)
     assert read_labels(tmp_path / "labels.txt") == labels
+
+
+def test_a_malformed_response_is_the_servers_error_not_the_callers(monkeypatch):
+    """Bytes that do not fit the shape the server announced: InferenceServerError (the CLI
+    exits 1, a server failure), never a ValueError that reads as the caller's bad input."""
+    import grpc
+
+    from serving.client import InferenceClient, InferenceServerError
+
+    broken = pb.ModelInferResponse(model_name="m")
+    broken.outputs.add(name="probabilities", datatype="FP32", shape=[1, 10])
+    broken.raw_output_contents.append(b"\0" * 12)  # 3 floats for 10
+    client = InferenceClient("localhost:1")
+    monkeypatch.setattr(client, "_call", lambda method, request: broken)
+    with pytest.raises(InferenceServerError, match="localhost:1 sent a malformed response") as raised:
+        client.infer("m", {"images": np.zeros((1, 1, 28, 28), np.float32)})
+    assert raised.value.code == grpc.StatusCode.INTERNAL
+    client.close()
