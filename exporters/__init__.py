@@ -3,9 +3,11 @@
 from .config import ExportConfig
 from .errors import ExportError, ShapeMismatchError, ToleranceError, ValidationError
 from .onnx import export_onnx
+from .pipeline import ExportResult
 from .repository import add_to_repository
 from .validate import ValidationReport, validate_onnx
-from .zoo_models import ExportResult, UntrainedWeightsWarning, export_model
+from .weights import UntrainedWeightsWarning
+from .zoo_models import export_model
 
 __all__ = [
     "ExportConfig",

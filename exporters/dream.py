@@ -23,10 +23,11 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import DREAM_SUFFIX
 
 from .config import ExportConfig
-from .features import LayerObjective, feature_layers, prepared_model
+from .features import LayerObjective, feature_layers
 from .gradients import gradient_graph, traced_with_weights
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
+from .weights import prepared_model
 from .zoo_models import _preprocessing
 
 __all__ = ["DreamObjective", "export_dream", "DREAM_SUFFIX", "DREAM_LAYERS"]
@@ -66,7 +67,7 @@ def export_dream(
 ) -> ExportResult:
     """Add `<name>_dream` (height and width free) to `repository`; default layers mixed2..mixed5."""
     start = time.perf_counter()
-    model = prepared_model(name, weights, options, "DeepDream loss")
+    model = prepared_model(name, weights, options, what="DeepDream loss", consequence="it dreams nothing")
     chosen = list(layers or DREAM_LAYERS)
     available = feature_layers(model)
     unknown = [layer for layer in chosen if layer not in available]

@@ -12,7 +12,6 @@ only what the requested outputs need (see serving.server.model).
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,14 +22,13 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import FEATURES_LAYERS_KEY, FEATURES_SUFFIX
-from zoo import get_model
-from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .gradcam import flat_layers
 from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import serving_config
-from .zoo_models import UntrainedWeightsWarning, _input_shape, _preprocessing
+from .weights import prepared_model
+from .zoo_models import _input_shape, _preprocessing
 
 __all__ = [
     "export_features",
@@ -53,21 +51,6 @@ def feature_layers(model: nn.Module) -> list[str]:
         for name, module in flat_layers(model)
         if getattr(module, "keras_type", type(module).__name__) not in _SKIPPED
     ]
-
-
-def prepared_model(name: str, weights: str | Path | None, options: Mapping[str, Any] | None, what: str) -> nn.Module:
-    """The zoo model in eval mode with a run's `weights`, or the base's own (options
-    weights=imagenet or a file); with neither, fresh weights and a warning naming `what`."""
-    model = get_model(name, **(options or {}))
-    if weights is not None:
-        load_weights(model, weights)
-    elif not (options or {}).get("weights"):
-        warnings.warn(
-            f"exporting {name}'s {what} with freshly initialised weights: they describe nothing",
-            UntrainedWeightsWarning,
-            stacklevel=3,
-        )
-    return model.eval()
 
 
 class LayerObjective(nn.Module):
@@ -107,7 +90,7 @@ def export_features(
     (or a file); without either the layers are freshly initialised, with a warning.
     """
     start = time.perf_counter()
-    model = prepared_model(name, weights, options, "features")
+    model = prepared_model(name, weights, options, what="features", consequence="they describe nothing")
     available = feature_layers(model)
     chosen = list(layers) if layers else available
     unknown = [layer for layer in chosen if layer not in available]

@@ -24,10 +24,11 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import FILTERS_SUFFIX
 
 from .config import ExportConfig
-from .features import LayerObjective, feature_layers, prepared_model
+from .features import LayerObjective, feature_layers
 from .gradients import gradient_graph, traced_with_weights
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
+from .weights import prepared_model
 from .zoo_models import _input_shape, _preprocessing
 
 __all__ = ["export_filters", "FilterObjective", "FILTERS_SUFFIX", "filter_outputs"]
@@ -70,7 +71,9 @@ def export_filters(
     """Add `<name>_filters` with loss and gradient outputs for each of `layers` (default: the
     first convolution of each block, or every convolution for small nets)."""
     start = time.perf_counter()
-    model = prepared_model(name, weights, options, "filter gradients")
+    model = prepared_model(
+        name, weights, options, what="filter gradients", consequence="the patterns show nothing learnt"
+    )
     convolutions = [n for n in feature_layers(model) if "conv" in n.lower()]
     chosen = list(layers) if layers else ([n for n in convolutions if n.endswith("_conv1")] or convolutions)
     unknown = [layer for layer in chosen if layer not in convolutions]

@@ -27,10 +27,10 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import STYLE_SUFFIX
 
 from .config import ExportConfig
-from .features import prepared_model
 from .gradients import gradient_graph, traced_with_weights
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
+from .weights import prepared_model
 from .zoo_models import _input_shape, _preprocessing
 
 __all__ = ["StyleWeights", "StyleObjective", "export_style", "STYLE_SUFFIX", "STYLE_INPUTS"]
@@ -114,7 +114,7 @@ def export_style(
 ) -> ExportResult:
     """Add `<name>_style` to `repository`, for pictures of the base's input_shape."""
     start = time.perf_counter()
-    model = prepared_model(name, weights, options, "style-transfer loss")
+    model = prepared_model(name, weights, options, what="style-transfer loss", consequence="it transfers nothing")
     objective = StyleObjective(model, loss_weights).eval()
     shape = _input_shape(name, model)
     rng = np.random.default_rng(0)

@@ -17,16 +17,14 @@ from torch.nn import functional as F
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import CHARSET_KEY, GENERATE_SUFFIX, STEP_SUFFIX
-from zoo import get_model
 from zoo.datasets.chars import CHARSET
-from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .errors import ToleranceError
 from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import ValidationReport
-from .zoo_models import UntrainedWeightsWarning
+from .weights import UntrainedWeightsWarning, prepared_model
 
 __all__ = ["CharStep", "export_char_generation", "export_char_step", "GENERATE_SUFFIX", "STEP_SUFFIX", "CHARSET_KEY"]
 
@@ -55,14 +53,8 @@ def export_char_step(
 ) -> ExportResult:
     """Add `<name>_step` to `repository`, checked against PyTorch at batch 1 and 5."""
     start = time.perf_counter()
-    model = get_model(name)
-    if weights is None:
-        warnings.warn(
-            f"exporting {name}'s step graph with freshly initialised weights", UntrainedWeightsWarning, stacklevel=2
-        )
-    else:
-        load_weights(model, weights)
-    step = CharStep(model.eval()).eval()
+    model = prepared_model(name, weights, what="step graph", consequence="its text is noise")
+    step = CharStep(model).eval()
     units = step.lstm.hidden_size
     rng = np.random.default_rng(0)
     cases = [

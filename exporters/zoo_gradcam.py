@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,8 +13,7 @@ from torch import nn
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import GRADCAM_SUFFIX
-from zoo import get_model, get_model_spec
-from zoo.recipes import load_weights
+from zoo import get_model_spec
 
 from .config import ExportConfig
 from .gradcam import GRADCAM_INPUTS, GRADCAM_OUTPUTS, GradCAM, last_conv_layer
@@ -23,7 +21,8 @@ from .gradients import gradient_graph, traced_with_weights
 from .pipeline import ExportResult, export_graph
 from .repository import LABELS_FILE, serving_config
 from .validate import ValidationReport, validate_onnx
-from .zoo_models import UntrainedWeightsWarning, _classes, _input_shape, _labels, _preprocessing
+from .weights import prepared_model
+from .zoo_models import _classes, _input_shape, _labels, _preprocessing
 
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
@@ -55,16 +54,7 @@ def export_gradcam(
     against PyTorch autograd on the same weights within 1e-4 of their maximum."""
     start = time.perf_counter()
     get_model_spec(name)  # KeyError naming the known models
-    model = get_model(name, **(options or {}))
-    if weights is None:
-        warnings.warn(
-            f"exporting {name}'s Grad-CAM with freshly initialised weights: its heatmaps are meaningless",
-            UntrainedWeightsWarning,
-            stacklevel=2,
-        )
-    else:
-        load_weights(model, weights)
-    model.eval()
+    model = prepared_model(name, weights, options, what="Grad-CAM", consequence="its heatmaps are meaningless")
     cam = GradCAM(model, layer or last_conv_layer(model), score)
     shape = _input_shape(name, model)
     rng = np.random.default_rng(0)

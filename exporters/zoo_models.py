@@ -6,7 +6,6 @@ import dataclasses
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,9 +15,8 @@ import torch
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import ImagePreprocessing
 from serving.protocol.schema import PREPROCESSING_KEY, TEXT_ENCODING_KEY
-from zoo import get_model, get_model_spec
+from zoo import get_model_spec
 from zoo.datasets import dataset_info
-from zoo.recipes import load_weights
 
 from .config import ExportConfig
 from .errors import ExportError
@@ -27,12 +25,9 @@ from .pipeline import ExportResult
 from .pixels import PixelInput, as_pixel_config, pixel_cases, pixel_form
 from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import validate_onnx
+from .weights import prepared_model
 
-__all__ = ["ExportResult", "UntrainedWeightsWarning", "export_model", "model_config_for"]
-
-
-class UntrainedWeightsWarning(UserWarning):
-    """A model was exported with freshly initialised weights: fine for benchmarks, useless for predictions."""
+__all__ = ["export_model", "model_config_for"]
 
 
 def _input_shape(name: str, model: torch.nn.Module) -> tuple[int | None, ...]:
@@ -146,16 +141,7 @@ def export_model(
         raise ValueError(f"pixels must be 'float32' or 'uint8', got {pixels!r}")
     spec = get_model_spec(name)
     config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
-    model = get_model(name, **(options or {}))
-    if weights is None:
-        warnings.warn(
-            f"exporting {name} with freshly initialised weights (no weights file given): its predictions are meaningless",
-            UntrainedWeightsWarning,
-            stacklevel=2,
-        )
-    else:
-        load_weights(model, weights)
-    model.eval()
+    model = prepared_model(name, weights, options, consequence="its predictions are meaningless")
     preprocessing = _preprocessing(name, model)
     float_model = model
     if pixels == "uint8":
