@@ -117,30 +117,17 @@ def test_bench_exports_the_form_a_served_name_asks_for(served, form):
     assert _export_form(served) == form
 
 
-def test_bench_with_free_batch_sizes(repository, tmp_path):
+def _bench_beside(repository, tmp_path, cell: str, *flags: str) -> dict:
+    """`deepr bench` of mnist_convnet with `flags` that serve a second form beside it; its JSON."""
     out = tmp_path / "bench.json"
-    code = main(
-        [
-            "bench",
-            "--repository",
-            str(repository),
-            "--model",
-            "mnist_convnet",
-            "--cells",
-            "1x8",
-            "--free-batch-sizes",
-            "--seconds",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
-    )
+    args = ["--repository", str(repository), "--model", "mnist_convnet", "--cells", cell, *flags]
+    code = main(["bench", *args, "--seconds", "0.3", "--warmup", "0.1", "--device", "cpu", "--out", str(out)])
     assert code == 0
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_bench_with_free_batch_sizes(repository, tmp_path):
+    report = _bench_beside(repository, tmp_path, "1x8", "--free-batch-sizes")
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
         ("mnist_convnet", "in-process"),
         ("mnist_convnet_free", "in-process"),
@@ -153,30 +140,7 @@ def test_bench_with_free_batch_sizes(repository, tmp_path):
 
 
 def test_bench_with_instances(repository, tmp_path):
-    out = tmp_path / "bench.json"
-    code = main(
-        [
-            "bench",
-            "--repository",
-            str(repository),
-            "--model",
-            "mnist_convnet",
-            "--cells",
-            "4x4",
-            "--instances",
-            "2",
-            "--seconds",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    report = json.loads(out.read_text())
+    report = _bench_beside(repository, tmp_path, "4x4", "--instances", "2")
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
         ("mnist_convnet", "in-process"),
         ("mnist_convnet_x2", "in-process"),

@@ -170,10 +170,13 @@ class OnnxModel:
                 description,
             )
             if profile_at_load(self.config):
+                # The profile has run every size warm already: its rates are the warm timings.
                 profile = profile_batches(self, seconds_per_size=PROFILE_SECONDS_AT_LOAD)
                 logger.info("%s: batch profile\n%s", description, profile.table())
                 profile.write_into(self.config)
-            self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
+                self.run_seconds = {s: s / profile.rows_per_s[s] for s in profile.preferred_sizes}
+            else:
+                self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
         except ModelLoadError:
             self.unload()  # not ready: its warm-up could not run
             raise

@@ -7,7 +7,7 @@ from typing import Callable
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.model_config import read_config, write_config
-from serving.protocol.schema import PAD_BATCHES_KEY
+from serving.protocol.schema import PAD_BATCHES_KEY, PROFILE_BATCHES_KEY
 from serving.server.batch_profile import BatchProfile, profile_batches
 from serving.server.model import OnnxModel, RuntimeOptions
 
@@ -30,6 +30,8 @@ def profile_batches_into_config(
     measured.ClearField("model_warmup")  # the profile warms every size itself
     measured.ClearField("instance_group")  # one session with every core
     measured.parameters[PAD_BATCHES_KEY].string_value = "false"  # no warm-up of run sizes before measuring
+    if PROFILE_BATCHES_KEY in measured.parameters:
+        del measured.parameters[PROFILE_BATCHES_KEY]  # profiled below, not also at load
     model = OnnxModel(
         config.name,
         Path(version_dir).name,
