@@ -5,7 +5,9 @@ tensors and messages; freed, most of it stays in the allocator's arenas, so the
 server's resident memory stays at its peak (measured: 2,000 requests of 0.8 MB with
 clients cancelling on a 3 s deadline left 1.0-1.8 GB resident after each round, and
 103 MB after one malloc_trim). Once no request has been in flight for a while, the
-server asks the allocator to return what it keeps free.
+server asks the allocator to return what it keeps free. It asks again, with no new
+request, when resident memory has grown since the last trim: the transport frees the
+messages of calls that timed out before they were admitted after the dataplane is idle.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -33,6 +36,17 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
+_REGROWTH_BYTES = 32 * 2**20
+"""Resident growth since the last trim that has an idle server trim again."""
+
+
+def resident_bytes() -> int:
+    """This process's resident memory; 0 where /proc cannot tell."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def release_free_memory() -> bool:
@@ -44,18 +58,25 @@ def release_free_memory() -> bool:
 
 
 async def trim_when_idle(dataplane: "DataPlane", idle_seconds: float) -> None:
-    """Runs until cancelled: after requests have come and the dataplane has had nothing to
-    do for `idle_seconds`, releases free memory once (in a thread: it walks the heap)."""
+    """Runs until cancelled: after requests have come, or resident memory has grown, and the
+    dataplane has had nothing to do for `idle_seconds`, releases free memory (in a thread:
+    it walks the heap)."""
     if _TRIM is None:
         logger.debug("malloc_trim is not available here; memory is not trimmed after bursts")
         return
     loop = asyncio.get_running_loop()
     trimmed_at = dataplane.admission.admitted
+    resident_after_trim = resident_bytes()
     quiet_since = loop.time()
     while True:
         await asyncio.sleep(min(idle_seconds / 4, 0.5))  # trims within a quarter of idle_seconds of due
         if dataplane.busy():
             quiet_since = loop.time()
-        elif dataplane.admission.admitted != trimmed_at and loop.time() - quiet_since >= idle_seconds:
+            continue
+        if loop.time() - quiet_since < idle_seconds:
+            continue
+        regrown = resident_bytes() > resident_after_trim + _REGROWTH_BYTES
+        if dataplane.admission.admitted != trimmed_at or regrown:
             trimmed_at = dataplane.admission.admitted
             await loop.run_in_executor(None, release_free_memory)
+            resident_after_trim = resident_bytes()
