@@ -305,8 +305,7 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Pending], size: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            names = list(dict.fromkeys(name for p in batch for name in p.outputs)) or None
-            rows = sum(p.rows for p in batch)
+            names = _output_names(batch)
 
             def merge_and_run() -> dict[str, np.ndarray]:
                 # In the worker thread: copying a large batch together would stall the event loop.
@@ -328,24 +327,28 @@ class DynamicBatcher:
                 for pending in batch:
                     await self._execute_alone(pending)
                 return
-            finished = time.perf_counter_ns()
-            self._record(size, finished - started)
-            offset = 0
-            for pending in batch:
-                own = {
-                    name: value[offset : offset + pending.rows]
-                    for name, value in results.items()
-                    if not pending.outputs or name in pending.outputs
-                }
-                offset += pending.rows
-                if not pending.future.done():
-                    pending.future.set_result(
-                        (own, BatchTimings(started - pending.enqueued_ns, finished - started, rows))
-                    )
+            self._answer(batch, results, started, time.perf_counter_ns(), size)
         finally:
             self._instances.release()
             if self._queue:
                 self._arrived.set()
+
+    def _answer(
+        self, batch: list[_Pending], results: dict[str, np.ndarray], started: int, finished: int, size: int
+    ) -> None:
+        """Give each request its own rows of a merged run's outputs."""
+        self._record(size, finished - started)
+        rows = sum(p.rows for p in batch)
+        offset = 0
+        for pending in batch:
+            own = {
+                name: value[offset : offset + pending.rows]
+                for name, value in results.items()
+                if not pending.outputs or name in pending.outputs
+            }
+            offset += pending.rows
+            if not pending.future.done():
+                pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, rows)))
 
     def _record(self, size: int, infer_ns: int) -> None:
         cold = size not in self._sizes_run
@@ -361,10 +364,14 @@ class DynamicBatcher:
         except Exception as exc:
             _fail(pending, exc)
             return
-        timings = BatchTimings(started - pending.enqueued_ns, time.perf_counter_ns() - started, pending.rows)
-        self._record(pending.rows, timings.infer_ns)
-        if not pending.future.done():
-            pending.future.set_result((result, timings))
+        self._answer([pending], result, started, time.perf_counter_ns(), pending.rows)
+
+
+def _output_names(batch: list[_Pending]) -> list[str] | None:
+    """Outputs any request of the batch asked for; None (every output) when one asked for all."""
+    if any(not p.outputs for p in batch):
+        return None
+    return list(dict.fromkeys(name for p in batch for name in p.outputs))
 
 
 def _merged(requests: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:

@@ -384,3 +384,30 @@ def test_merging_stops_at_the_largest_preferred_size(executor):
     assert 8 in model.runs and all(size in (1, 2, 4) for size in model.runs if size != 8)
     assert sorted(executed) == sorted(model.runs)
     assert sum(model.runs) == 1 + sum(sizes)  # no padding was needed: 12 one-row requests fill sizes exactly
+
+
+def test_a_request_for_every_output_gets_every_output_when_merged(executor):
+    """A merged run asks onnxruntime for every output when one of its requests wants them all."""
+
+    class TwoOutputs(RowSums):
+        def predict(self, inputs, outputs=None):
+            result = super().predict(inputs, outputs)
+            result["double"] = 2 * inputs["x"]
+            return {k: v for k, v in result.items() if outputs is None or k in outputs}
+
+    model = TwoOutputs()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=8), executor)
+
+    async def main():
+        tasks = [
+            asyncio.create_task(batcher.infer(rows(1, 0), ["sum"])),
+            asyncio.create_task(batcher.infer(rows(1, 5), [])),
+        ]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(*tasks)
+
+    (only_sum, _), (everything, _) = run(main())
+    assert set(only_sum) == {"sum"} and set(everything) == {"sum", "double"}
+    np.testing.assert_array_equal(everything["double"], 2 * rows(1, 5)["x"])

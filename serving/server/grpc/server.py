@@ -15,10 +15,10 @@ import grpc
 from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.server.dataplane import DataPlane
 from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
-from serving.server.grpc.decoding import DecodeErrorInterceptor
+from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
 from serving.server.repository import ModelRepository
@@ -94,9 +94,9 @@ class InferenceServer:
         await loop.run_in_executor(None, self.dataplane.start)
         settings = self.settings
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
-        interceptors.append(DecodeErrorInterceptor())
         server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        server.add_generic_rpc_handlers((service_handler(InferenceServicer(self.dataplane), service),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{self.settings.host}:{self.settings.port}"
         try:

@@ -15,6 +15,7 @@ from serving.protocol.errors import InvalidInput, NotEnabled, PermissionDenied, 
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.server.dataplane import DataPlane, DecodedRequest, InferenceCall, RequestedOutput
+from serving.server.grpc.decoding import Undecodable, refusal
 from serving.server.model import OnnxModel
 from serving.server.shared_memory import SharedMemoryRegions, is_local_peer
 
@@ -30,6 +31,8 @@ def _status_on_error(rpc: Callable[..., Awaitable[Response]]) -> Callable[..., A
 
     @functools.wraps(rpc)
     async def wrapper(self: "InferenceServicer", request: Any, context: grpc.aio.ServicerContext) -> Response:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
         try:
             return await rpc(self, request, context)
         except ServingError as exc:
@@ -144,6 +147,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """One response per request, in order; a failed request answers with error_message
         and the stream goes on, as the protocol's streaming extension specifies."""
         async for request in request_iterator:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
             try:
                 yield pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except ServingError as exc:
