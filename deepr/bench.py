@@ -42,6 +42,8 @@ __all__ = [
     "in_process",
     "over_grpc",
     "serve_subprocess",
+    "server_subprocess",
+    "free_port",
     "write_plot",
     "copy_with_configs",
     "without_batching",
@@ -332,7 +334,7 @@ def over_grpc(
     return result
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -343,41 +345,45 @@ def serve_subprocess(
     repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`deepr serve` in its own process on a free loopback port; yields its address and process."""
+    port = free_port()
+    command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", device, *extra]
+    with server_subprocess("deepr serve", command, f"127.0.0.1:{port}", timeout=timeout) as process:
+        yield f"127.0.0.1:{port}", process
+
+
+@contextlib.contextmanager
+def server_subprocess(
+    name: str,
+    command: Sequence[str],
+    url: str,
+    *,
+    models: Sequence[str] = (),
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen]:
+    """Any V2 gRPC server started by `command`, once it answers ServerReady (and ModelReady
+    for each of `models`) at `url`; stopped on exit. Its output goes to a log file that
+    errors name."""
     import tritonclient.grpc as triton
 
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="deepr-bench-server-", suffix=".log", delete=False)
-    command = [
-        sys.executable,
-        "-m",
-        "deepr",
-        "serve",
-        "--repository",
-        str(repository),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        device,
-        *extra,
-    ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix=f"{name.replace(' ', '-')}-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         client = triton.InferenceServerClient(url)
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"deepr serve exited with code {process.returncode}; its log: {log.name}")
+                raise RuntimeError(f"{name} exited with code {process.returncode}; its log: {log.name}")
             with contextlib.suppress(Exception):
-                if client.is_server_ready():
+                if client.is_server_ready() and all(client.is_model_ready(m) for m in models):
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"deepr serve not ready after {timeout:.0f} s; its log: {log.name}")
+                raise TimeoutError(f"{name} not ready after {timeout:.0f} s; its log: {log.name}")
             time.sleep(0.2)
         client.close()
-        yield url, process
+        yield process
     finally:
         process.terminate()
         try:

@@ -1,0 +1,181 @@
+"""deepr against the servers its users would pick instead, side by side in one run.
+
+    python scripts/bench_peers.py [--servers deepr,kserve,mlserver] [--clients threads,asyncio]
+        [--models cnn,mlp] [--grid 1x8,1x32,32x8,32x32] [--seconds 5] [--out bench_peers.json]
+
+The same two ONNX files (the tutorial's MNIST convnet and dense net, random weights,
+written with onnx.helper) are served in turn by deepr (this checkout, its defaults, a
+Triton-layout repository), KServe's Python model server and MLServer (each with the
+least onnxruntime model class a user would write: scripts/peers/, in its own virtualenv
+under --peers-home, made on first use). One server runs at a time, on loopback; each
+point (model, batch rows x calls in flight, client) loads it for --warmup seconds, then
+measures --seconds. Prints one table per client and writes JSON: items/s, client p50/p99,
+the server's CPU per request (its processes' CPU over the window / requests answered),
+deepr's ratio to the best peer, and in-process onnxruntime (one caller, no server) as
+the ceiling. Not part of the test command: it installs the peers from PyPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deepr.bench import environment  # noqa: E402
+from scripts.peers.load import CLIENTS, Window  # noqa: E402
+from scripts.peers.servers import MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def in_process_items_per_second(path: Path, x: np.ndarray, seconds: float) -> float:
+    """onnxruntime alone, default session options, one caller running `x` back to back."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"input": x}
+    session.run(None, feed)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, feed)
+        runs += 1
+    return runs * x.shape[0] / (time.perf_counter() - start)
+
+
+def grid(text: str) -> list[tuple[int, int]]:
+    try:
+        points = [tuple(int(n) for n in point.split("x")) for point in text.split(",")]
+    except ValueError:
+        points = []
+    if not points or any(len(p) != 2 or min(p) < 1 for p in points):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROWSxINFLIGHT[,...], e.g. 1x8,32x8")
+    return points  # type: ignore[return-value]
+
+
+def names(choices: dict | list) -> callable:
+    def parse(text: str) -> list[str]:
+        picked = text.split(",")
+        unknown = [n for n in picked if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {sorted(choices)}")
+        return picked
+
+    return parse
+
+
+def table(rows: list[dict], client: str, servers: list[str]) -> str:
+    peers = [s for s in servers if s in SERVERS and s != "deepr"]
+    head = ["model", "rows x inflight", *(f"{s} items/s" for s in servers)]
+    head += ["deepr / best peer"] if peers and "deepr" in servers else []
+    head += ["p50 / p99 ms: " + ", ".join(servers), "server CPU ms/request: " + " / ".join(servers)]
+    head += ["in-process items/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for point in dict.fromkeys((r["rows"], r["inflight"]) for r in rows if r["model"] == model):
+            cell = {
+                r["server"]: r
+                for r in rows
+                if (r["model"], r["rows"], r["inflight"], r["client"]) == (model, *point, client)
+            }
+            if not cell:
+                continue
+            rate = {s: cell[s]["items_per_second"] if s in cell else float("nan") for s in servers}
+            line = [model, f"{point[0]} x {point[1]}", *(f"{rate[s]:,.0f}" for s in servers)]
+            if peers and "deepr" in servers:
+                line.append(f"{rate['deepr'] / max(rate[p] for p in peers):.2f}x")
+            line.append(", ".join(f"{cell[s]['p50_ms']:.1f} / {cell[s]['p99_ms']:.1f}" for s in servers if s in cell))
+            line.append(" / ".join(f"{cell[s]['server_cpu_ms_per_request']:.3f}" for s in servers if s in cell))
+            line.append(f"{next(iter(cell.values()))['in_process_items_per_second']:,.0f}")
+            lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", type=names(SERVERS), default=list(SERVERS))
+    parser.add_argument("--clients", type=names(CLIENTS), default=list(CLIENTS))
+    parser.add_argument("--models", type=names(MODELS), default=list(MODELS))
+    parser.add_argument("--grid", type=grid, default=grid("1x8,1x32,32x8,32x32"), help="ROWSxINFLIGHT points")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured window")
+    parser.add_argument("--peers-home", type=Path, default=Path.home() / ".cache" / "deepr" / "peers")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also serve deepr under NAME with these `deepr serve` flags and VAR=VALUE environment settings, "
+        "e.g. 'one-thread=--intra-op-threads 1'",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_peers.json"))
+    args = parser.parse_args(argv)
+
+    servers = {name: SERVERS[name] for name in args.servers}
+    for variant in args.variant:
+        name, _, flags = variant.partition("=")
+        env = [tuple(f.split("=", 1)) for f in flags.split() if re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", f)]
+        serve_flags = [f for f in flags.split() if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", f)]
+        servers[name] = Server(name, [], deepr_with(*serve_flags), tuple(env))
+    args.servers = list(servers)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="deepr-peers-") as tmp:
+        models = write_models(Path(tmp) / "models")
+        models = {m: models[m] for m in args.models}
+        inputs = {
+            (m, r): np.random.default_rng(0).random((r, *MODELS[m]), dtype=np.float32)
+            for m in models
+            for r, _ in args.grid
+        }
+        ceiling = {
+            key: in_process_items_per_second(models[key[0]], x, min(args.seconds, 2)) for key, x in inputs.items()
+        }
+        for server in args.servers:
+            with served(servers[server], models, Path(tmp) / server, args.peers_home, log) as (url, pid):
+                for client in args.clients:
+                    for model in models:
+                        for batch, inflight in args.grid:
+                            window: Window = CLIENTS[client](
+                                url, model, inputs[model, batch], inflight, args.seconds, args.warmup, pid
+                            )
+                            rows.append(
+                                {
+                                    "server": server,
+                                    "client": client,
+                                    "model": model,
+                                    "rows": batch,
+                                    "inflight": inflight,
+                                    "requests": window.requests,
+                                    "items_per_second": window.items_per_second,
+                                    "p50_ms": window.latency_ms(0.5),
+                                    "p99_ms": window.latency_ms(0.99),
+                                    "server_cpu_ms_per_request": window.server_cpu_ms_per_request,
+                                    "client_cpu_share": window.client_cpu_seconds / window.seconds,
+                                    "in_process_items_per_second": ceiling[model, batch],
+                                }
+                            )
+                            log(
+                                f"{server:8} {client:7} {model} {batch}x{inflight}: "
+                                f"{window.items_per_second:,.0f} items/s, "
+                                f"{window.server_cpu_ms_per_request:.3f} ms server CPU/request"
+                            )
+    for client in args.clients:
+        print(f"\n### client: {client}\n")
+        print(table(rows, client, args.servers))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"environment": environment("cpu"), "settings": settings, "rows": rows}, indent=1))
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
