@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from deepr.bench import environment  # noqa: E402
 from scripts.peers.load import CLIENTS, Window  # noqa: E402
-from scripts.peers.servers import MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
+from scripts.peers.servers import FLOORS, MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -74,35 +74,57 @@ def names(choices: dict | list) -> callable:
 
 
 def table(rows: list[dict], client: str, servers: list[str]) -> str:
+    """Markdown: per model and point, each server's items/s, deepr's ratio to the best peer,
+    each server's CPU per request and p50 / p99 latency, and the in-process ceiling."""
     peers = [s for s in servers if s in SERVERS and s != "deepr"]
-    head = ["model", "rows x inflight", *(f"{s} items/s" for s in servers)]
-    head += ["deepr / best peer"] if peers and "deepr" in servers else []
-    head += ["p50 / p99 ms: " + ", ".join(servers), "server CPU ms/request: " + " / ".join(servers)]
-    head += ["in-process items/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for point in dict.fromkeys((r["rows"], r["inflight"]) for r in rows if r["model"] == model):
-            cell = {
-                r["server"]: r
-                for r in rows
-                if (r["model"], r["rows"], r["inflight"], r["client"]) == (model, *point, client)
-            }
-            if not cell:
-                continue
-            rate = {s: cell[s]["items_per_second"] if s in cell else float("nan") for s in servers}
-            line = [model, f"{point[0]} x {point[1]}", *(f"{rate[s]:,.0f}" for s in servers)]
-            if peers and "deepr" in servers:
-                line.append(f"{rate['deepr'] / max(rate[p] for p in peers):.2f}x")
-            line.append(", ".join(f"{cell[s]['p50_ms']:.1f} / {cell[s]['p99_ms']:.1f}" for s in servers if s in cell))
-            line.append(" / ".join(f"{cell[s]['server_cpu_ms_per_request']:.3f}" for s in servers if s in cell))
-            line.append(f"{next(iter(cell.values()))['in_process_items_per_second']:,.0f}")
-            lines.append("| " + " | ".join(line) + " |")
+    ratio = peers and "deepr" in servers
+    head = ["model", "rows x inflight", *servers, *(["deepr / best peer"] if ratio else []), "in-process"]
+    lines = [
+        "items/s; then server CPU ms per request; then p50 / p99 ms",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- | --- |" + " ---: |" * (len(head) - 2),
+    ]
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r["client"] == client:
+            cells.setdefault((r["model"], r["rows"], r["inflight"]), {})[r["server"]] = r
+    for (model, batch, inflight), cell in cells.items():
+
+        def each(fmt) -> list[str]:
+            return [fmt(cell[s]) if s in cell else "" for s in servers]
+
+        point = [model, f"{batch} x {inflight}"]
+        rate = each(lambda r: f"{r['items_per_second']:,.0f}")
+        best = max((cell[p]["items_per_second"] for p in peers if p in cell), default=0)
+        ceiling = f"{next(iter(cell.values()))['in_process_items_per_second']:,.0f}"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    *point,
+                    *rate,
+                    *([f"{cell['deepr']['items_per_second'] / best:.2f}x"] if ratio and best else []),
+                    ceiling,
+                ]
+            )
+            + " |"
+        )
+        cpu = each(lambda r: f"{r['server_cpu_ms_per_request']:.3f} ms")
+        lines.append("| " + " | ".join(["", "CPU/request", *cpu, *([""] if ratio else []), ""]) + " |")
+        latency = each(lambda r: f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}")
+        lines.append("| " + " | ".join(["", "p50 / p99", *latency, *([""] if ratio else []), ""]) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--servers", type=names(SERVERS), default=list(SERVERS))
+    parser.add_argument(
+        "--servers",
+        type=names({**SERVERS, **FLOORS}),
+        default=list(SERVERS),
+        help=f"any of {', '.join({**SERVERS, **FLOORS})} (the grpc-floor ones: what Python gRPC alone costs)",
+    )
     parser.add_argument("--clients", type=names(CLIENTS), default=list(CLIENTS))
     parser.add_argument("--models", type=names(MODELS), default=list(MODELS))
     parser.add_argument("--grid", type=grid, default=grid("1x8,1x32,32x8,32x32"), help="ROWSxINFLIGHT points")
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_peers.json"))
     args = parser.parse_args(argv)
 
-    servers = {name: SERVERS[name] for name in args.servers}
+    servers = {name: {**SERVERS, **FLOORS}[name] for name in args.servers}
     for variant in args.variant:
         name, _, flags = variant.partition("=")
         env = [tuple(f.split("=", 1)) for f in flags.split() if re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", f)]

@@ -1,13 +1,16 @@
-"""Where `deepr serve` spends its CPU under load: py-spy samples the server (native frames
-included) while tritonclient keeps calls in flight, and each sample is put in one bucket,
-the innermost frame that a bucket claims.
+"""Where a loaded server spends its CPU: tritonclient keeps calls in flight while a sampler
+watches the server, and each sample is put in one bucket.
 
-    python scripts/profile_server.py [--model mlp] [--rows 1] [--inflight 32] [--seconds 10]
-        [--client threads] [--flamegraph profile.svg] [-- extra deepr serve flags]
+    python scripts/profile_server.py [--server deepr] [--model mlp] [--rows 1] [--inflight 32]
+        [--seconds 8] [--client threads] [--sampler perf|py-spy] [--top 20]
 
-Prints each bucket's share of the server's samples and its CPU per request (share x the
-server's CPU over the window / requests answered). Needs py-spy (pip install py-spy) and
-the right to trace the server (root, or ptrace_scope 0).
+--sampler perf (Linux perf, `apt install linux-perf`): every thread's native frames, by the
+library they run in (the Python interpreter, gRPC's core, onnxruntime, the kernel...);
+sampling does not slow the server. --sampler py-spy (`pip install py-spy`): Python frames,
+by the deepr module they are in; py-spy cannot tell a thread waiting in C from one working
+there, so shares of waiting frames are upper bounds. Each bucket's CPU per request is its
+share times the server's CPU over the window divided by the requests answered. Tracing the
+server needs root, or kernel.perf_event_paranoid / ptrace_scope set to allow it.
 """
 
 from __future__ import annotations
@@ -27,104 +30,120 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.peers.load import CLIENTS  # noqa: E402
-from scripts.peers.servers import MODELS, SERVERS, served, write_models  # noqa: E402
+from scripts.peers.servers import FLOORS, MODELS, SERVERS, served, write_models  # noqa: E402
 
-BUCKETS: list[tuple[str, str]] = [
-    # (bucket, regular expression on one frame); the first bucket whose pattern matches the
-    # innermost frame it can claim takes the sample
-    ("onnxruntime run", r"onnxruntime|libonnxruntime|onnxruntime_pybind|MlasS?gemm|Mlas"),
-    ("protobuf parse / build", r"google/protobuf|upb_|_message\.|protobuf"),
-    ("numpy", r"numpy/|multiarray|PyArray"),
+LIBRARIES: list[tuple[str, str]] = [
+    # (bucket, regular expression on perf's shared object name)
+    ("onnxruntime", r"onnxruntime"),
+    ("Python interpreter (deepr's, asyncio's and grpc.aio's Python code)", r"libpython|python3"),
+    ("kernel (syscalls, thread wake-ups, socket I/O)", r"kernel|vdso"),
+    ("gRPC core and its Cython layer", r"cygrpc|grpc"),
+    ("libc (memcpy, malloc)", r"libc\.so|libstdc|ld-linux"),
+    ("protobuf (upb)", r"_message|protobuf|upb"),
+    ("event loop (uvloop, _asyncio)", r"uvloop|loop\.cpython|_asyncio"),
+    ("numpy", r"numpy|_multiarray"),
+]
+
+MODULES: list[tuple[str, str]] = [
+    # (bucket, regular expression on one py-spy frame); the innermost frame that a bucket
+    # claims decides
+    ("onnxruntime run", r"onnxruntime"),
     ("statistics and metrics", r"serving/server/(statistics|metrics)\.py|prometheus_client"),
-    ("logging", r"logging/__init__\.py|serving/server/logs\.py"),
-    (
-        "decode / encode tensors",
-        r"serving/protocol/codecs\.py|serving/server/grpc/servicer\.py \((_decoder|_encoder|decode|encode)",
-    ),
+    ("decode / encode tensors", r"serving/protocol/codecs\.py"),
     ("batcher", r"serving/server/batching\.py"),
-    ("dataplane", r"serving/server/(dataplane|admission|model)\.py"),
+    ("dataplane", r"serving/server/(dataplane|admission|model|repository)\.py"),
     ("servicer", r"serving/server/grpc/"),
-    ("gRPC core (C)", r"grpc_core|grpc_|libgrpc|cygrpc\.cpython|tcp_|chttp2|absl"),
-    ("gRPC Python (aio)", r"grpc/_cython|grpc/aio|_cython/_cygrpc"),
-    ("thread hand-offs", r"concurrent/futures|threading\.py|call_soon_threadsafe|pthread_cond|futex|sem_(wait|post)"),
-    ("asyncio loop", r"asyncio/|selectors\.py|epoll"),
-    ("Python interpreter", r"_PyEval|PyObject_|_Py|Py[A-Z]"),
-    ("kernel / libc", r"libc\.so|__GI|syscall|\[kernel|memcpy|memmove|malloc|free"),
+    ("worker threads (waiting or handing off)", r"concurrent/futures|threading\.py"),
+    ("event loop and grpc.aio (Python frames; native work inside them)", r"asyncio/|selectors\.py|grpc/"),
 ]
 
 
-def bucket_of(stack: list[str]) -> str:
+def first_claim(frames: list[str], buckets: list[tuple[re.Pattern, str]]) -> str:
     """The bucket of a sample: scan from the innermost frame outwards, first claim wins."""
-    for frame in reversed(stack):
-        for name, pattern in _COMPILED:
+    for frame in reversed(frames):
+        for pattern, name in buckets:
             if pattern.search(frame):
                 return name
     return "other"
 
 
-_COMPILED = [(name, re.compile(pattern)) for name, pattern in BUCKETS]
+def perf_samples(pid: int, seconds: float, folder: Path, run_load) -> tuple[collections.Counter, object]:
+    data = folder / "perf.data"
+    record = ["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--", "sleep", str(seconds + 1)]
+    recorder = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    window = run_load()
+    error = recorder.communicate()[1]
+    if not data.exists():
+        raise SystemExit(f"perf recorded nothing:\n{error}")
+    report = ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"]
+    text = subprocess.run(report, capture_output=True, text=True, check=True).stdout
+    shares: collections.Counter = collections.Counter()
+    buckets = [(re.compile(p), name) for name, p in LIBRARIES]
+    for line in text.splitlines():
+        match = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+        if match:
+            shares[first_claim([match.group(2)], buckets)] += float(match.group(1))
+    return shares, window
+
+
+def py_spy_samples(pid: int, seconds: float, folder: Path, run_load) -> tuple[collections.Counter, object]:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = folder / "samples.txt"
+    record = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "250"]
+    record += ["--duration", str(int(seconds)), "--format", "raw", "--output", str(raw)]
+    recorder = subprocess.Popen(record, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    window = run_load()
+    output = recorder.communicate()[0]
+    if not raw.exists():
+        raise SystemExit(f"py-spy recorded nothing:\n{output}")
+    shares: collections.Counter = collections.Counter()
+    buckets = [(re.compile(p), name) for name, p in MODULES]
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        shares[first_claim(stack.split(";"), buckets)] += int(count)
+    return shares, window
 
 
 def main(argv: list[str] | None = None) -> int:
+    servers = {**SERVERS, **FLOORS}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=list(servers), default="deepr")
     parser.add_argument("--model", choices=list(MODELS), default="mlp")
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--inflight", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--client", choices=list(CLIENTS), default="threads")
-    parser.add_argument("--server", choices=list(SERVERS), default="deepr")
+    parser.add_argument("--sampler", choices=["perf", "py-spy"], default="perf")
     parser.add_argument("--peers-home", type=Path, default=Path.home() / ".cache" / "deepr" / "peers")
-    parser.add_argument("--top", type=int, default=0, help="also list the N most sampled innermost frames")
-    parser.add_argument("--native", action="store_true", help="native frames too (slows the server while sampled)")
-    parser.add_argument("--flamegraph", type=Path, help="also write py-spy's flame graph (SVG) here")
     args = parser.parse_args(argv)
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        parser.error("py-spy is not installed here: pip install py-spy")
+    if args.sampler == "perf" and not shutil.which("perf"):
+        parser.error("perf is not installed here (Debian: apt install linux-perf); or use --sampler py-spy")
+    sample = perf_samples if args.sampler == "perf" else py_spy_samples
 
     with tempfile.TemporaryDirectory(prefix="deepr-profile-") as tmp:
-        models = write_models(Path(tmp) / "models")
+        folder = Path(tmp)
+        models = write_models(folder / "models")
         x = np.random.default_rng(0).random((args.rows, *MODELS[args.model]), dtype=np.float32)
         with served(
-            SERVERS[args.server], {args.model: models[args.model]}, Path(tmp) / "work", args.peers_home, print
+            servers[args.server], {args.model: models[args.model]}, folder / "work", args.peers_home, print
         ) as (
             url,
             pid,
         ):
-            raw = Path(tmp) / "samples.txt"
-            # --native stops the server at each sample (throughput falls 100-fold at 250 Hz):
-            # it is asked for, at a low rate; by default Python frames are read without stopping
-            record = [py_spy, "record", "--pid", str(pid)]
-            record += ["--native", "--rate", "20"] if args.native else ["--nonblocking", "--rate", "250"]
-            record += ["--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw)]
-            spy = subprocess.Popen(record, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            window = CLIENTS[args.client](url, args.model, x, args.inflight, args.seconds, 1.0, pid)
-            spied = spy.communicate()[0]
-            if not raw.exists():
-                raise SystemExit(f"py-spy recorded nothing:\n{spied}")
-            if args.flamegraph:
-                svg = [py_spy, "record", "--pid", str(pid), "--native", "--duration", "3", "--output"]
-                subprocess.run([*svg, str(args.flamegraph)], capture_output=True)  # needs load: skipped quietly
-        counts: collections.Counter[str] = collections.Counter()
-        leaves: collections.Counter[str] = collections.Counter()
-        for line in raw.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            counts[bucket_of(stack.split(";"))] += int(count)
-            leaves[stack.split(";")[-1]] += int(count)
-    total = sum(counts.values()) or 1
+
+            def run_load():
+                return CLIENTS[args.client](url, args.model, x, args.inflight, args.seconds, 1.0, pid)
+
+            shares, window = sample(pid, args.seconds, folder, run_load)
+    total = sum(shares.values()) or 1
     per_request = window.server_cpu_ms_per_request
     print(
-        f"\n{args.server}, {args.model} {args.rows} x {args.inflight} ({args.client}): "
-        f"{window.items_per_second:,.0f} items/s, server CPU {per_request:.3f} ms per request, "
-        f"{total} samples\n"
+        f"\n{args.server}, {args.model} {args.rows} x {args.inflight} ({args.client} client, {args.sampler}): "
+        f"{window.items_per_second:,.0f} items/s, server CPU {per_request:.3f} ms per request\n"
     )
-    print("| where | share of samples | CPU per request (ms) |\n| --- | ---: | ---: |")
-    for name, count in counts.most_common():
-        print(f"| {name} | {count / total:.0%} | {count / total * per_request:.3f} |")
-    if args.top:
-        print(f"\ninnermost frames, the {args.top} most sampled:")
-        for frame, count in leaves.most_common(args.top):
-            print(f"  {count / total:6.1%}  {frame}")
+    print("| where | share | CPU per request (ms) |\n| --- | ---: | ---: |")
+    for name, share in shares.most_common():
+        print(f"| {name} | {share / total:.0%} | {share / total * per_request:.3f} |")
     return 0
 
 

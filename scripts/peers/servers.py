@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deepr.bench import free_port, server_subprocess
 from exporters.repository import add_to_repository, serving_config
 
-__all__ = ["MODELS", "SERVERS", "Server", "deepr_with", "write_models", "served"]
+__all__ = ["MODELS", "SERVERS", "FLOORS", "Server", "deepr_with", "write_models", "served"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -156,6 +156,16 @@ def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int], list[st
     return command
 
 
+def _floor(answer: str) -> Callable[[Path, dict[str, Path], Path, int], list[str]]:
+    """scripts/peers/floor_server.py: what any Python gRPC server spends per call."""
+
+    def command(python: Path, models: dict[str, Path], work: Path, port: int) -> list[str]:
+        specs = [f"--model={name}={path}" for name, path in models.items()]
+        return [str(python), str(HERE / "floor_server.py"), f"--port={port}", f"--answer={answer}", *specs]
+
+    return command
+
+
 _ORT = f"onnxruntime=={onnxruntime.__version__}"  # the peers run the same onnxruntime as deepr
 _KSERVE = ["kserve==0.21.0", _ORT]
 # uvloop 0.22 made asyncio.get_event_loop() raise outside a running loop, which MLServer
@@ -169,6 +179,12 @@ SERVERS = {
     "kserve-quiet": Server("kserve", _KSERVE, _kserve("--enable_latency_logging=false", "--configure_logging=false")),
     "mlserver": Server("mlserver", _MLSERVER, _mlserver()),
     "mlserver-quiet": Server("mlserver", _MLSERVER, _mlserver(debug=False, parallel_workers=0)),
+}
+FLOORS = {
+    # Not servers anyone would deploy: grpc.aio answering at once, and running onnxruntime
+    # per call with nothing else. What deepr spends above them is its own.
+    "grpc-floor": Server("grpc-floor", [], _floor("fixed")),
+    "grpc-floor-ort": Server("grpc-floor-ort", [], _floor("onnxruntime")),
 }
 
 
