@@ -347,7 +347,9 @@ def serve_subprocess(
     """`deepr serve` in its own process on a free loopback port; yields its address and process."""
     port = free_port()
     command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--device", device, *extra]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", device]
+    # a free metrics port too, unless told otherwise: a `deepr serve` already running holds 8002
+    command += [*([] if any(a.startswith("--metrics-port") for a in extra) else ["--metrics-port", "0"]), *extra]
     with server_subprocess("deepr serve", command, f"127.0.0.1:{port}", timeout=timeout) as process:
         yield f"127.0.0.1:{port}", process
 

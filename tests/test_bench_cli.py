@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 
 import pytest
 
@@ -10,28 +12,35 @@ from deepr.cli import main
 
 
 def test_bench_writes_json_and_plot(repository, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main(
-        [
-            "bench",
-            "--repository",
-            str(repository),
-            "--model",
-            "mnist_convnet",
-            "--batch",
-            "1,4",
-            "--concurrency",
-            "1,3",
-            "--seconds",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
-    )
+    """Into a folder that does not exist yet, while something else holds the default
+    metrics port (a `deepr serve` already running, say)."""
+    out = tmp_path / "runs" / "first" / "bench.json"
+    with contextlib.ExitStack() as held:
+        metrics_port = held.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # already held by something else: as good
+            metrics_port.bind(("127.0.0.1", 8002))
+            metrics_port.listen()
+        code = main(
+            [
+                "bench",
+                "--repository",
+                str(repository),
+                "--model",
+                "mnist_convnet",
+                "--batch",
+                "1,4",
+                "--concurrency",
+                "1,3",
+                "--seconds",
+                "0.3",
+                "--warmup",
+                "0.1",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     report = json.loads(out.read_text())
     rows = report["results"]
@@ -148,7 +157,9 @@ def test_bench_with_instances(repository, tmp_path):
         ("mnist_convnet_x2", "grpc"),
     ]
     assert report["settings"]["instances"] == 2 and all(r["requests"] > 0 for r in report["results"])
-    assert main(["bench", "--repository", str(repository), "--instances", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", "--repository", str(repository), "--instances", "0"])
+    assert refused.value.code == 2
 
 
 def test_free_sizes_config(repository):

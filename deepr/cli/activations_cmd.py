@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -44,9 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served feature graph (NAME or NAME_features), from `deepr export NAME --features`")
     p.add_argument("--layers", help="comma-separated layers (default: the first --first layers)")
     p.add_argument(
-        "--first", type=int, default=8, help="how many layers when --layers is not given (default: %(default)s)"
+        "--first", type=integer(1), default=8, help="how many layers when --layers is not given (default: %(default)s)"
     )
-    p.add_argument("--columns", type=int, default=16, help="channels per grid row (default: %(default)s)")
+    p.add_argument("--columns", type=integer(1), default=16, help="channels per grid row (default: %(default)s)")
     p.add_argument(
         "--out", type=Path, default=Path("activations"), help="folder for LAYER.png files (default: %(default)s)"
     )

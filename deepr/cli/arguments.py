@@ -3,11 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Callable
 
 from serving.client import DEFAULT_URL
 
-__all__ = ["int_list", "add_server_options"]
+__all__ = ["int_list", "integer", "number", "add_server_options"]
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum], refused with the range otherwise."""
+    wanted = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.range = (minimum, maximum)  # type: ignore[attr-defined]  # the CLI tests read it
+    return parse
+
+
+def number(
+    *, above: float | None = None, minimum: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """An argparse type: a finite number > `above` (or >= `minimum`), <= `maximum`."""
+    bounds = [f"> {above:g}" if above is not None else "", f">= {minimum:g}" if minimum is not None else ""]
+    bounds.append(f"<= {maximum:g}" if maximum is not None else "")
+    wanted = "a number " + " and ".join(b for b in bounds if b)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if (
+            not math.isfinite(value)
+            or (above is not None and value <= above)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.range = (above if above is not None else minimum, maximum)  # type: ignore[attr-defined]
+    return parse
 
 
 def int_list(text: str) -> list[int]:

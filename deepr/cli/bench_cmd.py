@@ -10,7 +10,7 @@ from pathlib import Path
 
 from serving.server.settings import default_repository
 
-from .arguments import int_list
+from .arguments import int_list, integer, number
 from .errors import EXIT_USAGE, CLIError
 
 logger = logging.getLogger("deepr.bench")
@@ -94,8 +94,10 @@ def _bench(args: argparse.Namespace) -> int:
             "--free-batch-sizes compares ways of merging runs: it needs dynamic batching (drop --no-dynamic-batching)",
             EXIT_USAGE,
         )
-    if args.instances is not None and args.instances < 1:
-        raise CLIError(f"--instances must be >= 1, got {args.instances}", EXIT_USAGE)
+    try:  # before the run, not after it: its results would be lost
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--out {args.out}: cannot create its folder: {exc.strerror}", EXIT_USAGE) from None
     models = args.model or ["mnist_convnet"]
     with tempfile.TemporaryDirectory(prefix="deepr-bench-") as scratch:
         repository = _export_missing(args.repository, models, Path(scratch) / "exported")
@@ -176,22 +178,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int_list, default=[1, 32], help="batch sizes per request (default: 1,32)")
     p.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="requests in flight (default: 1,8,32)")
     p.add_argument("--cells", type=_cells, help="explicit BATCHxCONCURRENCY cells instead of the grid, e.g. 1x64,256x4")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (default: %(default)s)")
+    p.add_argument("--seconds", type=number(above=0), default=5.0, help="measured time per cell (default: %(default)s)")
     p.add_argument(
         "--warmup",
-        type=float,
+        type=number(minimum=0),
         default=10.0,
         help="longest unmeasured warm-up before each cell; it ends once two 0.5 s windows agree within 5%% "
         "(default: %(default)s)",
     )
     p.add_argument(
-        "--client-processes", type=int, default=1, help="processes sharing the concurrency (default: %(default)s)"
+        "--client-processes",
+        type=integer(1),
+        default=1,
+        help="processes sharing the concurrency (default: %(default)s)",
     )
     p.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="onnxruntime device (default: auto)"
     )
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA, in-process and on the server alike")
-    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session on the server")
+    p.add_argument("--intra-op-threads", type=integer(0), help="onnxruntime threads per session on the server")
     p.add_argument(
         "--dynamic-batching",
         action=argparse.BooleanOptionalAction,
@@ -211,7 +216,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--instances",
-        type=int,
+        type=integer(1),
         metavar="N",
         help="also serve each model as NAME_xN with instance_group count N (N sessions, each with cores/N "
         "onnxruntime threads), measured in the same run",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer
 from .errors import task_errors
 
 
@@ -27,6 +27,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="top-k classes of images from a served classifier")
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, help="served model name, e.g. mnist_convnet")
-    p.add_argument("--top-k", type=int, default=3, help="classes per image (default: %(default)s)")
+    p.add_argument("--top-k", type=integer(1), default=3, help="classes per image (default: %(default)s)")
     add_server_options(p)
     p.set_defaults(run=_classify)

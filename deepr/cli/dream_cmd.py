@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer, number
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -39,13 +39,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served dream graph, from `deepr export inception_v3 --dream` (inception_v3_dream)")
     p.add_argument("--coefficients", help="layer weights, e.g. mixed2=0.2,mixed3=3,mixed4=2,mixed5=1.5 (the default)")
     p.add_argument(
-        "--octaves", type=int, default=3, help="picture sizes, each octave-scale smaller (default: %(default)s)"
+        "--octaves", type=integer(1), default=3, help="picture sizes, each octave-scale smaller (default: %(default)s)"
     )
-    p.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="ascent steps per octave (default: %(default)s)")
-    p.add_argument("--step", type=float, default=0.01, help="step size per unit mean gradient (default: %(default)s)")
     p.add_argument(
-        "--max-loss", type=float, default=10.0, help="stop an octave's ascent above this loss (default: %(default)s)"
+        "--octave-scale", type=number(minimum=1), default=1.4, help="size ratio between octaves (default: %(default)s)"
+    )
+    p.add_argument("--steps", type=integer(1), default=20, help="ascent steps per octave (default: %(default)s)")
+    p.add_argument(
+        "--step", type=number(above=0), default=0.01, help="step size per unit mean gradient (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-loss",
+        type=number(above=0),
+        default=10.0,
+        help="stop an octave's ascent above this loss (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, default=Path("dream.png"), help="the dreamt picture (default: %(default)s)")
     add_server_options(p, "dream")

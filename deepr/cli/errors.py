@@ -19,14 +19,19 @@ class CLIError(Exception):
 
 @contextlib.contextmanager
 def task_errors(url: str) -> Iterator[None]:
-    """How a client command's failures become exits: what the server refused, or a server
-    that cannot be reached, exits 1 naming the server; the user's own input (a missing
-    file, a value out of range) exits 2."""
+    """How a client command's failures become exits, as the README's table says: what the
+    user asked for that the server does not have or take (an unknown model, a tensor of the
+    wrong shape: NOT_FOUND, INVALID_ARGUMENT) and the user's own input (a missing file, a
+    value out of range) exit 2; a server that fails or cannot be reached exits 1. Both name
+    the server."""
+    import grpc
+
     from serving.client import InferenceServerError
 
     try:
         yield
     except InferenceServerError as exc:
-        raise CLIError(f"{exc} (server {url})") from None
+        asked_wrong = exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+        raise CLIError(f"{exc} (server {url})", EXIT_USAGE if asked_wrong else EXIT_FAILURE) from None
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer, number
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -40,14 +40,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="served filter graph (NAME or NAME_filters), from `deepr export NAME --filters`")
     p.add_argument("--layers", help="comma-separated layers (default: every layer of the graph)")
     p.add_argument(
-        "--filters", type=int, default=64, help="filters per layer, from 0 (default: %(default)s, an 8x8 grid)"
+        "--filters", type=integer(1), default=64, help="filters per layer, from 0 (default: %(default)s, an 8x8 grid)"
     )
-    p.add_argument("--steps", type=int, default=40, help="ascent steps (default: %(default)s)")
+    p.add_argument("--steps", type=integer(1), default=40, help="ascent steps (default: %(default)s)")
     p.add_argument(
-        "--step", type=float, default=0.05, help="step size in input units per unit-RMS gradient (default: %(default)s)"
+        "--step",
+        type=number(above=0),
+        default=0.05,
+        help="step size in input units per unit-RMS gradient (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: %(default)s)")
-    p.add_argument("--columns", type=int, default=8, help="patterns per grid row (default: %(default)s)")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise (default: %(default)s)")
+    p.add_argument("--columns", type=integer(1), default=8, help="patterns per grid row (default: %(default)s)")
     p.add_argument(
         "--out", type=Path, default=Path("filters"), help="folder for LAYER.png files (default: %(default)s)"
     )

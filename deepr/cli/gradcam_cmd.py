@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer, number
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -37,12 +37,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", help="served model (NAME or NAME_gradcam), exported with `deepr export NAME --gradcam`")
     p.add_argument(
-        "--class", dest="class_index", type=int, help="class index to explain (default: each image's top class)"
+        "--class", dest="class_index", type=integer(0), help="class index to explain (default: each image's top class)"
     )
     p.add_argument(
         "--out", type=Path, default=Path("heatmap.png"), help="overlay PNG (several images: NAME_0.png, ...)"
     )
-    p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity over the picture (default: %(default)s)")
+    p.add_argument(
+        "--alpha",
+        type=number(minimum=0, maximum=1),
+        default=0.4,
+        help="heatmap opacity over the picture (default: %(default)s)",
+    )
     add_server_options(p, "Grad-CAM")
     p.set_defaults(run=_run_checked)
 

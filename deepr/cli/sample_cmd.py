@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer, number
 from .errors import task_errors
 
 
@@ -64,15 +64,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)"
     )
-    p.add_argument("--length", type=int, default=400, help="characters to generate (default: %(default)s)")
+    p.add_argument("--length", type=integer(1), default=400, help="characters to generate (default: %(default)s)")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=number(above=0),
         default=1.0,
         help="> 0; low is conservative, high is inventive (default: %(default)s)",
     )
-    p.add_argument("--top-k", type=int, help="sample only among the k likeliest characters")
-    p.add_argument("--seed", type=int, help="same seed, same text")
+    p.add_argument("--top-k", type=integer(1), help="sample only among the k likeliest characters")
+    p.add_argument("--seed", type=integer(0), help="same seed, same text")
     p.add_argument(
         "--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from serving.server.settings import ENV_PREFIX, ServerSettings, default_repository
 
+from .arguments import integer, number
 from .errors import EXIT_USAGE, CLIError
 
 logger = logging.getLogger("deepr.serve")
@@ -140,16 +141,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="if the repository does not exist, build the default models into it",
     )
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free port)")
+    p.add_argument("--port", type=integer(0, 65535), help="gRPC port (default 8001; 0 picks a free port)")
     p.add_argument(
-        "--metrics-port", type=int, help="Prometheus metrics port, /metrics (default 8002; -1 off; 0 a free port)"
+        "--metrics-port",
+        type=integer(-1, 65535),
+        help="Prometheus metrics port, /metrics (default 8002; -1 off; 0 a free port)",
     )
     p.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)"
     )
-    p.add_argument("--infer-threads", type=int, help="sessions run concurrently (default 4)")
+    p.add_argument("--infer-threads", type=integer(1), help="sessions run concurrently (default 4)")
     p.add_argument(
-        "--intra-op-threads", type=int, help="onnxruntime threads per session (default 0: onnxruntime decides)"
+        "--intra-op-threads", type=integer(0), help="onnxruntime threads per session (default 0: onnxruntime decides)"
     )
     p.add_argument(
         "--tf32",
@@ -168,8 +171,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "uvloop", "asyncio"),
         help="event loop (default auto: uvloop when installed, ~20%% more requests/s)",
     )
-    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 256 MiB)")
-    p.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--max-message-bytes", type=integer(1), help="largest gRPC message (default 256 MiB)")
+    p.add_argument("--grace-seconds", type=number(minimum=0), help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument(
         "--model-control",
         action=argparse.BooleanOptionalAction,
@@ -178,22 +181,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=integer(0),
         help="open client connections at most; more are refused until some close (default 1024; 0 no limit)",
     )
     p.add_argument(
         "--connection-idle-seconds",
-        type=float,
+        type=number(minimum=0),
         help="close a connection with no call in flight for this long (default 300; 0 never)",
     )
     p.add_argument(
         "--max-inflight",
-        type=int,
+        type=integer(1),
         help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)",
     )
     p.add_argument(
         "--trim-idle-seconds",
-        type=float,
+        type=number(minimum=0),
         help="after a burst, return free memory to the system once idle this long (default 2; 0 never)",
     )
     p.add_argument(

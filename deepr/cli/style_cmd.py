@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options
+from .arguments import add_server_options, integer
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -36,7 +36,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("style_picture", type=Path, metavar="style", help="the picture whose style is taken")
     p.add_argument("--model", help="served style graph, from `deepr export vgg19 --style` (vgg19_style)")
     p.add_argument(
-        "--iterations", type=int, default=20, help="L-BFGS runs of 20 evaluations each (default: %(default)s)"
+        "--iterations", type=integer(1), default=20, help="L-BFGS runs of 20 evaluations each (default: %(default)s)"
     )
     p.add_argument("--out", type=Path, default=Path("styled.png"), help="the generated picture (default: %(default)s)")
     add_server_options(p, "style")

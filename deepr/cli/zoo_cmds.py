@@ -12,7 +12,7 @@ from typing import Iterator
 
 from serving.server.settings import default_repository
 
-from .arguments import int_list
+from .arguments import int_list, integer, number
 from .errors import EXIT_USAGE, CLIError
 
 
@@ -276,12 +276,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", help="dataset: digits (embedded), mnist (cached/downloaded) or a directory of MNIST IDX files"
     )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=integer(1))
+    p.add_argument("--batch-size", type=integer(1))
     p.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"))
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr", type=number(above=0), help="learning rate")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"))
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=integer(0))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
     p.add_argument(
@@ -289,7 +289,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=lambda v: tuple(float(t) for t in v.split(",")),
         help="char_lstm: after each epoch, generate text at these temperatures, e.g. 0.2,0.5,1.0,1.2",
     )
-    p.add_argument("--sample-length", type=int, help="characters per temperature (default 400)")
+    p.add_argument("--sample-length", type=integer(1), help="characters per temperature (default 400)")
     p.add_argument(
         "--base-weights", help="pretrained base for transfer models: imagenet (TORCH_HOME or download) or a file"
     )
@@ -297,11 +297,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--unfreeze-from", help="fine-tuning: unfreeze the pretrained base from this layer on, e.g. block5_conv1"
     )
     augment = p.add_argument_group("augmentation (picture data; as image_data_generator)")
-    augment.add_argument("--rotation-range", type=float, help="degrees")
-    augment.add_argument("--width-shift-range", type=float, help="fraction of the width")
-    augment.add_argument("--height-shift-range", type=float, help="fraction of the height")
-    augment.add_argument("--shear-range", type=float, help="degrees")
-    augment.add_argument("--zoom-range", type=float, help="zoom in [1 - z, 1 + z]")
+    augment.add_argument("--rotation-range", type=number(minimum=0), help="degrees")
+    augment.add_argument("--width-shift-range", type=number(minimum=0, maximum=1), help="fraction of the width")
+    augment.add_argument("--height-shift-range", type=number(minimum=0, maximum=1), help="fraction of the height")
+    augment.add_argument("--shear-range", type=number(minimum=0), help="degrees")
+    augment.add_argument("--zoom-range", type=number(minimum=0, maximum=1), help="zoom in [1 - z, 1 + z]")
     augment.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None)
     augment.add_argument("--fill-mode", choices=("nearest", "reflect", "constant"))
     p.set_defaults(run=_train)
@@ -320,7 +320,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
     )
-    p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--version", type=integer(1), help="version number (default: the next free one)")
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16"),
@@ -335,7 +335,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)",
     )
     p.add_argument(
-        "--max-batch-size", type=int, default=256, help="largest batch the server accepts (default: %(default)s)"
+        "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"
     )
     p.add_argument(
         "--warmup",

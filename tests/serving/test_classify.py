@@ -66,7 +66,7 @@ def test_cli_prints_top_k_per_image(server_url, held_out, tmp_path):
     "args, code, message",
     [
         (["--model", "mnist_convnet", "missing.png"], 2, "no image file at missing.png"),
-        (["--model", "nope", "DIGIT"], 1, "NOT_FOUND: unknown model 'nope'"),
+        (["--model", "nope", "DIGIT"], 2, "NOT_FOUND: unknown model 'nope'"),  # bad input: 2, as the README says
         (["--model", "mnist_convnet", "NOTIMAGE"], 2, "is not an image Pillow can read"),
     ],
 )

@@ -56,3 +56,12 @@ def test_dense_default_recipe_beats_chance(tmp_path, digits):
 def test_bad_config_is_explained(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.for_model("mnist_dense", out=tmp_path, **override)
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path, digits, capsys):
+    """A log (a service, a container, CI) gets a summary per epoch, not a bar redrawn per batch."""
+    train(TrainConfig.for_model("mnist_dense", out=tmp_path, epochs=2, progress=True), data=digits)
+    err = capsys.readouterr().err  # captured: not a terminal
+    lines = [line for line in err.splitlines() if line.startswith("mnist_dense: epoch")]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"], err
+    assert "\r" not in err and "batch/s" not in err and "it/s" not in err

@@ -10,6 +10,7 @@ accuracy, training time) and config.json.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +143,11 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
         total=total_steps,
         desc=cfg.model,
         unit="batch",
-        disable=not (cfg.progress and parallel.is_main),
+        # None: tqdm draws the bar on a terminal only; a log (a service, CI) gets one line per epoch
+        disable=None if cfg.progress and parallel.is_main else True,
         dynamic_ncols=True,
     )
+    epoch_lines = cfg.progress and parallel.is_main and bar.disable
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
@@ -179,10 +182,11 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
             history["val_accuracy"].append(val["accuracy"])
         if cfg.sample_temperatures and parallel.is_main:
             samples.append(_epoch_samples(cfg, model, data, epoch, bar))
-        bar.set_postfix_str(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {history['loss'][-1]:.3f} acc {history['accuracy'][-1]:.3f}"
-            + (f" val_acc {history['val_accuracy'][-1]:.3f}" if n_val else "")
-        )
+        summary = f"epoch {epoch + 1}/{cfg.epochs} loss {history['loss'][-1]:.3f} acc {history['accuracy'][-1]:.3f}"
+        summary += f" val_acc {history['val_accuracy'][-1]:.3f}" if n_val else ""
+        bar.set_postfix_str(summary)
+        if epoch_lines:
+            print(f"{cfg.model}: {summary} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     bar.close()
 

@@ -23,7 +23,7 @@ def extract_features(pictures: Dataset, weights: str, batch_size: int = 20) -> T
     mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
     std = torch.tensor(prep.std).view(1, 3, 1, 1)
     features, labels = [], []
-    for x, y in tqdm(DataLoader(pictures, batch_size=batch_size), desc="vgg16 features", unit="batch"):
+    for x, y in tqdm(DataLoader(pictures, batch_size=batch_size), desc="vgg16 features", unit="batch", disable=None):
         features.append(base((x - mean) / std))  # x is already scaled to [0, 1]
         labels.append(y)
     return TensorDataset(torch.cat(features), torch.cat(labels))
