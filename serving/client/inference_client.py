@@ -122,6 +122,19 @@ class InferenceClient:
     def model_config(self, model: str, version: str = "") -> mc.ModelConfig:
         return self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version)).config
 
+    def repository_index(self) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        """Every model in the server's repository: name, version, state (READY, UNAVAILABLE...)
+        and the reason it is not ready."""
+        return list(self._call("RepositoryIndex", pb.RepositoryIndexRequest()).models)
+
+    def load_model(self, model: str) -> None:
+        """Load or reload `model` from the server's repository (a new export, a new version)."""
+        self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model))
+
+    def unload_model(self, model: str) -> None:
+        """Stop serving `model`; requests already accepted are answered."""
+        self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model))
+
     def stream(self) -> "InferenceStream":
         """A ModelStreamInfer stream: requests go out one by one on one HTTP/2 stream."""
         return InferenceStream(self)

@@ -187,9 +187,13 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(
-                f"unknown model {_shown(name)}; the repository has {sorted(self._models) or 'no models'}"
-            )
+            served = sorted(self._models) or "no models"
+            if _MODEL_NAME.match(name) and (self.root / name / CONFIG_FILE).is_file():
+                raise ModelNotFound(
+                    f"model {_shown(name)} is in the repository but not loaded (added after the server started?): "
+                    f"load it with `deepr load {name}` or the RepositoryModelLoad call; served: {served}"
+                )
+            raise ModelNotFound(f"unknown model {_shown(name)}; the repository has {served}")
         return entry
 
     def get(self, name: str, version: str = "") -> OnnxModel:

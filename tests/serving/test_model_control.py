@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
@@ -46,7 +47,9 @@ def client_for(own_repository):
         )
         server = context.__enter__()
         servers.append(context)
-        return triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        client.address = f"127.0.0.1:{server.port}"  # for tests that drive the CLI
+        return client
 
     yield start
     for context in servers:
@@ -149,3 +152,35 @@ def test_load_adds_a_model_exported_after_start(client_for, own_repository):
         export_model("mnist_convnet_nopool", own_repository)
     client.load_model("mnist_convnet_nopool")
     assert infer(client, "mnist_convnet_nopool").as_numpy("probabilities").shape == (2, 10)
+
+
+def test_model_control_from_the_cli(client_for, own_repository, capsys):
+    """A model exported while the server runs: the error says how to load it, `deepr load`
+    does, `deepr repository` shows it, `deepr unload` stops it."""
+    from deepr.cli import main
+    from exporters import UntrainedWeightsWarning, export_model
+
+    url = client_for().address
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        export_model("mnist_convnet_nopool", own_repository)
+    picture = own_repository.parent / "digit.png"
+    Image.fromarray((images(1)[0, 0] * 255).astype(np.uint8)).save(picture)
+    assert main(["classify", "--url", url, "--model", "mnist_convnet_nopool", str(picture)]) == 2
+    err = capsys.readouterr().err
+    assert "is in the repository but not loaded" in err and "deepr load mnist_convnet_nopool" in err, err
+
+    assert main(["load", "--url", url, "mnist_convnet_nopool"]) == 0
+    assert "mnist_convnet_nopool: loaded, ready" in capsys.readouterr().out
+    assert main(["repository", "--url", url]) == 0
+    listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "READY" in listing["mnist_convnet_nopool"] and "READY" in listing["mnist_convnet"]
+    assert main(["classify", "--url", url, "--model", "mnist_convnet_nopool", str(picture)]) == 0
+
+    assert main(["unload", "--url", url, "mnist_convnet_nopool"]) == 0
+    capsys.readouterr()
+    main(["repository", "--url", url])
+    listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "UNAVAILABLE" in listing["mnist_convnet_nopool"]
+    assert main(["load", "--url", url, "no_such_model"]) == 2  # NOT_FOUND: the user's input
+    assert "no model 'no_such_model' in repository" in capsys.readouterr().err
