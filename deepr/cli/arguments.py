@@ -9,7 +9,7 @@ from typing import Callable
 
 from serving.client import DEFAULT_URL
 
-__all__ = ["int_list", "integer", "number", "add_server_options"]
+__all__ = ["int_list", "integer", "number", "add_invert_option", "add_server_options"]
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -64,6 +64,16 @@ def int_list(text: str) -> list[int]:
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
     return values
+
+
+def add_invert_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="digit models take light ink on dark: auto inverts pictures drawn dark on light (a light border); "
+        "yes / no force it (default: auto)",
+    )
 
 
 def add_server_options(p: argparse.ArgumentParser, graph: str | None = None) -> None:

@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options, integer
+from .arguments import add_invert_option, add_server_options, integer
 from .errors import task_errors
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from serving.client import InferenceClient
     from serving.protocol.preprocessing import load_image
-    from serving.tasks.classify import classify
+    from serving.tasks.classify import classify, served_preprocessing
 
     with task_errors(args.url):
         images = [load_image(path) for path in args.images]  # read every file before asking the server
-        results = classify(images, args.model, url=args.url, top_k=args.top_k)
+        with InferenceClient(args.url) as client:
+            results = classify(images, args.model, top_k=args.top_k, client=client, invert=args.invert)
+            preprocess = served_preprocessing(args.model, client=client)
     width = max(len(str(p)) for p in args.images)
-    for path, predictions in zip(args.images, results):
+    for path, image, predictions in zip(args.images, images, results):
         ranked = "  ".join(f"{p.label or p.index} ({p.score:.4f})" for p in predictions)
-        print(f"{str(path):<{width}}  {ranked}")
+        inverted = "  [inverted: dark on light]" if preprocess.inverts(image, args.invert) else ""
+        print(f"{str(path):<{width}}  {ranked}{inverted}")
     return 0
 
 
@@ -28,5 +32,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, help="served model name, e.g. mnist_convnet")
     p.add_argument("--top-k", type=integer(1), default=3, help="classes per image (default: %(default)s)")
+    add_invert_option(p)
     add_server_options(p)
     p.set_defaults(run=_classify)

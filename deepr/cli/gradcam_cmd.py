@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_server_options, integer, number
+from .arguments import add_invert_option, add_server_options, integer, number
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -22,10 +22,10 @@ def _gradcam(args: argparse.Namespace) -> int:
     with task_errors(args.url):
         pictures = [load_image(path) for path in args.images]
         if args.local:
-            results = LocalGradCAM(args.local)(pictures, args.class_index)
+            results = LocalGradCAM(args.local)(pictures, args.class_index, args.invert)
         else:
             model = args.model if args.model.endswith("_gradcam") else args.model + "_gradcam"
-            results = gradcam(pictures, model, url=args.url, class_index=args.class_index)
+            results = gradcam(pictures, model, url=args.url, class_index=args.class_index, invert=args.invert)
     for path, picture, result, out in zip(args.images, pictures, results, _out_paths(args.out, len(pictures))):
         overlay(picture, result.heatmap, alpha=args.alpha).save(out)
         print(f"{path}: class {result.class_index} ({result.label}) score {result.score:.4f} -> {out}")
@@ -48,6 +48,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=0.4,
         help="heatmap opacity over the picture (default: %(default)s)",
     )
+    add_invert_option(p)
     add_server_options(p, "Grad-CAM")
     p.set_defaults(run=_run_checked)
 

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImagePreprocessing", "ImageInput", "load_image"]
+__all__ = ["ImagePreprocessing", "ImageInput", "INVERT_CHOICES", "load_image"]
+
+INVERT_CHOICES = ("auto", "yes", "no")
+"""How a picture's polarity is handled for a model that states its background: `auto`
+inverts a picture whose border is lighter than mid-grey, `yes` and `no` force it."""
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -69,6 +73,10 @@ class ImagePreprocessing:
     pixels: str = "float32"
     """What the model takes: "float32" (scaled and normalised here) or "uint8" (the resized
     pixels as they are, NHWC; the graph scales and normalises them itself)."""
+    background: str | None = None
+    """"dark" for models trained on light marks on a dark ground (MNIST's digits): pictures
+    drawn dark on light, as people write and scan them, are inverted first (see `inverts`).
+    None: pictures are taken as they are."""
 
     def __post_init__(self) -> None:
         if self.color_mode not in ("L", "RGB"):
@@ -81,18 +89,39 @@ class ImagePreprocessing:
             raise ValueError(f"pixels must be 'float32' or 'uint8', got {self.pixels!r}")
         if self.pixels == "uint8" and self.layout != "NHWC":
             raise ValueError("uint8 pixels travel as NHWC, the layout pictures have")
+        if self.background not in (None, "dark"):
+            raise ValueError(f"background must be 'dark' or None, got {self.background!r}")
+
+    def inverts(self, image: ImageInput, invert: str = "auto") -> bool:
+        """Whether `image` is inverted before the model sees it: never for a model with no
+        stated background; for a dark-background model, `auto` inverts a picture whose
+        outer ring of pixels averages lighter than mid-grey (paper, not the night sky)."""
+        if invert not in INVERT_CHOICES:
+            raise ValueError(f"invert must be one of {INVERT_CHOICES}, got {invert!r}")
+        if self.background is None or invert == "no":
+            return False
+        if invert == "yes":
+            return True
+        grey = np.asarray(load_image(image).convert("L"), dtype=np.float32)
+        ring = max(1, min(grey.shape) // 10)
+        border = np.concatenate(
+            [grey[:ring].ravel(), grey[-ring:].ravel(), grey[:, :ring].ravel(), grey[:, -ring:].ravel()]
+        )
+        return float(border.mean()) > 127.5
 
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "L" else 3
 
-    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+    def __call__(self, images: Sequence[ImageInput], invert: str = "auto") -> np.ndarray:
         """A batch of `images` as the model takes it: float32 in the model's layout, or
-        uint8 NHWC pixels for graphs that preprocess themselves."""
+        uint8 NHWC pixels for graphs that preprocess themselves. `invert`: see `inverts`."""
         height, width = self.size
         batch = np.empty((len(images), height, width, self.channels), dtype=np.dtype(self.pixels))
         for i, source in enumerate(images):
             img = load_image(source).convert(self.color_mode)
+            if self.inverts(img, invert):
+                img = ImageOps.invert(img)
             if img.size != (width, height):
                 img = img.resize((width, height), _RESAMPLE[self.resample])
             batch[i] = np.asarray(img).reshape(height, width, self.channels)

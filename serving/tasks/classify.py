@@ -13,7 +13,7 @@ from serving.protocol.preprocessing import ImageInput, ImagePreprocessing
 from serving.protocol.schema import PREPROCESSING_KEY, TEXT_ENCODING_KEY
 from serving.protocol.text_encoding import WordEncoding
 
-__all__ = ["Prediction", "classify", "classify_text", "PREPROCESSING_KEY"]
+__all__ = ["Prediction", "classify", "classify_text", "served_preprocessing", "PREPROCESSING_KEY"]
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,32 @@ def classify(
     url: str = DEFAULT_URL,
     top_k: int = 3,
     client: InferenceClient | None = None,
+    invert: str = "auto",
 ) -> list[list[Prediction]]:
     """Top-k predictions, best first, for each image (paths, PIL images or uint8 arrays).
 
     The model's config.pbtxt carries its preprocessing ("deepr.preprocessing")
-    and input shape, so the caller needs nothing but the model's name.
+    and input shape, so the caller needs nothing but the model's name. `invert`: for models
+    trained on light marks on dark (the digit models), `auto` inverts pictures drawn dark on
+    light; `yes` / `no` force it (ImagePreprocessing.inverts).
     """
-    return _classify(model, url, client, PREPROCESSING_KEY, ImagePreprocessing.from_json, images, top_k, "images")
+
+    def encoder(text: str) -> Callable[[Sequence], np.ndarray]:
+        preprocess = ImagePreprocessing.from_json(text)
+        return lambda pictures: preprocess(pictures, invert)
+
+    return _classify(model, url, client, PREPROCESSING_KEY, encoder, images, top_k, "images")
+
+
+def served_preprocessing(
+    model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None
+) -> ImagePreprocessing:
+    """The picture preprocessing a served model's config carries."""
+    with client_for(url, client) as c:
+        config = c.model_config(model)
+    if PREPROCESSING_KEY not in config.parameters:
+        raise ValueError(f"model {model!r} has no {PREPROCESSING_KEY} parameter: it does not take images")
+    return ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
 
 
 def classify_text(

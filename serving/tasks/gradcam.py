@@ -87,12 +87,13 @@ class LocalGradCAM:
         self.layer = meta.get(LAYER_KEY, "")
 
     def __call__(
-        self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None
+        self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None, invert: str = "auto"
     ) -> list[GradCAMResult]:
+        """`invert`: for digit models, pictures drawn dark on light are inverted (auto, yes, no)."""
         pictures = [load_image(i) for i in images]
         classes = _class_column(len(pictures), class_index, self.session.get_outputs()[0].shape[1])
         scores, heatmaps = self.session.run(
-            ["scores", "heatmap"], {"images": self.preprocess(pictures), "class_index": classes}
+            ["scores", "heatmap"], {"images": self.preprocess(pictures, invert), "class_index": classes}
         )
         return _results(pictures, scores, heatmaps, classes, self.labels)
 
@@ -104,8 +105,10 @@ def gradcam(
     url: str = DEFAULT_URL,
     class_index: int | Sequence[int] | None = None,
     client: InferenceClient | None = None,
+    invert: str = "auto",
 ) -> list[GradCAMResult]:
-    """Heatmaps from a served Grad-CAM model; `class_index` None (or -1) means each image's top class."""
+    """Heatmaps from a served Grad-CAM model; `class_index` None (or -1) means each image's top
+    class; `invert` as in ImagePreprocessing.inverts (digit models: dark-on-light pictures)."""
     with client_for(url, client) as c:
         config = c.model_config(model)
         if PREPROCESSING_KEY not in config.parameters or "heatmap" not in [o.name for o in config.output]:
@@ -115,7 +118,7 @@ def gradcam(
         count = int(np.prod(config.output[0].dims))
         classes = _class_column(len(pictures), class_index, count)
         outputs = c.infer(
-            model, {"images": preprocess(pictures), "class_index": classes}, outputs=["scores", "heatmap"]
+            model, {"images": preprocess(pictures, invert), "class_index": classes}, outputs=["scores", "heatmap"]
         )
     labels = json.loads(config.parameters[LABELS_KEY].string_value) if LABELS_KEY in config.parameters else []
     return _results(pictures, outputs["scores"], outputs["heatmap"], classes, labels)

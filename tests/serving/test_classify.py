@@ -112,3 +112,37 @@ def test_served_word_model_classifies_text(tmp_path):
     assert [p[0].label for p in served] == ["prose", "prose"]
     np.testing.assert_allclose([p[0].score for p in served], want, atol=1e-5)
     assert want[0] > 0.5 > want[1]  # prose reads as prose, code does not
+
+
+def test_digits_written_dark_on_light_are_inverted_and_classified(server_url, held_out, tmp_path):
+    """Held-out digits as a person writes and scans them: dark ink on white paper, at 4x the
+    size. `auto` sees the light border and inverts them, and says so; without it the model
+    sees the negative of what it learned."""
+    pictures, labels = held_out
+    paths = []
+    for i, picture in enumerate(pictures):
+        paths.append(tmp_path / f"scan{i}.png")
+        Image.fromarray(255 - picture).resize((112, 112), Image.Resampling.BICUBIC).save(paths[-1])
+    accuracy = {}
+    for invert in ("auto", "no"):
+        result = run_cli(
+            "classify", "--model", "mnist_convnet", "--url", server_url, "--invert", invert, *map(str, paths)
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert all(("[inverted: dark on light]" in line) == (invert == "auto") for line in lines), lines
+        predicted = np.array([int(line.split()[1]) for line in lines])
+        accuracy[invert] = (predicted == labels).mean()
+    assert accuracy["auto"] >= 0.9, accuracy
+    assert accuracy["no"] <= 0.5, accuracy
+
+
+def test_pictures_already_light_on_dark_are_left_as_they_are(server_url, held_out):
+    from serving.tasks.classify import served_preprocessing
+
+    preprocess = served_preprocessing("mnist_convnet", url=server_url)
+    assert preprocess.background == "dark"
+    assert not any(preprocess.inverts(p) for p in held_out[0])
+    assert all(preprocess.inverts(255 - p) for p in held_out[0])
+    with pytest.raises(ValueError, match="invert must be one of"):
+        preprocess.inverts(held_out[0][0], "maybe")

@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-# MNIST-style input: one grey channel, 28x28, pixel values scaled to [0, 1].
-DIGIT_PREPROCESSING = ImagePreprocessing(size=(28, 28), color_mode="L", scale=1 / 255)
+# MNIST-style input: one grey channel, 28x28, pixel values scaled to [0, 1], light ink on a
+# dark ground (pictures of dark ink on paper are inverted first).
+DIGIT_PREPROCESSING = ImagePreprocessing(size=(28, 28), color_mode="L", scale=1 / 255, background="dark")
 
 # Word-vector settings of the tutorial's models: 10,000 words multi-hot for the
 # dense nets; 1,000 words, sequences cut to 100 tokens, for the recurrent ones.
