@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ZOO_PACKAGES = {"torch", "torchvision", "onnxscript", "sklearn", "skimage", "tqdm"}
+"""What `pip install deepr` leaves out and `deepr[zoo]` brings: training and exporting."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"deepr {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in _ZOO_PACKAGES:
+            raise
+        print(
+            f"deepr {args.command}: error: this needs the model zoo's packages ({exc}): pip install 'deepr[zoo]'. "
+            "The runtime alone serves, asks and embeds models already exported.",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"deepr {args.command}: interrupted", file=sys.stderr)
         return 130
