@@ -37,29 +37,68 @@ def wait_for_port(proc, timeout):
     raise AssertionError("server did not start:\n" + "".join(lines[-30:]))
 
 
+def read_until(proc, pattern, timeout, lines):
+    """Read the server's log into `lines` until a line matches `pattern`; that match."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r}:\n" + "".join(lines[-30:]))
+
+
 @pytest.mark.slow
-def test_first_serve_builds_default_models_then_stops_on_sigterm(tmp_path):
+def test_first_serve_answers_at_once_and_builds_the_defaults_meanwhile(tmp_path):
+    """No --repository on a fresh machine: the server answers first; the default models are
+    trained and loaded one by one behind it, quickest first; SIGTERM does not wait for them."""
     env = {**os.environ, "DEEPR_HOME": str(tmp_path / "home")}
     repo = tmp_path / "home" / "repository"
+    started = time.monotonic()
     proc = start_server(["--host", "127.0.0.1", "--port", "0"], env)  # no --repository: the default one
     try:
-        port, log = wait_for_port(proc, timeout=600)
-        text = "".join(log)
-        for name in ("mnist_dense", "mnist_convnet", "mnist_convnet_nopool"):
-            assert (repo / name / "1" / "model.onnx").is_file()
-            accuracy = float(re.search(rf"{name}: held-out accuracy ([\d.]+)", text).group(1))
-            assert accuracy > 0.9, text
+        port, log = wait_for_port(proc, timeout=60)
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            assert client.is_server_ready()
+            assert client.is_server_live() and not client.is_model_ready("mnist_convnet")  # answering, not built yet
+            seconds = {}
+            for name in ("mnist_dense", "mnist_convnet", "mnist_convnet_nopool"):  # quickest first
+                ready = read_until(proc, rf"{name} is ready, (\d+) s after the server started", 600, log)
+                seconds[name] = int(ready.group(1))
+                assert client.is_model_ready(name)
+            assert seconds["mnist_dense"] < 60, seconds  # a model answers within a minute of `deepr serve`
+            text = "".join(log)
+            for name in seconds:
+                assert (repo / name / "1" / "model.onnx").is_file()
+                accuracy = float(re.search(rf"{name}: held-out accuracy ([\d.]+)", text).group(1))
+                assert accuracy > 0.9, text
             x = triton.InferInput("images", [2, 1, 28, 28], "FP32")
             x.set_data_from_numpy(np.zeros((2, 1, 28, 28), dtype=np.float32))
             assert client.infer("mnist_convnet_nopool", [x]).as_numpy("probabilities").shape == (2, 10)
+        assert (repo / ".deepr-defaults-built").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
         rest = proc.stderr.read()
         proc.stderr.close()
-    assert code == 0 and "draining in-flight requests" in rest
+    assert code == 0 and "draining in-flight requests" in rest, rest
+    print(f"models ready after {seconds} s; {time.monotonic() - started:.0f} s in all")
+
+
+def test_sigterm_does_not_wait_for_the_default_build(tmp_path):
+    env = {**os.environ, "DEEPR_HOME": str(tmp_path / "home")}
+    proc = start_server(["--host", "127.0.0.1", "--port", "0"], env)
+    try:
+        _, log = wait_for_port(proc, timeout=60)
+        read_until(proc, r"building the default models in .* while serving, quickest first", 30, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code = proc.wait(timeout=30)
+        proc.stderr.close()
+    assert code == 0 and time.monotonic() - stopped < 15
+    assert not (tmp_path / "home" / "repository" / ".deepr-defaults-built").exists()
 
 
 def test_explicit_missing_repository_is_refused(tmp_path):

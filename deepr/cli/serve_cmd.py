@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import threading
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from serving.server.settings import ENV_PREFIX, ServerSettings, default_repository
 
@@ -25,6 +28,37 @@ def _token(args: argparse.Namespace) -> str | None:
     if not token:
         raise CLIError(f"--token-file {args.token_file} is empty", EXIT_USAGE)
     return token
+
+
+def _building(names: list[str]) -> Callable[[Any], None]:
+    """Once the server answers: train and export the default models `names` in a background
+    thread, quickest first, loading each into the server as it is written."""
+
+    def start(server: Any) -> None:
+        from exporters.defaults import build_default_models
+
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+
+        def load(name: str) -> None:
+            asyncio.run_coroutine_threadsafe(server.dataplane.load_model(name), loop).result()
+            logger.info("%s is ready, %.0f s after the server started", name, time.monotonic() - started)
+
+        def build() -> None:
+            try:
+                build_default_models(server.settings.repository, names, progress=False, on_built=load)
+            except Exception:  # the server goes on serving what it has; the log says why the rest is missing
+                logger.exception("building the default models failed")
+
+        logger.info(
+            "building the default models in %s while serving, quickest first: %s",
+            server.settings.repository,
+            ", ".join(names),
+        )
+        # a daemon thread: stopping the server does not wait for a training run to finish
+        threading.Thread(target=build, name="deepr-build-defaults", daemon=True).start()
+
+    return start
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -59,23 +93,24 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
-    if not settings.repository.exists():
-        if settings.repository != default_repository() and not args.build_defaults:
-            raise CLIError(
-                f"model repository {settings.repository} does not exist; export models into it with "
-                f"`deepr export MODEL --repository {settings.repository}`, or add --build-defaults",
-                EXIT_USAGE,
-            )
-        from exporters.defaults import build_default_repository
+    to_build: list[str] = []
+    if settings.repository == default_repository() or args.build_defaults:
+        from exporters.defaults import missing_default_models
 
-        logger.info("building the default model repository in %s (first run only)", settings.repository)
-        build_default_repository(settings.repository)
+        to_build = missing_default_models(settings.repository)
+        settings.repository.mkdir(parents=True, exist_ok=True)
+    elif not settings.repository.exists():
+        raise CLIError(
+            f"model repository {settings.repository} does not exist; export models into it with "
+            f"`deepr export MODEL --repository {settings.repository}`, or add --build-defaults",
+            EXIT_USAGE,
+        )
 
     from serving.server.grpc.server import InferenceServer
 
     try:
         with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:
-            runner.run(InferenceServer(settings).serve_forever())
+            runner.run(InferenceServer(settings).serve_forever(_building(to_build) if to_build else None))
     except OSError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:  # unreadable TLS files

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from serving.client import DEFAULT_URL
 from serving.server.settings import default_repository
 
 from .arguments import int_list, integer, number
@@ -231,7 +232,28 @@ def _export(args: argparse.Namespace) -> int:
         f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g}, "
         f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x largest output)"
     )
+    _tell_whether_served(result, args.url)
     return _profile_batches(result) if args.profile_batches else 0
+
+
+def _tell_whether_served(result, url: str) -> None:
+    """Whether a server running at `url` serves what was just written, and if not, how to load
+    it (a server does not watch its repository)."""
+    from serving.client import InferenceClient, InferenceServerError
+
+    version = result.version_dir.name
+    try:
+        with InferenceClient(url, timeout=2) as client:
+            if client.is_model_ready(result.name, version):
+                print(f"{result.name}: the server at {url} serves version {version}")
+                return
+            client.is_server_live()
+    except InferenceServerError:
+        return  # no server there: nothing to tell
+    print(
+        f"{result.name}: the server at {url} does not serve version {version} yet; if it serves "
+        f"{result.version_dir.parent.parent}, `deepr load {result.name} --url {url}` loads it"
+    )
 
 
 def _profile_batches(result) -> int:
@@ -321,6 +343,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
     )
     p.add_argument("--version", type=integer(1), help="version number (default: the next free one)")
+    p.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help="after writing, say whether the server here serves the export (default: %(default)s)",
+    )
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16"),

@@ -40,7 +40,7 @@ def trims_during(monkeypatch, steps) -> list[int]:
 
 def test_an_untouched_server_never_trims(monkeypatch):
     async def steps(dataplane, resident):
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
 
     assert trims_during(monkeypatch, steps) == []
 
@@ -48,7 +48,7 @@ def test_an_untouched_server_never_trims(monkeypatch):
 def test_new_requests_trim_once_then_rest(monkeypatch):
     async def steps(dataplane, resident):
         dataplane.admission.admitted = 5
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
 
     if memory._TRIM is not None:
         assert trims_during(monkeypatch, steps) == [100 * 2**20]
@@ -59,11 +59,11 @@ def test_memory_grown_without_requests_is_trimmed_again(monkeypatch):
 
     async def steps(dataplane, resident):
         dataplane.admission.admitted = 5
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         resident[0] = 600 * 2**20  # grown past the margin with no new request
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         resident[0] = 610 * 2**20  # within the margin of the size after that trim
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
 
     if memory._TRIM is not None:
         assert trims_during(monkeypatch, steps) == [100 * 2**20, 600 * 2**20]

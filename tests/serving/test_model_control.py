@@ -158,12 +158,11 @@ def test_model_control_from_the_cli(client_for, own_repository, capsys):
     """A model exported while the server runs: the error says how to load it, `deepr load`
     does, `deepr repository` shows it, `deepr unload` stops it."""
     from deepr.cli import main
-    from exporters import UntrainedWeightsWarning, export_model
 
     url = client_for().address
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UntrainedWeightsWarning)
-        export_model("mnist_convnet_nopool", own_repository)
+    assert main(["export", "mnist_convnet_nopool", "--repository", str(own_repository), "--url", url]) == 0
+    told = capsys.readouterr().out
+    assert f"the server at {url} does not serve version 1 yet" in told and "deepr load mnist_convnet_nopool" in told
     picture = own_repository.parent / "digit.png"
     Image.fromarray((images(1)[0, 0] * 255).astype(np.uint8)).save(picture)
     assert main(["classify", "--url", url, "--model", "mnist_convnet_nopool", str(picture)]) == 2

@@ -121,7 +121,7 @@ def test_bad_requests(step_model):
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 2 and "temperature must be > 0" in run.stderr
+    assert run.returncode == 2 and "argument --temperature: expected a number > 0, got 0" in run.stderr
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -156,12 +156,16 @@ class InferenceServer:
         await self.dataplane.close()
         logger.info("server stopped")
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, after_start: Callable[["InferenceServer"], None] | None = None) -> None:
+        """Serve until SIGTERM / SIGINT; `after_start(self)` runs once the port is bound (to
+        start work that adds models while the server answers)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if after_start is not None:
+            after_start(self)
         await stop.wait()
         logger.info("signal received: draining in-flight requests")
         await self.stop()
