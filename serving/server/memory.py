@@ -57,16 +57,22 @@ def release_free_memory() -> bool:
     return True
 
 
-async def trim_when_idle(dataplane: "DataPlane", idle_seconds: float) -> None:
+async def trim_when_idle(
+    dataplane: "DataPlane",
+    idle_seconds: float,
+    *,
+    release: Callable[[], bool] = release_free_memory,
+    resident: Callable[[], int] = resident_bytes,
+) -> None:
     """Runs until cancelled: after requests have come, or resident memory has grown, and the
     dataplane has had nothing to do for `idle_seconds`, releases free memory (in a thread:
-    it walks the heap)."""
+    it walks the heap). `release` and `resident` stand in for the allocator in tests."""
     if _TRIM is None:
         logger.debug("malloc_trim is not available here; memory is not trimmed after bursts")
         return
     loop = asyncio.get_running_loop()
     trimmed_at = dataplane.admission.admitted
-    resident_after_trim = resident_bytes()
+    resident_after_trim = resident()
     quiet_since = loop.time()
     while True:
         await asyncio.sleep(min(idle_seconds / 4, 0.5))  # trims within a quarter of idle_seconds of due
@@ -75,8 +81,8 @@ async def trim_when_idle(dataplane: "DataPlane", idle_seconds: float) -> None:
             continue
         if loop.time() - quiet_since < idle_seconds:
             continue
-        regrown = resident_bytes() > resident_after_trim + _REGROWTH_BYTES
+        regrown = resident() > resident_after_trim + _REGROWTH_BYTES
         if dataplane.admission.admitted != trimmed_at or regrown:
             trimmed_at = dataplane.admission.admitted
-            await loop.run_in_executor(None, release_free_memory)
-            resident_after_trim = resident_bytes()
+            await loop.run_in_executor(None, release)
+            resident_after_trim = resident()

@@ -18,17 +18,22 @@ class QuietDataplane:
         return False
 
 
-def trims_during(monkeypatch, steps) -> list[int]:
+def trims_during(steps) -> list[int]:
     """Runs the trimmer (idle after 20 ms) while `steps(dataplane, resident)` changes what it
     sees; returns the resident size at each trim."""
     resident = [100 * 2**20]
     trims: list[int] = []
-    monkeypatch.setattr(memory, "resident_bytes", lambda: resident[0])
-    monkeypatch.setattr(memory, "release_free_memory", lambda: trims.append(resident[0]) or True)
+
+    def release() -> bool:
+        trims.append(resident[0])
+        return True
 
     async def main() -> None:
         dataplane = QuietDataplane()
-        trimmer = asyncio.create_task(memory.trim_when_idle(dataplane, 0.02))
+        # fakes passed in, not patched into the module: a server of another test may be trimming
+        trimmer = asyncio.create_task(
+            memory.trim_when_idle(dataplane, 0.02, release=release, resident=lambda: resident[0])
+        )
         await asyncio.sleep(0.01)  # the trimmer takes its starting point
         await steps(dataplane, resident)
         trimmer.cancel()
@@ -38,23 +43,23 @@ def trims_during(monkeypatch, steps) -> list[int]:
     return trims
 
 
-def test_an_untouched_server_never_trims(monkeypatch):
+def test_an_untouched_server_never_trims():
     async def steps(dataplane, resident):
         await asyncio.sleep(0.5)
 
-    assert trims_during(monkeypatch, steps) == []
+    assert trims_during(steps) == []
 
 
-def test_new_requests_trim_once_then_rest(monkeypatch):
+def test_new_requests_trim_once_then_rest():
     async def steps(dataplane, resident):
         dataplane.admission.admitted = 5
         await asyncio.sleep(0.5)
 
     if memory._TRIM is not None:
-        assert trims_during(monkeypatch, steps) == [100 * 2**20]
+        assert trims_during(steps) == [100 * 2**20]
 
 
-def test_memory_grown_without_requests_is_trimmed_again(monkeypatch):
+def test_memory_grown_without_requests_is_trimmed_again():
     """Calls that time out before admission leave their messages to be freed later."""
 
     async def steps(dataplane, resident):
@@ -66,4 +71,4 @@ def test_memory_grown_without_requests_is_trimmed_again(monkeypatch):
         await asyncio.sleep(0.5)
 
     if memory._TRIM is not None:
-        assert trims_during(monkeypatch, steps) == [100 * 2**20, 600 * 2**20]
+        assert trims_during(steps) == [100 * 2**20, 600 * 2**20]
