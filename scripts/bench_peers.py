@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime
@@ -62,7 +63,7 @@ def grid(text: str) -> list[tuple[int, int]]:
     return points  # type: ignore[return-value]
 
 
-def names(choices: dict | list) -> callable:
+def names(choices: dict | list) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         picked = text.split(",")
         unknown = [n for n in picked if n not in choices]
