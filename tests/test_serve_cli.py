@@ -86,12 +86,26 @@ def test_first_serve_answers_at_once_and_builds_the_defaults_meanwhile(tmp_path)
     print(f"models ready after {seconds} s; {time.monotonic() - started:.0f} s in all")
 
 
-def test_sigterm_does_not_wait_for_the_default_build(tmp_path):
+def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_path, capsys):
+    from deepr.cli import main
+
     env = {**os.environ, "DEEPR_HOME": str(tmp_path / "home")}
     proc = start_server(["--host", "127.0.0.1", "--port", "0"], env)
     try:
-        _, log = wait_for_port(proc, timeout=60)
+        port, log = wait_for_port(proc, timeout=60)
         read_until(proc, r"building the default models in .* while serving, quickest first", 30, log)
+        assert main(["models", "--url", f"127.0.0.1:{port}"]) == 0
+        listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+        assert set(listing) == {"mnist_dense", "mnist_convnet", "mnist_convnet_nopool"}, listing
+        assert all(
+            "LOADING" in line and "being trained and exported by the server" in line for line in listing.values()
+        )
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            assert client.is_server_ready()  # models still being built do not hold readiness
+            x = triton.InferInput("images", [1, 1, 28, 28], "FP32")
+            x.set_data_from_numpy(np.zeros((1, 1, 28, 28), dtype=np.float32))
+            with pytest.raises(triton.InferenceServerException, match="not ready: being trained and exported"):
+                client.infer("mnist_convnet_nopool", [x])
     finally:
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -112,3 +126,10 @@ def test_bad_environment_setting_is_named(tmp_path):
     env = {**os.environ, "DEEPR_PORT": "eighty"}
     result = subprocess.run([sys.executable, "-m", "deepr", "serve"], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "DEEPR_PORT='eighty' is not a valid int" in result.stderr
+
+
+def test_poll_seconds_without_poll_mode_is_refused():
+    result = subprocess.run(
+        [sys.executable, "-m", "deepr", "serve", "--poll-seconds", "2"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "--poll-seconds needs --model-control poll" in result.stderr

@@ -9,12 +9,17 @@ from .errors import task_errors
 
 
 def _repository(args: argparse.Namespace) -> int:
+    return show_repository(args.url)
+
+
+def show_repository(url: str) -> int:
+    """Print a server's models, one line each: version, state, and why one does not serve."""
     from serving.client import InferenceClient
 
-    with task_errors(args.url), InferenceClient(args.url) as client:
+    with task_errors(url), InferenceClient(url) as client:
         models = client.repository_index()
     if not models:
-        print(f"the repository of the server at {args.url} holds no models")
+        print(f"the repository of the server at {url} holds no models")
         return 0
     width = max(len(m.name) for m in models)
     for m in models:

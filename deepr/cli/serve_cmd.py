@@ -30,12 +30,24 @@ def _token(args: argparse.Namespace) -> str | None:
     return token
 
 
+_POLL_SECONDS = 5.0
+
+
+def _poll_seconds(args: argparse.Namespace) -> float | None:
+    if args.model_control != "poll":
+        if args.poll_seconds is not None:
+            raise CLIError("--poll-seconds needs --model-control poll", EXIT_USAGE)
+        return None
+    return args.poll_seconds or _POLL_SECONDS
+
+
 def _building(names: list[str]) -> Callable[[Any], None]:
     """Once the server answers: train and export the default models `names` in a background
     thread, quickest first, loading each into the server as it is written."""
 
     def start(server: Any) -> None:
         from exporters.defaults import build_default_models
+        from serving.server.repository import LOADING, UNAVAILABLE
 
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -47,14 +59,16 @@ def _building(names: list[str]) -> Callable[[Any], None]:
         def build() -> None:
             try:
                 build_default_models(server.settings.repository, names, progress=False, on_built=load)
-            except Exception:  # the server goes on serving what it has; the log says why the rest is missing
+            except Exception as exc:  # the server goes on serving what it has; the log says why the rest is missing
                 logger.exception("building the default models failed")
+                reason = f"building it failed ({type(exc).__name__}: {exc}); the server's log has the details"
+                server.dataplane.repository.expect(names, UNAVAILABLE, reason)
 
+        queue = ", ".join(names)
         logger.info(
-            "building the default models in %s while serving, quickest first: %s",
-            server.settings.repository,
-            ", ".join(names),
+            "building the default models in %s while serving, quickest first: %s", server.settings.repository, queue
         )
+        server.dataplane.repository.expect(names, LOADING, f"being trained and exported by the server (queue: {queue})")
         # a daemon thread: stopping the server does not wait for a training run to finish
         threading.Thread(target=build, name="deepr-build-defaults", daemon=True).start()
 
@@ -77,7 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
             event_loop=args.event_loop,
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
-            model_control=args.model_control,
+            model_control=None if args.model_control is None else args.model_control != "none",
+            poll_seconds=_poll_seconds(args),
             max_connections=args.max_connections,
             connection_idle_seconds=args.connection_idle_seconds,
             max_inflight=args.max_inflight,
@@ -210,9 +225,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-seconds", type=number(minimum=0), help="drain time on SIGTERM/SIGINT (default 10)")
     p.add_argument(
         "--model-control",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="accept RepositoryModelLoad/Unload requests (default on; names never reach outside the repository)",
+        nargs="?",
+        const="explicit",
+        choices=("explicit", "poll", "none"),
+        help="explicit (default): load and unload on request (deepr load/unload, RepositoryModelLoad/Unload; "
+        "names never reach outside the repository); poll: that, and watch the repository, loading new or "
+        "changed models and unloading removed ones, without failing requests in flight; none: refuse both",
+    )
+    p.add_argument(
+        "--no-model-control",
+        dest="model_control",
+        action="store_const",
+        const="none",
+        help="same as --model-control none",
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=number(above=0),
+        help=f"with --model-control poll: how often to look at the repository (default {_POLL_SECONDS:g})",
     )
     p.add_argument(
         "--max-connections",

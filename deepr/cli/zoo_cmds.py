@@ -47,6 +47,10 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.url is not None:
+        from .repository_cmd import show_repository
+
+        return show_repository(args.url)
     import torch
 
     import zoo
@@ -279,6 +283,7 @@ def _profile_batches(result) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the zoo's models: name, parameters, tutorial section")
     p.add_argument("include", nargs="*", help="fnmatch patterns, e.g. 'mnist_*'")
+    p.add_argument("--url", help="list the models a running server has instead: state, and why one does not serve yet")
     p.set_defaults(run=_models)
 
     p = sub.add_parser("summary", help="print a model's Keras-style summary table")

@@ -26,7 +26,7 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from serving.server.model import OnnxModel
-from serving.server.repository import READY, UNLOADED, ModelRepository
+from serving.server.repository import LOADING, READY, UNLOADED, ModelRepository
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
 from serving.server.statistics import StatisticsRegistry
@@ -109,8 +109,9 @@ class DataPlane:
         if not self._started:
             return False
         if self.settings.strict_readiness:
-            # Models unloaded on request do not count: the operator asked for that.
-            return all(e.state == READY or e.reason == UNLOADED for e in self.repository.entries())
+            # Models unloaded on request do not count: the operator asked for that; nor do models
+            # still being built: they were not in the repository when the server started.
+            return all(e.state in (READY, LOADING) or e.reason == UNLOADED for e in self.repository.entries())
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
@@ -260,9 +261,10 @@ class DataPlane:
         await asyncio.get_running_loop().run_in_executor(None, self.repository.reload, name)
         await self._retire_replaced()
 
-    async def unload_model(self, name: str) -> None:
-        """Stop serving `name`: new requests are refused, accepted ones are answered."""
-        self.repository.unload(name)
+    async def unload_model(self, name: str, *, forget: bool = False) -> None:
+        """Stop serving `name`: new requests are refused, accepted ones are answered;
+        `forget` drops it from the index too (its folder was removed)."""
+        self.repository.unload(name, forget=forget)
         await self._retire_replaced()
 
     async def _retire_replaced(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +23,16 @@ from serving.protocol.labels import read_labels
 from serving.protocol.model_config import CONFIG_FILE, read_config
 from serving.server.model import OnnxModel, RuntimeOptions
 
-__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE", "UNLOADED"]
+__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE", "LOADING", "UNLOADED"]
 
 logger = logging.getLogger(__name__)
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+"""A model the server is still making (its default models, trained while it serves)."""
 UNLOADED = "unloaded by request"
+_CLOCK_SLACK_NS = 50_000_000
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """One path component of at most NAME_MAX (255) bytes."""
 
@@ -59,6 +63,8 @@ class ModelEntry:
     """Loaded versions by version string."""
     labels: dict[str, list[str]] = field(default_factory=dict)
     """Class labels by output name."""
+    loaded_ns: int = field(default_factory=lambda: time.time_ns() - _CLOCK_SLACK_NS)
+    """When the files were read (wall clock, a little early: files record coarser times)."""
 
     @property
     def latest(self) -> OnnxModel:
@@ -136,6 +142,7 @@ class ModelRepository:
         return model_dir
 
     def _build(self, name: str, model_dir: Path) -> ModelEntry:
+        entry = ModelEntry(name, READY)  # stamped before reading: a file written meanwhile is newer
         config = read_config(model_dir)
         filename = config.default_model_filename or "model.onnx"
         available = sorted(
@@ -164,14 +171,28 @@ class ModelRepository:
                     labels[output.name] = read_labels(path)
                 except OSError as exc:
                     raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
-        return ModelEntry(name, READY, config=config, versions=versions, labels=labels)
+        entry.config, entry.versions, entry.labels = config, versions, labels
+        return entry
 
-    def unload(self, name: str) -> None:
+    def expect(self, names: list[str], state: str, reason: str) -> None:
+        """List `names`, not in the repository yet, as `state` with `reason` (models being
+        built, or that failed to build), so the index and their errors say why they do not serve."""
+        with self._lock:
+            for name in names:
+                if name not in self._models or self._models[name].state != READY:
+                    self._models[name] = ModelEntry(name, state, reason=reason)
+
+    def unload(self, name: str, *, forget: bool = False) -> None:
+        """Stop serving `name`; the index keeps it as unloaded, or drops it with `forget`
+        (its folder is gone)."""
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
                 raise ModelNotFound(f"model {_shown(name)} is not loaded")
-            self._models[name] = ModelEntry(name, UNAVAILABLE, reason=UNLOADED)
+            if forget:
+                del self._models[name]
+            else:
+                self._models[name] = ModelEntry(name, UNAVAILABLE, reason=UNLOADED)
 
     def is_current(self, model: OnnxModel) -> bool:
         """Whether `model` is still the loaded object for its name and version."""

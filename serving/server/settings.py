@@ -55,6 +55,9 @@ class ServerSettings:
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
     model_control: bool = True
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
+    poll_seconds: float = 0.0
+    """Poll mode: look at the repository this often and load new or changed models (once
+    their files stop changing), unload removed ones; 0 does not poll. Env: DEEPR_POLL_SECONDS."""
     max_connections: int = 1024
     """Open client connections at most; further ones are refused until some close (each
     costs memory before any call is made, and before a token is checked). 0: no limit.
@@ -143,6 +146,8 @@ class ServerSettings:
             raise ValueError(f"max_connections must be >= 0 (0: no limit), got {self.max_connections}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.poll_seconds < 0:
+            raise ValueError(f"poll_seconds must be >= 0 (0: do not poll), got {self.poll_seconds}")
         if self.trim_idle_seconds < 0:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
         if self.connection_idle_seconds < 0:

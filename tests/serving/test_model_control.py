@@ -4,9 +4,13 @@ repository."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
 import threading
+import time
 import warnings
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -27,6 +31,38 @@ def infer(client, model="mnist_convnet", batch=2):
     tensor = triton.InferInput("images", [batch, 1, 28, 28], "FP32")
     tensor.set_data_from_numpy(images(batch))
     return client.infer(model, [tensor])
+
+
+@dataclasses.dataclass
+class Outcome:
+    answered: int = 0
+    failures: list[Exception] = dataclasses.field(default_factory=list)
+
+
+@contextlib.contextmanager
+def requests_in_flight(client, threads: int = 4) -> Iterator[Outcome]:
+    """Infer on mnist_convnet from `threads` threads for as long as the block runs: every
+    request must be answered, before, during and after what the block does to the model."""
+    outcome = Outcome()
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                infer(client)
+                outcome.answered += 1
+            except Exception as exc:
+                outcome.failures.append(exc)
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    try:
+        yield outcome
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
 
 
 @pytest.fixture()
@@ -75,29 +111,11 @@ def test_unload_then_load(client_for):
 def test_reload_picks_up_a_new_version_without_dropping_requests(client_for, own_repository):
     client = client_for()
     before = infer(client).as_numpy("probabilities")
-    failures: list[Exception] = []
-    answered = 0
-    stop = threading.Event()
-
-    def hammer():
-        nonlocal answered
-        while not stop.is_set():
-            try:
-                infer(client)
-                answered += 1
-            except Exception as exc:  # every request must be answered, before, during and after the reload
-                failures.append(exc)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    # Version 2: the same graph under a new version directory, as `deepr export` writes it.
-    shutil.copytree(own_repository / "mnist_convnet" / "1", own_repository / "mnist_convnet" / "2")
-    client.load_model("mnist_convnet")
-    stop.set()
-    for t in threads:
-        t.join()
-    assert failures == [] and answered > 0
+    with requests_in_flight(client) as outcome:
+        # Version 2: the same graph under a new version directory, as `deepr export` writes it.
+        shutil.copytree(own_repository / "mnist_convnet" / "1", own_repository / "mnist_convnet" / "2")
+        client.load_model("mnist_convnet")
+    assert outcome.failures == [] and outcome.answered > 0
     assert client.get_model_metadata("mnist_convnet").versions == ["2"]
     response = infer(client)
     assert response.get_response().model_version == "2"
@@ -183,3 +201,34 @@ def test_model_control_from_the_cli(client_for, own_repository, capsys):
     assert "UNAVAILABLE" in listing["mnist_convnet_nopool"]
     assert main(["load", "--url", url, "no_such_model"]) == 2  # NOT_FOUND: the user's input
     assert "no model 'no_such_model' in repository" in capsys.readouterr().err
+
+
+def wait_for(condition, timeout=20.0, what="the poller"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not act within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_poll_mode_follows_the_repository_without_failing_requests(client_for, own_repository, caplog):
+    """--model-control poll: a new version is served, a removed model unloaded, a model put
+    back loaded, a broken version leaves the old one serving; meanwhile every request to
+    the model is answered."""
+    client = client_for(poll_seconds=0.2)
+    with requests_in_flight(client) as outcome:
+        convnet, dense = own_repository / "mnist_convnet", own_repository / "mnist_dense"
+        shutil.copytree(convnet / "1", convnet / "2", copy_function=shutil.copy2)  # old file times kept
+        wait_for(lambda: client.get_model_metadata("mnist_convnet").versions == ["2"])
+
+        shutil.move(dense, own_repository.parent / "dense-aside")
+        wait_for(lambda: "mnist_dense" not in {m.name for m in client.get_model_repository_index().models})
+        assert client.is_server_ready()
+        shutil.move(own_repository.parent / "dense-aside", dense)
+        wait_for(lambda: client.is_model_ready("mnist_dense"))
+
+        (convnet / "3").mkdir()
+        (convnet / "3" / "model.onnx").write_bytes(b"not an onnx file")
+        wait_for(lambda: "mnist_convnet changed on disk but does not load" in caplog.text)
+        assert client.get_model_metadata("mnist_convnet").versions == ["2"]
+    assert outcome.failures == [] and outcome.answered > 0
+    assert infer(client).get_response().model_version == "2"

@@ -21,6 +21,7 @@ from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
 from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
+from serving.server.polling import poll_repository
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
 
@@ -84,6 +85,7 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._metrics: WSGIServer | None = None
         self._trimmer: asyncio.Task | None = None
+        self._poller: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -125,6 +127,8 @@ class InferenceServer:
         self._server = server
         if settings.trim_idle_seconds:
             self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
+        if settings.poll_seconds:
+            self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
@@ -146,9 +150,10 @@ class InferenceServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds if grace is None else grace)
         self._server = None
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            self._trimmer = None
+        for task in (self._trimmer, self._poller):
+            if task is not None:
+                task.cancel()
+        self._trimmer = self._poller = None
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()

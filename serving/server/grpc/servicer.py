@@ -197,7 +197,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _check_model_control(self, request: Any) -> None:
         if not self.dataplane.settings.model_control:
-            raise NotEnabled("model control is disabled on this server (started with --no-model-control)")
+            raise NotEnabled("model control is disabled on this server (started with --model-control none)")
         if request.repository_name:
             raise InvalidInput(
                 f"repository {request.repository_name!r}: this server has one repository; leave repository_name empty"
