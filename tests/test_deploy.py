@@ -13,7 +13,6 @@ import yaml
 
 from conftest import ROOT
 from deepr.cli import build_parser
-from serving.server.grpc.server import SERVICE_NAME
 from serving.server.settings import ENV_PREFIX, ServerSettings
 
 DEPLOY = ROOT / "deploy"
@@ -37,7 +36,7 @@ def test_dockerfile_runs_deepr_serve_on_the_exposed_ports(name):
     args = build_parser().parse_args(command[1:])
     assert args.command == "serve" and str(args.repository) == "/mnt/models"
     exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", (DEPLOY / name).read_text(), re.M).group(1).split()}
-    assert exposed == {args.port, args.metrics_port}
+    assert exposed == {args.port, args.http_port, args.metrics_port}
     # Everything the package needs is copied in.
     copied = set(re.findall(r"^COPY (\S+)", (DEPLOY / name).read_text(), re.M))
     assert {"deepr", "zoo", "exporters", "serving"} <= copied
@@ -50,10 +49,11 @@ def test_serving_runtime_matches_the_server():
     (container,) = runtime["spec"]["containers"]
     args = build_parser().parse_args(container["args"])
     assert args.command == "serve" and str(args.repository) == "/mnt/models"  # where KServe puts storageUri
-    (port,) = container["ports"]
-    assert port["containerPort"] == args.port and port["name"] == "h2c"  # KServe's name for plaintext gRPC
-    assert container["readinessProbe"]["grpc"] == {"port": args.port, "service": SERVICE_NAME}
-    assert container["livenessProbe"]["grpc"]["port"] == args.port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"h2c": args.port, "http1": args.http_port}  # KServe's names: plaintext gRPC, HTTP/1.1
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": args.http_port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": args.http_port}
     assert runtime["metadata"]["annotations"]["prometheus.io/port"] == str(args.metrics_port)
     fields = {f.name for f in dataclasses.fields(ServerSettings)}
     env = {e["name"]: e["value"] for e in container.get("env", [])}

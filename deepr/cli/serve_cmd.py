@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
             repository=args.repository,
             host=args.host,
             port=args.port,
+            http_port=-1 if args.no_http else args.http_port,
             metrics_port=args.metrics_port,
             device=args.device,
             infer_threads=args.infer_threads,
@@ -173,8 +174,9 @@ operations:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve a model repository over gRPC (KServe V2)",
-        description="Serve a model repository over gRPC (KServe V2 / Triton protocol). Every setting "
+        help="serve a model repository over gRPC and HTTP/REST (KServe V2)",
+        description="Serve a model repository over gRPC and HTTP/REST (KServe V2 / Triton protocol), with "
+        "a page of the zoo in the browser on the HTTP port. Every setting "
         f"can also come from an environment variable {ENV_PREFIX}<SETTING> (e.g. {ENV_PREFIX}PORT); flags win.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -192,6 +194,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=integer(0, 65535), help="gRPC port (default 8001; 0 picks a free port)")
+    p.add_argument(
+        "--http-port",
+        type=integer(-1, 65535),
+        help="V2 HTTP/REST port, with the zoo page at / (default 8000; -1 off; 0 a free port)",
+    )
+    p.add_argument("--no-http", action="store_true", help="serve gRPC only (same as --http-port -1)")
     p.add_argument(
         "--metrics-port",
         type=integer(-1, 65535),

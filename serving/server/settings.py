@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerSettings", "ENV_PREFIX", "default_repository"]
 
 ENV_PREFIX = "DEEPR_"
+DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 
 
@@ -32,6 +33,9 @@ class ServerSettings:
     """Address the gRPC server binds. Env: DEEPR_HOST."""
     port: int = 8001
     """gRPC port (Triton's default); 0 picks a free one. Env: DEEPR_PORT."""
+    http_port: int = DEFAULT_HTTP_PORT
+    """V2 HTTP/REST port, with the zoo page at /; -1 turns HTTP off, 0 picks a free port.
+    With `port` 0 the default becomes 0 too. Env: DEEPR_HTTP_PORT."""
     metrics_port: int = DEFAULT_METRICS_PORT
     """Prometheus metrics port (Triton's default); -1 turns metrics off, 0 picks a free
     port. With `port` 0 (several servers side by side) the default becomes 0 too. Env: DEEPR_METRICS_PORT."""
@@ -130,8 +134,12 @@ class ServerSettings:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if not -1 <= self.metrics_port < 65536:
             raise ValueError(f"metrics_port must be in -1..65535 (-1: off, 0: any free port), got {self.metrics_port}")
+        if not -1 <= self.http_port < 65536:
+            raise ValueError(f"http_port must be in -1..65535 (-1: off, 0: any free port), got {self.http_port}")
         if self.port == 0 and self.metrics_port == DEFAULT_METRICS_PORT:
             self.metrics_port = 0
+        if self.port == 0 and self.http_port == DEFAULT_HTTP_PORT:
+            self.http_port = 0
         if self.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:

@@ -38,7 +38,7 @@ from serving.protocol.codecs import TensorSpec, deserialize_bytes, to_raw
 from serving.protocol.datatypes import V2_TO_NUMPY
 from serving.protocol.errors import AlreadyExists, InvalidInput, NotEnabled, NotFound
 
-__all__ = ["SharedMemoryRegions", "Region", "TensorSlice", "SHM_DIR", "is_local_peer"]
+__all__ = ["SharedMemoryRegions", "Region", "TensorSlice", "SHM_DIR", "is_local_peer", "is_loopback_address"]
 
 # Where Linux exposes POSIX shared memory objects: shm_open("/name") is /dev/shm/name.
 SHM_DIR = Path("/dev/shm")
@@ -58,7 +58,11 @@ def is_local_peer(peer: str) -> bool:
         return True
     if scheme not in ("ipv4", "ipv6"):
         return False
-    host = address.rsplit(":", 1)[0].strip("[]")
+    return is_loopback_address(address.rsplit(":", 1)[0].strip("[]"))
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether an IP address (IPv4-mapped IPv6 included) is this host's loopback."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

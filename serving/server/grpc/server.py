@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -24,6 +24,9 @@ from serving.server.memory import trim_when_idle
 from serving.server.polling import poll_repository
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from serving.server.http.app import HttpEndpoint
 
 __all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
 
@@ -86,7 +89,9 @@ class InferenceServer:
         self._metrics: WSGIServer | None = None
         self._trimmer: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
+        self._http: HttpEndpoint | None = None
         self.port = 0
+        self.http_port = 0
         self.metrics_port = 0
 
     async def start(self) -> int:
@@ -123,6 +128,11 @@ class InferenceServer:
             )
             self.metrics_port = metrics.server_port
             self._metrics = metrics
+        if settings.http_port >= 0:
+            from serving.server.http.app import HttpEndpoint
+
+            self._http = HttpEndpoint(self.dataplane, settings)
+            self.http_port = await self._http.start()
         await server.start()
         self._server = server
         if settings.trim_idle_seconds:
@@ -141,6 +151,16 @@ class InferenceServer:
             else "plaintext",
             ", bearer token required" if settings.token else "",
         )
+        if self._http is not None:
+            scheme = "https" if settings.tls_cert else "http"
+            logger.info(
+                "HTTP/REST on %s:%d; the zoo page: %s://%s:%d/",
+                settings.host,
+                self.http_port,
+                scheme,
+                "localhost" if settings.host in ("0.0.0.0", "::") else settings.host,
+                self.http_port,
+            )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -148,7 +168,12 @@ class InferenceServer:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        grace = self.settings.grace_seconds if grace is None else grace
+        if self._http is not None:
+            http, self._http = self._http, None
+            await asyncio.gather(self._server.stop(grace), http.stop())
+        else:
+            await self._server.stop(grace)
         self._server = None
         for task in (self._trimmer, self._poller):
             if task is not None:

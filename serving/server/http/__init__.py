@@ -1,0 +1,1 @@
+"""The V2 HTTP/REST transport and the zoo page, beside gRPC on the same dataplane."""

@@ -1,0 +1,300 @@
+"""The V2 HTTP/REST endpoint: KServe's routes (and Triton's extensions to them) over the same
+dataplane, repository, batchers and statistics as gRPC, on the server's event loop.
+
+aiohttp carries it: level with uvicorn + starlette in requests per second and CPU per
+request on a 12 KB POST (scripts/http_frameworks.py), one library instead of three, and it
+runs on the loop the gRPC server already owns. Errors are the gRPC ones as HTTP codes with
+{"error": "..."}; health routes and the zoo page stay open when a token guards the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from serving.protocol.errors import InvalidInput, ServingError
+from serving.server import answers
+from serving.server.bearer import bearer_token_matches
+from serving.server.dataplane import DataPlane, InferenceCall
+from serving.server.http.tensors import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from serving.server.infer_request import request_decoder
+from serving.server.settings import ServerSettings
+from serving.server.shared_memory import is_loopback_address
+
+__all__ = ["build_app", "HttpEndpoint", "HTTP_STATUS"]
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page")
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+"""gRPC status -> HTTP status, for the same failure on either transport."""
+
+OPEN_PATHS = ("/v2/health/", "/page/")
+"""Reachable without the bearer token: probes cannot present one, and the page asks for it."""
+
+BODY_SECONDS = 30.0
+"""A request body that has not arrived whole by then is refused (a client that announced
+more bytes than it sends must not hold a handler forever)."""
+
+
+def _json(message: Message) -> dict:
+    """A protocol message in the JSON form Triton's HTTP endpoint answers with."""
+    return json_format.MessageToDict(
+        message,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+        unquote_int64_if_possible=True,
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """deepr's errors as HTTP codes with {"error": ...}; a bug is a 500 that says so, and is logged."""
+    try:
+        return await handler(request)
+    except ServingError as exc:
+        return _error(HTTP_STATUS.get(exc.code, 500), str(exc))
+    except web.HTTPException as exc:
+        if exc.empty_body or exc.status < 400:
+            raise
+        return _error(exc.status, exc.text or exc.reason)
+    except Exception as exc:
+        logger.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"{request.method} {request.path} failed: {type(exc).__name__}: {exc}")
+
+
+def _token_check(token: str) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/" or request.path.startswith(OPEN_PATHS):
+            return await handler(request)
+        presented = request.headers.get("Authorization")
+        if bearer_token_matches(presented, token):
+            return await handler(request)
+        message = (
+            "missing bearer token (header 'Authorization: Bearer <token>')"
+            if presented is None
+            else "invalid bearer token"
+        )
+        return web.json_response({"error": message}, status=401, headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _body(request: web.Request) -> bytes:
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        raise InvalidInput(f"the request body did not arrive whole within {BODY_SECONDS:g} s") from None
+
+
+async def _json_body(request: web.Request) -> dict:
+    raw = await _body(request)
+    if not raw.strip():
+        return {}
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the request body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return document
+
+
+class Routes:
+    """One method per V2 route; `version` is "" where the path names none."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @staticmethod
+    def _model(request: web.Request) -> tuple[str, str]:
+        return request.match_info["model"], request.match_info.get("version", "")
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.dataplane.live() else 400)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.dataplane.ready() else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        name, version, extensions = self.dataplane.server_metadata()
+        return web.json_response({"name": name, "version": version, "extensions": list(extensions)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(_json(answers.model_metadata(self.dataplane, *self._model(request))))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.dataplane.model_ready(*self._model(request)) else 400)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return web.json_response(_json(self.dataplane.model_config(*self._model(request))))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        return web.json_response(_json(answers.model_statistics(self.dataplane, name, version)))
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = self._model(request)
+        parsed = parse_infer_request(await _body(request), request.headers.get(HEADER_LENGTH), name, version)
+        call = InferenceCall(
+            name,
+            version,
+            parsed.message.id,
+            decode=request_decoder(parsed.message, self.dataplane.shared_memory),
+            encode=lambda model, outputs, requested: encode_infer_response(parsed, model, outputs, requested),
+        )
+        body, header_length = await self.dataplane.handle(call)
+        if header_length is None:
+            return web.Response(body=body, content_type="application/json")
+        return web.Response(
+            body=body, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+        )
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        ready = bool((await _json_body(request)).get("ready", False))
+        return web.json_response(_json(answers.repository_index(self.dataplane, ready))["models"])
+
+    async def load(self, request: web.Request) -> web.Response:
+        parameters = (await _json_body(request)).get("parameters") or {}
+        answers.check_model_control(self.dataplane, "", parameters)
+        await self.dataplane.load_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        parameters = (await _json_body(request)).get("parameters") or {}
+        answers.check_model_control(self.dataplane, "", parameters)
+        await self.dataplane.unload_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        regions = self.dataplane.shared_memory.status(request.match_info.get("region", ""))
+        return web.json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        peer = request.remote or ""
+        answers.check_registration(self.dataplane, region, is_loopback_address(peer), peer)
+        body = await _json_body(request)
+        key, offset, size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(size, int):
+            raise InvalidInput("a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers)")
+        self.dataplane.shared_memory.register(region, key, offset, size)
+        return web.Response(status=200)
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.dataplane.shared_memory.unregister(request.match_info.get("region", ""))
+        return web.Response(status=200)
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGE / "index.html")
+
+
+def build_app(dataplane: DataPlane, settings: ServerSettings) -> web.Application:
+    middlewares = [_errors] + ([_token_check(settings.token)] if settings.token else [])
+    app = web.Application(client_max_size=settings.max_message_bytes, middlewares=middlewares)
+    r = Routes(dataplane)
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", r.live)
+    app.router.add_get("/v2/health/ready", r.ready)
+    app.router.add_get("/v2", r.server_metadata)
+    app.router.add_get("/v2/models/stats", r.model_statistics)
+    for prefix in (model, versioned):
+        app.router.add_get(prefix, r.model_metadata)
+        app.router.add_get(prefix + "/ready", r.model_ready)
+        app.router.add_get(prefix + "/config", r.model_config)
+        app.router.add_get(prefix + "/stats", r.model_statistics)
+        app.router.add_post(prefix + "/infer", r.infer)
+    app.router.add_post("/v2/repository/index", r.repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", r.load)
+    app.router.add_post("/v2/repository/models/{model}/unload", r.unload)
+    app.router.add_get("/v2/systemsharedmemory/status", r.shm_status)
+    app.router.add_get("/v2/systemsharedmemory/region/{region}/status", r.shm_status)
+    app.router.add_post("/v2/systemsharedmemory/region/{region}/register", r.shm_register)
+    app.router.add_post("/v2/systemsharedmemory/region/{region}/unregister", r.shm_unregister)
+    app.router.add_post("/v2/systemsharedmemory/unregister", r.shm_unregister)
+    app.router.add_get("/", r.page)
+    app.router.add_static("/page/", PAGE)
+    return app
+
+
+def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class HttpEndpoint:
+    """The REST endpoint of one server, started and stopped with it."""
+
+    def __init__(self, dataplane: DataPlane, settings: ServerSettings) -> None:
+        self.dataplane = dataplane
+        self.settings = settings
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        runner = web.AppRunner(
+            build_app(self.dataplane, self.settings),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.grace_seconds,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self.settings.host, self.settings.http_port, ssl_context=_ssl_context(self.settings), backlog=1024
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(
+                f"cannot listen for HTTP on {self.settings.host}:{self.settings.http_port}: {exc.strerror or exc}"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting; requests in flight get the server's grace seconds to finish."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
