@@ -7,14 +7,14 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import ImagePreprocessing
-from serving.protocol.schema import PREPROCESSING_KEY, TEXT_ENCODING_KEY
+from serving.protocol.schema import LABELS_KEY, PREPROCESSING_KEY, SECTION_KEY, TEXT_ENCODING_KEY
 from zoo import get_model_spec
 from zoo.datasets import dataset_info
 
@@ -47,9 +47,14 @@ def _takes_pictures(name: str, model: torch.nn.Module, preprocessing: ImagePrepr
 
 
 def model_config_for(
-    name: str, model: torch.nn.Module, config: ExportConfig, output_dims: tuple[int, ...], labelled: bool
+    name: str,
+    model: torch.nn.Module,
+    config: ExportConfig,
+    output_dims: tuple[int, ...],
+    labels: Sequence[str] | None,
 ) -> mc.ModelConfig:
-    """The config.pbtxt of a zoo model; `labelled`: its output has a labels file."""
+    """The config.pbtxt of a zoo model; with `labels`, its output has a labels file, and the
+    names are a parameter too, for clients that cannot read the repository (the zoo page)."""
     spec = get_model_spec(name)
     shape = _input_shape(name, model)
     preprocessing = _preprocessing(name, model)
@@ -65,10 +70,13 @@ def model_config_for(
         name=config.output_names[0],
         data_type=mc.TYPE_FP32,
         dims=output_dims,
-        label_filename=LABELS_FILE if labelled else "",
+        label_filename=LABELS_FILE if labels else "",
     )
     if preprocessing is not None:  # also for nets that take the picture flattened (mnist_dense)
         model_config.parameters[PREPROCESSING_KEY].string_value = preprocessing.to_json()
+    model_config.parameters[SECTION_KEY].string_value = spec.section
+    if labels:
+        model_config.parameters[LABELS_KEY].string_value = json.dumps(list(labels))
     return model_config
 
 
@@ -181,7 +189,7 @@ def export_model(
             config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
             served_name = f"{name}_fp16"
         report = validate_onnx(model, onnx_file, cases, config)
-        model_config = model_config_for(name, float_model, config, output_dims, labels is not None)
+        model_config = model_config_for(name, float_model, config, output_dims, labels)
         if pixels == "uint8":
             as_pixel_config(model_config, preprocessing, PREPROCESSING_KEY)
             served_name = f"{served_name}_uint8"

@@ -20,6 +20,7 @@ __all__ = [
     "CHARSET_KEY",
     "UNITS_KEY",
     "TEXT_ENCODING_KEY",
+    "SECTION_KEY",
     "PAD_BATCHES_KEY",
     "WARMUP_BUDGET_KEY",
     "BATCH_PROFILE_KEY",
@@ -37,9 +38,11 @@ __all__ = [
 PREPROCESSING_KEY = "deepr.preprocessing"
 """ImagePreprocessing as JSON: size, colour mode, layout, scale, mean and std."""
 LABELS_KEY = "deepr.labels"
-"""Class names, a JSON list (Grad-CAM graphs)."""
+"""Class names, a JSON list (classifiers and their Grad-CAM graphs)."""
 TEXT_ENCODING_KEY = "deepr.text_encoding"
 """How a text model's words become indices (WordEncoding JSON)."""
+SECTION_KEY = "deepr.section"
+"""Config: the tutorial section the model comes from, plain text (shown on the zoo page)."""
 
 # The layers a multi-output graph exposes.
 LAYERS_KEY = "deepr.layers"

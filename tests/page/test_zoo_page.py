@@ -1,0 +1,260 @@
+"""The zoo page in Debian's chromium, against a real `deepr serve` on loopback with models
+trained on the embedded data: the classes it shows are the gRPC answer, the Grad-CAM
+overlay and the activation grid are drawn, two temperatures give two texts, bad input
+reads as a message.
+
+DEEPR_SCREENSHOTS=docs/img keeps a screenshot of each view there (the README shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them with apt)",
+)
+SCREENSHOTS = os.environ.get("DEEPR_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def zoo_repository(tmp_path_factory, repository, trained_convnet, digits) -> Path:
+    """The session's trained mnist_convnet with its Grad-CAM and feature graphs, the cats-vs-dogs
+    convnet and the character model's generation graph, each trained briefly on embedded data."""
+    from exporters import export_model
+    from exporters.features import export_features
+    from exporters.text_generation import export_char_generation
+    from exporters.zoo_gradcam import export_gradcam
+    from zoo.datasets.stdlib_text import docstrings
+    from zoo.recipes import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("page")
+    repo = root / "repo"
+    shutil.copytree(repository, repo)
+    convnet = trained_convnet.out / "weights.pt"
+    export_gradcam("mnist_convnet", repo, weights=convnet)
+    export_features("mnist_convnet", repo, weights=convnet)
+    photos = train(TrainConfig.for_model("catsdogs_convnet", out=root / "catsdogs", epochs=1, progress=False))
+    export_model("catsdogs_convnet", repo, weights=photos.out / "weights.pt")
+    export_gradcam("catsdogs_convnet", repo, weights=photos.out / "weights.pt")
+    corpus = root / "docstrings.txt"
+    corpus.write_text(docstrings(max_chars=60_000))
+    chars = train(
+        TrainConfig.for_model(
+            "char_lstm", out=root / "chars", data=str(corpus), epochs=1, sample_temperatures=(), progress=False
+        )
+    )
+    export_char_generation(repo, weights=chars.out / "weights.pt")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(zoo_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deepr",
+                "serve",
+                "--repository",
+                str(zoo_repository),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--metrics-port",
+                "-1",
+            ],
+            stderr=sink,
+            stdout=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + 120
+    while not (match := re.search(r"HTTP/REST on 127\.0\.0\.1:(\d+)", log.read_text())):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    grpc_port = re.search(r"serving .* on 127\.0\.0\.1:(\d+)", log.read_text()).group(1)
+    yield {"http": f"http://127.0.0.1:{match.group(1)}", "grpc": f"127.0.0.1:{grpc_port}", "proc": proc, "log": log}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory, digits) -> dict[str, Path]:
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("pictures")
+    sevens = [x for x, y in digits.test if y == 7]
+    ink = (255 - sevens[0][0].numpy() * 255).astype(np.uint8)  # dark ink on white paper, as people write
+    Image.fromarray(ink).resize((112, 112), Image.Resampling.BILINEAR).save(folder / "seven.png")
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.png")
+    (folder / "notes.txt").write_text("not a picture")
+    return {"digit": folder / "seven.png", "photo": folder / "chelsea.png", "text": folder / "notes.txt"}
+
+
+def wait_for(browser, script: str, timeout: float = 60.0):
+    """The value of `script` once truthy, or the page's error message in the failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = browser.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    error = browser.execute_script(
+        "return document.getElementById('error').hidden ? '' : document.getElementById('error').textContent"
+    )
+    raise AssertionError(f"the page did not get there within {timeout} s: {script}; page error: {error!r}")
+
+
+def open_model(browser, server, model: str) -> None:
+    browser.get(f"{server['http']}/?model={model}")
+    wait_for(browser, f"return document.getElementById('model-name').textContent === {model!r}")
+
+
+def painted(browser, canvas: str) -> float:
+    """Share of the canvas's pixels that are neither white nor empty."""
+    return browser.execute_script(
+        """const c = document.getElementById(arguments[0]);
+           if (!c.width) return 0;
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] && (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250)) n++;
+           return n / (c.width * c.height);""",
+        canvas,
+    )
+
+
+def hot(browser, canvas: str) -> float:
+    """Share of the canvas's pixels where red clearly dominates blue (the top of the jet map)."""
+    return browser.execute_script(
+        """const c = document.getElementById(arguments[0]);
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 2] + 60) n++;
+           return n / (c.width * c.height);""",
+        canvas,
+    )
+
+
+def screenshot(browser, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(SCREENSHOTS) / f"page-{name}.png"))
+
+
+def top_classes(browser) -> list[str]:
+    wait_for(browser, "return document.querySelectorAll('#top-classes li').length > 0")
+    return browser.execute_script("return [...document.querySelectorAll('#top-classes .name')].map(e => e.textContent)")
+
+
+@pytest.mark.parametrize("model, picture", [("mnist_convnet", "digit"), ("catsdogs_convnet", "photo")])
+def test_a_picture_is_classified_as_grpc_classifies_it_with_its_gradcam(browser, server, pictures, model, picture):
+    from serving.tasks.classify import classify
+
+    open_model(browser, server, model)
+    assert "tutorial:" in browser.find_element("id", "model-section").text
+    browser.find_element("id", "picture-file").send_keys(str(pictures[picture]))
+    shown = top_classes(browser)
+    expected = classify([pictures[picture]], model, url=server["grpc"], top_k=5)[0]
+    assert shown[0] == expected[0].label, (shown, expected)
+    wait_for(browser, "return !document.getElementById('gradcam-figure').hidden")
+    wait_for(browser, "return document.getElementById('gradcam').dataset.classIndex !== undefined")
+    assert painted(browser, "gradcam") > 0.5
+    assert hot(browser, "gradcam") > 0.01  # the heatmap's peak shows: red over the picture
+    if picture == "digit":
+        assert browser.find_element("id", "picture-note").text == "inverted: dark on light"
+    stats = browser.find_element("id", "model-stats").text
+    assert re.search(r"requests\s+[1-9]", stats), stats
+    screenshot(browser, f"classify-{model}")
+
+
+def test_activations_of_a_layer(browser, server, pictures):
+    open_model(browser, server, "mnist_convnet_features")
+    browser.find_element("id", "features-file").send_keys(str(pictures["digit"]))
+    wait_for(browser, "return document.getElementById('activations-note').textContent.includes('channels')")
+    assert painted(browser, "activations") > 0.3
+    first = browser.find_element("id", "activations-note").text
+    browser.execute_script(
+        "const s = document.getElementById('layer'); s.selectedIndex = 2; s.dispatchEvent(new Event('change'))"
+    )
+    wait_for(browser, f"return document.getElementById('activations-note').textContent !== {first!r}")
+    screenshot(browser, "activations")
+
+
+def test_two_temperatures_give_two_texts(browser, server):
+    open_model(browser, server, "char_lstm_generate")
+    browser.execute_script(
+        "for (const b of document.querySelectorAll('.temperature')) b.checked = ['0.2', '1.2'].includes(b.value);"
+        "document.getElementById('length').value = 120;"
+    )
+    browser.find_element("id", "sample").click()
+    texts = wait_for(
+        browser,
+        "const t = [...document.querySelectorAll('#texts pre')].map(p => p.textContent); return t.length === 2 && t",
+    )
+    headings = browser.execute_script("return [...document.querySelectorAll('#texts h4')].map(h => h.textContent)")
+    assert headings == ["temperature 0.2", "temperature 1.2"]
+    prompt = browser.find_element("id", "prompt").get_attribute("value")
+    assert all(t.startswith(prompt) and len(t) == len(prompt) + 120 for t in texts) and texts[0] != texts[1]
+    screenshot(browser, "text")
+
+
+def test_bad_input_reads_as_a_message(browser, server, pictures):
+    open_model(browser, server, "mnist_convnet")
+    browser.find_element("id", "picture-file").send_keys(str(pictures["text"]))
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    assert "notes.txt is not a picture the browser can read" in message
+    browser.get(f"{server['http']}/?model=no_such_model")
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    assert "unknown model 'no_such_model'" in message
+    screenshot(browser, "error")
+
+
+def test_a_stopped_server_reads_as_a_message(browser, server, pictures):
+    """Last in the module: it stops the server."""
+    open_model(browser, server, "mnist_convnet")
+    server["proc"].send_signal(signal.SIGTERM)
+    server["proc"].wait(timeout=30)
+    browser.find_element("id", "picture-file").send_keys(str(pictures["digit"]))
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    assert "the server does not answer" in message
