@@ -1,5 +1,5 @@
-"""Serving speed, side by side in one run: in-process onnxruntime against deepr's gRPC
-server driven by tritonclient (a client that is not deepr's own).
+"""Serving speed, side by side in one run: in-process onnxruntime against deepr's server over
+gRPC and HTTP/REST, driven by tritonclient (a client that is not deepr's own).
 
 For each model and batch size, in-process onnxruntime runs the ONNX file in a loop
 (one caller, the best a single app gets); then a `deepr serve` process serves the
@@ -191,17 +191,22 @@ def _client_process(
     seconds: float,
     warmup: float,
     shared_memory: bool = False,
+    transport: str = "grpc",
 ) -> tuple[list[float], float, float]:
-    """One client process: `concurrency` coroutines each sending requests back to back.
+    """One client process: `concurrency` coroutines each sending requests back to back, over
+    `transport` (grpc; http: binary tensor data; http-json: JSON tensors).
     With `shared_memory` the inputs (one region for all) and each coroutine's outputs (a
     region each) live in system shared memory; only metadata crosses the socket.
     Returns the latencies of requests started after the warm-up (which lasts until the
     rate is steady, at most `warmup` seconds), the requests/s of the first seconds, and
     how long the warm-up took."""
-    import tritonclient.grpc.aio as triton
-
     from serving.protocol.datatypes import v2_dtype
 
+    if transport == "grpc":
+        import tritonclient.grpc.aio as triton
+    else:
+        import tritonclient.http.aio as triton  # type: ignore[no-redef]
+    binary = transport != "http-json"
     inputs = example_inputs(specs, batch)
 
     async def drive() -> tuple[list[float], float, float]:
@@ -209,9 +214,14 @@ def _client_process(
         tensors = []
         for name, array in inputs.items():
             tensor = triton.InferInput(name, list(array.shape), v2_dtype(array))
-            tensor.set_data_from_numpy(array)
+            tensor.set_data_from_numpy(array, **({} if transport == "grpc" else {"binary_data": binary}))
             tensors.append(tensor)
         outputs_of = [None] * concurrency
+        if transport != "grpc":  # every output, as binary data or as JSON
+            metadata = await client.get_model_metadata(model)
+            outputs_of = [
+                [triton.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
+            ] * concurrency
         try:
             async with contextlib.AsyncExitStack() as regions:
                 if shared_memory:
@@ -311,19 +321,21 @@ def over_grpc(
     warmup: float,
     processes: int = 1,
     shared_memory: bool = False,
+    transport: str = "grpc",
 ) -> BenchResult:
+    """A cell against a running server at `url` (its gRPC or HTTP address, as `transport` says)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no GIL shared with the caller
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
         futures = [
-            pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory)
+            pool.submit(_client_process, url, model, specs, batch, share, seconds, warmup, shared_memory, transport)
             for share in shares
         ]
         answers = [f.result() for f in futures]
     result = _summarise(
         model,
-        "grpc+shm" if shared_memory else "grpc",
+        transport + ("+shm" if shared_memory else ""),
         batch,
         concurrency,
         [lat for latencies, _, _ in answers for lat in latencies],
@@ -342,15 +354,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_subprocess(
-    repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300
+    repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300, http_port: int = -1
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`deepr serve` in its own process on a free loopback port; yields its address and process."""
+    """`deepr serve` in its own process on a free loopback port; yields its address and process.
+    HTTP is off unless `http_port` is given (0: a free one is chosen, and is `process.http_url`)."""
     port = free_port()
     command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--device", device]
+    http_port = free_port() if http_port == 0 else http_port
+    command += ["--http-port", str(http_port)]
     # a free metrics port too, unless told otherwise: a `deepr serve` already running holds 8002
     command += [*([] if any(a.startswith("--metrics-port") for a in extra) else ["--metrics-port", "0"]), *extra]
     with server_subprocess("deepr serve", command, f"127.0.0.1:{port}", timeout=timeout) as process:
+        process.http_url = f"127.0.0.1:{http_port}"  # type: ignore[attr-defined]
         yield f"127.0.0.1:{port}", process
 
 
@@ -448,10 +464,12 @@ def run_benchmark(
     server_args: Sequence[str] = (),
     tf32: bool = False,
     shared_memory: bool = False,
+    transports: Sequence[str] = ("grpc",),
     progress=print,
 ) -> list[BenchResult]:
-    """Every (batch, concurrency) cell over gRPC, after in-process onnxruntime at each batch size;
-    with `shared_memory`, each cell again with the tensors in system shared memory."""
+    """Every (batch, concurrency) cell over each of `transports` (grpc, http, http-json), after
+    in-process onnxruntime at each batch size; with `shared_memory`, each gRPC cell again with
+    the tensors in system shared memory."""
     results: list[BenchResult] = []
     baseline: dict[tuple[str, int], float] = {}
     batches = sorted({batch for batch, _ in cells})
@@ -463,16 +481,17 @@ def run_benchmark(
             baseline[model, batch] = r.items_per_s
             results.append(r)
             progress(format_row(r))
-    with serve_subprocess(repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"]) as (
-        url,
-        _,
-    ):
+    http = any(t != "grpc" for t in transports)
+    variants = [(t, False) for t in transports] + ([("grpc", True)] if shared_memory else [])
+    with serve_subprocess(
+        repository, device=device, extra=[*server_args, "--tf32" if tf32 else "--no-tf32"], http_port=0 if http else -1
+    ) as (url, server):
         for model in models:
             for batch, concurrency in cells:
-                for shm in (False, True) if shared_memory else (False,):
+                for transport, shm in variants:
                     load_s = reload(url, model)
                     r = over_grpc(
-                        url,
+                        url if transport == "grpc" else server.http_url,  # type: ignore[attr-defined]
                         model,
                         specs[model][1],
                         batch,
@@ -481,6 +500,7 @@ def run_benchmark(
                         warmup=warmup,
                         processes=client_processes,
                         shared_memory=shm,
+                        transport=transport,
                     )
                     r.ratio, r.load_s = r.items_per_s / baseline[model, batch], load_s
                     results.append(r)
@@ -523,12 +543,18 @@ def write_json(path: Path, results: Sequence[BenchResult], settings: dict) -> No
     path.write_text(json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=2) + "\n")
 
 
-MODE_LABELS = {"grpc": "gRPC", "grpc+shm": "gRPC+shm"}
-MODE_COLORS = {"in-process": "tab:grey", "grpc": "tab:blue", "grpc+shm": "tab:green"}
+MODE_LABELS = {"grpc": "gRPC", "grpc+shm": "gRPC+shm", "http": "HTTP", "http-json": "HTTP JSON"}
+MODE_COLORS = {
+    "in-process": "tab:grey",
+    "grpc": "tab:blue",
+    "grpc+shm": "tab:green",
+    "http": "tab:orange",
+    "http-json": "tab:red",
+}
 
 
 def write_plot(path: Path, results: Sequence[BenchResult]) -> None:
-    """One panel per model: items/s of every configuration, in-process bars beside gRPC ones."""
+    """One panel per model: items/s of every configuration, in-process bars beside served ones."""
     import matplotlib
 
     matplotlib.use("Agg")

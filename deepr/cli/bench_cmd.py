@@ -16,6 +16,17 @@ from .errors import EXIT_USAGE, CLIError
 logger = logging.getLogger("deepr.bench")
 
 
+TRANSPORTS = ("grpc", "http", "http-json")
+
+
+def _transports(text: str) -> tuple[str, ...]:
+    chosen = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in TRANSPORTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"expected transports from {', '.join(TRANSPORTS)}, got {text!r}")
+    return chosen
+
+
 def _cells(text: str) -> list[tuple[int, int]]:
     cells = []
     for cell in text.split(","):
@@ -137,6 +148,7 @@ def _bench(args: argparse.Namespace) -> int:
             server_args=server_args,
             tf32=args.tf32,
             shared_memory=args.shared_memory,
+            transports=args.transport,
         )
     settings = {
         "models": models,
@@ -147,7 +159,8 @@ def _bench(args: argparse.Namespace) -> int:
         "dynamic_batching": args.dynamic_batching,
         "free_batch_sizes": args.free_batch_sizes,
         "instances": args.instances,
-        "client": "tritonclient.grpc.aio",
+        "client": "tritonclient.grpc.aio, tritonclient.http.aio",
+        "transports": list(args.transport),
         "tf32": args.tf32,
         "shared_memory": args.shared_memory,
         "batch_profiles": profiles,
@@ -162,7 +175,7 @@ def _bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="serving speed: in-process onnxruntime vs deepr's gRPC server (tritonclient), side by side",
+        help="serving speed: in-process onnxruntime vs deepr's server over gRPC and HTTP (tritonclient), side by side",
         description="Measure items/s and p50/p99 latency of in-process onnxruntime and of a `deepr serve` process "
         "driven by tritonclient, for each model, batch size and concurrency, in one run. Writes JSON and a PNG plot.",
     )
@@ -202,6 +215,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="serve with the models' dynamic batching (--no-dynamic-batching: each request runs alone)",
+    )
+    p.add_argument(
+        "--transport",
+        type=_transports,
+        default=("grpc",),
+        help="comma-separated: grpc, http (binary tensor data), http-json (JSON tensors); each cell is "
+        "measured over each, side by side (default: grpc)",
     )
     p.add_argument(
         "--shared-memory",
