@@ -210,7 +210,13 @@ def _client_process(
     inputs = example_inputs(specs, batch)
 
     async def drive() -> tuple[list[float], float, float]:
-        client = triton.InferenceServerClient(url)
+        # JSON tensors of a large batch queue for minutes at high concurrency: beyond
+        # tritonclient.http's 60 s default, which would end the cell instead of measuring it
+        client = (
+            triton.InferenceServerClient(url)
+            if transport == "grpc"
+            else triton.InferenceServerClient(url, conn_timeout=900)
+        )
         tensors = []
         for name, array in inputs.items():
             tensor = triton.InferInput(name, list(array.shape), v2_dtype(array))
@@ -490,18 +496,22 @@ def run_benchmark(
             for batch, concurrency in cells:
                 for transport, shm in variants:
                     load_s = reload(url, model)
-                    r = over_grpc(
-                        url if transport == "grpc" else server.http_url,  # type: ignore[attr-defined]
-                        model,
-                        specs[model][1],
-                        batch,
-                        concurrency,
-                        seconds=seconds,
-                        warmup=warmup,
-                        processes=client_processes,
-                        shared_memory=shm,
-                        transport=transport,
-                    )
+                    try:
+                        r = over_grpc(
+                            url if transport == "grpc" else server.http_url,  # type: ignore[attr-defined]
+                            model,
+                            specs[model][1],
+                            batch,
+                            concurrency,
+                            seconds=seconds,
+                            warmup=warmup,
+                            processes=client_processes,
+                            shared_memory=shm,
+                            transport=transport,
+                        )
+                    except RuntimeError as exc:  # one cell failing must not lose the others
+                        progress(f"{model:<24} {transport:<10} {batch:>5} {concurrency:>4} failed: {exc}")
+                        continue
                     r.ratio, r.load_s = r.items_per_s / baseline[model, batch], load_s
                     results.append(r)
                     progress(format_row(r))

@@ -159,7 +159,9 @@ def _bench(args: argparse.Namespace) -> int:
         "dynamic_batching": args.dynamic_batching,
         "free_batch_sizes": args.free_batch_sizes,
         "instances": args.instances,
-        "client": "tritonclient.grpc.aio, tritonclient.http.aio",
+        "client": ", ".join(
+            sorted({"tritonclient.grpc.aio" if t == "grpc" else "tritonclient.http.aio" for t in args.transport})
+        ),
         "transports": list(args.transport),
         "tf32": args.tf32,
         "shared_memory": args.shared_memory,
