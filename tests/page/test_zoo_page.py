@@ -170,7 +170,7 @@ def hot(browser, canvas: str) -> float:
     return browser.execute_script(
         """const c = document.getElementById(arguments[0]);
            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 2] + 60) n++;
+           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 2] + 30) n++;
            return n / (c.width * c.height);""",
         canvas,
     )

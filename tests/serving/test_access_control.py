@@ -142,6 +142,11 @@ def test_tls_server(repository, pki):
             f"https://127.0.0.1:{server.metrics_port}/metrics", context=ssl.create_default_context(cafile=pki["ca"])
         )
         assert status == 200 and "nv_inference_request_success" in body  # metrics speak TLS too
+        status, _ = scrape(
+            f"https://127.0.0.1:{server.http_port}/v2/health/ready",
+            context=ssl.create_default_context(cafile=pki["ca"]),
+        )
+        assert status == 200  # and the REST endpoint
         client = triton.InferenceServerClient(url, ssl=True, root_certificates=str(pki["ca"]))
         assert triton_infer(client).as_numpy("probabilities").shape == (2, 10)
         client.close()
@@ -161,6 +166,12 @@ def test_mutual_tls_refuses_clients_without_a_certificate(repository, pki):
         with InferenceClient(url, tls_ca=pki["ca"], timeout=3) as anonymous, pytest.raises(InferenceServerError) as err:
             anonymous.is_server_live()
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        rest = f"https://127.0.0.1:{server.http_port}/v2/health/live"
+        with_certificate = ssl.create_default_context(cafile=pki["ca"])
+        with_certificate.load_cert_chain(pki["client_cert"], pki["client_key"])
+        assert scrape(rest, context=with_certificate)[0] == 200
+        with pytest.raises((ssl.SSLError, OSError)):  # urllib.error.URLError is an OSError
+            scrape(rest, context=ssl.create_default_context(cafile=pki["ca"]))
 
 
 def test_tls_settings_are_checked(repository, tmp_path):

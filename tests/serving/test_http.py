@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -283,34 +285,17 @@ def test_body_size_limit(repository):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_readme_curl_examples(server):
-    base = f"http://127.0.0.1:{server.http_port}"
-    ready = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/v2/health/ready"],
-        capture_output=True,
-        text=True,
+def test_the_readme_curl_examples(server, tmp_path):
+    """The README's curl block, run as written against this server."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "curl" in b)
+    script = block.replace("localhost:8000", f"127.0.0.1:{server.http_port}")
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
-    assert ready.stdout == "200"
-    body = json.dumps(
-        {
-            "inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
-        }
-    )
-    answer = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-X",
-            "POST",
-            f"{base}/v2/models/mnist_convnet/infer",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    output = json.loads(answer.stdout)["outputs"][0]
-    assert output["datatype"] == "BYTES" and output["shape"] == [1, 2] and len(output["data"]) == 2
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0] == "200"
+    answer = json.loads(lines[-1])
+    assert answer["model_name"] == "mnist_convnet" and answer["outputs"][0]["shape"] == [1, 3]
+    assert '"name": "mnist_convnet"' in ran.stdout  # the metadata, pretty-printed

@@ -381,3 +381,32 @@ def test_registering_again_and_again_leaks_nothing(client, region, repository):
         client.unregister_system_shared_memory("again")
     files, maps = open_files_and_maps()
     assert files <= before[0] + 2 and maps <= before[1] + 8, (before, (files, maps))
+
+
+def test_shared_memory_over_http(region, repository):
+    """The REST routes register a region and tensors name it, as over gRPC."""
+    import tritonclient.http as triton_http
+
+    from serving.server.grpc.server import serve_in_thread
+
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)
+    with serve_in_thread(settings) as server:
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        try:
+            x = digits(4)
+            size_in = put(region, x)
+            client.register_system_shared_memory("batch", key(region), byte_size=region.size)
+            assert client.get_system_shared_memory_status()[0]["name"] == "batch"
+            tensor = triton_http.InferInput("images", list(x.shape), "FP32")
+            tensor.set_shared_memory("batch", size_in)
+            output = triton_http.InferRequestedOutput("probabilities")
+            output.set_shared_memory("batch", 4 * 10 * 4, offset=size_in)
+            result = client.infer("mnist_convnet", [tensor], outputs=[output])
+            assert result.get_output("probabilities")["parameters"]["shared_memory_byte_size"] == 160
+            got = np.ndarray((4, 10), np.float32, buffer=region.buf, offset=size_in).copy()
+            np.testing.assert_allclose(got, expected(repository, x), atol=1e-6)
+            client.unregister_system_shared_memory("batch")
+            assert client.get_system_shared_memory_status() == []
+        finally:
+            client.close()
+            client.close = lambda: None  # its __del__ closes again, from whichever thread collects it
