@@ -5,10 +5,12 @@ check runs in a subprocess where importing torch (or torchvision) fails."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -93,7 +95,9 @@ def test_the_cli_serves_and_classifies_without_torch_and_says_what_training_need
     serve = [sys.executable, "-m", "deepr", "serve", "--repository", str(runtime_repository), "--port", str(port)]
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
-        server = subprocess.Popen([*serve, "--metrics-port", "-1", "--device", "cpu"], env=without_zoo, stderr=sink)
+        server = subprocess.Popen(
+            [*serve, "--http-port", "0", "--metrics-port", "-1", "--device", "cpu"], env=without_zoo, stderr=sink
+        )
     try:
         for _ in range(300):
             done = run(
@@ -111,6 +115,9 @@ def test_the_cli_serves_and_classifies_without_torch_and_says_what_training_need
                 break
         assert done.returncode == 0, done.stderr + log.read_text()
         assert done.stdout.split()[1] == str(held_out_digit[1])
+        http_port = re.search(r"HTTP/REST on [\d.]+:(\d+)", log.read_text()).group(1)  # the REST endpoint too
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=10) as ready:
+            assert ready.status == 200
     finally:
         server.terminate()
         server.wait(30)

@@ -117,7 +117,7 @@ def deepr_with(*flags: str) -> Callable[[Path, dict[str, Path], Path, int], list
         for name, path in models.items():
             add_to_repository(repository, serving_config(name, max_batch_size=256), path)
         serve = [str(python), "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1"]
-        return [*serve, "--port", str(port), "--metrics-port", "0", "--device", "cpu", *flags]
+        return [*serve, "--port", str(port), "--no-http", "--metrics-port", "0", "--device", "cpu", *flags]
 
     return command
 
