@@ -106,6 +106,9 @@ def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_pa
             x.set_data_from_numpy(np.zeros((1, 1, 28, 28), dtype=np.float32))
             with pytest.raises(triton.InferenceServerException, match="not ready: being trained and exported"):
                 client.infer("mnist_convnet_nopool", [x])
+        # stopped while PyTorch trains the next model: it must still exit cleanly, at once
+        read_until(proc, r"mnist_dense is ready", 120, log)
+        time.sleep(1)
     finally:
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,9 +43,9 @@ def _poll_seconds(args: argparse.Namespace) -> float | None:
     return args.poll_seconds or _POLL_SECONDS
 
 
-def _building(names: list[str]) -> Callable[[Any], None]:
+def _building(names: list[str], threads: list[threading.Thread]) -> Callable[[Any], None]:
     """Once the server answers: train and export the default models `names` in a background
-    thread, quickest first, loading each into the server as it is written."""
+    thread (appended to `threads`), quickest first, loading each into the server as it is written."""
 
     def start(server: Any) -> None:
         from exporters.defaults import build_default_models
@@ -70,7 +72,9 @@ def _building(names: list[str]) -> Callable[[Any], None]:
         )
         server.dataplane.repository.expect(names, LOADING, f"being trained and exported by the server (queue: {queue})")
         # a daemon thread: stopping the server does not wait for a training run to finish
-        threading.Thread(target=build, name="deepr-build-defaults", daemon=True).start()
+        thread = threading.Thread(target=build, name="deepr-build-defaults", daemon=True)
+        threads.append(thread)
+        thread.start()
 
     return start
 
@@ -124,13 +128,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     from serving.server.grpc.server import InferenceServer
 
+    builders: list[threading.Thread] = []
     try:
         with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:
-            runner.run(InferenceServer(settings).serve_forever(_building(to_build) if to_build else None))
+            runner.run(InferenceServer(settings).serve_forever(_building(to_build, builders) if to_build else None))
     except OSError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:  # unreadable TLS files
         raise CLIError(str(exc), EXIT_USAGE) from None
+    if any(t.is_alive() for t in builders):
+        # Training is still running in PyTorch's own threads; finalizing the interpreter under
+        # them aborts the process (std::terminate). The build resumes on the next start: every
+        # model written so far is whole, and the ones missing are built again.
+        logger.info("stopped while building the default models; the next start builds what is missing")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
