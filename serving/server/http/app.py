@@ -59,6 +59,10 @@ BODY_SECONDS = 30.0
 more bytes than it sends must not hold a handler forever)."""
 
 
+JSON_IN_THREAD_BYTES = 256 * 1024
+"""JSON request documents larger than this are parsed off the event loop."""
+
+
 def _json(message: Message) -> dict:
     """A protocol message in the JSON form Triton's HTTP endpoint answers with."""
     return json_format.MessageToDict(
@@ -166,7 +170,12 @@ class Routes:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
-        parsed = parse_infer_request(await _body(request), request.headers.get(HEADER_LENGTH), name, version)
+        body, header_length = await _body(request), request.headers.get(HEADER_LENGTH)
+        json_bytes = len(body) if header_length is None else int(header_length) if header_length.isdigit() else 0
+        if json_bytes > JSON_IN_THREAD_BYTES:  # parsing megabytes of numbers must not stall every other call
+            parsed = await asyncio.to_thread(parse_infer_request, body, header_length, name, version)
+        else:
+            parsed = parse_infer_request(body, header_length, name, version)
         call = InferenceCall(
             name,
             version,
@@ -174,11 +183,11 @@ class Routes:
             decode=request_decoder(parsed.message, self.dataplane.shared_memory),
             encode=lambda model, outputs, requested: encode_infer_response(parsed, model, outputs, requested),
         )
-        body, header_length = await self.dataplane.handle(call)
-        if header_length is None:
-            return web.Response(body=body, content_type="application/json")
+        answer, answer_header_length = await self.dataplane.handle(call)
+        if answer_header_length is None:
+            return web.Response(body=answer, content_type="application/json")
         return web.Response(
-            body=body, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+            body=answer, content_type="application/octet-stream", headers={HEADER_LENGTH: str(answer_header_length)}
         )
 
     async def repository_index(self, request: web.Request) -> web.Response:
