@@ -101,6 +101,18 @@ def test_infer_gives_the_grpc_answer(http, grpc, binary):
     assert answer.get_response()["id"] == "r-7" and answer.get_response()["model_version"] == "1"
 
 
+def test_a_large_json_batch_equals_its_binary_twin(http):
+    """Over 256 KiB of JSON is parsed off the event loop: the same answer as binary data."""
+    x = digits(64, seed=3)  # 50,176 numbers, about 1 MB of JSON
+    answers = []
+    for binary in (False, True):
+        tensor = triton_http.InferInput("images", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        out = triton_http.InferRequestedOutput("probabilities", binary_data=binary)
+        answers.append(http.infer("mnist_convnet", [tensor], outputs=[out]).as_numpy("probabilities"))
+    np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-7)
+
+
 def test_classification_extension_and_all_outputs(http, grpc):
     x = digits(3, seed=1)
     tensor = triton_http.InferInput("images", list(x.shape), "FP32")
