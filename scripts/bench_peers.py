@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deepr.bench import environment  # noqa: E402
-from scripts.peers.load import CLIENTS, Window  # noqa: E402
+from scripts.peers.load import CLIENTS, HTTP_CLIENTS, Window  # noqa: E402
 from scripts.peers.servers import FLOORS, MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
 
 
@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SERVERS),
         help=f"any of {', '.join({**SERVERS, **FLOORS})} (the grpc-floor ones: what Python gRPC alone costs)",
     )
-    parser.add_argument("--clients", type=names(CLIENTS), default=list(CLIENTS))
+    parser.add_argument(
+        "--clients",
+        type=names(CLIENTS),
+        default=["threads", "asyncio"],
+        help=f"any of {', '.join(CLIENTS)} (default: the gRPC ones)",
+    )
     parser.add_argument("--models", type=names(MODELS), default=list(MODELS))
     parser.add_argument("--grid", type=grid, default=grid("1x8,1x32,32x8,32x32"), help="ROWSxINFLIGHT points")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
@@ -163,13 +168,21 @@ def main(argv: list[str] | None = None) -> int:
             key: in_process_items_per_second(models[key[0]], x, min(args.seconds, 2)) for key, x in inputs.items()
         }
         for server in args.servers:
-            with served(servers[server], models, Path(tmp) / server, args.peers_home, log) as (url, pid):
+            with served(servers[server], models, Path(tmp) / server, args.peers_home, log) as (url, http_url, pid):
                 for client in args.clients:
+                    address = http_url if client in HTTP_CLIENTS else url
+                    if address is None:
+                        log(f"{server}: no HTTP endpoint; {client} skipped")
+                        continue
                     for model in models:
                         for batch, inflight in args.grid:
-                            window: Window = CLIENTS[client](
-                                url, model, inputs[model, batch], inflight, args.seconds, args.warmup, pid
-                            )
+                            try:
+                                window: Window = CLIENTS[client](
+                                    address, model, inputs[model, batch], inflight, args.seconds, args.warmup, pid
+                                )
+                            except RuntimeError as exc:  # a peer refusing a client's form is a result, not a crash
+                                log(f"{server:8} {client:11} {model} {batch}x{inflight}: failed: {exc}")
+                                continue
                             rows.append(
                                 {
                                     "server": server,
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                 }
                             )
                             log(
-                                f"{server:8} {client:7} {model} {batch}x{inflight}: "
+                                f"{server:8} {client:11} {model} {batch}x{inflight}: "
                                 f"{window.items_per_second:,.0f} items/s, "
                                 f"{window.server_cpu_ms_per_request:.3f} ms server CPU/request"
                             )

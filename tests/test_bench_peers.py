@@ -27,15 +27,19 @@ def test_the_peer_models_have_the_tutorials_parameter_counts(tmp_path):
     assert counts == {"cnn": 93_322, "mlp": 407_050}
 
 
-def test_bench_peers_measures_deepr_with_both_clients(tmp_path):
+CLIENTS = ("threads", "asyncio", "http-json", "http-binary")
+
+
+def test_bench_peers_measures_deepr_with_every_client(tmp_path):
     out = tmp_path / "peers.json"
     command = [sys.executable, str(ROOT / "scripts" / "bench_peers.py"), "--servers", "deepr", "--models", "mlp"]
     command += ["--grid", "1x2,4x2", "--seconds", "0.5", "--warmup", "0.2", "--out", str(out)]
+    command += ["--clients", ",".join(CLIENTS)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert {(r["client"], r["rows"], r["inflight"]) for r in rows} == {
-        (client, rows, 2) for client in ("threads", "asyncio") for rows in (1, 4)
+        (client, rows, 2) for client in CLIENTS for rows in (1, 4)
     }
     for row in rows:
         assert row["requests"] > 0 and row["items_per_second"] > 0

@@ -1,9 +1,11 @@
-"""The load of scripts/bench_peers.py: tritonclient keeping a number of ModelInfer calls in
-flight against any V2 gRPC server, and the CPU that server's processes spent meanwhile.
+"""The load of scripts/bench_peers.py: tritonclient keeping a number of inference calls in
+flight against any V2 server, and the CPU that server's processes spent meanwhile.
 
-Two clients, as users run them: `threads` (tritonclient.grpc, one thread and one
+Clients, as users run them: over gRPC, `threads` (tritonclient.grpc, one thread and one
 connection per call in flight, each waiting for its answer before the next call) and
-`asyncio` (tritonclient.grpc.aio, one connection, that many tasks). Calls run for
+`asyncio` (tritonclient.grpc.aio, one connection, that many tasks); over HTTP/REST,
+`http-json` and `http-binary` (tritonclient.http.aio, that many tasks, tensors as JSON
+lists or as Triton's binary tensor data). Calls run for
 `warmup` seconds before a measured window of `seconds`; only calls that end inside the
 window count, and the server's CPU is read at the window's two ends.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-__all__ = ["Window", "CLIENTS", "tree_cpu_seconds"]
+__all__ = ["Window", "CLIENTS", "HTTP_CLIENTS", "tree_cpu_seconds"]
 
 
 @dataclass
@@ -131,38 +133,85 @@ def threads(
     return measure.window(calls, x.shape[0])
 
 
+async def _tasks(infer, what: str, rows: int, inflight: int, seconds: float, warmup: float, server_pid: int) -> Window:
+    """`inflight` tasks each awaiting `infer()` back to back; the window after `warmup`."""
+    calls: list[tuple[float, float]] = []
+
+    async def caller() -> None:
+        while True:
+            begin = time.perf_counter()
+            await infer()
+            calls.append((begin, time.perf_counter()))
+
+    tasks = [asyncio.create_task(caller()) for _ in range(inflight)]
+    measure = _Measure(server_pid)
+    done, _ = await asyncio.wait(tasks, timeout=warmup, return_when=asyncio.FIRST_EXCEPTION)
+    measure.open()
+    if not done:
+        done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
+    measure.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise RuntimeError(f"{what}: a call failed: {task.exception()}")
+    return measure.window(calls, rows)
+
+
 def asyncio_tasks(
     url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
 ) -> Window:
     import tritonclient.grpc.aio as triton_aio
 
     async def main() -> Window:
-        calls: list[tuple[float, float]] = []
         tensor = _input(x)
         async with triton_aio.InferenceServerClient(url) as client:
-
-            async def caller() -> None:
-                while True:
-                    begin = time.perf_counter()
-                    await client.infer(model, [tensor])
-                    calls.append((begin, time.perf_counter()))
-
-            tasks = [asyncio.create_task(caller()) for _ in range(inflight)]
-            measure = _Measure(server_pid)
-            done, _ = await asyncio.wait(tasks, timeout=warmup, return_when=asyncio.FIRST_EXCEPTION)
-            measure.open()
-            if not done:
-                done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
-            measure.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                if task.exception() is not None:
-                    raise RuntimeError(f"{model} at {url}: a call failed: {task.exception()}")
-            return measure.window(calls, x.shape[0])
+            return await _tasks(
+                lambda: client.infer(model, [tensor]),
+                f"{model} at {url}",
+                x.shape[0],
+                inflight,
+                seconds,
+                warmup,
+                server_pid,
+            )
 
     return asyncio.run(main())
 
 
-CLIENTS = {"threads": threads, "asyncio": asyncio_tasks}
+def _http(binary: bool):
+    """tritonclient.http.aio with that many tasks over pooled connections; tensors as binary
+    data (Triton's extension) or as JSON lists both ways."""
+
+    def run(
+        url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
+    ) -> Window:
+        import tritonclient.http.aio as triton_http
+
+        async def main() -> Window:
+            tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            outputs = [triton_http.InferRequestedOutput("output", binary_data=binary)]
+            client = triton_http.InferenceServerClient(url, conn_limit=inflight, conn_timeout=300)
+            try:
+                return await _tasks(
+                    lambda: client.infer(model, [tensor], outputs=outputs),
+                    f"{model} at http://{url}",
+                    x.shape[0],
+                    inflight,
+                    seconds,
+                    warmup,
+                    server_pid,
+                )
+            finally:
+                await client.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+CLIENTS = {"threads": threads, "asyncio": asyncio_tasks, "http-json": _http(False), "http-binary": _http(True)}
+HTTP_CLIENTS = ("http-json", "http-binary")
+"""Clients that talk to the server's HTTP port."""

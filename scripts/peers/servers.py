@@ -103,32 +103,39 @@ class Server:
     name: str
     requirements: list[str]
     """What its virtualenv holds; empty: runs in this Python (deepr)."""
-    command: Callable[[Path, dict[str, Path], Path, int], list[str]]
-    """(python, models, work folder, gRPC port) -> the command that serves them."""
+    command: Callable[[Path, dict[str, Path], Path, int, int], list[str]]
+    """(python, models, work folder, gRPC port, HTTP port) -> the command that serves them."""
     env: tuple[tuple[str, str], ...] = ()
     """Environment variables set for it, beside this process's."""
+    http: bool = True
+    """Whether it serves V2 over HTTP/REST too (on the HTTP port it is given)."""
 
 
-def deepr_with(*flags: str) -> Callable[[Path, dict[str, Path], Path, int], list[str]]:
+def deepr_with(*flags: str) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
     """deepr serving a Triton-layout repository of the files, with its defaults and `flags`."""
 
-    def command(python: Path, models: dict[str, Path], work: Path, port: int) -> list[str]:
+    def command(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
         repository = work / "repository"
         for name, path in models.items():
             add_to_repository(repository, serving_config(name, max_batch_size=256), path)
         serve = [str(python), "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1"]
-        return [*serve, "--port", str(port), "--no-http", "--metrics-port", "0", "--device", "cpu", *flags]
+        ports = ["--port", str(port), "--http-port", str(http_port), "--metrics-port", "0"]
+        return [*serve, *ports, "--device", "cpu", *flags]
 
     return command
 
 
-def _mlserver(**overrides: object) -> Callable[[Path, dict[str, Path], Path, int], list[str]]:
+def _mlserver(**overrides: object) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
     """MLServer with its defaults, or with these settings.json `overrides`."""
-    return lambda python, models, work, port: _mlserver_command(python, models, work, port, overrides)
+    return lambda python, models, work, port, http_port: _mlserver_command(
+        python, models, work, port, http_port, overrides
+    )
 
 
-def _mlserver_command(python: Path, models: dict[str, Path], work: Path, port: int, overrides: dict) -> list[str]:
-    settings = {"grpc_port": port, "http_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1"}
+def _mlserver_command(
+    python: Path, models: dict[str, Path], work: Path, port: int, http_port: int, overrides: dict
+) -> list[str]:
+    settings = {"grpc_port": port, "http_port": http_port, "metrics_port": free_port(), "host": "127.0.0.1"}
     settings.update(overrides)
     (work / "settings.json").write_text(json.dumps(settings))
     for name, path in models.items():
@@ -145,21 +152,21 @@ def _mlserver_command(python: Path, models: dict[str, Path], work: Path, port: i
     return [str(python.parent / "mlserver"), "start", str(work)]
 
 
-def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int], list[str]]:
+def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
     """KServe's model server with its defaults, or with these command-line `flags`."""
 
-    def command(python: Path, models: dict[str, Path], work: Path, port: int) -> list[str]:
+    def command(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
         specs = [f"--model={name}={path}" for name, path in models.items()]
-        ports = [f"--grpc_port={port}", f"--http_port={free_port()}"]
+        ports = [f"--grpc_port={port}", f"--http_port={http_port}"]
         return [str(python), str(HERE / "kserve_onnx.py"), *specs, *ports, *flags]
 
     return command
 
 
-def _floor(answer: str) -> Callable[[Path, dict[str, Path], Path, int], list[str]]:
-    """scripts/peers/floor_server.py: what any Python gRPC server spends per call."""
+def _floor(answer: str) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
+    """scripts/peers/floor_server.py: what any Python gRPC server spends per call (gRPC only)."""
 
-    def command(python: Path, models: dict[str, Path], work: Path, port: int) -> list[str]:
+    def command(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
         specs = [f"--model={name}={path}" for name, path in models.items()]
         return [str(python), str(HERE / "floor_server.py"), f"--port={port}", f"--answer={answer}", *specs]
 
@@ -183,23 +190,24 @@ SERVERS = {
 FLOORS = {
     # Not servers anyone would deploy: grpc.aio answering at once, and running onnxruntime
     # per call with nothing else. What deepr spends above them is its own.
-    "grpc-floor": Server("grpc-floor", [], _floor("fixed")),
-    "grpc-floor-ort": Server("grpc-floor-ort", [], _floor("onnxruntime")),
+    "grpc-floor": Server("grpc-floor", [], _floor("fixed"), http=False),
+    "grpc-floor-ort": Server("grpc-floor-ort", [], _floor("onnxruntime"), http=False),
 }
 
 
 @contextlib.contextmanager
 def served(
     server: Server, models: dict[str, Path], work: Path, peers_home: Path, log: Callable[[str], None]
-) -> Iterator[tuple[str, int]]:
-    """`server` up with every model ready: yields its gRPC address and process id."""
+) -> Iterator[tuple[str, str | None, int]]:
+    """`server` up with every model ready: yields its gRPC address, its HTTP address (None
+    where it has no HTTP) and its process id."""
     python = (
         peer_python(peers_home, server.name, server.requirements, log) if server.requirements else Path(sys.executable)
     )
     work.mkdir(parents=True)
-    port = free_port()
-    command = server.command(python, models, work, port)
+    port, http_port = free_port(), free_port()
+    command = server.command(python, models, work, port, http_port)
     url = f"127.0.0.1:{port}"
     env = {**os.environ, **dict(server.env)}
     with server_subprocess(server.name, command, url, models=list(models), cwd=work, env=env) as process:
-        yield url, process.pid
+        yield url, f"127.0.0.1:{http_port}" if server.http else None, process.pid
