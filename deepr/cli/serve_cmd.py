@@ -170,17 +170,21 @@ per model, in its config.pbtxt (Triton's fields):
   deepr export writes dynamic_batching {} (no added delay) for every batched model.
 
 operations:
+  http       V2 REST on --http-port (default 8000): /v2/... as KServe and Triton serve it, binary
+             tensor data included; the zoo page at http://HOST:HTTP_PORT/
   metrics    http://HOST:METRICS_PORT/metrics, Triton's names (nv_inference_request_success,
              nv_inference_count, nv_inference_exec_count, nv_inference_*_duration_us,
              nv_inference_pending_request_count, nv_gpu_memory_*_bytes) and deepr_batch_size
   logs       `deepr --log-format json serve ...` (or DEEPR_LOG_FORMAT=json): one JSON object
              per line; failed requests at WARNING with request_id, model, status, duration_ms;
              `deepr -v serve` logs every request
-  health     grpc.health.v1 for "" and "inference.GRPCInferenceService"; SIGTERM drains
-  access     --token-file guards every inference RPC and /metrics; --tls-cert/--tls-key
-             serve TLS on both ports; shared memory registrations only from loopback
-  limits     --max-connections, --connection-idle-seconds, --max-inflight (beyond it:
-             RESOURCE_EXHAUSTED at once, logged once per 10 s, counted as failures),
+  health     grpc.health.v1 for "" and "inference.GRPCInferenceService", GET /v2/health/ready
+             and /v2/health/live on the HTTP port; SIGTERM drains
+  access     --token-file guards every inference RPC, the REST routes and /metrics;
+             --tls-cert/--tls-key serve TLS on every port; shared memory registrations only from loopback
+  limits     --max-connections, --connection-idle-seconds (gRPC), --max-inflight (both
+             transports; beyond it RESOURCE_EXHAUSTED / 429 at once, logged once per 10 s,
+             counted as failures),
              --trim-idle-seconds (free memory back to the system after a burst)
 """
 
