@@ -310,7 +310,9 @@ async function choose(name) {
   $("model-name").textContent = name;
   const section = parameter(config, "deepr.section");
   const labels = parameter(config, "deepr.labels");
-  $("model-section").textContent = [section ? `tutorial: ${section}` : "", labels ? `labels: ${JSON.parse(labels).join(", ")}` : ""]
+  const names = labels ? JSON.parse(labels) : [];
+  const shown = names.length > 20 ? `${names.slice(0, 20).join(", ")}, … (${names.length} in all)` : names.join(", ");
+  $("model-section").textContent = [section ? `tutorial: ${section}` : "", names.length ? `labels: ${shown}` : ""]
     .filter(Boolean).join(" · ");
   const body = $("model-tensors").tBodies[0];
   body.replaceChildren();
