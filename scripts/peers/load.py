@@ -4,8 +4,8 @@ flight against any V2 server, and the CPU that server's processes spent meanwhil
 Clients, as users run them: over gRPC, `threads` (tritonclient.grpc, one thread and one
 connection per call in flight, each waiting for its answer before the next call) and
 `asyncio` (tritonclient.grpc.aio, one connection, that many tasks); over HTTP/REST,
-`http-json` and `http-binary` (tritonclient.http.aio, that many tasks, tensors as JSON
-lists or as Triton's binary tensor data). Calls run for
+`http-json` (the protocol's JSON as any HTTP library sends it, over aiohttp) and
+`http-binary` (tritonclient.http.aio with Triton's binary tensor data). Calls run for
 `warmup` seconds before a measured window of `seconds`; only calls that end inside the
 window count, and the server's CPU is read at the window's two ends.
 """
@@ -13,6 +13,7 @@ window count, and the server's CPU is read at the window's two ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import threading
 import time
@@ -180,38 +181,63 @@ def asyncio_tasks(
     return asyncio.run(main())
 
 
-def _http(binary: bool):
-    """tritonclient.http.aio with that many tasks over pooled connections; tensors as binary
-    data (Triton's extension) or as JSON lists both ways."""
+def http_json(
+    url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
+) -> Window:
+    """The protocol's JSON form, as curl or any HTTP library sends it (Content-Type:
+    application/json, tensors as `data` lists, every output answered as JSON), over aiohttp
+    with that many tasks; the body is encoded once, the answers are parsed."""
+    import aiohttp
 
-    def run(
-        url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
-    ) -> Window:
-        import tritonclient.http.aio as triton_http
+    # an id: KServe 0.21 answers 500 to a request without one (its response model wants a string)
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    document = {"id": "1", "inputs": [tensor]}
+    body = json.dumps(document).encode()
 
-        async def main() -> Window:
-            tensor = triton_http.InferInput("input", list(x.shape), "FP32")
-            tensor.set_data_from_numpy(x, binary_data=binary)
-            outputs = [triton_http.InferRequestedOutput("output", binary_data=binary)]
-            client = triton_http.InferenceServerClient(url, conn_limit=inflight, conn_timeout=300)
-            try:
-                return await _tasks(
-                    lambda: client.infer(model, [tensor], outputs=outputs),
-                    f"{model} at http://{url}",
-                    x.shape[0],
-                    inflight,
-                    seconds,
-                    warmup,
-                    server_pid,
-                )
-            finally:
-                await client.close()
+    async def main() -> Window:
+        connector = aiohttp.TCPConnector(limit=inflight)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
 
-        return asyncio.run(main())
+            async def infer() -> None:
+                headers = {"Content-Type": "application/json"}
+                async with session.post(f"http://{url}/v2/models/{model}/infer", data=body, headers=headers) as answer:
+                    text = await answer.read()
+                    if answer.status != 200:
+                        raise RuntimeError(f"HTTP {answer.status}: {text[:300]!r}")
+                    json.loads(text)
 
-    return run
+            return await _tasks(infer, f"{model} at http://{url}", x.shape[0], inflight, seconds, warmup, server_pid)
+
+    return asyncio.run(main())
 
 
-CLIENTS = {"threads": threads, "asyncio": asyncio_tasks, "http-json": _http(False), "http-binary": _http(True)}
+def http_binary(
+    url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
+) -> Window:
+    """tritonclient.http.aio with Triton's binary tensor data both ways, that many tasks."""
+    import tritonclient.http.aio as triton_http
+
+    async def main() -> Window:
+        tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        outputs = [triton_http.InferRequestedOutput("output", binary_data=True)]
+        client = triton_http.InferenceServerClient(url, conn_limit=inflight, conn_timeout=300)
+        try:
+            return await _tasks(
+                lambda: client.infer(model, [tensor], outputs=outputs, request_id="1"),
+                f"{model} at http://{url}",
+                x.shape[0],
+                inflight,
+                seconds,
+                warmup,
+                server_pid,
+            )
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+CLIENTS = {"threads": threads, "asyncio": asyncio_tasks, "http-json": http_json, "http-binary": http_binary}
 HTTP_CLIENTS = ("http-json", "http-binary")
 """Clients that talk to the server's HTTP port."""
