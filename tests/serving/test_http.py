@@ -20,6 +20,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_http_aio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from conftest import TEST_DEVICE
@@ -311,3 +313,30 @@ def test_the_readme_curl_examples(server, tmp_path):
     answer = json.loads(lines[-1])
     assert answer["model_name"] == "mnist_convnet" and answer["outputs"][0]["shape"] == [1, 3]
     assert '"name": "mnist_convnet"' in ran.stdout  # the metadata, pretty-printed
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+TENSOR_KEYS = st.sampled_from(["name", "shape", "datatype", "data", "parameters", "id", "inputs", "outputs"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    document=st.dictionaries(TENSOR_KEYS, JSON_VALUES, max_size=6)
+    | st.fixed_dictionaries(
+        {"inputs": st.lists(st.dictionaries(TENSOR_KEYS, JSON_VALUES, max_size=6), max_size=3)},
+        optional={"outputs": JSON_VALUES, "parameters": JSON_VALUES},
+    ),
+    tail=st.binary(max_size=16),
+)
+def test_any_json_body_is_a_clear_refusal_never_a_500(server, document, tail):
+    body = json.dumps(document).encode()
+    code, _, answer = post(
+        server, "/v2/models/mnist_convnet/infer", body + tail, {"Inference-Header-Content-Length": str(len(body))}
+    )
+    assert code in (200, 400), (code, answer)
+    if code == 400:
+        assert json.loads(answer)["error"]

@@ -164,7 +164,10 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str, vers
     request.all_binary = (
         message.parameters["binary_data_output"].bool_param if "binary_data_output" in message.parameters else False
     )
-    for i, output in enumerate(document.get("outputs") or []):
+    outputs = document.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    for i, output in enumerate(outputs):
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise InvalidInput(f"outputs[{i}] must be an object with a 'name'")
         entry = message.outputs.add(name=output["name"])
