@@ -201,6 +201,15 @@ class InferenceServer:
         await self.stop()
 
 
+async def _cancel_the_rest() -> None:
+    """Cancel and await what still runs on the loop (an HTTP connection's handler, say), as
+    asyncio.run does before it closes a loop, so no task is destroyed while pending."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextlib.contextmanager
 def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
     """Run a server on its own event loop in a background thread, for apps and tests.
@@ -217,6 +226,7 @@ def serve_in_thread(settings: ServerSettings) -> Iterator[InferenceServer]:
         yield server
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(grace=0), loop).result()
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
