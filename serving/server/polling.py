@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from serving.protocol.errors import ServingError
+from serving.protocol.model_config import CONFIG_FILE
 from serving.server.repository import READY
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ def _fingerprint(model_dir: Path) -> Fingerprint:
 
 def fingerprints(root: Path, names: Iterable[str] | None = None) -> dict[str, Fingerprint]:
     """The fingerprint of every model folder in `root` holding a config.pbtxt (or of `names` only)."""
-    from serving.protocol.model_config import CONFIG_FILE
-
     try:
         folders = [root / n for n in names] if names is not None else list(root.iterdir())
     except OSError:

@@ -195,16 +195,18 @@ class Routes:
         return web.json_response(_json(answers.repository_index(self.dataplane, ready))["models"])
 
     async def load(self, request: web.Request) -> web.Response:
-        parameters = (await _json_body(request)).get("parameters") or {}
-        answers.check_model_control(self.dataplane, "", parameters)
-        await self.dataplane.load_model(request.match_info["model"])
+        await self.dataplane.load_model(await self._model_control(request))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
+        await self.dataplane.unload_model(await self._model_control(request))
+        return web.Response(status=200)
+
+    async def _model_control(self, request: web.Request) -> str:
+        """The model a load or unload names, once the request is one this server takes."""
         parameters = (await _json_body(request)).get("parameters") or {}
         answers.check_model_control(self.dataplane, "", parameters)
-        await self.dataplane.unload_model(request.match_info["model"])
-        return web.Response(status=200)
+        return request.match_info["model"]
 
     async def shm_status(self, request: web.Request) -> web.Response:
         regions = self.dataplane.shared_memory.status(request.match_info.get("region", ""))
