@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import FEATURES_LAYERS_KEY, FEATURES_SUFFIX
+from serving.protocol.schema import FEATURES_SUFFIX
 
 from .config import ExportConfig
 from .gradcam import flat_layers
@@ -36,7 +36,6 @@ __all__ = [
     "prepared_model",
     "LayerObjective",
     "FEATURES_SUFFIX",
-    "FEATURES_LAYERS_KEY",
 ]
 
 

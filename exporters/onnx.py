@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -12,6 +11,8 @@ from typing import Iterator, Mapping
 import onnx
 import torch
 from torch import nn
+
+from serving.protocol.schema import encode_fact
 
 from .config import ExportConfig
 from .errors import ExportError
@@ -131,7 +132,7 @@ def export_onnx(
     del proto.metadata_props[:]  # drop torch's internal bookkeeping; keep only what deepr documents
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, value if isinstance(value, str) else json.dumps(value)
+        entry.key, entry.value = METADATA_PREFIX + key, encode_fact(value)
     proto.producer_name = "deepr"
     try:
         onnx.checker.check_model(proto, full_check=True)

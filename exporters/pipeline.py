@@ -3,14 +3,14 @@ config.pbtxt, and an atomic copy into `<repository>/<name>/<version>/`.
 
 Each kind of graph (Grad-CAM, features, filters, DeepDream, style, the character step)
 only declares a GraphExport: the module to export, example inputs, validation cases, the
-serving config's tensors, and the facts it carries as metadata. Facts that served clients
-also need are copied from the metadata into config parameters here, in the one encoding
-serving/protocol/schema.py names, so the two never disagree.
+serving config's tensors, and the facts it carries as metadata. Every fact is written here
+twice under the same key in the same encoding (serving/protocol/schema.py): into the ONNX
+metadata, which local sessions read, and into config.pbtxt, which served clients read, so
+the two never disagree.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,23 +21,14 @@ import numpy as np
 import torch
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import CHARSET_KEY, FEATURES_LAYERS_KEY, GRADCAM_LAYER_KEY, LABELS_KEY, PREPROCESSING_KEY
+from serving.protocol.schema import encode_fact
 
 from .config import ExportConfig
-from .onnx import export_onnx
+from .onnx import METADATA_PREFIX, export_onnx
 from .repository import add_to_repository
 from .validate import ValidationReport, validate_onnx
 
-__all__ = ["GraphExport", "ExportResult", "export_graph", "CONFIG_MIRRORS"]
-
-CONFIG_MIRRORS: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "preprocessing": (PREPROCESSING_KEY, str),
-    "layers": (FEATURES_LAYERS_KEY, ",".join),
-    "layer": (GRADCAM_LAYER_KEY, str),
-    "labels": (LABELS_KEY, lambda labels: json.dumps(list(labels))),
-    "charset": (CHARSET_KEY, str),
-}
-"""Metadata key -> (config parameter, its encoding) for the facts served clients read."""
+__all__ = ["GraphExport", "ExportResult", "export_graph"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +67,8 @@ def export_graph(
     """Export, validate and add `graph` to `repository`; `started` (time.perf_counter) counts
     the preparation before this call into ExportResult.seconds."""
     start = time.perf_counter() if started is None else started
-    for key, (parameter, encode) in CONFIG_MIRRORS.items():
-        if key in graph.metadata:
-            graph.config.parameters[parameter].string_value = encode(graph.metadata[key])
+    for key, value in graph.metadata.items():
+        graph.config.parameters[METADATA_PREFIX + key].string_value = encode_fact(value)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         export_onnx(

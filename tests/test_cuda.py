@@ -80,7 +80,7 @@ def test_char_graphs_on_cuda_equal_cpu(tmp_path, prebuilt_graphs):
             loop_file = (
                 export_char_generation(tmp_path / "repo", weights=tmp_path / "weights.pt").version_dir / "model.onnx"
             )
-    sessions = [LocalStepModel(step_file, device=d).session for d in ("cpu", "cuda")]
+    sessions = [LocalStepModel(step_file, device=d).graph.session for d in ("cpu", "cuda")]
     assert sessions[1].get_providers()[0] == "CUDAExecutionProvider"
     units = sessions[0].get_inputs()[1].shape[1]
     states = [(np.zeros((4, units), np.float32), np.zeros((4, units), np.float32)) for _ in sessions]

@@ -24,7 +24,7 @@ import pytest
 from serving.client import InferenceClient
 from serving.server.grpc.server import serve_in_thread
 from serving.server.settings import ServerSettings
-from serving.tasks.gradcam import LocalGradCAM, gradcam
+from serving.tasks.gradcam import LocalGradCAM, ServedGradCAM, gradcam
 from serving.tasks.text_generation import LocalStepModel, ServedStepModel, generate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "repository_f52adea"
@@ -75,6 +75,8 @@ def test_gradcam_reads_the_old_keys_alike_locally_and_served(repository, server_
     local = LocalGradCAM(repository / "mnist_convnet_gradcam" / "1" / "model.onnx", device="cpu")
     assert local.layer and len(local.labels) == 10  # deepr.layer and deepr.labels from the ONNX metadata
     served = gradcam(pictures, "mnist_convnet_gradcam", url=server_url)
+    with ServedGradCAM("mnist_convnet_gradcam", url=server_url) as cam:
+        assert cam.layer == local.layer  # deepr.gradcam.layer, the config key of that time
     for mine, theirs in zip(local(pictures), served):
         assert mine.label == theirs.label and mine.label in local.labels  # deepr.labels from the config
         np.testing.assert_allclose(mine.heatmap, theirs.heatmap, atol=1e-5)

@@ -12,7 +12,7 @@ from .errors import EXIT_USAGE, CLIError, task_errors
 def _activations(args: argparse.Namespace) -> int:
     from serving.protocol.preprocessing import load_image
     from serving.tasks.activation_grid import activation_grid
-    from serving.tasks.features import LocalFeatureExtractor, extract_features
+    from serving.tasks.features import FeatureExtractor, LocalFeatureExtractor, ServedFeatureExtractor
 
     if not args.model and not args.local:
         raise CLIError("give --model NAME_features (served) or --local MODEL.onnx", EXIT_USAGE)
@@ -20,13 +20,12 @@ def _activations(args: argparse.Namespace) -> int:
     with task_errors(args.url):
         picture = load_image(args.image)
         if args.local:
-            extractor = LocalFeatureExtractor(args.local)
-            maps = extractor([picture], layers=layers or extractor.layers[: args.first])
+            extractor: FeatureExtractor = LocalFeatureExtractor(args.local)
         else:
             model = args.model if args.model.endswith("_features") else args.model + "_features"
-            maps = extract_features([picture], model=model, layers=layers, url=args.url)
-            if not layers:
-                maps = dict(list(maps.items())[: args.first])
+            extractor = ServedFeatureExtractor(model, url=args.url)
+        with extractor:
+            maps = extractor([picture], layers=layers or extractor.layers[: args.first])
     args.out.mkdir(parents=True, exist_ok=True)
     for layer, batch in maps.items():
         if batch.ndim != 4:

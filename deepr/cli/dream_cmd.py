@@ -15,17 +15,17 @@ def _dream(args: argparse.Namespace) -> int:
     if not args.model and not args.local:
         raise CLIError("give --model inception_v3_dream (served) or --local MODEL.onnx", EXIT_USAGE)
     with task_errors(args.url):
-        loss = LocalDreamLoss(args.local) if args.local else ServedDreamLoss(args.model, url=args.url)
-        result = dream(
-            loss,
-            args.image,
-            coefficients=coefficients_from(args.coefficients, loss.layers),
-            octaves=args.octaves,
-            octave_scale=args.octave_scale,
-            steps=args.steps,
-            step=args.step,
-            max_loss=args.max_loss,
-        )
+        with LocalDreamLoss(args.local) if args.local else ServedDreamLoss(args.model, url=args.url) as loss:
+            result = dream(
+                loss,
+                args.image,
+                coefficients=coefficients_from(args.coefficients, loss.layers),
+                octaves=args.octaves,
+                octave_scale=args.octave_scale,
+                steps=args.steps,
+                step=args.step,
+                max_loss=args.max_loss,
+            )
     for shape, history in zip(result.shapes, result.losses):
         print(f"octave {shape[1]}x{shape[0]}: loss {history[0]:.4g} -> {history[-1]:.4g} in {len(history) - 1} steps")
     result.picture.save(args.out)

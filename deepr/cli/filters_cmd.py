@@ -18,20 +18,20 @@ def _filters(args: argparse.Namespace) -> int:
         if args.local:
             gradients = LocalFilterGradients(args.local)
         else:
-            gradients = ServedFilterGradients(
-                args.model if args.model.endswith("_filters") else args.model + "_filters", url=args.url
-            )
-        layers = [layer for layer in (args.layers or "").split(",") if layer] or gradients.layers
-        args.out.mkdir(parents=True, exist_ok=True)
-        for layer in layers:
-            result = ascend(gradients, layer, range(args.filters), steps=args.steps, step=args.step, seed=args.seed)
-            path = args.out / f"{layer}.png"
-            filter_grid(result.pictures, columns=args.columns).save(path)
-            gains = result.losses[-1] - result.losses[0]
-            print(
-                f"{layer}: filters 0..{args.filters - 1}, mean activation {result.losses[0].mean():.4g} -> "
-                f"{result.losses[-1].mean():.4g} (rose for {(gains > 0).sum()} of {args.filters}) -> {path}"
-            )
+            model = args.model if args.model.endswith("_filters") else args.model + "_filters"
+            gradients = ServedFilterGradients(model, url=args.url)
+        with gradients:
+            layers = [layer for layer in (args.layers or "").split(",") if layer] or gradients.layers
+            args.out.mkdir(parents=True, exist_ok=True)
+            for layer in layers:
+                result = ascend(gradients, layer, range(args.filters), steps=args.steps, step=args.step, seed=args.seed)
+                path = args.out / f"{layer}.png"
+                filter_grid(result.pictures, columns=args.columns).save(path)
+                gains = result.losses[-1] - result.losses[0]
+                print(
+                    f"{layer}: filters 0..{args.filters - 1}, mean activation {result.losses[0].mean():.4g} -> "
+                    f"{result.losses[-1].mean():.4g} (rose for {(gains > 0).sum()} of {args.filters}) -> {path}"
+                )
     return 0
 
 

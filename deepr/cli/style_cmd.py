@@ -17,14 +17,16 @@ def _style(args: argparse.Namespace) -> int:
         raise CLIError("give --model vgg19_style (served) or --local MODEL.onnx", EXIT_USAGE)
     with task_errors(args.url):
         content, style = load_image(args.content), load_image(args.style_picture)
-        loss = LocalStyleLoss(args.local) if args.local else ServedStyleLoss(args.model, url=args.url)
-        result = transfer_style(
-            loss,
-            content,
-            style,
-            iterations=args.iterations,
-            on_iteration=lambda i, value: print(f"iteration {i + 1}/{args.iterations}: loss {value:.6g}", flush=True),
-        )
+        with LocalStyleLoss(args.local) if args.local else ServedStyleLoss(args.model, url=args.url) as loss:
+            result = transfer_style(
+                loss,
+                content,
+                style,
+                iterations=args.iterations,
+                on_iteration=lambda i, value: print(
+                    f"iteration {i + 1}/{args.iterations}: loss {value:.6g}", flush=True
+                ),
+            )
     result.picture.save(args.out)
     print(f"loss {result.losses[0]:.6g} -> {result.losses[-1]:.6g}; wrote {args.out}")
     return 0

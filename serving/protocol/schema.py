@@ -1,12 +1,17 @@
 """Every key deepr writes into a model, and every name suffix of its graphs, in one place.
 
 Exported graphs carry facts for the code that uses them: in the ONNX file's metadata_props
-(read by local onnxruntime sessions) and in config.pbtxt parameters (read over the V2
-protocol by served clients). Values are JSON unless said otherwise. Repositories already
-exported keep these names, so they are never renamed, only added to.
+(read by local onnxruntime sessions) and, under the same key in the same encoding, in
+config.pbtxt parameters (read over the V2 protocol by served clients). Values are plain
+text or JSON (JSON_KEYS); encode_fact and decode_fact are the one encoding. Repositories
+already exported keep these names, so they are never renamed, only added to; the two
+config keys of the first served graphs are still read (LEGACY_CONFIG_KEYS).
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any, Callable
 
 __all__ = [
     "PREPROCESSING_KEY",
@@ -32,6 +37,10 @@ __all__ = [
     "STYLE_SUFFIX",
     "STEP_SUFFIX",
     "GENERATE_SUFFIX",
+    "JSON_KEYS",
+    "LEGACY_CONFIG_KEYS",
+    "encode_fact",
+    "decode_fact",
 ]
 
 # What a picture model expects and answers: metadata and config alike.
@@ -46,13 +55,13 @@ SECTION_KEY = "deepr.section"
 
 # The layers a multi-output graph exposes.
 LAYERS_KEY = "deepr.layers"
-"""Metadata: the Keras layer names of the outputs, a JSON list."""
-FEATURES_LAYERS_KEY = "deepr.features.layers"
-"""Config: the same names, comma-separated (the form served feature graphs were first written in)."""
+"""The Keras layer names of the outputs, a JSON list."""
 LAYER_KEY = "deepr.layer"
-"""Metadata: the convolution a Grad-CAM graph explains."""
+"""The convolution a Grad-CAM graph explains."""
+FEATURES_LAYERS_KEY = "deepr.features.layers"
+"""Legacy config key: LAYERS_KEY comma-separated (served graphs exported before the keys were one)."""
 GRADCAM_LAYER_KEY = "deepr.gradcam.layer"
-"""Config: the same layer."""
+"""Legacy config key: LAYER_KEY."""
 CHANNELS_KEY = "deepr.channels"
 """Filter graphs: channels per layer, a JSON list beside LAYERS_KEY."""
 LOSS_WEIGHTS_KEY = "deepr.loss_weights"
@@ -82,3 +91,23 @@ DREAM_SUFFIX = "_dream"
 STYLE_SUFFIX = "_style"
 STEP_SUFFIX = "_step"
 GENERATE_SUFFIX = "_generate"
+
+
+JSON_KEYS = frozenset({LABELS_KEY, LAYERS_KEY, CHANNELS_KEY, LOSS_WEIGHTS_KEY, UNITS_KEY})
+"""Facts whose values are JSON; the others are text as written (preprocessing and the text
+encoding are JSON documents that their own classes parse)."""
+
+LEGACY_CONFIG_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    LAYERS_KEY: (FEATURES_LAYERS_KEY, lambda text: text.split(",")),
+    LAYER_KEY: (GRADCAM_LAYER_KEY, str),
+}
+"""Fact key -> the config key and decoding of repositories exported before one encoding."""
+
+
+def encode_fact(value: Any) -> str:
+    """A fact as metadata and config store it: text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode_fact(key: str, text: str) -> Any:
+    return json.loads(text) if key in JSON_KEYS else text

@@ -10,10 +10,9 @@ octaves of growing size, putting back the detail each upscaling loses.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,54 +20,42 @@ from scipy.ndimage import zoom
 
 from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, load_image, to_picture
-from serving.protocol.schema import FEATURES_LAYERS_KEY, LAYERS_KEY, PREPROCESSING_KEY
-from serving.runtime.providers import open_session
+from serving.protocol.schema import LAYERS_KEY, PREPROCESSING_KEY
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
-__all__ = ["LocalDreamLoss", "ServedDreamLoss", "DreamResult", "dream", "TUTORIAL_COEFFICIENTS"]
+__all__ = ["DreamLoss", "LocalDreamLoss", "ServedDreamLoss", "DreamResult", "dream", "TUTORIAL_COEFFICIENTS"]
 
 TUTORIAL_COEFFICIENTS = {"mixed2": 0.2, "mixed3": 3.0, "mixed4": 2.0, "mixed5": 1.5}
 
 
-class DreamLoss(Protocol):
-    layers: list[str]
-    preprocess: ImagePreprocessing
+class DreamLoss(GraphTask):
+    """The dream loss of the picture and its gradient, from an exported DeepDream graph."""
 
-    def __call__(self, images: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    kind = "DeepDream graph"
+    export_hint = "deepr export inception_v3 --dream"
 
-
-class LocalDreamLoss:
-    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.session = open_session(onnx_file, device, what="DeepDream graph")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if [i.name for i in self.session.get_inputs()] != ["images", "coefficients"]:
-            raise ValueError(
-                f"{onnx_file} is not a DeepDream graph: export one with `deepr export inception_v3 --dream`"
-            )
-        self.layers = json.loads(meta[LAYERS_KEY])
-        self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if graph.inputs != ["images", "coefficients"]:
+            raise self.refuse()
+        self.layers: list[str] = graph.fact(LAYERS_KEY)
+        self.preprocess = ImagePreprocessing.from_json(graph.fact(PREPROCESSING_KEY))
 
     def __call__(self, images: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        loss, gradient = self.session.run(["loss", "gradient"], {"images": images, "coefficients": coefficients})
-        return loss.reshape(-1), gradient
+        out = self.graph.run({"images": images, "coefficients": coefficients}, outputs=["loss", "gradient"])
+        return out["loss"].reshape(-1), out["gradient"]
 
 
-class ServedDreamLoss:
+class LocalDreamLoss(DreamLoss):
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        super().__init__(LocalGraph(onnx_file, device=device, what="DeepDream graph"))
+
+
+class ServedDreamLoss(DreamLoss):
     def __init__(
         self, model: str = "inception_v3_dream", *, url: str = DEFAULT_URL, client: InferenceClient | None = None
     ) -> None:
-        self.model = model
-        self.client = client or InferenceClient(url)
-        config = self.client.model_config(model)
-        if [i.name for i in config.input] != ["images", "coefficients"]:
-            raise ValueError(
-                f"model {model!r} is not a DeepDream graph (export one with `deepr export inception_v3 --dream`)"
-            )
-        self.layers = config.parameters[FEATURES_LAYERS_KEY].string_value.split(",")
-        self.preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-
-    def __call__(self, images: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.client.infer(self.model, {"images": images, "coefficients": coefficients})
-        return out["loss"].reshape(-1), out["gradient"]
+        super().__init__(ServedGraph(model, url=url, client=client))
 
 
 @dataclass

@@ -9,60 +9,58 @@ only what the requested layers need, and both apply the preprocessing the export
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from serving.client import DEFAULT_URL, InferenceClient, client_for
+from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, load_image
-from serving.protocol.schema import FEATURES_LAYERS_KEY, LAYERS_KEY, PREPROCESSING_KEY
-from serving.runtime.providers import open_session
-from serving.runtime.sessions import part_session
+from serving.protocol.schema import LAYERS_KEY, PREPROCESSING_KEY
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
-__all__ = ["LocalFeatureExtractor", "extract_features", "FEATURES_LAYERS_KEY"]
-
-
-def _check_layers(layers: Sequence[str] | None, available: Sequence[str], model: str) -> list[str]:
-    chosen = list(layers) if layers else list(available)
-    unknown = [layer for layer in chosen if layer not in available]
-    if unknown:
-        raise ValueError(f"{model} has no layer {', '.join(unknown)}; it has {', '.join(available)}")
-    return chosen
+__all__ = ["FeatureExtractor", "LocalFeatureExtractor", "ServedFeatureExtractor", "extract_features"]
 
 
-class LocalFeatureExtractor:
-    """An exported feature graph run in this process (CUDA when usable, else CPU)."""
+class FeatureExtractor(GraphTask):
+    """The activations of an exported feature graph's layers, computing only what the
+    requested layers need (a pruned session in-process; requested outputs on a server)."""
 
-    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.onnx_file = Path(onnx_file)
-        self.device = device
-        self.session = open_session(onnx_file, device, what="feature graph")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if LAYERS_KEY not in meta:
-            raise ValueError(f"{onnx_file} is not a feature graph: export one with `deepr export NAME --features`")
-        self.layers: list[str] = json.loads(meta[LAYERS_KEY])
-        self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY]) if PREPROCESSING_KEY in meta else None
-        self._parts: dict[frozenset[str], ort.InferenceSession] = {}
+    kind = "feature graph"
+    export_hint = "deepr export NAME --features"
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if not graph.has(LAYERS_KEY):
+            raise self.refuse()
+        self.layers: list[str] = graph.fact(LAYERS_KEY)
+        text = graph.fact(PREPROCESSING_KEY, None)
+        self.preprocess = ImagePreprocessing.from_json(text) if text else None
 
     def __call__(
         self, images: Sequence[ImageInput] | np.ndarray, layers: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """`images`: files or pictures (preprocessed as the export says), or an NCHW float32
         batch already preprocessed. Returns {layer: (N, ...) array}."""
-        chosen = _check_layers(layers, self.layers, self.onnx_file.name)
-        batch = _batch(images, self.preprocess)
-        return dict(zip(chosen, self._session_for(chosen).run(chosen, {"images": batch})))
+        chosen = list(layers) if layers else list(self.layers)
+        unknown = [layer for layer in chosen if layer not in self.layers]
+        if unknown:
+            raise ValueError(f"{self.graph.name} has no layer {', '.join(unknown)}; it has {', '.join(self.layers)}")
+        return self.graph.run({"images": _batch(images, self.preprocess)}, outputs=chosen)
 
-    def _session_for(self, layers: list[str]) -> ort.InferenceSession:
-        if len(set(layers)) == len(self.layers):
-            return self.session
-        key = frozenset(layers)
-        if key not in self._parts:
-            self._parts[key] = part_session(self.onnx_file, layers, self.device)
-        return self._parts[key]
+
+class LocalFeatureExtractor(FeatureExtractor):
+    """An exported feature graph run in this process (CUDA when usable, else CPU)."""
+
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        super().__init__(LocalGraph(onnx_file, device=device, what="feature graph"))
+
+
+class ServedFeatureExtractor(FeatureExtractor):
+    """A feature graph on a V2 server: the request names the layers as its outputs."""
+
+    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+        super().__init__(ServedGraph(model, url=url, client=client))
 
 
 def _batch(images: Sequence[ImageInput] | np.ndarray, preprocess: ImagePreprocessing | None) -> np.ndarray:
@@ -83,22 +81,6 @@ def extract_features(
     url: str = DEFAULT_URL,
     client: InferenceClient | None = None,
 ) -> dict[str, np.ndarray]:
-    """The same as LocalFeatureExtractor, through a server: the request names the layers
-    as its requested outputs, and the server computes only what they need."""
-    with client_for(url, client) as own:
-        config = own.model_config(model)
-        if FEATURES_LAYERS_KEY not in config.parameters:
-            raise ValueError(f"model {model!r} is not a feature graph (export one with `deepr export NAME --features`)")
-        available = config.parameters[FEATURES_LAYERS_KEY].string_value.split(",")
-        chosen = _check_layers(layers, available, model)
-        preprocess = (
-            ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-            if PREPROCESSING_KEY in config.parameters
-            else None
-        )
-        batch = _batch(images, preprocess)
-        chunk = config.max_batch_size or len(batch)
-        parts = [
-            own.infer(model, {"images": batch[i : i + chunk]}, outputs=chosen) for i in range(0, len(batch), chunk)
-        ]
-    return {layer: np.concatenate([p[layer] for p in parts]) for layer in chosen}
+    """One call of a ServedFeatureExtractor."""
+    with ServedFeatureExtractor(model, url=url, client=client) as extractor:
+        return extractor(images, layers)

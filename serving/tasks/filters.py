@@ -12,89 +12,67 @@ layer's scale; after `steps` steps the input is shown as a picture.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.preprocessing import ImagePreprocessing
-from serving.protocol.schema import CHANNELS_KEY, FEATURES_LAYERS_KEY, LAYERS_KEY, PREPROCESSING_KEY
-from serving.runtime.providers import open_session
-from serving.runtime.sessions import part_session
+from serving.protocol.schema import CHANNELS_KEY, LAYERS_KEY, PREPROCESSING_KEY
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
-__all__ = ["LocalFilterGradients", "ServedFilterGradients", "AscentResult", "ascend", "filter_grid", "to_picture"]
+__all__ = [
+    "FilterGradients",
+    "LocalFilterGradients",
+    "ServedFilterGradients",
+    "AscentResult",
+    "ascend",
+    "filter_grid",
+    "to_picture",
+]
 
 
 def _outputs(layer: str) -> list[str]:
     return [f"{layer}.loss", f"{layer}.gradient"]
 
 
-class FilterGradients(Protocol):
-    layers: list[str]
-    input_shape: tuple[int, ...]
-    preprocess: ImagePreprocessing | None
+class FilterGradients(GraphTask):
+    """(loss, gradient) for one layer's filters from an exported filter graph; only that
+    layer's forward and backward run (a pruned session in-process, requested outputs on a server)."""
 
-    def __call__(self, images: np.ndarray, filters: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]: ...
+    kind = "filter graph"
+    export_hint = "deepr export NAME --filters"
 
-
-class LocalFilterGradients:
-    """(loss, gradient) for one layer from an exported filter graph, in this process."""
-
-    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.onnx_file = Path(onnx_file)
-        self.device = device
-        session = open_session(onnx_file, device, what="filter graph")
-        meta = session.get_modelmeta().custom_metadata_map
-        if CHANNELS_KEY not in meta:
-            raise ValueError(f"{onnx_file} is not a filter graph: export one with `deepr export NAME --filters`")
-        self.layers: list[str] = json.loads(meta[LAYERS_KEY])
-        self.channels = dict(zip(self.layers, json.loads(meta[CHANNELS_KEY])))
-        self.input_shape = tuple(session.get_inputs()[0].shape[1:])
-        self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY]) if PREPROCESSING_KEY in meta else None
-        self._sessions: dict[str, ort.InferenceSession] = {}
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if not graph.has(LAYERS_KEY) or graph.inputs != ["images", "filter_index"]:
+            raise self.refuse()
+        self.layers: list[str] = graph.fact(LAYERS_KEY)
+        self.channels = dict(zip(self.layers, graph.fact(CHANNELS_KEY, [])))
+        self.input_shape = graph.item_shape("images")
+        text = graph.fact(PREPROCESSING_KEY, None)
+        self.preprocess = ImagePreprocessing.from_json(text) if text else None
 
     def __call__(self, images: np.ndarray, filters: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
         if layer not in self.layers:
-            raise ValueError(f"{self.onnx_file.name} has no layer {layer}; it has {', '.join(self.layers)}")
-        if layer not in self._sessions:  # only this layer's forward and backward
-            self._sessions[layer] = part_session(self.onnx_file, _outputs(layer), self.device)
-        loss, gradient = self._sessions[layer].run(
-            _outputs(layer), {"images": images, "filter_index": filters.reshape(-1, 1)}
-        )
-        return loss.reshape(-1), gradient
-
-
-class ServedFilterGradients:
-    """The same through a server, which runs only the requested layer's part of the graph."""
-
-    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
-        self.model = model
-        self.client = client or InferenceClient(url)
-        config = self.client.model_config(model)
-        if FEATURES_LAYERS_KEY not in config.parameters or [i.name for i in config.input] != ["images", "filter_index"]:
-            raise ValueError(f"model {model!r} is not a filter graph (export one with `deepr export NAME --filters`)")
-        self.layers = config.parameters[FEATURES_LAYERS_KEY].string_value.split(",")
-        self.input_shape = tuple(config.input[0].dims)
-        self.preprocess = (
-            ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-            if PREPROCESSING_KEY in config.parameters
-            else None
-        )
-
-    def __call__(self, images: np.ndarray, filters: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        if layer not in self.layers:
-            raise ValueError(f"{self.model} has no layer {layer}; it has {', '.join(self.layers)}")
+            raise ValueError(f"{self.graph.name} has no layer {layer}; it has {', '.join(self.layers)}")
         names = _outputs(layer)
-        out = self.client.infer(
-            self.model, {"images": images, "filter_index": filters.reshape(-1, 1).astype(np.int64)}, outputs=names
-        )
+        out = self.graph.run({"images": images, "filter_index": filters.reshape(-1, 1).astype(np.int64)}, outputs=names)
         return out[names[0]].reshape(-1), out[names[1]]
+
+
+class LocalFilterGradients(FilterGradients):
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        super().__init__(LocalGraph(onnx_file, device=device, what="filter graph"))
+
+
+class ServedFilterGradients(FilterGradients):
+    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+        super().__init__(ServedGraph(model, url=url, client=client))
 
 
 @dataclass

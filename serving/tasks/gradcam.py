@@ -8,7 +8,6 @@ or through a deepr (or any V2) server. numpy, Pillow and matplotlib's colour map
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,14 +15,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from serving.client import DEFAULT_URL, InferenceClient, client_for
+from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, load_image
 from serving.protocol.schema import LABELS_KEY, LAYER_KEY, PREPROCESSING_KEY
-from serving.runtime.providers import open_session
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
-"""Config parameter with the class names (JSON), so one inference call gives scores and labels."""
-
-__all__ = ["LABELS_KEY", "GradCAMResult", "LocalGradCAM", "gradcam", "overlay", "TOP_CLASS"]
+__all__ = ["LABELS_KEY", "GradCAM", "GradCAMResult", "LocalGradCAM", "ServedGradCAM", "gradcam", "overlay", "TOP_CLASS"]
 
 TOP_CLASS = -1
 
@@ -72,30 +69,46 @@ def _class_column(count: int, class_index: int | Sequence[int] | None, num_class
     return column
 
 
-class LocalGradCAM:
-    """Runs an exported Grad-CAM graph in this process (CUDA when usable, else CPU)."""
+class GradCAM(GraphTask):
+    """Heatmaps from an exported Grad-CAM graph, with the model's scores and labels."""
 
-    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.session = open_session(onnx_file, device, what="Grad-CAM model")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if PREPROCESSING_KEY not in meta:
-            raise ValueError(
-                f"{onnx_file} carries no deepr.preprocessing metadata: export it with `deepr export NAME --gradcam`"
-            )
-        self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
-        self.labels: list[str] = json.loads(meta.get(LABELS_KEY, "[]"))
-        self.layer = meta.get(LAYER_KEY, "")
+    kind = "Grad-CAM graph"
+    export_hint = "deepr export NAME --gradcam"
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if not graph.has(PREPROCESSING_KEY) or "heatmap" not in graph.outputs:
+            raise self.refuse()
+        self.preprocess = ImagePreprocessing.from_json(graph.fact(PREPROCESSING_KEY))
+        self.labels: list[str] = graph.fact(LABELS_KEY, [])
+        self.layer: str = graph.fact(LAYER_KEY, "")
 
     def __call__(
         self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None, invert: str = "auto"
     ) -> list[GradCAMResult]:
-        """`invert`: for digit models, pictures drawn dark on light are inverted (auto, yes, no)."""
+        """`class_index` None (or -1) means each image's top class; `invert`: for digit
+        models, pictures drawn dark on light are inverted (auto, yes, no)."""
         pictures = [load_image(i) for i in images]
-        classes = _class_column(len(pictures), class_index, self.session.get_outputs()[0].shape[1])
-        scores, heatmaps = self.session.run(
-            ["scores", "heatmap"], {"images": self.preprocess(pictures, invert), "class_index": classes}
+        num_classes = self.graph.item_shape("scores")[0]
+        classes = _class_column(len(pictures), class_index, num_classes)
+        outputs = self.graph.run(
+            {"images": self.preprocess(pictures, invert), "class_index": classes}, outputs=["scores", "heatmap"]
         )
-        return _results(pictures, scores, heatmaps, classes, self.labels)
+        return _results(pictures, outputs["scores"], outputs["heatmap"], classes, self.labels)
+
+
+class LocalGradCAM(GradCAM):
+    """Runs an exported Grad-CAM graph in this process (CUDA when usable, else CPU)."""
+
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        super().__init__(LocalGraph(onnx_file, device=device, what="Grad-CAM model"))
+
+
+class ServedGradCAM(GradCAM):
+    """A Grad-CAM graph on a V2 server."""
+
+    def __init__(self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None) -> None:
+        super().__init__(ServedGraph(model, url=url, client=client))
 
 
 def gradcam(
@@ -107,21 +120,9 @@ def gradcam(
     client: InferenceClient | None = None,
     invert: str = "auto",
 ) -> list[GradCAMResult]:
-    """Heatmaps from a served Grad-CAM model; `class_index` None (or -1) means each image's top
-    class; `invert` as in ImagePreprocessing.inverts (digit models: dark-on-light pictures)."""
-    with client_for(url, client) as c:
-        config = c.model_config(model)
-        if PREPROCESSING_KEY not in config.parameters or "heatmap" not in [o.name for o in config.output]:
-            raise ValueError(f"model {model!r} is not a Grad-CAM graph (export one with `deepr export NAME --gradcam`)")
-        preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-        pictures = [load_image(i) for i in images]
-        count = int(np.prod(config.output[0].dims))
-        classes = _class_column(len(pictures), class_index, count)
-        outputs = c.infer(
-            model, {"images": preprocess(pictures, invert), "class_index": classes}, outputs=["scores", "heatmap"]
-        )
-    labels = json.loads(config.parameters[LABELS_KEY].string_value) if LABELS_KEY in config.parameters else []
-    return _results(pictures, outputs["scores"], outputs["heatmap"], classes, labels)
+    """One call of a ServedGradCAM."""
+    with ServedGradCAM(model, url=url, client=client) as cam:
+        return cam(images, class_index, invert)
 
 
 def overlay(picture: ImageInput, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> Image.Image:

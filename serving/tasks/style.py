@@ -9,10 +9,8 @@ or through a V2 server, and the generated picture starts from the content pictur
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,58 +19,45 @@ from scipy.optimize import fmin_l_bfgs_b
 from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, load_image, to_picture
 from serving.protocol.schema import LOSS_WEIGHTS_KEY, PREPROCESSING_KEY
-from serving.runtime.providers import open_session
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
-__all__ = ["LocalStyleLoss", "ServedStyleLoss", "StyleResult", "transfer_style"]
-
-
-class StyleLoss(Protocol):
-    input_shape: tuple[int, int, int]
-    preprocess: ImagePreprocessing
-
-    def __call__(
-        self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+__all__ = ["StyleLoss", "LocalStyleLoss", "ServedStyleLoss", "StyleResult", "transfer_style"]
 
 
-class LocalStyleLoss:
-    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.session = open_session(onnx_file, device, what="style-transfer graph")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if LOSS_WEIGHTS_KEY not in meta:
-            raise ValueError(f"{onnx_file} is not a style-transfer graph: export one with `deepr export vgg19 --style`")
-        self.input_shape = tuple(self.session.get_inputs()[0].shape[1:])
-        self.preprocess = ImagePreprocessing.from_json(meta[PREPROCESSING_KEY])
-        self.loss_weights = json.loads(meta[LOSS_WEIGHTS_KEY])
+class StyleLoss(GraphTask):
+    """The style-transfer loss of a combination picture and its gradient, from an exported
+    style graph (content and style pictures as further inputs)."""
+
+    kind = "style-transfer graph"
+    export_hint = "deepr export vgg19 --style"
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if graph.inputs != ["combination", "content", "style"]:
+            raise self.refuse()
+        self.input_shape = graph.item_shape("combination")
+        self.preprocess = ImagePreprocessing.from_json(graph.fact(PREPROCESSING_KEY))
+        self.loss_weights = graph.fact(LOSS_WEIGHTS_KEY, None)
 
     def __call__(
         self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        loss, gradient = self.session.run(
-            ["loss", "gradient"], {"combination": combination, "content": content, "style": style}
+        out = self.graph.run(
+            {"combination": combination, "content": content, "style": style}, outputs=["loss", "gradient"]
         )
-        return loss.reshape(-1), gradient
+        return out["loss"].reshape(-1), out["gradient"]
 
 
-class ServedStyleLoss:
+class LocalStyleLoss(StyleLoss):
+    def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
+        super().__init__(LocalGraph(onnx_file, device=device, what="style-transfer graph"))
+
+
+class ServedStyleLoss(StyleLoss):
     def __init__(
         self, model: str = "vgg19_style", *, url: str = DEFAULT_URL, client: InferenceClient | None = None
     ) -> None:
-        self.model = model
-        self.client = client or InferenceClient(url)
-        config = self.client.model_config(model)
-        if [i.name for i in config.input] != ["combination", "content", "style"]:
-            raise ValueError(
-                f"model {model!r} is not a style-transfer graph (export one with `deepr export vgg19 --style`)"
-            )
-        self.input_shape = tuple(config.input[0].dims)
-        self.preprocess = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
-
-    def __call__(
-        self, combination: np.ndarray, content: np.ndarray, style: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out = self.client.infer(self.model, {"combination": combination, "content": content, "style": style})
-        return out["loss"].reshape(-1), out["gradient"]
+        super().__init__(ServedGraph(model, url=url, client=client))
 
 
 @dataclass

@@ -10,18 +10,19 @@ the same text on any run. numpy and onnxruntime only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 import numpy as np
 
 from serving.client import DEFAULT_URL, InferenceClient
 from serving.protocol.sampling import sample_next
-from serving.protocol.schema import CHARSET_KEY, UNITS_KEY
-from serving.runtime.providers import open_session
+from serving.protocol.schema import CHARSET_KEY
+from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
 __all__ = [
+    "StepModel",
+    "GenerationGraph",
     "LocalStepModel",
     "ServedStepModel",
     "generate",
@@ -30,64 +31,60 @@ __all__ = [
 ]
 
 
-class StepModel(Protocol):
-    charset: str
-    units: int
+class StepModel(GraphTask):
+    """One step of an exported `<model>_step` graph: a character and the state in, the next
+    character's distribution and the new state out."""
 
-    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    kind = "character step graph"
+    export_hint = "deepr export char_lstm --step"
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if not graph.has(CHARSET_KEY) or graph.inputs[:1] != ["char_index"]:
+            raise self.refuse()
+        self.charset: str = graph.fact(CHARSET_KEY)
+        self.units = graph.item_shape("h")[0]
+
+    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.graph.run({"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
+        return out["probabilities"][0], out["h_out"], out["c_out"]
 
 
-class LocalStepModel:
+class LocalStepModel(StepModel):
     """An exported `<model>_step` graph run in this process."""
 
     def __init__(self, onnx_file: str | Path, *, device: str = "auto") -> None:
-        self.session = open_session(onnx_file, device, what="step graph")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.charset = meta[CHARSET_KEY]
-        self.units = int(json.loads(meta[UNITS_KEY]))
-
-    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        probs, h, c = self.session.run(None, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
-        return probs[0], h, c
+        super().__init__(LocalGraph(onnx_file, device=device, what="step graph"))
 
 
-class ServedStepModel:
+class ServedStepModel(StepModel):
     """A `<model>_step` graph on a V2 server: one request per character, state sent along;
     with `stream=True` the requests go over one ModelStreamInfer stream."""
 
     def __init__(
         self, model: str, *, url: str = DEFAULT_URL, client: InferenceClient | None = None, stream: bool = False
     ) -> None:
-        self.model = model
-        self._own_client = client is None
-        self.client = client or InferenceClient(url)
-        self._stream = self.client.stream() if stream else None
-        self._infer = self._stream.infer if self._stream is not None else self.client.infer
-        config = self.client.model_config(model)
-        if CHARSET_KEY not in config.parameters:
-            raise ValueError(
-                f"model {model!r} is not a character step graph (export one with `deepr export char_lstm --step`)"
-            )
-        self.charset = config.parameters[CHARSET_KEY].string_value
-        self.units = int(config.input[1].dims[0])
+        super().__init__(ServedGraph(model, url=url, client=client, stream=stream))
 
-    def close(self) -> None:
-        """End the stream (the server stops at once: it only steps when asked) and the
-        connection if this object opened it."""
-        if self._stream is not None:
-            self._stream.close()
-        if self._own_client:
-            self.client.close()
 
-    def __enter__(self) -> "ServedStepModel":
-        return self
+class GenerationGraph(GraphTask):
+    """An exported `<model>_generate` graph: the whole text in one run of its Loop."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    kind = "generation graph"
+    export_hint = "deepr export char_lstm --generate"
 
-    def step(self, char_index: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self._infer(self.model, {"char_index": np.array([[char_index]], np.int64), "h": h, "c": c})
-        return out["probabilities"][0], out["h_out"], out["c_out"]
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        if not graph.has(CHARSET_KEY) or graph.inputs[:1] != ["prompt"]:
+            raise self.refuse()
+        self.charset: str = graph.fact(CHARSET_KEY)
+
+    def __call__(
+        self, prompt: str, length: int, temperature: float, top_k: int | None = None, seed: int | None = None
+    ) -> str:
+        inputs = _loop_inputs(self.charset, prompt, length, temperature, top_k, seed)
+        chars = self.graph.run(inputs, outputs=["chars"])["chars"]
+        return "".join(self.charset[i] for i in chars)
 
 
 def generate(
@@ -154,22 +151,9 @@ def generate_in_one_call(
     seed: int | None = None,
 ) -> str:
     """`length` characters from the Loop graph (`<model>_generate`): one request for the whole text."""
-    if local:
-        session = open_session(local, what="generation graph")
-        charset = session.get_modelmeta().custom_metadata_map[CHARSET_KEY]
-        chars = session.run(["chars"], _loop_inputs(charset, prompt, length, temperature, top_k, seed))[0]
-        return "".join(charset[i] for i in chars)
-    with InferenceClient(url) as client:
-        config = client.model_config(model)
-        if CHARSET_KEY not in config.parameters or [i.name for i in config.input][:1] != ["prompt"]:
-            raise ValueError(
-                f"model {model!r} is not a generation graph (export one with `deepr export char_lstm --generate`)"
-            )
-        charset = config.parameters[CHARSET_KEY].string_value
-        chars = client.infer(model, _loop_inputs(charset, prompt, length, temperature, top_k, seed), outputs=["chars"])[
-            "chars"
-        ]
-    return "".join(charset[i] for i in chars)
+    graph = LocalGraph(local, what="generation graph") if local else ServedGraph(model, url=url)
+    with GenerationGraph(graph) as generation:
+        return generation(prompt, length, temperature, top_k, seed)
 
 
 def sample_text(
@@ -187,14 +171,10 @@ def sample_text(
 ) -> str:
     """`length` characters after `prompt`, from a served step graph (or a local one);
     `stream` sends the steps over one gRPC stream, `on_char` sees each character as it comes."""
-    step_model: StepModel = LocalStepModel(local) if local else ServedStepModel(model, url=url, stream=stream)
     out = []
-    try:
+    with LocalStepModel(local) if local else ServedStepModel(model, url=url, stream=stream) as step_model:
         for ch in generate(step_model, prompt, length, temperature=temperature, top_k=top_k, seed=seed):
             out.append(ch)
             if on_char is not None:
-                on_char(ch)  # may raise (a reader who stops): the stream is closed below
-    finally:
-        if isinstance(step_model, ServedStepModel):
-            step_model.close()
+                on_char(ch)  # may raise (a reader who stops): the stream is closed on the way out
     return "".join(out)

@@ -76,7 +76,7 @@ def test_layers_equal_pytorch(exported, name):
     model, result = results[name]
     extractor = LocalFeatureExtractor(result.version_dir / "model.onnx", device=TEST_DEVICE)
     assert extractor.layers == (CASES[name][1] or extractor.layers)
-    shape = extractor.session.get_inputs()[0].shape[1:]
+    shape = extractor.graph.session.get_inputs()[0].shape[1:]
     images = np.random.default_rng(5).random((3, *shape), dtype=np.float32)
     got = extractor(images)
     want = torch_layer_outputs(model, extractor.layers, images)

@@ -102,6 +102,15 @@ function parameter(config, key) {
   return p ? p.string_value : undefined;
 }
 
+// The layers a feature graph exposes: deepr.layers (JSON), or the comma list of
+// repositories exported before the config carried the metadata's own keys.
+function layersOf(config) {
+  const layers = parameter(config, "deepr.layers");
+  if (layers) return JSON.parse(layers);
+  const legacy = parameter(config, "deepr.features.layers");
+  return legacy ? legacy.split(",") : undefined;
+}
+
 function readPicture(file) {
   return new Promise((resolve, reject) => {
     if (!file) return reject(new ServerError("choose a picture first"));
@@ -295,7 +304,7 @@ async function refreshRepository() {
 function kindOf(config) {
   const outputs = config.output.map((o) => o.name);
   if (parameter(config, "deepr.charset") && config.input[0].name === "prompt") return "text";
-  if (parameter(config, "deepr.features.layers")) return "features";
+  if (layersOf(config) && config.input[0].name === "images" && config.input.length === 1) return "features";
   if (parameter(config, "deepr.preprocessing") && outputs.length === 1 && config.input.length === 1) return "picture";
   return "other";
 }
@@ -325,7 +334,7 @@ async function choose(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = true;
   $(`${current.kind}-view`).hidden = false;
   if (current.kind === "features") {
-    $("layer").replaceChildren(...parameter(config, "deepr.features.layers").split(",").map((l) => new Option(l, l)));
+    $("layer").replaceChildren(...layersOf(config).map((l) => new Option(l, l)));
   }
   if (current.kind === "other") {
     $("other-note").textContent = "This graph is used from the command line or Python (deepr gradcam, dream, style, filters); " +
