@@ -24,7 +24,7 @@ from serving.protocol.schema import DREAM_SUFFIX
 
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers
-from .gradients import gradient_graph, traced_with_weights
+from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .weights import prepared_model
@@ -35,7 +35,7 @@ __all__ = ["DreamObjective", "export_dream", "DREAM_SUFFIX", "DREAM_LAYERS"]
 DREAM_LAYERS = ("mixed2", "mixed3", "mixed4", "mixed5")
 
 
-class DreamObjective(LayerObjective):
+class DreamObjective(LayerObjective, GradientObjective):
     """Per image: the coefficient-weighted loss of the layers, and its gradient with respect to the picture."""
 
     def graph_function(self, weights: dict[str, torch.Tensor], images: torch.Tensor, coefficients: torch.Tensor):
@@ -50,9 +50,6 @@ class DreamObjective(LayerObjective):
                 loss = loss + coefficients[:, i] * (inner**2).sum(dim=(1, 2, 3)) / size
             (gradient,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.unsqueeze(1), gradient
-
-    def forward(self, images: torch.Tensor, coefficients: torch.Tensor):
-        return self.graph_function(self.weights(), images, coefficients)
 
 
 def export_dream(
@@ -81,11 +78,6 @@ def export_dream(
         for batch, (h, w) in ((1, (96, 96)), (2, (123, 150)))
     ]
     example = [torch.rand(2, 3, 96, 112), torch.rand(2, len(chosen))]
-
-    def graph(weights_: dict[str, torch.Tensor], images: torch.Tensor, coefficients: torch.Tensor):
-        return objective.graph_function(weights_, images, coefficients)  # make_fx traces plain functions
-
-    traced = traced_with_weights(graph, objective.weights(), example)
     config = ExportConfig(
         input_names=("images", "coefficients"),
         output_names=("loss", "gradient"),
@@ -107,5 +99,9 @@ def export_dream(
     model_config.input.add(name="coefficients", data_type=mc.TYPE_FP32, dims=[len(chosen)])
     model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
     model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
-    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
-    return export_graph(graph, repository, version=version, started=start)
+    return export_graph(
+        gradient_graph(model_config, objective, example, config, cases, metadata),
+        repository,
+        version=version,
+        started=start,
+    )

@@ -28,7 +28,7 @@ from .gradcam import flat_layers
 from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _input_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing
 
 __all__ = [
     "export_features",
@@ -97,7 +97,7 @@ def export_features(
         raise ValueError(f"{name} has no layer {', '.join(unknown)}; its layers are {', '.join(available)}")
     chosen = [layer for layer in available if layer in chosen]  # in the network's order
     features = _Features(model, chosen).eval()
-    shape = _input_shape(name, model)
+    shape = _picture_shape(name, model)
     rng = np.random.default_rng(0)
     cases = [(rng.random((batch, *shape), dtype=np.float32),) for batch in (1, 3)]
     example = torch.from_numpy(cases[-1][0][:2])

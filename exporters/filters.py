@@ -25,11 +25,11 @@ from serving.protocol.schema import FILTERS_SUFFIX
 
 from .config import ExportConfig
 from .features import LayerObjective, feature_layers
-from .gradients import gradient_graph, traced_with_weights
+from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _input_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing
 
 __all__ = ["export_filters", "FilterObjective", "FILTERS_SUFFIX", "filter_outputs"]
 
@@ -38,7 +38,7 @@ def filter_outputs(layer: str) -> tuple[str, str]:
     return f"{layer}.loss", f"{layer}.gradient"
 
 
-class FilterObjective(LayerObjective):
+class FilterObjective(LayerObjective, GradientObjective):
     """For each layer: mean over positions of channel `filter_index` of its output (per image),
     and the gradient of that mean with respect to the images."""
 
@@ -53,9 +53,6 @@ class FilterObjective(LayerObjective):
                 (gradient,) = torch.autograd.grad(loss.sum(), leaf)
             results += [loss.unsqueeze(1), gradient]  # (B, 1): a batched output needs a dimension in Triton's config
         return tuple(results)
-
-    def forward(self, images: torch.Tensor, filter_index: torch.Tensor):
-        return self.graph_function(self.weights(), images, filter_index)
 
 
 def export_filters(
@@ -80,18 +77,13 @@ def export_filters(
     if unknown:
         raise ValueError(f"{name} has no convolutional layer {', '.join(unknown)}; it has {', '.join(convolutions)}")
     objective = FilterObjective(model, chosen).eval()
-    shape = _input_shape(name, model)
+    shape = _picture_shape(name, model)
     channels = [objective.extractor(torch.zeros(1, *shape))[layer].shape[1] for layer in chosen]
     rng = np.random.default_rng(0)
     cases = [
         (rng.random((batch, *shape), dtype=np.float32), rng.integers(0, min(channels), (batch, 1))) for batch in (1, 3)
     ]
     example = [torch.from_numpy(a[:2]) for a in cases[1]]
-
-    def graph(weights_: dict[str, torch.Tensor], images: torch.Tensor, filter_index: torch.Tensor):
-        return objective.graph_function(weights_, images, filter_index)  # make_fx traces plain functions
-
-    traced = traced_with_weights(graph, objective.weights(), example)
     names = tuple(name_ for layer in chosen for name_ in filter_outputs(layer))
     config = ExportConfig(
         input_names=("images", "filter_index"),
@@ -117,5 +109,9 @@ def export_filters(
         loss_name, gradient_name = filter_outputs(layer)
         model_config.output.add(name=loss_name, data_type=mc.TYPE_FP32, dims=[1])
         model_config.output.add(name=gradient_name, data_type=mc.TYPE_FP32, dims=shape)
-    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
-    return export_graph(graph, repository, version=version, started=start)
+    return export_graph(
+        gradient_graph(model_config, objective, example, config, cases, metadata),
+        repository,
+        version=version,
+        started=start,
+    )

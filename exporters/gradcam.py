@@ -9,7 +9,7 @@ in softmax), or its pre-activation value with score="logit".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, cast
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ class GradCAM:
                 before = {k: v for k, v in tail.items() if not k.startswith(last + ".")}
                 hidden = functional_call(self.tail[:-1], before, (leaf,)) if len(self.tail) > 1 else leaf
                 target = torch.nn.functional.linear(hidden, tail[f"{last}.weight"], tail[f"{last}.bias"])
-                scores = self.final._act(target)
+                scores = cast(Any, self.final)._act(target)  # the Keras layer's activation
             chosen = torch.where(class_index < 0, scores.argmax(1), class_index)  # (B,)
             picked = target.gather(1, chosen.clamp(0, scores.shape[1] - 1).unsqueeze(1)).sum()
             (gradients,) = torch.autograd.grad(picked, leaf)  # (B, C, H, W)
@@ -121,7 +121,7 @@ class GradCAM:
 def hook_gradcam(model: nn.Module, layer: str, images: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
     """Heatmaps (B, H, W) the way hook-based libraries (pytorch-grad-cam) compute them: forward
     and backward hooks on the layer and a full backward pass. An independent reference for
-    GradCAM, and the baseline of scripts/bench_gradcam.py."""
+    GradCAM, and the baseline of scripts/benchmarks/bench_gradcam.py."""
     module = dict(model.named_modules())[layer]
     store: dict[str, torch.Tensor] = {}
     handles = [

@@ -26,7 +26,7 @@ from serving.protocol.generated import model_config_pb2 as mc
 from .config import ExportConfig
 from .pipeline import GraphExport
 
-__all__ = ["GRADIENT_TRANSLATIONS", "traced_with_weights", "gradient_graph"]
+__all__ = ["GRADIENT_TRANSLATIONS", "GradientObjective", "traced_with_weights", "gradient_graph"]
 
 
 def _to_input_size(grad_input, input, dims: int):  # noqa: A002
@@ -34,8 +34,9 @@ def _to_input_size(grad_input, input, dims: int):  # noqa: A002
     not a multiple of the stride) gives them no gradient; the transposed convolution stops
     short of them, so they are padded back as zeros, whatever the input's size at run time."""
     missing = op.Sub(op.Shape(input, start=2), op.Shape(grad_input, start=2))
-    pads = op.Concat(op.Constant(value_ints=[0] * (dims + 2 + 2)), missing, axis=0)
-    return op.Pad(grad_input, pads)
+    # onnxscript's stubs type Constant's result as any tensor type; value_ints makes it INT64.
+    pads = op.Concat(op.Constant(value_ints=[0] * (dims + 2 + 2)), missing, axis=0)  # type: ignore[type-var]
+    return op.Pad(grad_input, pads)  # type: ignore[arg-type]
 
 
 def _convolution_backward(
@@ -103,6 +104,25 @@ GRADIENT_TRANSLATIONS = {
 }
 
 
+class GradientObjective(nn.Module):
+    """Base of what deepr exports with gradients inside (Grad-CAM, filters, DeepDream, style).
+
+    `graph_function(weights, *inputs)` is what make_fx traces: the weights come in as an
+    argument, so the trace holds them as constants rather than as module parameters.
+    Called as a module, the objective runs the same function on its own weights: the
+    PyTorch reference the export is validated against.
+    """
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    graph_function: Callable[..., Any]
+    """(weights, *inputs) -> outputs; each objective defines it with its own inputs."""
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.graph_function(self.weights(), *inputs)
+
+
 class _TracedWithWeights(nn.Module):
     """Holds a traced graph and the weights it takes as buffers, so torch.export sees
     constants rather than inputs."""
@@ -114,36 +134,35 @@ class _TracedWithWeights(nn.Module):
         for i, value in enumerate(weights.values()):
             self.register_buffer(f"w{i}", value)
 
-    # Two named inputs rather than *inputs: torch.export matches dynamic shapes to named arguments.
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> Any:
-        return self.graph({k: getattr(self, f"w{i}") for i, k in enumerate(self.keys)}, first, second)
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.graph({k: getattr(self, f"w{i}") for i, k in enumerate(self.keys)}, *inputs)
 
 
-def traced_with_weights(
-    fn: Callable[..., Any], weights: dict[str, torch.Tensor], example_inputs: Sequence[torch.Tensor]
-) -> nn.Module:
-    """A module computing fn(weights, first, second) with its backward passes recorded as
-    ordinary operations, ready for torch.onnx.export(..., custom_translation_table=GRADIENT_TRANSLATIONS)."""
-    weights = {k: v.detach() for k, v in weights.items()}
-    graph = make_fx(fn, tracing_mode="symbolic")(weights, *example_inputs)
-    return _TracedWithWeights(graph, weights)
+def traced_with_weights(objective: GradientObjective, example_inputs: Sequence[torch.Tensor]) -> nn.Module:
+    """A module computing the objective's graph function with its backward passes recorded
+    as ordinary operations, ready for torch.onnx.export(..., custom_translation_table=GRADIENT_TRANSLATIONS)."""
+    weights = {k: v.detach() for k, v in objective.weights().items()}
+
+    def graph(weights_: dict[str, torch.Tensor], *inputs: torch.Tensor) -> Any:
+        return objective.graph_function(weights_, *inputs)  # make_fx traces plain functions
+
+    return _TracedWithWeights(make_fx(graph, tracing_mode="symbolic")(weights, *example_inputs), weights)
 
 
 def gradient_graph(
     config: mc.ModelConfig,
-    objective: nn.Module,
-    traced: nn.Module,
+    objective: GradientObjective,
     example: Sequence[torch.Tensor],
     export: ExportConfig,
     cases: Sequence[Sequence[np.ndarray]],
     metadata: Mapping[str, Any],
     **extra: Any,
 ) -> GraphExport:
-    """The GraphExport of a traced gradient objective: exported with the gradient
-    translations, validated against the objective it was traced from."""
+    """The GraphExport of a gradient objective: traced on `example`, exported with the
+    gradient translations, validated against the objective itself."""
     return GraphExport(
         config,
-        traced,
+        traced_with_weights(objective, example),
         tuple(example),
         export,
         cases,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import warnings
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import onnx
 import torch
@@ -58,10 +59,13 @@ def _dynamo_export(
     translations: Mapping | None = None,
 ) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)  # one symbol: every input shares the batch size
-    dims = tuple(
+    dims: tuple[Any, ...] = tuple(
         {axis: batch if axis == 0 else torch.export.Dim(_axis_name(name, axis), min=1) for axis in axes}
         for name, axes in zip(config.input_names, config.dynamic_axes)
     )
+    signature = inspect.signature(model.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in signature):
+        dims = (dims,)  # torch.export matches the shapes of a forward(*inputs) as one tuple
     program = torch.onnx.export(
         model,
         example_inputs,
@@ -73,6 +77,7 @@ def _dynamo_export(
         verbose=False,
         custom_translation_table=dict(translations or {}),
     )
+    assert program is not None  # torch.onnx.export returns the program when dynamo=True
     return program.model_proto
 
 
@@ -89,7 +94,7 @@ def _torchscript_export(
     torch.onnx.export(
         model,
         example_inputs,
-        buffer,
+        buffer,  # type: ignore[arg-type]  # a file object works as well as a path
         dynamo=False,
         opset_version=config.opset,
         input_names=list(config.input_names),

@@ -57,6 +57,8 @@ class GraphExport:
     validate: Callable[[Path], ValidationReport] | None = None
     """A validation of its own instead of comparing with `reference` on `cases`."""
     translations: Mapping | None = None
+    convert: Callable[[Path], None] | None = None
+    """Rewrites the exported file in place before it is validated (float16 weights)."""
     labels: Sequence[str] | None = None
     """Written to labels.txt beside the config."""
 
@@ -74,6 +76,8 @@ def export_graph(
         export_onnx(
             graph.module, graph.example, onnx_file, graph.export, graph.metadata, translations=graph.translations
         )
+        if graph.convert is not None:
+            graph.convert(onnx_file)
         if graph.validate is not None:
             report = graph.validate(onnx_file)
         else:

@@ -34,6 +34,9 @@ class PixelInput(nn.Module):
         self.normalise = preprocessing.mean is not None, preprocessing.std is not None
         self.channels_first = preprocessing.layout == "NCHW"
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.to(torch.float32) * self.scale
         subtract, divide = self.normalise

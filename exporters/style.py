@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import STYLE_SUFFIX
 
 from .config import ExportConfig
-from .gradients import gradient_graph, traced_with_weights
+from .features import LayerObjective
+from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _input_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing
 
 __all__ = ["StyleWeights", "StyleObjective", "export_style", "STYLE_SUFFIX", "STYLE_INPUTS"]
 
@@ -58,15 +58,13 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return (down**2 + right**2).pow(1.25).sum(dim=(1, 2, 3))
 
 
-class StyleObjective(nn.Module):
-    def __init__(self, model: nn.Module, weights: StyleWeights = StyleWeights()) -> None:
-        super().__init__()
-        self.loss_weights = weights
-        layers = [weights.content_layer, *weights.style_layers]
-        self.extractor = create_feature_extractor(model, return_nodes={name: name for name in dict.fromkeys(layers)})
+class StyleObjective(LayerObjective, GradientObjective):
+    """Per combination picture: the content, style and variation loss against the content
+    and style pictures, and its gradient with respect to the combination."""
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.extractor.state_dict())
+    def __init__(self, model: nn.Module, weights: StyleWeights = StyleWeights()) -> None:
+        super().__init__(model, list(dict.fromkeys([weights.content_layer, *weights.style_layers])))
+        self.loss_weights = weights
 
     def graph_function(
         self, weights: dict[str, torch.Tensor], combination: torch.Tensor, content: torch.Tensor, style: torch.Tensor
@@ -87,20 +85,6 @@ class StyleObjective(nn.Module):
             (gradient,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.unsqueeze(1), gradient
 
-    def forward(self, combination: torch.Tensor, content: torch.Tensor, style: torch.Tensor):
-        return self.graph_function(self.weights(), combination, content, style)
-
-
-class _ThreeInputs(nn.Module):
-    """traced_with_weights takes two inputs; the content and style pictures travel stacked."""
-
-    def __init__(self, traced: nn.Module) -> None:
-        super().__init__()
-        self.traced = traced
-
-    def forward(self, combination: torch.Tensor, content: torch.Tensor, style: torch.Tensor):
-        return self.traced(combination, torch.stack([content, style], dim=1))
-
 
 def export_style(
     name: str = "vgg19",
@@ -116,17 +100,10 @@ def export_style(
     start = time.perf_counter()
     model = prepared_model(name, weights, options, what="style-transfer loss", consequence="it transfers nothing")
     objective = StyleObjective(model, loss_weights).eval()
-    shape = _input_shape(name, model)
+    shape = _picture_shape(name, model)
     rng = np.random.default_rng(0)
     cases = [tuple(rng.normal(size=(batch, *shape)).astype(np.float32) for _ in STYLE_INPUTS) for batch in (1, 2)]
     example = [torch.from_numpy(a) for a in cases[1]]
-
-    def graph(weights_: dict[str, torch.Tensor], combination: torch.Tensor, targets: torch.Tensor):
-        return objective.graph_function(weights_, combination, targets[:, 0], targets[:, 1])
-
-    traced = _ThreeInputs(
-        traced_with_weights(graph, objective.weights(), [example[0], torch.stack(example[1:], dim=1)])
-    )
     config = ExportConfig(
         input_names=STYLE_INPUTS,
         output_names=("loss", "gradient"),
@@ -150,5 +127,9 @@ def export_style(
         model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
     model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
     model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
-    graph = gradient_graph(model_config, objective, traced, example, config, cases, metadata)
-    return export_graph(graph, repository, version=version, started=start)
+    return export_graph(
+        gradient_graph(model_config, objective, example, config, cases, metadata),
+        repository,
+        version=version,
+        started=start,
+    )

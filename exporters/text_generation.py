@@ -35,7 +35,8 @@ class CharStep(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.lstm, self.dense = model.lstm, model.dense
+        self.lstm: nn.LSTM = model.lstm  # type: ignore[assignment]  # the zoo's char_lstm has these two
+        self.dense: nn.Module = model.dense  # type: ignore[assignment]
 
     def forward(self, char_index: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         x = F.one_hot(char_index.reshape(-1), self.lstm.input_size).to(h.dtype).unsqueeze(1)  # (B, 1, chars)

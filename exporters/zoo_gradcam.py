@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import GRADCAM_SUFFIX
@@ -17,25 +16,28 @@ from zoo import get_model_spec
 
 from .config import ExportConfig
 from .gradcam import GRADCAM_INPUTS, GRADCAM_OUTPUTS, GradCAM, last_conv_layer
-from .gradients import gradient_graph, traced_with_weights
+from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import LABELS_FILE, serving_config
 from .validate import ValidationReport, validate_onnx
 from .weights import prepared_model
-from .zoo_models import _classes, _input_shape, _labels, _preprocessing
+from .zoo_models import _classes, _labels, _picture_shape, _preprocessing
 
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
 
-class _Reference(nn.Module):
-    """PyTorch autograd Grad-CAM with the graph's signature (class_index as (B, 1))."""
+class _Objective(GradientObjective):
+    """Grad-CAM with the graph's signature (class_index as (B, 1))."""
 
     def __init__(self, cam: GradCAM) -> None:
         super().__init__()
         self.cam = cam
 
-    def forward(self, images: torch.Tensor, class_index: torch.Tensor):
-        return self.cam(images, class_index.reshape(-1))
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.cam.weights()
+
+    def graph_function(self, weights: dict[str, torch.Tensor], images: torch.Tensor, class_index: torch.Tensor):
+        return self.cam.graph_function(weights, images, class_index.reshape(-1))
 
 
 def export_gradcam(
@@ -56,7 +58,8 @@ def export_gradcam(
     get_model_spec(name)  # KeyError naming the known models
     model = prepared_model(name, weights, options, what="Grad-CAM", consequence="its heatmaps are meaningless")
     cam = GradCAM(model, layer or last_conv_layer(model), score)
-    shape = _input_shape(name, model)
+    objective = _Objective(cam)
+    shape = _picture_shape(name, model)
     rng = np.random.default_rng(0)
     cases = [
         (
@@ -66,11 +69,6 @@ def export_gradcam(
         for batch in (1, 5)
     ]
     example = [torch.from_numpy(a[:2]) for a in (cases[1][0], cases[1][1])]
-
-    def graph(weights_: dict[str, torch.Tensor], images: torch.Tensor, class_index: torch.Tensor):
-        return cam.graph_function(weights_, images, class_index.reshape(-1))
-
-    traced = traced_with_weights(graph, cam.weights(), example)
     config = ExportConfig(
         input_names=GRADCAM_INPUTS,
         output_names=GRADCAM_OUTPUTS,
@@ -95,9 +93,9 @@ def export_gradcam(
         # gradients can differ where the heatmap does not. Scores, activations and heatmaps
         # are held to 1e-4 of their maximum; gradients are checked through their per-channel
         # means (Grad-CAM's weights), to 1e-2 of the largest.
-        report = validate_onnx(_Reference(cam), onnx_file, cases, config, reductions={"gradients": None})
+        report = validate_onnx(objective, onnx_file, cases, config, reductions={"gradients": None})
         validate_onnx(
-            _Reference(cam),
+            objective,
             onnx_file,
             cases,
             dataclasses.replace(config, rtol=1e-2),
@@ -111,7 +109,7 @@ def export_gradcam(
         return report
 
     with torch.no_grad():
-        outputs = _Reference(cam)(*example)
+        outputs = objective(*example)
     model_config = serving_config(gradcam_name, max_batch_size)
     model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
     model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
@@ -123,7 +121,5 @@ def export_gradcam(
             dims=tensor.shape[1:],
             label_filename=LABELS_FILE if labelled else "",
         )
-    graph = gradient_graph(
-        model_config, _Reference(cam), traced, example, config, cases, metadata, validate=validate, labels=labels
-    )
+    graph = gradient_graph(model_config, objective, example, config, cases, metadata, validate=validate, labels=labels)
     return export_graph(graph, repository, version=version, started=start)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,17 +13,15 @@ import torch
 
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import ImagePreprocessing
-from serving.protocol.schema import LABELS_KEY, PREPROCESSING_KEY, SECTION_KEY, TEXT_ENCODING_KEY
+from serving.protocol.schema import LABELS_KEY, PREPROCESSING_KEY, SECTION_KEY
 from zoo import get_model_spec
 from zoo.datasets import dataset_info
 
 from .config import ExportConfig
 from .errors import ExportError
-from .onnx import export_onnx
-from .pipeline import ExportResult
+from .pipeline import ExportResult, GraphExport, export_graph
 from .pixels import PixelInput, as_pixel_config, pixel_cases, pixel_form
-from .repository import LABELS_FILE, add_to_repository, serving_config
-from .validate import validate_onnx
+from .repository import LABELS_FILE, serving_config
 from .weights import prepared_model
 
 __all__ = ["export_model", "model_config_for"]
@@ -33,6 +30,15 @@ __all__ = ["export_model", "model_config_for"]
 def _input_shape(name: str, model: torch.nn.Module) -> tuple[int | None, ...]:
     """The built model's own input shape (bases built with input_shape=...), else the registered one."""
     return tuple(getattr(model, "input_shape", get_model_spec(name).input_shape))
+
+
+def _picture_shape(name: str, model: torch.nn.Module) -> tuple[int, ...]:
+    """A picture model's (C, H, W): gradient and feature graphs are exported for one size."""
+    shape = _input_shape(name, model)
+    fixed = tuple(d for d in shape if d is not None)
+    if len(fixed) != len(shape):
+        raise ValueError(f"{name} takes inputs of varying size {shape}: build it with a fixed input_shape")
+    return fixed
 
 
 def _preprocessing(name: str, model: torch.nn.Module) -> ImagePreprocessing | None:
@@ -103,7 +109,7 @@ def _validation_cases(model: torch.nn.Module, name: str, config: ExportConfig) -
     rng = np.random.default_rng(0)
     vocabulary = next((m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)), 2)
     lengths = config.validation_lengths if None in input_shape else (0,)
-    cases = []
+    cases: list[tuple[np.ndarray, ...]] = []
     for batch in config.validation_batch_sizes:
         for length in lengths:
             shape = (batch, *(length if d is None else d for d in input_shape))
@@ -157,16 +163,18 @@ def export_model(
             raise ExportError(
                 f"{name} does not take pictures (input {_input_shape(name, model)}): it has no uint8 form"
             )
+        assert preprocessing is not None  # _takes_pictures says a picture model has it
         model = PixelInput(model, preprocessing).eval()
-        cases = pixel_cases(preprocessing, config.validation_batch_sizes)
+        cases: list[tuple[np.ndarray, ...]] = list(pixel_cases(preprocessing, config.validation_batch_sizes))
         preprocessing = pixel_form(preprocessing)
     else:
         cases = _validation_cases(model, name, config)
     example = torch.from_numpy(cases[-1][0][:2])  # torch.export would fix a size of 1
     with torch.no_grad():
         output_dims = tuple(model(example).shape[1:])
-    labels: tuple[str, ...] | None = _labels(name, _classes(name, Path(weights) if weights else None))
-    if output_dims != (len(labels),):  # a base without its top: its output is features, not classes
+    classes = _labels(name, _classes(name, Path(weights) if weights else None))
+    labels: tuple[str, ...] | None = classes
+    if output_dims != (len(classes),):  # a base without its top: its output is features, not classes
         labels = None
         if config.output_names == ExportConfig.output_names:
             config = dataclasses.replace(config, output_names=("features",))
@@ -180,24 +188,24 @@ def export_model(
     text_encoding = encoding_file.read_text() if encoding_file is not None and encoding_file.is_file() else None
     if text_encoding is not None:
         metadata["text_encoding"] = text_encoding
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        export_onnx(model, (example,), onnx_file, config, {**metadata, "precision": precision, "pixels": pixels})
-        served_name = name
-        if precision == "fp16":
-            _to_float16(onnx_file)
-            config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
-            served_name = f"{name}_fp16"
-        report = validate_onnx(model, onnx_file, cases, config)
-        model_config = model_config_for(name, float_model, config, output_dims, labels)
-        if pixels == "uint8":
-            as_pixel_config(model_config, preprocessing, PREPROCESSING_KEY)
-            served_name = f"{served_name}_uint8"
-        model_config.name = served_name
-        if text_encoding is not None:
-            model_config.parameters[TEXT_ENCODING_KEY].string_value = text_encoding
-        version_dir = add_to_repository(Path(repository), model_config, onnx_file, labels=labels, version=version)
-    return ExportResult(served_name, version_dir, report, time.perf_counter() - start)
+    served_name = name + ("_fp16" if precision == "fp16" else "") + ("_uint8" if pixels == "uint8" else "")
+    if precision == "fp16":
+        config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
+    model_config = model_config_for(name, float_model, config, output_dims, labels)
+    if pixels == "uint8" and preprocessing is not None:
+        as_pixel_config(model_config, preprocessing, PREPROCESSING_KEY)
+    model_config.name = served_name
+    graph = GraphExport(
+        model_config,
+        model,
+        (example,),
+        config,
+        cases,
+        {**metadata, "precision": precision, "pixels": pixels},
+        labels=labels,
+        convert=_to_float16 if precision == "fp16" else None,
+    )
+    return export_graph(graph, repository, version=version, started=start)
 
 
 PRECISIONS = ("fp32", "fp16")
