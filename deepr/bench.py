@@ -96,7 +96,8 @@ class SteadyRate:
         self.bound = bound
         self.completed = 0
         self.first = 0
-        self._window_start, self._window_count, self._previous = self.began, 0, None
+        self._window_start, self._window_count = self.began, 0
+        self._previous: float | None = None
         self.steady_at: float | None = None
 
     def complete(self, at: float) -> None:
@@ -222,7 +223,7 @@ def _client_process(
             tensor = triton.InferInput(name, list(array.shape), v2_dtype(array))
             tensor.set_data_from_numpy(array, **({} if transport == "grpc" else {"binary_data": binary}))
             tensors.append(tensor)
-        outputs_of = [None] * concurrency
+        outputs_of: Sequence[list[Any] | None] = [None] * concurrency
         if transport != "grpc":  # every output, as binary data or as JSON
             metadata = await client.get_model_metadata(model)
             outputs_of = [
@@ -250,6 +251,7 @@ def _client_process(
                 await asyncio.gather(*(worker(outputs) for outputs in outputs_of))
         finally:
             await client.close()
+        assert rate.steady_at is not None  # every worker returns only after it
         return measured, rate.first_rate(), rate.steady_at - rate.began
 
     try:
@@ -285,7 +287,7 @@ async def _into_shared_memory(
     shm_in = await region(f"{tag}in", sum(a.nbytes for a in inputs.values()))
     offset = 0
     for tensor, array in zip(tensors, inputs.values()):
-        shm_in.buf[offset : offset + array.nbytes] = np.ascontiguousarray(array).tobytes()
+        shm_in.buf[offset : offset + array.nbytes] = np.ascontiguousarray(array).tobytes()  # type: ignore[index]
         tensor.set_shared_memory(f"{tag}in", array.nbytes, offset)
         offset += array.nbytes
     outputs_of, shm_outs = [], []

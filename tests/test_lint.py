@@ -1,5 +1,5 @@
 """The code passes deepr's lint and format rules (pyproject.toml [tool.ruff]) and the
-serving packages type-check ([tool.mypy]), so the test command CI runs checks them too."""
+packages type-check ([tool.mypy]: serving, exporters, zoo, deepr), so the test command CI runs checks them too."""
 
 from __future__ import annotations
 

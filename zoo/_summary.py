@@ -83,8 +83,8 @@ _WHY = {
 
 def _shapes(
     model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[int, ...], dtype: torch.dtype
-) -> list[tuple[int, ...]]:
-    """Output shape of each layer, in the order the layers ran, for one example of `shape`."""
+) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of each layer, in the order the layers ran, for one example of `shape`."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
     handles = [
         module.register_forward_hook(
@@ -100,7 +100,7 @@ def _shapes(
     finally:
         for h in handles:
             h.remove()
-    return shapes  # type: ignore[return-value]
+    return shapes
 
 
 def summary(
@@ -145,7 +145,7 @@ def summary(
         params = list(module.parameters())
         count = sum(p.numel() for p in params)
         layer_type = getattr(module, "keras_type", type(module).__name__)
-        keras = module.keras_params() if hasattr(module, "keras_params") else count
+        keras = getattr(module, "keras_params", lambda: count)()
         rows.append(
             LayerRow(
                 name=layer_name,

@@ -10,13 +10,13 @@ from .errors import EXIT_USAGE, CLIError, task_errors
 
 
 def _filters(args: argparse.Namespace) -> int:
-    from serving.tasks.filters import LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
+    from serving.tasks.filters import FilterGradients, LocalFilterGradients, ServedFilterGradients, ascend, filter_grid
 
     if not args.model and not args.local:
         raise CLIError("give --model NAME_filters (served) or --local MODEL.onnx", EXIT_USAGE)
     with task_errors(args.url):
         if args.local:
-            gradients = LocalFilterGradients(args.local)
+            gradients: FilterGradients = LocalFilterGradients(args.local)
         else:
             model = args.model if args.model.endswith("_filters") else args.model + "_filters"
             gradients = ServedFilterGradients(model, url=args.url)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -91,8 +91,10 @@ class SupervisedData:
 @dataclass(frozen=True)
 class _Family:
     info: DatasetInfo
-    default: Callable[[], SupervisedData]
-    from_path: Callable[[Path], SupervisedData]
+    default: Callable[..., SupervisedData]
+    """The embedded data; called with the options the family takes (augmentation, base_weights)."""
+    from_path: Callable[..., SupervisedData]
+    """The user's data at a path, with the same options."""
     path_kind: str
     """What a user path must be, for error messages."""
     aliases: dict[str, Callable[[], SupervisedData]] = field(default_factory=dict)
@@ -158,6 +160,7 @@ _IMDB_INFO = DatasetInfo(("negative", "positive"))
 
 def _words(num_words: int, maxlen: int | None, source: Path | None) -> SupervisedData:
     """Word data as multi-hot vectors (maxlen None) or padded sequences."""
+    words: list[str] | None
     if source is None:
         (train_x, train_y), (test_x, test_y), words = stdlib_prose_code(num_words)
         name, classes = "prose_code", _PROSE_CODE_INFO.classes
@@ -250,7 +253,7 @@ def _picture_folders(root: Path, augmentation: Augmentation | None = None) -> Su
         train,
         test,
         info,
-        f"pictures under {root}: {len(train)} train, {len(validation)} validation, {len(test)} test",
+        f"pictures under {root}: {len(train)} train, {len(validation)} validation, {len(test)} test",  # type: ignore[arg-type]
         validation=validation,
     )
 
@@ -290,6 +293,14 @@ def _features_of(pictures: SupervisedData, base_weights: str | None) -> Supervis
     )
 
 
+def _cat_crop_features(base_weights: str | None = None) -> SupervisedData:
+    return _features_of(_cat_crops(), base_weights)
+
+
+def _picture_folder_features(path: Path, base_weights: str | None = None) -> SupervisedData:
+    return _features_of(_picture_folders(path), base_weights)
+
+
 _FAMILIES: dict[str, _Family] = {
     "digits": _Family(
         _DIGITS_INFO,
@@ -303,8 +314,8 @@ _FAMILIES: dict[str, _Family] = {
     "chars": _Family(_CHARS_INFO, _docstring_chars, _text_file, "a text file or an http(s) URL"),
     "vgg16_features": _Family(
         _PICTURES_INFO,
-        lambda base_weights=None: _features_of(_cat_crops(), base_weights),
-        lambda path, base_weights=None: _features_of(_picture_folders(path), base_weights),
+        _cat_crop_features,
+        _picture_folder_features,
         "a directory with train/ and validation/ class folders",
         takes_base_weights=True,
     ),
@@ -352,7 +363,7 @@ def load_dataset(
     """
     name = source if source in _FAMILIES else (like or "digits")
     family = _family(name)
-    options = {}
+    options: dict[str, Any] = {}
     if augmentation is not None and augmentation.enabled:
         if not family.augments:
             raise DatasetError(f"augmentation applies to picture datasets; {name!r} is not one")

@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import DatasetError
 
@@ -18,7 +19,14 @@ MNIST_FILES = {
 }
 
 # IDX type byte -> numpy dtype; IDX stores multi-byte values big-endian.
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

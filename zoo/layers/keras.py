@@ -59,7 +59,7 @@ class _Activated(nn.Module):
         self.kernel_regularizer = kernel_regularizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._act(super().forward(x))  # type: ignore[misc]  (the PyTorch layer's forward)
+        return self._act(super().forward(x))  # type: ignore[misc]  # the PyTorch layer's forward
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
@@ -146,7 +146,7 @@ class BatchNormalization(nn.Module):
                 self.norm.weight,
                 self.norm.bias,
                 self.training,
-                self.norm.momentum,
+                self.norm.momentum or 0.0,  # always 0.01 here; the stubs allow None (a running average)
                 self.norm.eps,
             )
         return self.norm(x)

@@ -35,7 +35,7 @@ class _Recurrent:
         self.return_sequences = return_sequences
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = super().forward(x)  # type: ignore[misc]  (B, T, units)
+        out, _ = super().forward(x)  # type: ignore[misc]  # (B, T, units)
         return out if self.return_sequences else out[:, -1]
 
     def keras_params(self) -> int:
@@ -46,7 +46,8 @@ class _Recurrent:
         return f"{super().extra_repr()}, return_sequences={self.return_sequences}"  # type: ignore[misc]
 
 
-class SimpleRNN(_Recurrent, nn.RNN):
+# Their forward returns one tensor (Keras' layer output) where PyTorch's returns (output, state).
+class SimpleRNN(_Recurrent, nn.RNN):  # type: ignore[misc]
     """`layer_simple_rnn(units)`: s_t = tanh(U x_t + W s_{t-1} + b)."""
 
     keras_type, keras_name, _gates, _keras_biases = "SimpleRNN", "simple_rnn", 1, 1
@@ -56,7 +57,7 @@ class SimpleRNN(_Recurrent, nn.RNN):
         self._setup(return_sequences)
 
 
-class LSTM(_Recurrent, nn.LSTM):
+class LSTM(_Recurrent, nn.LSTM):  # type: ignore[misc]
     """`layer_lstm(units)`: input, forget, cell and output gates."""
 
     keras_type, keras_name, _gates, _keras_biases = "LSTM", "lstm", 4, 1
@@ -66,7 +67,7 @@ class LSTM(_Recurrent, nn.LSTM):
         self._setup(return_sequences)
 
 
-class GRU(_Recurrent, nn.GRU):
+class GRU(_Recurrent, nn.GRU):  # type: ignore[misc]
     """`layer_gru(units)`: update, reset and candidate gates (Keras' reset_after form)."""
 
     keras_type, keras_name, _gates, _keras_biases = "GRU", "gru", 3, 2

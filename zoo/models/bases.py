@@ -12,7 +12,7 @@ take NCHW tensors. Without `weights` the layers are freshly initialised.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 from torchvision import models as tvm
@@ -152,7 +152,7 @@ def _resnet50(include_top: bool, input_shape: tuple[int, ...] | None, weights: s
     return ConvBase(layers, shape, "resnet50", _imagenet_preprocessing(shape))
 
 
-_IMAGENET = {"dataset": "imagenet", "recipe": {}}
+_IMAGENET: dict[str, Any] = {"dataset": "imagenet", "recipe": {}}
 
 
 @register_model("vgg16", section=_SECTION, input_shape=(3, 224, 224), **_IMAGENET)

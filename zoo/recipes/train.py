@@ -89,7 +89,8 @@ def _epoch_samples(
     from .text_sampling import window_sample
 
     windows = data.train
-    start = int(torch.randint(len(windows), (1,), generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+    count = len(windows)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every zoo dataset has one
+    start = int(torch.randint(count, (1,), generator=torch.Generator().manual_seed(cfg.seed + epoch)))
     seed_text = "".join(CHARSET[i] for i in windows[start][0].argmax(1).tolist())
     texts = {
         str(t): window_sample(model, seed_text, cfg.sample_length, t, seed=cfg.seed + epoch)
@@ -121,10 +122,11 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     if data.validation is not None:
         train_set, val_set = data.train, data.validation
     else:
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        count = len(data.train)  # type: ignore[arg-type]
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         n_split = int(round(cfg.validation_split * len(order)))
         train_set, val_set = Subset(data.train, order[n_split:]), Subset(data.train, order[:n_split])
-    n_val = len(val_set)
+    n_val = len(val_set)  # type: ignore[arg-type]
     loader = DataLoader(
         train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 1)
     )
@@ -151,7 +153,7 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
-        seen, loss_sum, correct = 0, 0.0, 0
+        seen, loss_sum, correct = 0.0, 0.0, 0.0
         for x, y in loader:
             x, y, share = parallel.shard(x, y)  # the whole batch in one process
             x, y = fit_input(x.to(device), spec.input_shape), y.to(device)
