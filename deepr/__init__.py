@@ -2,7 +2,9 @@
 
 The library lives in three packages: `zoo` (models, data, training),
 `exporters` (PyTorch -> validated ONNX in a model repository) and `serving`
-(onnxruntime, gRPC server and clients). This package holds the `deepr` CLI.
+(onnxruntime, gRPC server and clients). This package holds the `deepr` CLI
+(deepr.cli) and the benchmark library it and scripts/benchmarks share (deepr.bench),
+which imports no command.
 """
 
 from serving import __version__

@@ -76,7 +76,7 @@ def server_url(repository) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def prebuilt_graphs() -> Path | None:
-    """DEEPR_GPU_GRAPHS: graphs made by scripts/export_gpu_graphs.py, for GPU hosts whose
+    """DEEPR_GPU_GRAPHS: graphs made by scripts/tools/export_gpu_graphs.py, for GPU hosts whose
     PyTorch cannot export them; None: the tests export their own."""
     folder = os.environ.get("DEEPR_GPU_GRAPHS")
     return Path(folder) if folder else None

@@ -1,4 +1,4 @@
-"""scripts/bench_peers.py measures deepr with the same load and CPU accounting it uses on
+"""scripts/benchmarks/bench_peers.py measures deepr with the same load and CPU accounting it uses on
 the peers (the peers themselves are installed from PyPI, which the tests never do)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.peers.servers import MODELS, write_models  # noqa: E402
+from scripts.benchmarks.peers.servers import MODELS, write_models  # noqa: E402
 
 
 def test_the_peer_models_have_the_tutorials_parameter_counts(tmp_path):
@@ -32,7 +32,14 @@ CLIENTS = ("threads", "asyncio", "http-json", "http-binary")
 
 def test_bench_peers_measures_deepr_with_every_client(tmp_path):
     out = tmp_path / "peers.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench_peers.py"), "--servers", "deepr", "--models", "mlp"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "benchmarks" / "bench_peers.py"),
+        "--servers",
+        "deepr",
+        "--models",
+        "mlp",
+    ]
     command += ["--grid", "1x2,4x2", "--seconds", "0.5", "--warmup", "0.2", "--out", str(out)]
     command += ["--clients", ",".join(CLIENTS)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
@@ -50,6 +57,8 @@ def test_bench_peers_measures_deepr_with_every_client(tmp_path):
 
 def test_bench_peers_refuses_a_bad_grid():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_peers.py"), "--grid", "1x0"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "benchmarks" / "bench_peers.py"), "--grid", "1x0"],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and "expected ROWSxINFLIGHT" in done.stderr

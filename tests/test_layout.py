@@ -8,7 +8,7 @@ from conftest import ROOT
 
 def test_generated_protobuf_code_is_current():
     result = subprocess.run(
-        [sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "scripts/tools/gen_protos.py", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
 

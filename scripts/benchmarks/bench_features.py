@@ -1,7 +1,7 @@
 """What asking for fewer layers saves: a VGG16 feature graph asked for one shallow layer, one
 deep layer, or all 18, in-process and through the server, side by side in one run.
 
-    python scripts/bench_features.py [--batch 8] [--size 150] [--repeats 10] [--out bench_features.json]
+    python scripts/benchmarks/bench_features.py [--batch 8] [--size 150] [--repeats 10] [--out bench_features.json]
 
 Freshly initialised weights (speed does not depend on them). The server computes only what
 the requested outputs need, as the in-process extractor does.

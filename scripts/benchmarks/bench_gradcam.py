@@ -1,7 +1,7 @@
 """Heatmaps per second: an exported Grad-CAM graph on onnxruntime vs PyTorch with hooks
 (the way pytorch-grad-cam computes it), side by side in one run.
 
-    python scripts/bench_gradcam.py [--model catsdogs_convnet] [--repeats 15] [--out bench_gradcam.json]
+    python scripts/benchmarks/bench_gradcam.py [--model catsdogs_convnet] [--repeats 15] [--out bench_gradcam.json]
 
 Both sides use the same freshly initialised weights; speed does not depend on training.
 """

@@ -1,12 +1,12 @@
 """deepr against the servers its users would pick instead, side by side in one run.
 
-    python scripts/bench_peers.py [--servers deepr,kserve,mlserver] [--clients threads,asyncio]
+    python scripts/benchmarks/bench_peers.py [--servers deepr,kserve,mlserver] [--clients threads,asyncio]
         [--models cnn,mlp] [--grid 1x8,1x32,32x8,32x32] [--seconds 5] [--out bench_peers.json]
 
 The same two ONNX files (the tutorial's MNIST convnet and dense net, random weights,
 written with onnx.helper) are served in turn by deepr (this checkout, its defaults, a
 Triton-layout repository), KServe's Python model server and MLServer (each with the
-least onnxruntime model class a user would write: scripts/peers/, in its own virtualenv
+least onnxruntime model class a user would write: scripts/benchmarks/peers/, in its own virtualenv
 under --peers-home, made on first use). One server runs at a time, on loopback; each
 point (model, batch rows x calls in flight, client) loads it for --warmup seconds, then
 measures --seconds. Prints one table per client and writes JSON: items/s, client p50/p99,
@@ -29,12 +29,12 @@ from typing import Callable
 import numpy as np
 import onnxruntime
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from deepr.bench import environment  # noqa: E402
-from scripts.peers.load import CLIENTS, HTTP_CLIENTS, Window  # noqa: E402
-from scripts.peers.servers import FLOORS, MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
+from scripts.benchmarks.peers.load import CLIENTS, HTTP_CLIENTS, Window  # noqa: E402
+from scripts.benchmarks.peers.servers import FLOORS, MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
 
 
 def log(message: str) -> None:

@@ -4,7 +4,7 @@ the step graph in-process (onnxruntime) and through deepr's gRPC server (one cal
 character, or all steps over one ModelStreamInfer stream), and the Loop graph (the whole
 text in one call) in-process and through the server.
 
-    python scripts/bench_sampling.py [--length 300] [--out bench_sampling.json]
+    python scripts/benchmarks/bench_sampling.py [--length 300] [--out bench_sampling.json]
 
 All three use the same weights (fresh ones: speed does not depend on training).
 """

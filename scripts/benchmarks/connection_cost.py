@@ -1,7 +1,7 @@
 """What a client connection costs `deepr serve`, and what large messages cost, per set of
 gRPC channel arguments, side by side in one run.
 
-    python scripts/connection_cost.py [--connections 1000] [--message-mb 16] [--out connection_cost.json]
+    python scripts/benchmarks/connection_cost.py [--connections 1000] [--message-mb 16] [--out connection_cost.json]
 
 One server per option set (child processes, all up at once). Each gets `--connections`
 raw TCP connections that send only the HTTP/2 preface and an empty SETTINGS frame, as a
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.chaos.probes import ServerProcess, add_doubling_model, idle_connections  # noqa: E402

@@ -1,6 +1,6 @@
 """How far CUDA's Grad-CAM heatmaps move from the CPU's with TF32 on and off.
 
-    python scripts/gradcam_tf32.py [--batch 128] [--out gradcam_tf32.json]
+    python scripts/benchmarks/gradcam_tf32.py [--batch 128] [--out gradcam_tf32.json]
 
 Exports catsdogs_convnet's Grad-CAM graph with freshly initialised weights, runs one
 batch of random pictures on the CPU provider and on the CUDA provider with TF32 off
@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("gradcam_tf32.json"))
     parser.add_argument(
-        "--onnx", type=Path, help="a catsdogs_convnet Grad-CAM graph already exported (scripts/export_gpu_graphs.py)"
+        "--onnx",
+        type=Path,
+        help="a catsdogs_convnet Grad-CAM graph already exported (scripts/tools/export_gpu_graphs.py)",
     )
     args = parser.parse_args()
 

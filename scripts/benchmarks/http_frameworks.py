@@ -5,7 +5,7 @@ a small JSON document, in a process of its own on uvloop; one client process kee
 requests in flight over keep-alive connections. Printed and written to JSON: requests per
 second and server CPU per request, median of the rounds, the two frameworks alternating.
 
-    python scripts/http_frameworks.py --rounds 3 --seconds 4 --out runs/http_frameworks.json
+    python scripts/benchmarks/http_frameworks.py --rounds 3 --seconds 4 --out runs/http_frameworks.json
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Does `deepr serve` give memory back after bursts? Rounds of concurrent large requests,
 and the server's resident memory after each.
 
-    python scripts/memory_rounds.py [--rounds 5] [--requests 2000] [--batch 256] [--width 784] [--out memory_rounds.json]
-    python scripts/memory_rounds.py --repository REPO --model mnist_convnet ...
+    python scripts/benchmarks/memory_rounds.py [--rounds 5] [--requests 2000] [--batch 256] [--width 784] [--out memory_rounds.json]
+    python scripts/benchmarks/memory_rounds.py --repository REPO --model mnist_convnet ...
 
 Each round sends `--requests` ModelInfer calls of `--batch` rows all at once on one
 channel, checks every answer, waits eight seconds (the server trims its memory two seconds after
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.chaos.probes import ServerProcess, add_doubling_model  # noqa: E402

@@ -1,7 +1,7 @@
 """Where a loaded server spends its CPU: tritonclient keeps calls in flight while a sampler
 watches the server, and each sample is put in one bucket.
 
-    python scripts/profile_server.py [--server deepr] [--model mlp] [--rows 1] [--inflight 32]
+    python scripts/benchmarks/profile_server.py [--server deepr] [--model mlp] [--rows 1] [--inflight 32]
         [--seconds 8] [--client threads] [--sampler perf|py-spy] [--top 20]
 
 --sampler perf (Linux perf, `apt install linux-perf`): every thread's native frames, by the
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.peers.load import CLIENTS  # noqa: E402
-from scripts.peers.servers import FLOORS, MODELS, SERVERS, served, write_models  # noqa: E402
+from scripts.benchmarks.peers.load import CLIENTS  # noqa: E402
+from scripts.benchmarks.peers.servers import FLOORS, MODELS, SERVERS, served, write_models  # noqa: E402
 
 LIBRARIES: list[tuple[str, str]] = [
     # (bucket, regular expression on perf's shared object name)

@@ -1,6 +1,6 @@
 """What a new batch size costs: the first run at each size against the runs after it.
 
-    python scripts/shape_cost.py --model resnet50 [--device cuda] [--sizes 1-64] [--out shape_cost.json]
+    python scripts/benchmarks/shape_cost.py --model resnet50 [--device cuda] [--sizes 1-64] [--out shape_cost.json]
 
 Dynamic batching gives onnxruntime a different batch size on almost every run. If the
 first run at a size costs much more than later ones (kernel plans, memory arenas), a

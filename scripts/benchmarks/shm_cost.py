@@ -2,7 +2,7 @@
 message, per batch size; optionally against a server from another checkout of deepr
 (a baseline), side by side.
 
-    python scripts/shm_cost.py [--rows 1,16,256] [--repeats 31] [--baseline-checkout DIR] [--out shm_cost.json]
+    python scripts/benchmarks/shm_cost.py [--rows 1,16,256] [--repeats 31] [--baseline-checkout DIR] [--out shm_cost.json]
 
 Servers are child processes serving a y = 2x model with 48 KiB rows (`--rows 256` is a
 12 MiB request and answer). deepr's InferenceClient sends each batch with and without
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from serving.client import InferenceClient  # noqa: E402

@@ -1,6 +1,7 @@
 """Soak run: a `deepr serve` process under high concurrency for minutes, on loopback only.
 
-    python scripts/soak.py --repository REPO [--model mnist_convnet] [--minutes 3] [--concurrency 64] [--shared-memory] [--out soak.json]
+    python scripts/benchmarks/soak.py --repository REPO [--model mnist_convnet] [--minutes 3] \
+        [--concurrency 64] [--shared-memory] [--out soak.json]
 
 tritonclient's asyncio client keeps `concurrency` requests in flight with mixed batch sizes;
 every answer is checked against in-process onnxruntime. With --shared-memory the tensors

@@ -1,6 +1,6 @@
 """Export the graphs the `gpu` tests run, for a GPU host whose PyTorch cannot export them.
 
-    python scripts/export_gpu_graphs.py DIR
+    python scripts/tools/export_gpu_graphs.py DIR
     DEEPR_GPU_GRAPHS=DIR python -m pytest -m gpu      # on the GPU host
 
 The tests compare onnxruntime's CUDA provider with its CPU provider on the same graph,

@@ -1,7 +1,7 @@
 """Regenerate serving/protocol/generated from protos/*.proto.
 
-    python scripts/gen_protos.py            # rewrite the generated modules
-    python scripts/gen_protos.py --check    # exit 1 if they are out of date
+    python scripts/tools/gen_protos.py            # rewrite the generated modules
+    python scripts/tools/gen_protos.py --check    # exit 1 if they are out of date
 
 protoc's Python output registers every message in protobuf's process-wide
 descriptor pool. tritonclient registers the same V2 message names there, so the
@@ -18,11 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "protos"
 OUT_DIR = ROOT / "serving" / "protocol" / "generated"
 
-POOL_MODULE = '''"""The descriptor pool deepr's generated messages live in (see scripts/gen_protos.py)."""
+POOL_MODULE = '''"""The descriptor pool deepr's generated messages live in (see scripts/tools/gen_protos.py)."""
 
 from google.protobuf import descriptor_pool
 
@@ -65,7 +65,7 @@ def generate(out_dir: Path) -> None:
         path.write_text(_rewrite(path.read_text(), module_names))
     (out_dir / "_pool.py").write_text(POOL_MODULE)
     (out_dir / "__init__.py").write_text(
-        '"""protoc output for protos/*.proto; regenerate with scripts/gen_protos.py."""\n'
+        '"""protoc output for protos/*.proto; regenerate with scripts/tools/gen_protos.py."""\n'
     )
 
 
@@ -91,7 +91,7 @@ def main() -> None:
     if args.check:
         stale = stale_files()
         if stale:
-            sys.exit(f"out of date, rerun scripts/gen_protos.py: {', '.join(stale)}")
+            sys.exit(f"out of date, rerun scripts/tools/gen_protos.py: {', '.join(stale)}")
         print("generated code is up to date")
         return
     OUT_DIR.mkdir(parents=True, exist_ok=True)

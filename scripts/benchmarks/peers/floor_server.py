@@ -1,4 +1,4 @@
-"""The least a Python gRPC server spends per ModelInfer, for scripts/bench_peers.py: grpc.aio
+"""The least a Python gRPC server spends per ModelInfer, for scripts/benchmarks/bench_peers.py: grpc.aio
 on uvloop, the V2 service, no batching, statistics, checks or logs. `--answer fixed` sends
 one prepared response without reading the request; `--answer onnxruntime` runs the request's
 tensor through the model on the event loop and sends its output.
@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb  # noqa: E402
 from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402

@@ -1,4 +1,4 @@
-"""The KServe side of scripts/bench_peers.py: KServe's Python model server with
+"""The KServe side of scripts/benchmarks/bench_peers.py: KServe's Python model server with
 onnxruntime models, the least a user would write. Runs in KServe's own virtualenv:
 
     python kserve_onnx.py --model cnn=/path/cnn.onnx --model mlp=/path/mlp.onnx --grpc_port P --http_port Q

@@ -1,4 +1,4 @@
-"""The load of scripts/bench_peers.py: tritonclient keeping a number of inference calls in
+"""The load of scripts/benchmarks/bench_peers.py: tritonclient keeping a number of inference calls in
 flight against any V2 server, and the CPU that server's processes spent meanwhile.
 
 Clients, as users run them: over gRPC, `threads` (tritonclient.grpc, one thread and one

@@ -1,4 +1,4 @@
-"""The MLServer side of scripts/bench_peers.py: an onnxruntime model as an MLServer
+"""The MLServer side of scripts/benchmarks/bench_peers.py: an onnxruntime model as an MLServer
 custom runtime, the least a user would write. Runs in MLServer's own virtualenv, which
 imports it from the model's folder (model-settings.json names `mlserver_onnx.OnnxRuntimeModel`)."""
 

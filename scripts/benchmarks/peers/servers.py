@@ -1,4 +1,4 @@
-"""The servers of scripts/bench_peers.py, each serving the same ONNX files: deepr (this
+"""The servers of scripts/benchmarks/bench_peers.py, each serving the same ONNX files: deepr (this
 checkout, its defaults), MLServer and KServe's Python model server (each in its own
 virtualenv, made once: they pin packages that conflict with each other and with deepr)."""
 
@@ -164,7 +164,7 @@ def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int, int], li
 
 
 def _floor(answer: str) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
-    """scripts/peers/floor_server.py: what any Python gRPC server spends per call (gRPC only)."""
+    """scripts/benchmarks/peers/floor_server.py: what any Python gRPC server spends per call (gRPC only)."""
 
     def command(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
         specs = [f"--model={name}={path}" for name, path in models.items()]

@@ -1,1 +1,1 @@
-"""protoc output for protos/*.proto; regenerate with scripts/gen_protos.py."""
+"""protoc output for protos/*.proto; regenerate with scripts/tools/gen_protos.py."""

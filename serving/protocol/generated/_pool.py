@@ -1,4 +1,4 @@
-"""The descriptor pool deepr's generated messages live in (see scripts/gen_protos.py)."""
+"""The descriptor pool deepr's generated messages live in (see scripts/tools/gen_protos.py)."""
 
 from google.protobuf import descriptor_pool
 

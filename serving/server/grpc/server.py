@@ -42,7 +42,7 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
         # Each connection's first read buffer is this size, and grows while reads fill it.
         # Starting at 4 MiB cost 270 KB of memory per idle connection; 64 KiB costs 16 KB, as
         # grpc's own 8 KiB does, and large messages went as fast with any of the three when
-        # measured side by side (scripts/connection_cost.py, docs/benchmarks.md).
+        # measured side by side (scripts/benchmarks/connection_cost.py, docs/benchmarks.md).
         ("grpc.experimental.tcp_read_chunk_size", 64 << 10),
         ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
     ]

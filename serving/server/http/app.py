@@ -2,7 +2,7 @@
 dataplane, repository, batchers and statistics as gRPC, on the server's event loop.
 
 aiohttp carries it: level with uvicorn + starlette in requests per second and CPU per
-request on a 12 KB POST (scripts/http_frameworks.py), one library instead of three, and it
+request on a 12 KB POST (scripts/benchmarks/http_frameworks.py), one library instead of three, and it
 runs on the loop the gRPC server already owns. Errors are the gRPC ones as HTTP codes with
 {"error": "..."}; health routes and the zoo page stay open when a token guards the rest.
 """
