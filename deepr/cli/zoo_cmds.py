@@ -129,11 +129,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_graph(kind: str, args: argparse.Namespace):
+    """The export of one --KIND graph, with the options that kind takes."""
+    from exporters.dream import export_dream
+    from exporters.features import export_features
+    from exporters.filters import export_filters
+    from exporters.style import export_style
+    from exporters.text_generation import export_char_generation, export_char_step
+    from exporters.zoo_gradcam import export_gradcam
+
+    common = {"weights": args.weights, "version": args.version}
+    if kind in ("step", "generate"):
+        if args.model != "char_lstm":
+            raise CLIError(f"--step and --generate apply to char_lstm, not {args.model}", EXIT_USAGE)
+        return (export_char_step if kind == "step" else export_char_generation)(args.repository, **common)
+    common["options"] = dict(args.option)
+    if kind == "gradcam":
+        return export_gradcam(args.model, args.repository, layer=args.layer, score=args.score, **common)
+    if kind == "style":
+        return export_style(args.model, args.repository, **common)
+    layers = [layer for layer in (args.layers or "").split(",") if layer] or None
+    exporter = {"dream": export_dream, "filters": export_filters, "features": export_features}[kind]
+    return exporter(args.model, args.repository, layers=layers, **common)
+
+
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from exporters.repository import tune_serving
-    from exporters.text_generation import export_char_generation, export_char_step
-    from exporters.zoo_gradcam import export_gradcam
 
     kinds = [
         flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)
@@ -146,63 +168,8 @@ def _export(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         try:
-            if args.step or args.generate:
-                if args.model != "char_lstm":
-                    raise CLIError(f"--step and --generate apply to char_lstm, not {args.model}", EXIT_USAGE)
-                export = export_char_step if args.step else export_char_generation
-                result = export(args.repository, weights=args.weights, version=args.version)
-            elif args.dream:
-                from exporters.dream import export_dream
-
-                layers = [layer for layer in (args.layers or "").split(",") if layer] or None
-                result = export_dream(
-                    args.model,
-                    args.repository,
-                    layers=layers,
-                    weights=args.weights,
-                    options=dict(args.option),
-                    version=args.version,
-                )
-            elif args.style:
-                from exporters.style import export_style
-
-                result = export_style(
-                    args.model, args.repository, weights=args.weights, options=dict(args.option), version=args.version
-                )
-            elif args.filters:
-                from exporters.filters import export_filters
-
-                layers = [layer for layer in (args.layers or "").split(",") if layer] or None
-                result = export_filters(
-                    args.model,
-                    args.repository,
-                    layers=layers,
-                    weights=args.weights,
-                    options=dict(args.option),
-                    version=args.version,
-                )
-            elif args.features:
-                from exporters.features import export_features
-
-                layers = [layer for layer in (args.layers or "").split(",") if layer] or None
-                result = export_features(
-                    args.model,
-                    args.repository,
-                    layers=layers,
-                    weights=args.weights,
-                    options=dict(args.option),
-                    version=args.version,
-                )
-            elif args.gradcam:
-                result = export_gradcam(
-                    args.model,
-                    args.repository,
-                    weights=args.weights,
-                    layer=args.layer,
-                    score=args.score,
-                    options=dict(args.option),
-                    version=args.version,
-                )
+            if kinds:
+                result = _export_graph(kinds[0], args)
             else:
                 result = export_model(
                     args.model,

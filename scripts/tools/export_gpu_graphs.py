@@ -10,8 +10,8 @@ recent torch.onnx. Weights are freshly initialised with the tests' seeds.
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,7 +25,9 @@ def main() -> None:
     from exporters.text_generation import export_char_generation, export_char_step
     from exporters.zoo_gradcam import export_gradcam
 
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-graphs")
+    parser = argparse.ArgumentParser(description="Export the graphs the gpu tests run into DIR.")
+    parser.add_argument("out", nargs="?", type=Path, default=Path("gpu-graphs"), help="folder (default: gpu-graphs)")
+    out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
