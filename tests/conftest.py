@@ -53,6 +53,31 @@ def trained_convnet(tmp_path_factory, digits):
 
 
 @pytest.fixture(scope="session")
+def trained_catsdogs(tmp_path_factory):
+    """catsdogs_convnet trained for one epoch on the embedded cat and dog photos."""
+    from zoo.recipes import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "catsdogs_convnet"
+    return train(TrainConfig.for_model("catsdogs_convnet", out=out, epochs=1, progress=False))
+
+
+@pytest.fixture(scope="session")
+def trained_chars(tmp_path_factory):
+    """char_lstm trained for one epoch on 60,000 characters of the standard library's
+    docstrings; the corpus is docstrings.txt beside the run's folder."""
+    from zoo.datasets.stdlib_text import docstrings
+    from zoo.recipes import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("runs")
+    corpus = root / "docstrings.txt"
+    corpus.write_text(docstrings(max_chars=60_000))
+    config = TrainConfig.for_model(
+        "char_lstm", out=root / "char_lstm", data=str(corpus), epochs=1, sample_temperatures=(), progress=False
+    )
+    return train(config)
+
+
+@pytest.fixture(scope="session")
 def repository(tmp_path_factory, trained_convnet) -> Path:
     """A repository with the trained mnist_convnet and an untrained mnist_dense."""
     from exporters import UntrainedWeightsWarning, export_model

@@ -54,12 +54,16 @@ def _models(args: argparse.Namespace) -> int:
     import torch
 
     import zoo
+    from exporters.quantize import quantization_method
 
+    print(f"{'model':<24} {'parameters':>12}  {'precisions (deepr export --precision)':<38} tutorial section")
     for name in zoo.list_models(args.include or None):
         spec = zoo.get_model_spec(name)
         with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
-            params = sum(p.numel() for p in zoo.get_model(name).parameters())
-        print(f"{name:<24} {params:>12,}  {spec.section}")
+            model = zoo.get_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        precisions = f"fp32, fp16, int8 ({quantization_method(model, spec.input_dtype)})"
+        print(f"{name:<24} {params:>12,}  {precisions:<38} {spec.section}")
     return 0
 
 
@@ -153,6 +157,29 @@ def _export_graph(kind: str, args: argparse.Namespace):
     return exporter(args.model, args.repository, layers=layers, **common)
 
 
+def _export_int8(args: argparse.Namespace):
+    import zoo
+    from exporters.quantize import export_quantized
+    from zoo.datasets import load_dataset
+
+    spec = zoo.get_model_spec(args.model)
+    print(f"{args.model}: exporting, then quantizing to int8 and comparing on held-out data ...", file=sys.stderr)
+    result, report = export_quantized(
+        args.model,
+        args.repository,
+        weights=args.weights,
+        data=load_dataset(args.data, like=spec.dataset) if args.data else None,
+        calibration=args.calibration or 256,
+        max_accuracy_drop=1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop,
+        pixels=args.pixels,
+        max_batch_size=args.max_batch_size,
+        version=args.version,
+        options=dict(args.option),
+    )
+    print(f"{result.name}: {report.describe()}")
+    return result
+
+
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from exporters.repository import tune_serving
@@ -163,13 +190,21 @@ def _export(args: argparse.Namespace) -> int:
     if len(kinds) > 1:
         raise CLIError(f"choose one kind of graph per export, not --{' and --'.join(kinds)}", EXIT_USAGE)
     if kinds and (args.precision != "fp32" or args.pixels != "float32"):
-        raise CLIError(f"--precision and --pixels apply to the model's own graph, not to --{kinds[0]}", EXIT_USAGE)
+        raise CLIError(
+            f"--precision and --pixels apply to the model's own graph, not to --{kinds[0]}: gradient and feature "
+            "graphs stay float32 (their backward operators and many outputs are outside what onnxruntime quantizes)",
+            EXIT_USAGE,
+        )
+    if args.precision != "int8" and (args.calibration is not None or args.max_accuracy_drop is not None):
+        raise CLIError("--calibration and --max-accuracy-drop go with --precision int8", EXIT_USAGE)
     with _user_errors(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         try:
             if kinds:
                 result = _export_graph(kinds[0], args)
+            elif args.precision == "int8":
+                result = _export_int8(args)
             else:
                 result = export_model(
                     args.model,
@@ -198,11 +233,18 @@ def _export(args: argparse.Namespace) -> int:
             f"match the step graph's: max |diff| {v.max_abs_diff:.2g}"
         )
         return _profile_batches(result) if args.profile_batches else 0
-    print(
-        f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches PyTorch "
-        f"on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g}, "
-        f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x largest output)"
-    )
+    if args.precision == "int8":
+        print(
+            f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; the float graph it "
+            f"was quantized from matches PyTorch: max |diff| {v.max_abs_diff:.2g}"
+        )
+    else:
+        print(
+            f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches "
+            f"PyTorch on input shapes {', '.join(map(str, v.input_shapes))}: max |diff| {v.max_abs_diff:.2g}, "
+            f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x "
+            "largest output)"
+        )
     _tell_whether_served(result, args.url)
     return _profile_batches(result) if args.profile_batches else 0
 
@@ -322,10 +364,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16"),
+        choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16 (default: %(default)s)",
+        help="fp16: float16 weights and arithmetic, float32 inputs and outputs, as NAME_fp16; int8: onnxruntime's "
+        "quantizer (static with calibration for convolutional and dense picture models, dynamic for recurrent and "
+        "word models), checked against the float model on held-out data, as NAME_int8 (default: %(default)s)",
     )
+    p.add_argument(
+        "--calibration",
+        type=integer(1),
+        metavar="N",
+        help="int8: training samples that calibrate the activation ranges (default: 256)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=number(minimum=0, maximum=100),
+        metavar="POINTS",
+        help="int8: refuse the export when held-out accuracy falls by more than this many points (default: 1)",
+    )
+    p.add_argument("--data", help="int8: dataset to calibrate and compare on (default: the model's embedded one)")
     p.add_argument(
         "--pixels",
         choices=("float32", "uint8"),

@@ -30,33 +30,23 @@ SCREENSHOTS = os.environ.get("DEEPR_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
-def zoo_repository(tmp_path_factory, repository, trained_convnet, digits) -> Path:
+def zoo_repository(tmp_path_factory, repository, trained_convnet, trained_catsdogs, trained_chars) -> Path:
     """The session's trained mnist_convnet with its Grad-CAM and feature graphs, the cats-vs-dogs
     convnet and the character model's generation graph, each trained briefly on embedded data."""
     from exporters import export_model
     from exporters.features import export_features
     from exporters.text_generation import export_char_generation
     from exporters.zoo_gradcam import export_gradcam
-    from zoo.datasets.stdlib_text import docstrings
-    from zoo.recipes import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("page")
-    repo = root / "repo"
+    repo = tmp_path_factory.mktemp("page") / "repo"
     shutil.copytree(repository, repo)
     convnet = trained_convnet.out / "weights.pt"
     export_gradcam("mnist_convnet", repo, weights=convnet)
     export_features("mnist_convnet", repo, weights=convnet)
-    photos = train(TrainConfig.for_model("catsdogs_convnet", out=root / "catsdogs", epochs=1, progress=False))
-    export_model("catsdogs_convnet", repo, weights=photos.out / "weights.pt")
-    export_gradcam("catsdogs_convnet", repo, weights=photos.out / "weights.pt")
-    corpus = root / "docstrings.txt"
-    corpus.write_text(docstrings(max_chars=60_000))
-    chars = train(
-        TrainConfig.for_model(
-            "char_lstm", out=root / "chars", data=str(corpus), epochs=1, sample_temperatures=(), progress=False
-        )
-    )
-    export_char_generation(repo, weights=chars.out / "weights.pt")
+    photos = trained_catsdogs.out / "weights.pt"
+    export_model("catsdogs_convnet", repo, weights=photos)
+    export_gradcam("catsdogs_convnet", repo, weights=photos)
+    export_char_generation(repo, weights=trained_chars.out / "weights.pt")
     return repo
 
 

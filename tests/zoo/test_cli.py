@@ -10,13 +10,21 @@ def deepr(*args, env=None):
     return subprocess.run([sys.executable, "-m", "deepr", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_models_lists_every_model_with_count_and_section():
+def test_models_lists_every_model_with_count_precisions_and_section():
     result = deepr("models")
     assert result.returncode == 0
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:2] == ["model", "parameters"]
+    rows = {line.split()[0]: line for line in lines}
     assert sorted(rows) == zoo.list_models()
-    assert "3,453,121  Data augmentation" in rows["catsdogs_convnet"]
-    assert "33,417  Recurrent Layers" in rows["imdb_simple_rnn"]
+    assert (
+        "3,453,121  fp32, fp16, int8 (static)" in rows["catsdogs_convnet"]
+        and "Data augmentation" in rows["catsdogs_convnet"]
+    )
+    assert (
+        "33,417  fp32, fp16, int8 (dynamic)" in rows["imdb_simple_rnn"]
+        and "Recurrent Layers" in rows["imdb_simple_rnn"]
+    )
 
 
 def test_summary_with_builder_options():
