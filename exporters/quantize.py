@@ -83,7 +83,8 @@ class QuantizationReport:
     def describe(self) -> str:
         return (
             f"{self.method}; held-out accuracy {self.float_accuracy:.4f} float vs {self.int8_accuracy:.4f} int8 "
-            f"({self.accuracy_drop:+.2f} points lost), same top class on {100 * self.agreement:.1f}% of "
+            f"({abs(self.accuracy_drop):.2f} points {'lost' if self.accuracy_drop >= 0 else 'gained'}), same top "
+            f"class on {100 * self.agreement:.1f}% of "
             f"{self.held_out_samples} samples"
         )
 
