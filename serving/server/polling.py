@@ -71,10 +71,15 @@ def fingerprints(root: Path, names: Iterable[str] | None = None) -> dict[str, Fi
     }
 
 
-async def poll_repository(dataplane: "DataPlane", interval: float, settle: float = SETTLE_SECONDS) -> None:
-    """Runs until cancelled: loads new and changed models, unloads removed ones."""
+async def poll_repository(
+    dataplane: "DataPlane", interval: float, settle: float = SETTLE_SECONDS, known: dict[str, Fingerprint] | None = None
+) -> None:
+    """Runs until cancelled: loads new and changed models, unloads removed ones. `known`:
+    the fingerprints taken before the server loaded the repository, so a change made
+    between the load and the first poll is seen (default: taken now)."""
     root = dataplane.repository.root
-    known = await asyncio.to_thread(fingerprints, root)
+    if known is None:
+        known = await asyncio.to_thread(fingerprints, root)
     logger.info("polling %s every %g s for new, changed and removed models", root, interval)
     while True:
         await asyncio.sleep(interval)

@@ -21,7 +21,7 @@ from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
 from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
-from serving.server.polling import poll_repository
+from serving.server.polling import fingerprints, poll_repository
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
 
@@ -98,8 +98,11 @@ class InferenceServer:
         """Load the repository, bind, start serving; returns the bound port."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_when_clients_leave)
-        await loop.run_in_executor(None, self.dataplane.start)
         settings = self.settings
+        # Taken before the models load, so the poller sees what changes from then on, even a
+        # copy made while the server was still starting (the tests' own race, under load).
+        known = await asyncio.to_thread(fingerprints, self.dataplane.repository.root) if settings.poll_seconds else None
+        await loop.run_in_executor(None, self.dataplane.start)
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
         server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
         service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -138,7 +141,7 @@ class InferenceServer:
         if settings.trim_idle_seconds:
             self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
         if settings.poll_seconds:
-            self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds))
+            self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds, known=known))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
