@@ -118,3 +118,16 @@ def test_a_model_without_data_to_calibrate_on_is_refused(tmp_path):
     )
     assert done.returncode == 1 and "no embedded data to calibrate int8 ranges" in done.stderr  # a failed export
     assert "Traceback" not in done.stderr
+
+
+def test_the_export_command_prints_the_comparison(trained_convnet, tmp_path, capsys):
+    from deepr.cli import main
+
+    weights = str(trained_convnet.out / "weights.pt")
+    command = ["export", "mnist_convnet", "--weights", weights, "--repository", str(tmp_path), "--precision", "int8"]
+    assert main([*command, "--calibration", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_convnet_int8: static QDQ" in out and "held-out accuracy" in out and "float vs" in out
+    assert (tmp_path / "mnist_convnet_int8" / "1" / "model.onnx").is_file()
+    assert main(["export", "mnist_convnet", "--repository", str(tmp_path), "--calibration", "64"]) == 2
+    assert "--calibration and --max-accuracy-drop go with --precision int8" in capsys.readouterr().err
