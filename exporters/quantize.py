@@ -32,7 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.labels import read_labels
+from serving.protocol.model_config import read_config
 from serving.protocol.preprocessing import ImagePreprocessing
 from serving.protocol.schema import encode_fact
 from zoo import get_model_spec
@@ -42,10 +43,17 @@ from zoo.recipes.evaluate import fit_input
 from .errors import ExportError
 from .onnx import METADATA_PREFIX
 from .pipeline import ExportResult
-from .repository import add_to_repository
+from .repository import LABELS_FILE, add_to_repository
 from .zoo_models import export_model
 
-__all__ = ["QuantizationReport", "export_quantized", "quantization_method", "quantize_file", "QUANTIZATION_KEY"]
+__all__ = [
+    "QuantizationReport",
+    "add_quantized",
+    "export_quantized",
+    "quantization_method",
+    "quantize_file",
+    "QUANTIZATION_KEY",
+]
 
 QUANTIZATION_KEY = "deepr.quantization"
 """The method and the held-out comparison with the float model (QuantizationReport JSON)."""
@@ -236,22 +244,39 @@ def export_quantized(
                 f"more than --max-accuracy-drop {max_accuracy_drop:g}: it is not added"
             )
         _write_metadata(int8_file, float_file, report)
-        config = mc.ModelConfig()
-        config.CopyFrom(_config_of(float_result))
-        config.name = f"{name}_int8" + ("_uint8" if pixels == "uint8" else "")
-        config.parameters[METADATA_PREFIX + "precision"].string_value = "int8"
-        config.parameters[QUANTIZATION_KEY].string_value = report.to_json()
-        labels_file = float_result.version_dir.parent / "labels.txt"
-        label_lines = tuple(labels_file.read_text().splitlines()) if labels_file.is_file() else None
-        version_dir = add_to_repository(Path(repository), config, int8_file, labels=label_lines, version=version)
+        version_dir = add_quantized(
+            float_result.version_dir.parent,
+            int8_file,
+            repository,
+            f"{name}_int8" + ("_uint8" if pixels == "uint8" else ""),
+            report=report,
+            version=version,
+        )
     # The float graph's parity with PyTorch; the int8 graph's own check is the report.
-    return ExportResult(config.name, version_dir, float_result.validation, time.perf_counter() - start), report
+    return ExportResult(
+        version_dir.parent.name, version_dir, float_result.validation, time.perf_counter() - start
+    ), report
 
 
-def _config_of(result: ExportResult) -> mc.ModelConfig:
-    from google.protobuf import text_format
-
-    return text_format.Parse((result.version_dir.parent / "config.pbtxt").read_text(), mc.ModelConfig())
+def add_quantized(
+    float_dir: Path,
+    int8_file: Path,
+    repository: str | Path,
+    name: str,
+    *,
+    report: QuantizationReport | None = None,
+    version: int | None = None,
+) -> Path:
+    """Add `int8_file` to `repository` as `name`, with the float model's config and labels
+    (from its folder `float_dir`), precision int8 and the comparison when there is one."""
+    config = read_config(float_dir)
+    config.name = name
+    config.parameters[METADATA_PREFIX + "precision"].string_value = "int8"
+    if report is not None:
+        config.parameters[QUANTIZATION_KEY].string_value = report.to_json()
+    labels_file = float_dir / LABELS_FILE
+    labels = read_labels(labels_file) if labels_file.is_file() else None
+    return add_to_repository(Path(repository), config, int8_file, labels=labels, version=version)
 
 
 def _compare(

@@ -33,12 +33,9 @@ BASES = {"resnet50": {}, "vgg16": {"include_top": False, "input_shape": (150, 15
 
 def _export_pair(name: str, repository: Path, calibration: int) -> str:
     """NAME and NAME_int8 in `repository`; returns the int8 model's name."""
-    from google.protobuf import text_format
-
     from exporters import UntrainedWeightsWarning, export_model
-    from exporters.quantize import export_quantized, quantize_file
-    from exporters.repository import add_to_repository
-    from serving.protocol.generated import model_config_pb2 as mc
+    from exporters.quantize import add_quantized, export_quantized, quantize_file
+    from serving.protocol.model_config import read_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
@@ -49,18 +46,14 @@ def _export_pair(name: str, repository: Path, calibration: int) -> str:
             return result.name
         float_result = export_model(name, repository, options=BASES[name])
     float_file = float_result.version_dir / "model.onnx"
-    config = text_format.Parse((float_result.version_dir.parent / "config.pbtxt").read_text(), mc.ModelConfig())
-    shape = [d for d in config.input[0].dims]
+    shape = list(read_config(float_result.version_dir.parent).input[0].dims)
     noise = np.random.default_rng(0).random((calibration, *shape), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         int8_file = Path(tmp) / "model.onnx"
         method = quantize_file(float_file, int8_file, method="static", calibration=noise)
-        config.name = f"{name}_int8"
-        labels_file = float_result.version_dir.parent / "labels.txt"
-        labels = tuple(labels_file.read_text().splitlines()) if labels_file.is_file() else None
-        add_to_repository(repository, config, int8_file, labels=labels)
-    print(f"{config.name}: {method} (uniform noise: speed only)", file=sys.stderr)
-    return config.name
+        add_quantized(float_result.version_dir.parent, int8_file, repository, f"{name}_int8")
+    print(f"{name}_int8: {method} (uniform noise: speed only)", file=sys.stderr)
+    return f"{name}_int8"
 
 
 def main() -> None:
