@@ -16,7 +16,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import CHARSET_KEY, GENERATE_SUFFIX, STEP_SUFFIX
+from serving.protocol.schema import (
+    CHARSET_KEY,
+    GENERATE_SUFFIX,
+    PAD_BATCHES_KEY,
+    RAGGED_INPUTS_KEY,
+    STEP_SUFFIX,
+    TRIM_OUTPUTS_KEY,
+    encode_fact,
+)
 from zoo.datasets.chars import CHARSET
 
 from .config import ExportConfig
@@ -90,75 +98,90 @@ def export_char_step(
 
 
 def export_char_generation(
-    repository: str | Path, *, weights: str | Path | None = None, name: str = "char_lstm", version: int | None = None
+    repository: str | Path,
+    *,
+    weights: str | Path | None = None,
+    name: str = "char_lstm",
+    max_batch_size: int = 64,
+    version: int | None = None,
 ) -> ExportResult:
-    """Add `<name>_generate` (the Loop graph: prompt in, N sampled characters out) to `repository`.
+    """Add `<name>_generate` (the batched Loop graph: prompts in, sampled texts out) to `repository`.
 
-    The loop wraps the step graph; it is checked by comparing its per-step distributions
-    with the step graph's on the characters it produced.
+    The graph is checked against the step graph: its per-step distributions on the
+    characters it produced, for rows of different prompt lengths in one batch.
+    The server merges concurrent requests into one run: prompts of different lengths are
+    padded (RAGGED_INPUTS_KEY) and each request's texts cut to its own length (TRIM_OUTPUTS_KEY).
     """
-    from .generation_graph import build_generation_graph
+    from .generation_graph import PROMPT_PAD, CharLstmWeights, build_generation_graph
 
     start = time.perf_counter()
+    model = prepared_model(name, weights, what="generation graph", consequence="its text is noise")
+    loop = build_generation_graph(CharLstmWeights.from_modules(model.lstm, model.dense))
+    batching = {
+        RAGGED_INPUTS_KEY: encode_fact({"prompt": PROMPT_PAD}),
+        TRIM_OUTPUTS_KEY: encode_fact({"chars": "length", "probabilities": "length"}),
+    }
+    for key, value in {"deepr.model": name + GENERATE_SUFFIX, CHARSET_KEY: CHARSET, **batching}.items():
+        entry = loop.metadata_props.add()
+        entry.key, entry.value = key, value
     with tempfile.TemporaryDirectory() as tmp:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UntrainedWeightsWarning)  # said once, below
+            warnings.simplefilter("ignore", UntrainedWeightsWarning)  # said once, above
             step = export_char_step(Path(tmp) / "repo", weights=weights, name=name)
-        if weights is None:
-            warnings.warn(
-                f"exporting {name}'s generation graph with freshly initialised weights",
-                UntrainedWeightsWarning,
-                stacklevel=2,
-            )
-        step_file = step.version_dir / "model.onnx"
-        loop = build_generation_graph(onnx.load(step_file))
-        for key, value in (("model", name + GENERATE_SUFFIX), ("charset", CHARSET)):
-            entry = loop.metadata_props.add()
-            entry.key, entry.value = f"deepr.{key}", value
         onnx_file = Path(tmp) / "model.onnx"
         onnx.save(loop, onnx_file)
-        worst = _check_loop_against_step(onnx_file, step_file)
-        model_config = serving_config(name + GENERATE_SUFFIX, 0)
+        worst = _check_loop_against_step(onnx_file, step.version_dir / "model.onnx")
+        model_config = serving_config(name + GENERATE_SUFFIX, max_batch_size)
+        # Loop runs cost their rows and steps, not a new shape: merge whatever is queued.
+        model_config.parameters[PAD_BATCHES_KEY].string_value = "false"
         model_config.input.add(name="prompt", data_type=mc.TYPE_INT64, dims=[-1])
-        model_config.input.add(name="length", data_type=mc.TYPE_INT64, dims=[1])
-        model_config.input.add(name="temperature", data_type=mc.TYPE_FP32, dims=[1])
-        model_config.input.add(name="top_k", data_type=mc.TYPE_INT64, dims=[1])
-        model_config.input.add(name="seed", data_type=mc.TYPE_INT64, dims=[1])
+        for name_, data_type in (("length", mc.TYPE_INT64), ("temperature", mc.TYPE_FP32)):
+            model_config.input.add(name=name_, data_type=data_type, dims=[1])
+        for name_ in ("top_k", "seed"):
+            model_config.input.add(name=name_, data_type=mc.TYPE_INT64, dims=[1])
         model_config.output.add(name="chars", data_type=mc.TYPE_INT64, dims=[-1])
         model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[-1, len(CHARSET)])
-        model_config.parameters[CHARSET_KEY].string_value = CHARSET
+        for key, value in {CHARSET_KEY: CHARSET, **batching}.items():
+            model_config.parameters[key].string_value = value
         version_dir = add_to_repository(Path(repository), model_config, onnx_file, version=version)
     report = ValidationReport(((60,),), worst, worst, 1e-5, 0.0)
     return ExportResult(name + GENERATE_SUFFIX, version_dir, report, time.perf_counter() - start)
 
 
 def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40) -> float:
-    """Largest difference between the loop's and the step graph's distributions, step by step."""
+    """Largest difference between the loop's and the step graph's distributions, step by step,
+    for two rows of different prompt lengths (one padded) run together."""
     import onnxruntime as ort
 
     from zoo.datasets.chars import encode_text
 
+    from .generation_graph import PROMPT_PAD
+
     loop = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(step_file), providers=["CPUExecutionProvider"])
-    prompt = encode_text("return the first item of the sequence, or raise an error if ")
+    prompts = [encode_text("return the first item of the sequence, or raise an error if "), encode_text("the ")]
+    padded = np.full((len(prompts), max(map(len, prompts))), PROMPT_PAD, np.int64)
+    for row, codes in enumerate(prompts):
+        padded[row, : len(codes)] = codes
     chars, probs = loop.run(
         None,
         {
-            "prompt": prompt,
-            "length": np.array([length]),
-            "temperature": np.array([0.8], np.float32),
-            "top_k": np.array([0]),
-            "seed": np.array([1]),
+            "prompt": padded,
+            "length": np.array([[length], [length]]),
+            "temperature": np.array([[0.8], [1.2]], np.float32),
+            "top_k": np.array([[0], [5]]),
+            "seed": np.array([[1], [2]]),
         },
     )
     units = step.get_inputs()[1].shape[1]
-    h = np.zeros((1, units), np.float32)
-    c = np.zeros_like(h)
     worst = 0.0
-    for position, code in enumerate(np.concatenate([prompt, chars[:-1]])):
-        p, h, c = step.run(None, {"char_index": np.array([[code]]), "h": h, "c": c})
-        if position >= len(prompt) - 1:
-            worst = max(worst, float(np.abs(p[0] - probs[position - len(prompt) + 1]).max()))
+    for row, prompt in enumerate(prompts):
+        h = np.zeros((1, units), np.float32)
+        c = np.zeros_like(h)
+        for position, code in enumerate(np.concatenate([prompt, chars[row, :-1]])):
+            p, h, c = step.run(None, {"char_index": np.array([[code]]), "h": h, "c": c})
+            if position >= len(prompt) - 1:
+                worst = max(worst, float(np.abs(p[0] - probs[row, position - len(prompt) + 1]).max()))
     if worst > 1e-5:
         raise ToleranceError(
             [f"loop graph vs step graph: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"]

@@ -20,10 +20,10 @@ import tritonclient.grpc as triton
 import zoo
 from exporters import UntrainedWeightsWarning
 from exporters.text_generation import export_char_generation, export_char_step
-from serving.runtime.providers import select_providers
 from serving.server.grpc.server import serve_in_thread
 from serving.server.settings import ServerSettings
-from serving.tasks.text_generation import LocalStepModel, _loop_inputs
+from serving.tasks.graph import LocalGraph
+from serving.tasks.text_generation import GenerationGraph, LocalStepModel, TextRows
 
 pytestmark = pytest.mark.gpu
 
@@ -88,9 +88,11 @@ def test_char_graphs_on_cuda_equal_cpu(tmp_path, prebuilt_graphs):
         feeds = [{"char_index": np.full((4, 1), code, np.int64), "h": h, "c": c} for h, c in states]
         (p_cpu, *states[0]), (p_cuda, *states[1]) = (s.run(None, f) for s, f in zip(sessions, feeds))
         np.testing.assert_allclose(p_cuda, p_cpu, atol=1e-5)
-    # The Loop graph samples with a seeded hash: the same seed gives the same characters on both.
-    charset = LocalStepModel(step_file, device="cpu").charset
-    feeds = _loop_inputs(charset, "def main(arguments):\n    ", 200, 0.5, None, 7)
-    on_cpu = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"]).run(["chars"], feeds)[0]
-    on_cuda = ort.InferenceSession(str(loop_file), providers=list(select_providers("cuda"))).run(["chars"], feeds)[0]
-    assert on_cuda.tolist() == on_cpu.tolist()
+    # The Loop graph samples with a seeded hash: the same seeds give the same characters on both.
+    on_cpu, on_cuda = (
+        GenerationGraph(LocalGraph(loop_file, device=d)).texts(
+            TextRows.of(["def main(arguments):\n    ", "the "], [0.5, 1.0], [None, 5], [7, 8]), 200
+        )
+        for d in ("cpu", "cuda")
+    )
+    assert on_cuda == on_cpu

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from serving.client import DEFAULT_URL
 
-__all__ = ["int_list", "integer", "number", "add_invert_option", "add_server_options"]
+T = TypeVar("T")
+
+__all__ = ["comma_list", "int_list", "integer", "number", "add_invert_option", "add_server_options"]
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -27,6 +29,16 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
     parse.range = (minimum, maximum)  # type: ignore[attr-defined]  # the CLI tests read it
     return parse
+
+
+def comma_list(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse type: comma-separated values, each read by `parse` (its range kept)."""
+
+    def parse_all(text: str) -> list[T]:
+        return [parse(part.strip()) for part in text.split(",")]
+
+    parse_all.range = getattr(parse, "range", None)  # type: ignore[attr-defined]
+    return parse_all
 
 
 def number(

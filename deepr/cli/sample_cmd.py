@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import textwrap
 
-from .arguments import add_server_options, integer, number
+from .arguments import add_server_options, comma_list, integer, number
 from .errors import task_errors
 
 
@@ -13,39 +15,69 @@ def _sample(args: argparse.Namespace) -> int:
     from serving.tasks.text_generation import generate_in_one_call, sample_text
 
     base = args.model.removesuffix("_step").removesuffix("_generate")
-    one_call = not args.stream and args.graph == "loop"
+    prompts = args.prompt
+    # every prompt at every temperature, as the rows of one call
+    rows = [(prompt, temperature) for prompt in prompts for temperature in args.temperature]
+    if args.stream and len(rows) > 1:
+        print(
+            "deepr sample: error: --stream prints one text as it is made; give one --prompt and one --temperature",
+            file=sys.stderr,
+        )
+        return 2
 
     def show(ch: str) -> None:
         sys.stdout.write(ch)
         sys.stdout.flush()
 
+    settings = {
+        "url": args.url,
+        "local": args.local,
+        "length": args.length,
+        "temperature": [t for _, t in rows],
+        "top_k": args.top_k,
+        "seed": args.seed,
+    }
     with task_errors(args.url):
-        if one_call:
-            text = generate_in_one_call(
-                args.prompt,
-                model=base + "_generate",
-                url=args.url,
-                local=args.local,
-                length=args.length,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                seed=args.seed,
-            )
+        if not args.stream and args.graph == "loop":
+            texts = generate_in_one_call([p for p, _ in rows], model=base + "_generate", **settings)
         else:
-            text = sample_text(
-                args.prompt,
+            texts = sample_text(
+                [p for p, _ in rows],
                 model=base + "_step",
-                url=args.url,
-                local=args.local,
-                length=args.length,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                seed=args.seed,
                 on_char=show if args.stream else None,
                 stream=args.stream,
+                **settings,
             )
-    print("" if args.stream else text)
+    if args.stream:
+        print()
+    elif len(rows) == 1:
+        print(texts[0])
+    else:
+        headings = [f"T={t:g}" + (f" after {p!r}" if len(prompts) > 1 else "") for p, t in rows]
+        print(side_by_side(headings, list(texts)))
     return 0
+
+
+def side_by_side(headings: list[str], texts: list[str], width: int | None = None, gap: int = 3) -> str:
+    """Texts in columns under their headings, as many columns as fit (at least 24 characters
+    wide each), the rest in further bands below."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    per_band = max(1, min(len(texts), (width + gap) // (24 + gap)))
+    column = (width + gap) // per_band - gap
+    bands = []
+    for start in range(0, len(texts), per_band):
+        cells = [
+            [heading[:column], "-" * min(column, len(heading))]
+            + [line for part in text.split("\n") for line in (textwrap.wrap(part, column) or [""])]
+            for heading, text in zip(headings[start : start + per_band], texts[start : start + per_band])
+        ]
+        height = max(map(len, cells))
+        lines = [
+            (" " * gap).join(cell[i].ljust(column) if i < len(cell) else " " * column for cell in cells).rstrip()
+            for i in range(height)
+        ]
+        bands.append("\n".join(lines))
+    return "\n\n".join(bands)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -59,20 +91,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--graph",
         choices=("loop", "step"),
         default="loop",
-        help="loop: the whole text in one call (NAME_generate); step: one call per character (NAME_step)",
+        help="loop: every text in one call (NAME_generate); step: one call per character (NAME_step)",
     )
     p.add_argument(
-        "--prompt", required=True, help="text the model reads first (lower-cased; unknown characters dropped)"
+        "--prompt",
+        required=True,
+        action="append",
+        help="text the model reads first (lower-cased; unknown characters dropped); repeat for several",
     )
     p.add_argument("--length", type=integer(1), default=400, help="characters to generate (default: %(default)s)")
     p.add_argument(
         "--temperature",
-        type=number(above=0),
-        default=1.0,
-        help="> 0; low is conservative, high is inventive (default: %(default)s)",
+        type=comma_list(number(above=0)),
+        default=[1.0],
+        help="> 0, or several: 0.2,0.5,1.0,1.2 (one text each, side by side); low is conservative, "
+        "high is inventive (default: 1.0)",
     )
     p.add_argument("--top-k", type=integer(1), help="sample only among the k likeliest characters")
-    p.add_argument("--seed", type=integer(0), help="same seed, same text")
+    p.add_argument("--seed", type=integer(0), help="same seed, same text (for every row alone or together)")
     p.add_argument(
         "--stream", action="store_true", help="print characters as they are made; steps go over one gRPC stream"
     )

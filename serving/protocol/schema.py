@@ -30,6 +30,8 @@ __all__ = [
     "WARMUP_BUDGET_KEY",
     "BATCH_PROFILE_KEY",
     "PROFILE_BATCHES_KEY",
+    "RAGGED_INPUTS_KEY",
+    "TRIM_OUTPUTS_KEY",
     "GRADCAM_SUFFIX",
     "FEATURES_SUFFIX",
     "FILTERS_SUFFIX",
@@ -82,6 +84,12 @@ BATCH_PROFILE_KEY = "deepr.batch_profile"
 """The measured rows/s per batch size (BatchProfile JSON)."""
 PROFILE_BATCHES_KEY = "deepr.profile_batches"
 """"true": profile the batch sizes when the model loads."""
+RAGGED_INPUTS_KEY = "deepr.ragged_inputs"
+"""JSON {input: pad value}: inputs whose last axis may differ between requests; a merged run
+pads each to the batch's longest with the value (a generation graph's prompts)."""
+TRIM_OUTPUTS_KEY = "deepr.trim_outputs"
+"""JSON {output: input}: outputs whose axis 1 runs to the batch's largest value of the input;
+each request gets it cut to its own largest value (a generation graph's texts)."""
 
 # Graph names: NAME + suffix in the repository.
 GRADCAM_SUFFIX = "_gradcam"
@@ -93,7 +101,9 @@ STEP_SUFFIX = "_step"
 GENERATE_SUFFIX = "_generate"
 
 
-JSON_KEYS = frozenset({LABELS_KEY, LAYERS_KEY, CHANNELS_KEY, LOSS_WEIGHTS_KEY, UNITS_KEY})
+JSON_KEYS = frozenset(
+    {LABELS_KEY, LAYERS_KEY, CHANNELS_KEY, LOSS_WEIGHTS_KEY, UNITS_KEY, RAGGED_INPUTS_KEY, TRIM_OUTPUTS_KEY}
+)
 """Facts whose values are JSON; the others are text as written (preprocessing and the text
 encoding are JSON documents that their own classes parse)."""
 

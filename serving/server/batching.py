@@ -36,7 +36,7 @@ import numpy as np
 
 from serving.protocol.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.schema import PAD_BATCHES_KEY
+from serving.protocol.schema import PAD_BATCHES_KEY, RAGGED_INPUTS_KEY, TRIM_OUTPUTS_KEY, decode_fact
 from serving.server.batch_sizes import run_sizes
 from serving.server.model import OnnxModel, instance_count
 
@@ -57,6 +57,10 @@ class BatchingPolicy:
     """Sizes merged runs take (ascending); empty: any size."""
     run_seconds: Mapping[int, float] = field(default_factory=dict)
     """Time of a warm run at each warmed size; without it, runs are padded up."""
+    ragged_inputs: Mapping[str, float] = field(default_factory=dict)
+    """Inputs whose last axis may differ between merged requests -> the value that pads them."""
+    trimmed_outputs: Mapping[str, str] = field(default_factory=dict)
+    """Outputs whose axis 1 a request gets cut to its largest value of the named input."""
 
     @property
     def merge_limit(self) -> int:
@@ -100,6 +104,11 @@ class BatchingPolicy:
         sizes = run_sizes(config)
         if run_seconds:  # sizes past the warm-up budget are left out, not run cold
             sizes = tuple(s for s in sizes if s in run_seconds)
+        parameters = config.parameters
+        ragged, trimmed = (
+            decode_fact(key, parameters[key].string_value) if key in parameters else {}
+            for key in (RAGGED_INPUTS_KEY, TRIM_OUTPUTS_KEY)
+        )
         return cls(
             max_batch_size=config.max_batch_size,
             preferred_batch_sizes=preferred,
@@ -108,6 +117,8 @@ class BatchingPolicy:
             instances=instance_count(config),
             run_sizes=sizes,
             run_seconds=dict(run_seconds or {}),
+            ragged_inputs=ragged,
+            trimmed_outputs=trimmed,
         )
 
 
@@ -132,9 +143,12 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
-def _signature(inputs: dict[str, np.ndarray]) -> tuple:
-    """Requests stack only when every input agrees on datatype and non-batch shape."""
-    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+def _signature(inputs: dict[str, np.ndarray], ragged: Mapping[str, float]) -> tuple:
+    """Requests stack only when every input agrees on datatype and non-batch shape (a ragged
+    input's last axis aside: it is padded)."""
+    return tuple(
+        sorted((name, a.dtype.str, a.shape[1:-1] if name in ragged else a.shape[1:]) for name, a in inputs.items())
+    )
 
 
 class DynamicBatcher:
@@ -181,7 +195,12 @@ class DynamicBatcher:
             )
         rows = next(iter(inputs.values())).shape[0]
         pending = _Pending(
-            inputs, tuple(outputs), rows, _signature(inputs), asyncio.get_running_loop().create_future(), deadline
+            inputs,
+            tuple(outputs),
+            rows,
+            _signature(inputs, self.policy.ragged_inputs),
+            asyncio.get_running_loop().create_future(),
+            deadline,
         )
         self._queue.append(pending)
         self._arrived.set()
@@ -309,7 +328,8 @@ class DynamicBatcher:
 
             def merge_and_run() -> dict[str, np.ndarray]:
                 # In the worker thread: copying a large batch together would stall the event loop.
-                return self.model.predict(_merged([p.inputs for p in batch], size), names)
+                merged = _merged([p.inputs for p in batch], size, self.policy.ragged_inputs)
+                return self.model.predict(merged, names)
 
             started = time.perf_counter_ns()
             try:
@@ -347,6 +367,9 @@ class DynamicBatcher:
                 if not pending.outputs or name in pending.outputs
             }
             offset += pending.rows
+            for name, length_input in self.policy.trimmed_outputs.items():
+                if name in own and length_input in pending.inputs:
+                    own[name] = own[name][:, : max(int(pending.inputs[length_input].max()), 0)]
             if not pending.future.done():
                 pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, rows)))
 
@@ -374,19 +397,32 @@ def _output_names(batch: list[_Pending]) -> list[str] | None:
     return list(dict.fromkeys(name for p in batch for name in p.outputs))
 
 
-def _merged(requests: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
-    """The requests' inputs stacked along the batch axis, with zero rows up to `size`."""
+def _merged(
+    requests: list[dict[str, np.ndarray]], size: int, ragged: Mapping[str, float] | None = None
+) -> dict[str, np.ndarray]:
+    """The requests' inputs stacked along the batch axis, with zero rows up to `size`; ragged
+    inputs padded at the end of their last axis (and in padding rows) with their pad value."""
     if len(requests) == 1 and next(iter(requests[0].values())).shape[0] == size:
         return requests[0]
+    ragged = ragged or {}
     merged = {}
     for name, first in requests[0].items():
-        out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+        pad = ragged.get(name)
+        if pad is None:
+            out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+            out[sum(inputs[name].shape[0] for inputs in requests) :] = 0
+        else:
+            longest = max(inputs[name].shape[-1] for inputs in requests)
+            out = np.full((size, *first.shape[1:-1], longest), pad, dtype=first.dtype)
         offset = 0
         for inputs in requests:
-            rows = inputs[name].shape[0]
-            out[offset : offset + rows] = inputs[name]
-            offset += rows
-        out[offset:] = 0
+            part = inputs[name]
+            rows = slice(offset, offset + part.shape[0])
+            if pad is None:
+                out[rows] = part
+            else:
+                out[rows, ..., : part.shape[-1]] = part
+            offset += part.shape[0]
         merged[name] = out
     return merged
 

@@ -478,6 +478,22 @@ function temperatures() {
   return [...new Set(chosen)];
 }
 
+// All temperatures as rows of one request: the graph samples them side by side in one run.
+async function sampleRows(codes, length, seed, chosen, charset) {
+  const rows = chosen.length, batch = [rows], int64 = (v) => BigInt64Array.from(Array(rows).fill(BigInt(v)));
+  const result = await infer(current.name, [
+    { name: "prompt", datatype: "INT64", shape: [...batch, codes.length], data: BigInt64Array.from(Array(rows).fill(codes).flat()) },
+    { name: "length", datatype: "INT64", shape: [...batch, 1], data: int64(length) },
+    { name: "temperature", datatype: "FP32", shape: [...batch, 1], data: Float32Array.from(chosen) },
+    { name: "top_k", datatype: "INT64", shape: [...batch, 1], data: int64(0) },
+    { name: "seed", datatype: "INT64", shape: [...batch, 1], data: int64(seed) },
+  ], [{ name: "chars", parameters: { binary_data: true } }]);
+  const chars = result.chars.data;
+  return chosen.map((temperature, row) => [
+    temperature, chars.slice(row * length, (row + 1) * length).map((i) => charset[i]).join(""),
+  ]);
+}
+
 async function sampleTexts() {
   const charset = parameter(current.config, "deepr.charset");
   const codes = [];
@@ -492,16 +508,10 @@ async function sampleTexts() {
   if (!chosen.length) throw new ServerError("choose at least one temperature");
   const box = $("texts");
   box.replaceChildren();
-  const texts = await Promise.all(chosen.map(async (temperature) => {
-    const result = await infer(current.name, [
-      { name: "prompt", datatype: "INT64", shape: [codes.length], data: BigInt64Array.from(codes) },
-      { name: "length", datatype: "INT64", shape: [1], data: BigInt64Array.from([BigInt(length)]) },
-      { name: "temperature", datatype: "FP32", shape: [1], data: Float32Array.from([temperature]) },
-      { name: "top_k", datatype: "INT64", shape: [1], data: BigInt64Array.from([0n]) },
-      { name: "seed", datatype: "INT64", shape: [1], data: BigInt64Array.from([BigInt(seed)]) },
-    ], [{ name: "chars", parameters: { binary_data: true } }]);
-    return [temperature, result.chars.data.map((i) => charset[i]).join("")];
-  }));
+  if (!parameter(current.config, "deepr.ragged_inputs")) {
+    throw new ServerError(`${current.name} was exported before generation graphs took rows of prompts: export it again with deepr export char_lstm --generate`);
+  }
+  const texts = await sampleRows(codes, length, seed, chosen, charset);
   for (const [temperature, text] of texts) {
     const column = document.createElement("div");
     column.className = "sample";
