@@ -39,6 +39,7 @@ BLOCKS = python_blocks()
 def workspace(tmp_path_factory, repository, digits):
     from exporters import UntrainedWeightsWarning, export_model
     from exporters.features import export_features
+    from exporters.text_generation import export_char_generation, export_char_step
     from zoo.recipes import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("readme")
@@ -56,6 +57,8 @@ def workspace(tmp_path_factory, repository, digits):
             layers=["block1_conv1", "block3_conv1", "block5_pool"],
             options={"include_top": False, "input_shape": (150, 150, 3)},
         )
+        export_char_step(models)
+        export_char_generation(models)
     seven = next(x for x, y in digits.test if y == 7)[0].numpy()  # a held-out digit, light on dark
     Image.fromarray((seven * 255).astype(np.uint8)).resize((112, 112)).save(folder / "digit.png")
     from skimage import data

@@ -379,3 +379,14 @@ def test_a_generation_graph_without_rows_is_refused_with_the_command_to_fix_it(l
         ValueError, match="took rows of prompts: export it again with `deepr export char_lstm --generate`"
     ):
         GenerationGraph(LocalGraph(tmp_path / "old.onnx"))
+
+
+def test_a_generation_graph_of_fresh_weights_checks_against_the_same_model(tmp_path):
+    """Without weights the export's reference step graph is made from the very model the loop
+    was built from (two fresh models would differ)."""
+    from exporters import UntrainedWeightsWarning
+    from exporters.text_generation import export_char_generation
+
+    with pytest.warns(UntrainedWeightsWarning, match="generation graph with freshly initialised weights"):
+        result = export_char_generation(tmp_path)
+    assert result.validation.max_abs_diff <= 1e-5
