@@ -411,3 +411,66 @@ def test_a_request_for_every_output_gets_every_output_when_merged(executor):
     (only_sum, _), (everything, _) = run(main())
     assert set(only_sum) == {"sum"} and set(everything) == {"sum", "double"}
     np.testing.assert_array_equal(everything["double"], 2 * rows(1, 5)["x"])
+
+
+class Echo:
+    """A stand-in for a generation graph: answers each row's sequence (padding included) as
+    many times over as the longest `length` asked, and records what it was given."""
+
+    name, version = "echo", "1"
+
+    def __init__(self) -> None:
+        self.given: list[dict[str, np.ndarray]] = []
+        self.gate = threading.Event()
+
+    def predict(self, inputs, outputs=None):
+        self.gate.wait(5)
+        self.given.append(inputs)
+        steps = int(inputs["length"].max())
+        return {"out": np.tile(inputs["seq"], (1, steps))[:, :steps], "count": (inputs["seq"] >= 0).sum(axis=1)}
+
+
+def test_ragged_inputs_merge_padded_and_trimmed_outputs_come_back_at_each_requests_length(executor):
+    """Requests whose sequences differ in length merge into one run, padded with the model's
+    pad value (padding rows too); each gets its own rows, its `out` cut to its own length."""
+    model = Echo()
+    policy = BatchingPolicy(
+        max_batch_size=8, run_sizes=(8,), ragged_inputs={"seq": -1}, trimmed_outputs={"out": "length"}
+    )
+    batcher = DynamicBatcher(model, policy, executor)
+    requests = [
+        {"seq": np.array([[1, 2, 3]]), "length": np.array([[2]])},
+        {"seq": np.array([[4], [5]]), "length": np.array([[5], [1]])},
+        {"seq": np.array([[6, 7, 8, 9, 10]]), "length": np.array([[4]])},
+    ]
+
+    async def main():
+        held = asyncio.create_task(batcher.infer({"seq": np.array([[0]]), "length": np.array([[1]])}, []))
+        await asyncio.sleep(0.05)  # the first runs alone (held); the three queue behind it
+        tasks = [asyncio.create_task(batcher.infer(r, [])) for r in requests]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await held
+        return await asyncio.gather(*tasks)
+
+    answers = [out for out, _ in run(main())]
+    merged = model.given[1]
+    assert merged["seq"].shape == (8, 5)  # 4 rows of requests, padded up to the run size of 8
+    np.testing.assert_array_equal(
+        merged["seq"][:4], [[1, 2, 3, -1, -1], [4, -1, -1, -1, -1], [5, -1, -1, -1, -1], [6, 7, 8, 9, 10]]
+    )
+    assert (merged["seq"][4:] == -1).all() and (merged["length"][4:] == 0).all()
+    np.testing.assert_array_equal(answers[0]["count"], [3])
+    np.testing.assert_array_equal(answers[1]["count"], [1, 1])
+    assert [a["out"].shape for a in answers] == [(1, 2), (2, 5), (1, 4)]
+    np.testing.assert_array_equal(answers[0]["out"], [[1, 2]])
+    np.testing.assert_array_equal(answers[2]["out"], [[6, 7, 8, 9]])
+
+
+def test_ragged_and_trimmed_come_from_the_config():
+    config = mc.ModelConfig(name="g", max_batch_size=8)
+    config.dynamic_batching.SetInParent()
+    config.parameters["deepr.ragged_inputs"].string_value = '{"prompt": -1}'
+    config.parameters["deepr.trim_outputs"].string_value = '{"chars": "length"}'
+    policy = BatchingPolicy.from_config(config)
+    assert policy.ragged_inputs == {"prompt": -1} and policy.trimmed_outputs == {"chars": "length"}
