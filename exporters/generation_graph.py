@@ -9,7 +9,7 @@ How one call runs, and why it is built by hand rather than traced:
 - the prompts are read by one ONNX LSTM node over the padded batch (sequence_lens stops each
   row at its own length), not character by character in the loop;
 - the loop body is the LSTM cell written out (a row of a precomputed input table, one Gemm
-  for the recurrent part, the gate activations) and the dense layer: about 15 nodes, no shape
+  for the recurrent part, the gate activations) and the dense layer: about 20 nodes, no shape
   arithmetic; its per-iteration cost is what a generated character costs;
 - sampling is the tutorial's: softmax(logit / T) (the logits before the model's softmax,
   which is the same distribution as reweighting its probabilities by 1/T), then the first
@@ -19,7 +19,7 @@ How one call runs, and why it is built by hand rather than traced:
   on the rows beside it) and is the same on every machine and provider. One draw per
   character rather than Gumbel noise per class keeps that table 70x smaller: at 32 rows the
   per-class noise cost a quarter of the run. (onnxruntime's Multinomial takes its seed as a
-  fixed attribute.) A draw above the float32 total (rounding, about 1e-7) picks class 0;
+  fixed attribute.) A draw above the float32 total (rounding, about 1e-7) picks class 0.
 - top-k needs a sort per step, so the graph holds two loops and an If runs the one with the
   top-k mask only when some row asks for it.
 """
@@ -33,10 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["CharLstmWeights", "build_generation_graph", "GENERATION_INPUTS", "GENERATION_OUTPUTS", "PROMPT_PAD"]
+__all__ = ["CharLstmWeights", "build_generation_graph", "PROMPT_PAD"]
 
-GENERATION_INPUTS = ("prompt", "length", "temperature", "top_k", "seed")
-GENERATION_OUTPUTS = ("chars", "probabilities")
 PROMPT_PAD = -1
 """What pads the end of a shorter prompt in a batch."""
 
@@ -102,15 +100,13 @@ def _initializers(w: CharLstmWeights) -> list[onnx.TensorProto]:
 def _uniforms() -> list[onnx.NodeProto]:
     """Nodes computing "uniforms" (steps, B, 1) in (0, 1), one per generated character of a
     row, from the int64 inputs "steps" (scalar) and "seed" (B, 1): splitmix64's finaliser of
-    seed * golden + step, integer operations only."""
+    seed * golden + step, integer operations only. Uses the main graph's "zero" and "one"."""
     p = "uniform_"
     nodes = [
         _const(f"{p}golden", np.uint64(0x9E3779B97F4A7C15)),
-        _const(f"{p}zero", np.int64(0)),
-        _const(f"{p}one", np.int64(1)),
         _const(f"{p}along_steps", np.array([-1, 1, 1], np.int64)),
         _const(f"{p}along_rows", np.array([1, -1, 1], np.int64)),
-        _node("Range", [f"{p}zero", "steps", f"{p}one"], [f"{p}step"]),
+        _node("Range", ["zero", "steps", "one"], [f"{p}step"]),
         _node("Reshape", [f"{p}step", f"{p}along_steps"], [f"{p}step3"]),
         _node("Reshape", ["seed", f"{p}along_rows"], [f"{p}seed3"]),
         _node("Cast", [f"{p}seed3"], [f"{p}seed_u"], to=_U64),
@@ -259,8 +255,7 @@ def build_generation_graph(weights: CharLstmWeights) -> onnx.ModelProto:
         _node("Min", ["top_k", "class_count"], ["k_capped"]),
         _node("Where", ["has_k", "k_capped", "class_count"], ["k"]),
         _node("Sub", ["k", "one"], ["kth_index"]),
-        _node("Less", ["k_capped", "class_count"], ["restricts"]),
-        _node("And", ["has_k", "restricts"], ["masks"]),
+        _node("Less", ["k", "class_count"], ["masks"]),  # fewer than every class kept
         _node("Cast", ["masks"], ["masks_i"], to=_I64),
         _node("ReduceMax", ["masks_i"], ["any_mask_i"], keepdims=0),
         _node("Cast", ["any_mask_i"], ["any_mask"], to=TensorProto.BOOL),

@@ -106,8 +106,9 @@ def export_char_generation(
 ) -> ExportResult:
     """Add `<name>_generate` (the batched Loop graph: prompts in, sampled texts out) to `repository`.
 
-    The graph is checked against the step graph: its per-step distributions on the
-    characters it produced, for rows of different prompt lengths in one batch.
+    The graph is checked against the PyTorch model stepped one character at a time (CharStep,
+    what the step graph exports): its per-step distributions on the characters it produced,
+    for rows of different prompt lengths in one batch.
     The server merges concurrent requests into one run: prompts of different lengths are
     padded (RAGGED_INPUTS_KEY) and each request's texts cut to its own length (TRIM_OUTPUTS_KEY).
     """
@@ -123,21 +124,21 @@ def export_char_generation(
     for key, value in {"deepr.model": name + GENERATE_SUFFIX, CHARSET_KEY: CHARSET, **batching}.items():
         entry = loop.metadata_props.add()
         entry.key, entry.value = key, value
+    worst = _check_loop_against_model(loop, model)
     with tempfile.TemporaryDirectory() as tmp:
-        same_weights = Path(tmp) / "weights.pt"  # the reference step graph is the same model, fresh weights too
-        torch.save(model.state_dict(), same_weights)
-        step = export_char_step(Path(tmp) / "repo", weights=same_weights, name=name)
         onnx_file = Path(tmp) / "model.onnx"
         onnx.save(loop, onnx_file)
-        worst = _check_loop_against_step(onnx_file, step.version_dir / "model.onnx")
         model_config = serving_config(name + GENERATE_SUFFIX, max_batch_size)
         # Loop runs cost their rows and steps, not a new shape: merge whatever is queued.
         model_config.parameters[PAD_BATCHES_KEY].string_value = "false"
         model_config.input.add(name="prompt", data_type=mc.TYPE_INT64, dims=[-1])
-        for name_, data_type in (("length", mc.TYPE_INT64), ("temperature", mc.TYPE_FP32)):
-            model_config.input.add(name=name_, data_type=data_type, dims=[1])
-        for name_ in ("top_k", "seed"):
-            model_config.input.add(name=name_, data_type=mc.TYPE_INT64, dims=[1])
+        for input_name, data_type in (
+            ("length", mc.TYPE_INT64),
+            ("temperature", mc.TYPE_FP32),
+            ("top_k", mc.TYPE_INT64),
+            ("seed", mc.TYPE_INT64),
+        ):
+            model_config.input.add(name=input_name, data_type=data_type, dims=[1])
         model_config.output.add(name="chars", data_type=mc.TYPE_INT64, dims=[-1])
         model_config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[-1, len(CHARSET)])
         for key, value in {CHARSET_KEY: CHARSET, **batching}.items():
@@ -147,22 +148,21 @@ def export_char_generation(
     return ExportResult(name + GENERATE_SUFFIX, version_dir, report, time.perf_counter() - start)
 
 
-def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40) -> float:
-    """Largest difference between the loop's and the step graph's distributions, step by step,
-    for two rows of different prompt lengths (one padded) run together."""
+def _check_loop_against_model(loop: onnx.ModelProto, model: nn.Module, length: int = 40) -> float:
+    """Largest difference between the loop's distributions and the PyTorch model's, stepped one
+    character at a time, for two rows of different prompt lengths (one padded) run together."""
     import onnxruntime as ort
 
     from zoo.datasets.chars import encode_text
 
     from .generation_graph import PROMPT_PAD
 
-    loop = ort.InferenceSession(str(loop_file), providers=["CPUExecutionProvider"])
-    step = ort.InferenceSession(str(step_file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(loop.SerializeToString(), providers=["CPUExecutionProvider"])
     prompts = [encode_text("return the first item of the sequence, or raise an error if "), encode_text("the ")]
     padded = np.full((len(prompts), max(map(len, prompts))), PROMPT_PAD, np.int64)
     for row, codes in enumerate(prompts):
         padded[row, : len(codes)] = codes
-    chars, probs = loop.run(
+    chars, probs = session.run(
         None,
         {
             "prompt": padded,
@@ -172,17 +172,19 @@ def _check_loop_against_step(loop_file: Path, step_file: Path, length: int = 40)
             "seed": np.array([[1], [2]]),
         },
     )
-    units = step.get_inputs()[1].shape[1]
+    step = CharStep(model).eval()
     worst = 0.0
-    for row, prompt in enumerate(prompts):
-        h = np.zeros((1, units), np.float32)
-        c = np.zeros_like(h)
-        for position, code in enumerate(np.concatenate([prompt, chars[row, :-1]])):
-            p, h, c = step.run(None, {"char_index": np.array([[code]]), "h": h, "c": c})
-            if position >= len(prompt) - 1:
-                worst = max(worst, float(np.abs(p[0] - probs[row, position - len(prompt) + 1]).max()))
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            h = torch.zeros(1, step.lstm.hidden_size)
+            c = torch.zeros_like(h)
+            for position, code in enumerate(np.concatenate([prompt, chars[row, :-1]])):
+                p, h, c = step(torch.tensor([[int(code)]]), h, c)
+                if position >= len(prompt) - 1:
+                    got = probs[row, position - len(prompt) + 1]
+                    worst = max(worst, float(np.abs(p[0].numpy() - got).max()))
     if worst > 1e-5:
         raise ToleranceError(
-            [f"loop graph vs step graph: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"]
+            [f"loop graph vs PyTorch: max |diff| {worst:.3g} of the per-step distributions exceeds 1e-5"]
         )
     return worst

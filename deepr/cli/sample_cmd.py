@@ -30,6 +30,7 @@ def _sample(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     settings = {
+        "prompt": [p for p, _ in rows],
         "url": args.url,
         "local": args.local,
         "length": args.length,
@@ -39,10 +40,9 @@ def _sample(args: argparse.Namespace) -> int:
     }
     with task_errors(args.url):
         if not args.stream and args.graph == "loop":
-            texts = generate_in_one_call([p for p, _ in rows], model=base + "_generate", **settings)
+            texts = generate_in_one_call(model=base + "_generate", **settings)
         else:
             texts = sample_text(
-                [p for p, _ in rows],
                 model=base + "_step",
                 on_char=show if args.stream else None,
                 stream=args.stream,

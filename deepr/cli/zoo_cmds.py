@@ -230,7 +230,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.generate:
         print(
             f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its per-step distributions "
-            f"match the step graph's: max |diff| {v.max_abs_diff:.2g}"
+            f"match PyTorch's, step by step: max |diff| {v.max_abs_diff:.2g}"
         )
         return _profile_batches(result) if args.profile_batches else 0
     if args.precision == "int8":

@@ -405,12 +405,13 @@ def _merged(
     if len(requests) == 1 and next(iter(requests[0].values())).shape[0] == size:
         return requests[0]
     ragged = ragged or {}
+    filled = sum(next(iter(inputs.values())).shape[0] for inputs in requests)
     merged = {}
     for name, first in requests[0].items():
         pad = ragged.get(name)
         if pad is None:
             out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
-            out[sum(inputs[name].shape[0] for inputs in requests) :] = 0
+            out[filled:] = 0
         else:
             longest = max(inputs[name].shape[-1] for inputs in requests)
             out = np.full((size, *first.shape[1:-1], longest), pad, dtype=first.dtype)

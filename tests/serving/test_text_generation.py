@@ -382,8 +382,8 @@ def test_a_generation_graph_without_rows_is_refused_with_the_command_to_fix_it(l
 
 
 def test_a_generation_graph_of_fresh_weights_checks_against_the_same_model(tmp_path):
-    """Without weights the export's reference step graph is made from the very model the loop
-    was built from (two fresh models would differ)."""
+    """Without weights the export checks the loop against the very model it was built from
+    (two fresh models would differ)."""
     from exporters import UntrainedWeightsWarning
     from exporters.text_generation import export_char_generation
 

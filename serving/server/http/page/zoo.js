@@ -480,13 +480,13 @@ function temperatures() {
 
 // All temperatures as rows of one request: the graph samples them side by side in one run.
 async function sampleRows(codes, length, seed, chosen, charset) {
-  const rows = chosen.length, batch = [rows], int64 = (v) => BigInt64Array.from(Array(rows).fill(BigInt(v)));
+  const rows = chosen.length, int64 = (v) => BigInt64Array.from(Array(rows).fill(BigInt(v)));
   const result = await infer(current.name, [
-    { name: "prompt", datatype: "INT64", shape: [...batch, codes.length], data: BigInt64Array.from(Array(rows).fill(codes).flat()) },
-    { name: "length", datatype: "INT64", shape: [...batch, 1], data: int64(length) },
-    { name: "temperature", datatype: "FP32", shape: [...batch, 1], data: Float32Array.from(chosen) },
-    { name: "top_k", datatype: "INT64", shape: [...batch, 1], data: int64(0) },
-    { name: "seed", datatype: "INT64", shape: [...batch, 1], data: int64(seed) },
+    { name: "prompt", datatype: "INT64", shape: [rows, codes.length], data: BigInt64Array.from(Array(rows).fill(codes).flat()) },
+    { name: "length", datatype: "INT64", shape: [rows, 1], data: int64(length) },
+    { name: "temperature", datatype: "FP32", shape: [rows, 1], data: Float32Array.from(chosen) },
+    { name: "top_k", datatype: "INT64", shape: [rows, 1], data: int64(0) },
+    { name: "seed", datatype: "INT64", shape: [rows, 1], data: int64(seed) },
   ], [{ name: "chars", parameters: { binary_data: true } }]);
   const chars = result.chars.data;
   return chosen.map((temperature, row) => [
