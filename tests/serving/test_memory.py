@@ -19,23 +19,23 @@ class QuietDataplane:
 
 
 def trims_during(steps) -> list[int]:
-    """Runs the trimmer (idle after 20 ms) while `steps(dataplane, resident)` changes what it
-    sees; returns the resident size at each trim."""
-    resident = [100 * 2**20]
+    """Runs the trimmer (idle after 20 ms) while `steps(dataplane, free)` changes what it
+    sees; returns the allocator's free bytes at each trim."""
+    free = [100 * 2**20]
     trims: list[int] = []
 
     def release() -> bool:
-        trims.append(resident[0])
+        trims.append(free[0])
         return True
 
     async def main() -> None:
         dataplane = QuietDataplane()
         # fakes passed in, not patched into the module: a server of another test may be trimming
         trimmer = asyncio.create_task(
-            memory.trim_when_idle(dataplane, 0.02, release=release, resident=lambda: resident[0])
+            memory.trim_when_idle(dataplane, 0.02, release=release, free_bytes=lambda: free[0])
         )
         await asyncio.sleep(0.01)  # the trimmer takes its starting point
-        await steps(dataplane, resident)
+        await steps(dataplane, free)
         trimmer.cancel()
 
     if memory._TRIM is not None:
@@ -44,14 +44,14 @@ def trims_during(steps) -> list[int]:
 
 
 def test_an_untouched_server_never_trims():
-    async def steps(dataplane, resident):
+    async def steps(dataplane, free):
         await asyncio.sleep(0.5)
 
     assert trims_during(steps) == []
 
 
 def test_new_requests_trim_once_then_rest():
-    async def steps(dataplane, resident):
+    async def steps(dataplane, free):
         dataplane.admission.admitted = 5
         await asyncio.sleep(0.5)
 
@@ -59,16 +59,28 @@ def test_new_requests_trim_once_then_rest():
         assert trims_during(steps) == [100 * 2**20]
 
 
-def test_memory_grown_without_requests_is_trimmed_again():
-    """Calls that time out before admission leave their messages to be freed later."""
+def test_memory_freed_without_requests_is_trimmed_again():
+    """Calls that time out before admission leave their messages to be freed later; a trim
+    leaves the free count where it was, so it alone does not start another."""
 
-    async def steps(dataplane, resident):
+    async def steps(dataplane, free):
         dataplane.admission.admitted = 5
         await asyncio.sleep(0.5)
-        resident[0] = 600 * 2**20  # grown past the margin with no new request
+        free[0] = 600 * 2**20  # freed past the margin with no new request
         await asyncio.sleep(0.5)
-        resident[0] = 610 * 2**20  # within the margin of the size after that trim
+        free[0] = 610 * 2**20  # within the margin of the count after that trim
         await asyncio.sleep(0.5)
 
     if memory._TRIM is not None:
         assert trims_during(steps) == [100 * 2**20, 600 * 2**20]
+
+
+def test_the_allocator_counts_what_is_freed():
+    """The real signal: freeing chunks inside the heap grows the allocator's free count."""
+    if memory._MALLINFO2 is None:
+        return
+    before = memory.allocator_free_bytes()
+    blocks = [bytearray(100_000) for _ in range(1_000)]  # under the mmap threshold: heap chunks
+    del blocks[::2]  # freed between live chunks, so the heap cannot shrink by itself
+    assert memory.allocator_free_bytes() > before + 40 * 10**6
+    del blocks
