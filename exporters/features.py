@@ -28,7 +28,7 @@ from .gradcam import flat_layers
 from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _picture_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing, picture_format
 
 __all__ = [
     "export_features",
@@ -113,7 +113,7 @@ def export_features(
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
     model_config = serving_config(features_name, max_batch_size)
-    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=picture_format(model), dims=shape)
     for layer, tensor in zip(chosen, outputs):
         model_config.output.add(name=layer, data_type=mc.TYPE_FP32, dims=tensor.shape[1:])
     graph = GraphExport(model_config, features, (example,), config, cases, metadata)

@@ -29,7 +29,7 @@ from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _picture_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing, picture_format
 
 __all__ = ["export_filters", "FilterObjective", "FILTERS_SUFFIX", "filter_outputs"]
 
@@ -103,7 +103,7 @@ def export_filters(
         **({"preprocessing": preprocessing.to_json()} if preprocessing else {}),
     }
     model_config = serving_config(filters_name, max_batch_size)
-    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=picture_format(model), dims=shape)
     model_config.input.add(name="filter_index", data_type=mc.TYPE_INT64, dims=[1])
     for layer in chosen:
         loss_name, gradient_name = filter_outputs(layer)

@@ -31,7 +31,7 @@ from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
 from .repository import serving_config
 from .weights import prepared_model
-from .zoo_models import _picture_shape, _preprocessing
+from .zoo_models import _picture_shape, _preprocessing, picture_format
 
 __all__ = ["StyleWeights", "StyleObjective", "export_style", "STYLE_SUFFIX", "STYLE_INPUTS"]
 
@@ -124,7 +124,7 @@ def export_style(
     }
     model_config = serving_config(style_name, max_batch_size)
     for input_name in STYLE_INPUTS:
-        model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+        model_config.input.add(name=input_name, data_type=mc.TYPE_FP32, format=picture_format(model), dims=shape)
     model_config.output.add(name="loss", data_type=mc.TYPE_FP32, dims=[1])
     model_config.output.add(name="gradient", data_type=mc.TYPE_FP32, dims=shape)
     return export_graph(

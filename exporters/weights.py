@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from zoo import get_model
+from zoo import get_model, get_model_spec
 from zoo.recipes import load_weights
 
 __all__ = ["UntrainedWeightsWarning", "prepared_model"]
@@ -33,7 +33,7 @@ def prepared_model(
     model = get_model(name, **(options or {}))
     if weights is not None:
         load_weights(model, weights)
-    elif not (options or {}).get("weights"):
+    elif not (options or {}).get("weights") and not get_model_spec(name).weights_included:
         graph = f"{name}'s {what}" if what else name
         warnings.warn(
             f"exporting {graph} with freshly initialised weights: {consequence}", UntrainedWeightsWarning, stacklevel=3

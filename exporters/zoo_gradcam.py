@@ -21,7 +21,7 @@ from .pipeline import ExportResult, export_graph
 from .repository import LABELS_FILE, serving_config
 from .validate import ValidationReport, validate_onnx
 from .weights import prepared_model
-from .zoo_models import _classes, _labels, _picture_shape, _preprocessing
+from .zoo_models import _classes, _labels, _picture_shape, _preprocessing, picture_format
 
 __all__ = ["export_gradcam", "GRADCAM_SUFFIX"]
 
@@ -111,7 +111,7 @@ def export_gradcam(
     with torch.no_grad():
         outputs = objective(*example)
     model_config = serving_config(gradcam_name, max_batch_size)
-    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=shape)
+    model_config.input.add(name="images", data_type=mc.TYPE_FP32, format=picture_format(model), dims=shape)
     model_config.input.add(name="class_index", data_type=mc.TYPE_INT64, dims=[1])
     for output_name, tensor in zip(GRADCAM_OUTPUTS, outputs):
         labelled = output_name == "scores" and tuple(tensor.shape[1:]) == (len(labels),)

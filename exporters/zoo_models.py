@@ -43,13 +43,21 @@ def _picture_shape(name: str, model: torch.nn.Module) -> tuple[int, ...]:
 
 def _preprocessing(name: str, model: torch.nn.Module) -> ImagePreprocessing | None:
     """What the weights expect (pretrained bases carry it), else the dataset's."""
-    return getattr(model, "preprocessing", None) or dataset_info(get_model_spec(name).dataset).preprocessing
+    dataset = get_model_spec(name).dataset
+    return getattr(model, "preprocessing", None) or (dataset_info(dataset).preprocessing if dataset else None)
 
 
 def _takes_pictures(name: str, model: torch.nn.Module, preprocessing: ImagePreprocessing | None) -> bool:
-    """A (C, H, W) picture input with preprocessing that makes it (not a flattened one)."""
+    """A (C, H, W) picture input (or (H, W, C), for an imported Keras model that keeps
+    Keras' layout) with preprocessing that makes it (not a flattened one)."""
     shape = _input_shape(name, model)
-    return preprocessing is not None and len(shape) == 3 and shape[0] in (1, 3)
+    channels = shape[-1] if getattr(model, "input_layout", None) == "NHWC" else shape[0]
+    return preprocessing is not None and len(shape) == 3 and channels in (1, 3)
+
+
+def picture_format(model: torch.nn.Module) -> int:
+    """The config's format of a picture input: NCHW, or NHWC for a model that takes Keras' layout."""
+    return mc.ModelInput.FORMAT_NHWC if getattr(model, "input_layout", None) == "NHWC" else mc.ModelInput.FORMAT_NCHW
 
 
 def model_config_for(
@@ -69,7 +77,7 @@ def model_config_for(
     model_config.input.add(
         name=config.input_names[0],
         data_type=mc.TYPE_INT64 if spec.input_dtype == "int64" else mc.TYPE_FP32,
-        format=mc.ModelInput.FORMAT_NCHW if image else mc.ModelInput.FORMAT_NONE,
+        format=picture_format(model) if image else mc.ModelInput.FORMAT_NONE,
         dims=[-1 if d is None else d for d in shape],
     )
     model_config.output.add(
@@ -94,7 +102,8 @@ def _classes(name: str, weights: Path | None) -> tuple[str, ...]:
         classes = json.loads(metrics.read_text()).get("classes")
         if classes:
             return tuple(classes)
-    return dataset_info(get_model_spec(name).dataset).classes
+    spec = get_model_spec(name)
+    return spec.classes or dataset_info(spec.dataset).classes
 
 
 def _labels(name: str, classes: tuple[str, ...]) -> tuple[str, ...]:

@@ -32,6 +32,10 @@ class ModelSpec:
     export: Mapping[str, Any] = field(default_factory=dict)
     """ExportConfig fields this model needs (input/output names, dynamic axes, exporter)."""
     description: str = ""
+    classes: tuple[str, ...] = ()
+    """The model's own class names (imported models); else its dataset's."""
+    weights_included: bool = False
+    """The builder loads trained weights itself (an imported Keras model)."""
 
     def example_shape(self, length: int = 8) -> tuple[int, ...]:
         """input_shape with every free dimension set to `length`."""
@@ -76,6 +80,21 @@ def register_model(
         return builder
 
     return wrap
+
+
+def register_spec(spec: ModelSpec, *, replaces_imported: bool = False) -> None:
+    """Register a spec made elsewhere (an imported model). With `replaces_imported`, a
+    model imported before under the same name gives way; a built-in one never does."""
+    existing = _MODELS.get(spec.name)
+    if existing is not None and not (replaces_imported and existing.weights_included):
+        raise ValueError(f"a model named {spec.name!r} is already registered ({existing.section}); choose another name")
+    _MODELS[spec.name] = spec
+
+
+def unregister_imported(name: str) -> None:
+    """Forget an imported model (a built-in one stays)."""
+    if name in _MODELS and _MODELS[name].weights_included:
+        del _MODELS[name]
 
 
 def get_model_spec(name: str) -> ModelSpec:

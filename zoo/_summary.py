@@ -84,15 +84,17 @@ _WHY = {
 def _shapes(
     model: nn.Module, layers: list[tuple[str, nn.Module]], shape: tuple[int, ...], dtype: torch.dtype
 ) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, output shape) of each layer, in the order the layers ran, for one example of `shape`."""
+    """(name, output shape) of each layer, in the order the layers ran, for one example of `shape`.
+    An imported Keras model computes on NCHW pictures but shows them as Keras does, (H, W, C)."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
+    channels_last = hasattr(model, "keras_file")
+
+    def record(name: str, out: torch.Tensor | tuple) -> None:
+        size = tuple((out[0] if isinstance(out, tuple) else out).shape[1:])
+        shapes.append((name, (*size[1:], size[0]) if channels_last and len(size) == 3 else size))
+
     handles = [
-        module.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.append(
-                (name, tuple((out[0] if isinstance(out, tuple) else out).shape[1:]))
-            )
-        )
-        for name, module in layers
+        module.register_forward_hook(lambda _m, _i, out, name=name: record(name, out)) for name, module in layers
     ]
     try:
         with torch.no_grad():

@@ -16,6 +16,7 @@ from . import (
     dream_cmd,
     filters_cmd,
     gradcam_cmd,
+    import_cmd,
     repository_cmd,
     sample_cmd,
     serve_cmd,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (
         zoo_cmds,
+        import_cmd,
         serve_cmd,
         classify_cmd,
         repository_cmd,

@@ -11,7 +11,7 @@ from serving.client import DEFAULT_URL
 
 T = TypeVar("T")
 
-__all__ = ["comma_list", "int_list", "integer", "number", "add_invert_option", "add_server_options"]
+__all__ = ["comma_list", "int_list", "integer", "number", "ratio", "add_invert_option", "add_server_options"]
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -29,6 +29,20 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
     parse.range = (minimum, maximum)  # type: ignore[attr-defined]  # the CLI tests read it
     return parse
+
+
+def ratio(text: str) -> float:
+    """An argparse type: a positive number, or a fraction as in 1/255."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        value = float(numerator) / (float(denominator) if slash else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or a fraction such as 1/255, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or a fraction such as 1/255, got {text!r}")
+    return value
 
 
 def comma_list(parse: Callable[[str], T]) -> Callable[[str], list[T]]:

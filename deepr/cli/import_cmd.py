@@ -1,0 +1,83 @@
+"""deepr import: a saved Keras model (.h5 from R's save_model_hdf5, or .keras) into the zoo and a repository."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from serving.server.settings import default_repository
+
+from .arguments import integer, ratio
+from .errors import EXIT_FAILURE, EXIT_USAGE, CLIError
+
+
+def _import(args: argparse.Namespace) -> int:
+    from exporters import ExportError, export_model
+    from zoo import model_summary
+    from zoo.keras import KerasImportError
+    from zoo.keras.store import import_keras
+
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise CLIError(f"--labels {args.labels}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        record = import_keras(args.file, args.name, labels=labels, scale=args.scale, input_layout=args.input_layout)
+    except KerasImportError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:  # the name of a built-in model
+        raise CLIError(f"--name {args.name}: {exc}", EXIT_USAGE) from None
+    summary = model_summary(args.name)
+    layout = f", pictures {record.input_layout.upper()}" if len(record.input_shape) == 3 else ""
+    print(
+        f"{args.name}: {len(summary.rows)} layers, {record.keras_params:,} parameters as Keras counts them, "
+        f"input {record.input_shape} {record.input_dtype}{layout}, {record.task} over {len(record.classes)} classes"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        try:
+            result = export_model(args.name, args.repository, max_batch_size=args.max_batch_size)
+        except ExportError as exc:
+            raise CLIError(str(exc), EXIT_FAILURE) from None
+    v = result.validation
+    print(
+        f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; onnxruntime matches "
+        f"the converted model: max |diff| {v.max_abs_diff:.2g} ({v.max_relative_diff:.2g} of the largest output); "
+        f"deepr summary {args.name}, deepr export {args.name} --gradcam ... now take it"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="import a saved Keras model (.h5 or .keras; no TensorFlow needed) into the zoo and export it to ONNX",
+    )
+    p.add_argument("file", type=Path, help="the model: save_model_hdf5() in R, model.save() in Keras 2 or 3")
+    p.add_argument("--name", required=True, help="the name it is served and exported under")
+    p.add_argument(
+        "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
+    )
+    p.add_argument(
+        "--input-layout",
+        choices=("nhwc", "nchw"),
+        default="nhwc",
+        help="pictures as Keras takes them, (N, H, W, C), or channels first for clients that send NCHW "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--labels", type=Path, help="a text file with one class name per line (binary: the positive class)")
+    p.add_argument(
+        "--scale",
+        type=ratio,
+        default=1 / 255,
+        help="what a picture's 0-255 pixel values are multiplied by before the model (default: 1/255)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"
+    )
+    p.set_defaults(run=_import)

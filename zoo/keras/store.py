@@ -1,0 +1,195 @@
+"""Imported Keras models kept by name, so the zoo's commands take them like its own.
+
+`import_keras("m.h5", "m")` checks the file converts, copies it to
+`$DEEPR_HOME/keras/m/` (default ~/.cache/deepr/keras) with `import.json` (labels,
+preprocessing, input layout) and registers `m`; `import zoo` registers every model
+imported before, so `deepr summary m` and `deepr export m --gradcam` find it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from serving.protocol.preprocessing import ImagePreprocessing
+
+from .._registry import ModelSpec, register_spec
+from .errors import KerasImportError
+from .model import INPUT_LAYOUTS, from_keras
+
+__all__ = ["ImportedModel", "import_keras", "keras_home", "register_imported_models"]
+
+logger = logging.getLogger(__name__)
+_RECORD = "import.json"
+
+
+def keras_home() -> Path:
+    """Where imported models are kept: $DEEPR_HOME/keras (default ~/.cache/deepr/keras)."""
+    return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "keras"
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """What `import.json` records about one imported model."""
+
+    name: str
+    file: str
+    """The copied Keras file, relative to the model's folder."""
+    source: str
+    """Where it was imported from."""
+    input_layout: str
+    input_shape: tuple[int | None, ...]
+    input_dtype: str
+    task: str
+    classes: tuple[str, ...]
+    scale: float
+    keras_params: int
+
+    def folder(self, home: Path) -> Path:
+        return home / self.name
+
+    @classmethod
+    def read(cls, folder: Path) -> "ImportedModel":
+        fields = json.loads((folder / _RECORD).read_text())
+        fields["input_shape"] = tuple(fields["input_shape"])
+        fields["classes"] = tuple(fields["classes"])
+        return cls(**fields)
+
+
+def _output_size(model: nn.Module) -> tuple[int, str]:
+    """The output's size and the task it implies: one sigmoid unit is a binary classifier."""
+    import torch
+
+    shape = tuple(3 if d is None else d for d in model.input_shape)  # type: ignore[union-attr]
+    dtype = torch.int64 if model.input_dtype == "int64" else torch.float32
+    with torch.no_grad():
+        out = model(torch.zeros((1, *shape), dtype=dtype))
+    if out.dim() != 2:
+        raise KerasImportError(
+            f"the model's output has shape {tuple(out.shape)}; deepr serves (batch, classes) outputs"
+        )
+    last = list(model.children())[-1]
+    binary = out.shape[1] == 1 and getattr(last, "activation", None) == "sigmoid"
+    return int(out.shape[1]), "binary" if binary else "multiclass"
+
+
+def _classes(labels: Sequence[str] | None, size: int, task: str) -> tuple[str, ...]:
+    if not labels:
+        return ("0", "1") if task == "binary" else tuple(str(i) for i in range(size))
+    labels = tuple(labels)
+    if task == "binary" and len(labels) in (1, 2):
+        return labels if len(labels) == 2 else (f"not {labels[0]}", labels[0])
+    if len(labels) != size:
+        raise KerasImportError(f"{len(labels)} labels for an output of {size} classes; give one label per line")
+    return labels
+
+
+def _build(record: ImportedModel, folder: Path, **options: Any) -> nn.Module:
+    if options:
+        raise TypeError(f"{record.name} is an imported Keras model; it takes no options ({', '.join(options)})")
+    model = from_keras(folder / record.file, input_layout=record.input_layout)
+    shape = record.input_shape
+    if len(shape) == 3:  # pictures: resized, scaled, in the layout the model takes
+        channels_last = record.input_layout == "nhwc"
+        height, width = shape[:2] if channels_last else shape[1:]
+        channels = shape[-1] if channels_last else shape[0]
+        model.preprocessing = ImagePreprocessing(  # type: ignore[assignment]
+            size=(int(height or 0), int(width or 0)),
+            color_mode="L" if channels == 1 else "RGB",
+            scale=record.scale,
+            layout=record.input_layout.upper(),
+        )
+    return model
+
+
+def _spec(record: ImportedModel, folder: Path) -> ModelSpec:
+    recurrent = record.input_dtype == "int64" and record.input_shape == (None,)
+    export: dict[str, Any] = {"output_names": ("probability",) if record.task == "binary" else ("probabilities",)}
+    if record.input_dtype == "int64":
+        export["input_names"] = ("tokens",)
+    if recurrent:  # the TorchScript exporter keeps the sequence length free (see zoo/models/sequence.py)
+        export.update(dynamic_axes=((0, 1),), dynamo=False)
+    return ModelSpec(
+        name=record.name,
+        builder=functools.partial(_build, record, folder),
+        section=f"imported from Keras ({Path(record.source).name})",
+        input_shape=record.input_shape,
+        dataset="",
+        task=record.task,
+        input_dtype=record.input_dtype,
+        export=export,
+        description=f"imported from {record.source}",
+        classes=record.classes,
+        weights_included=True,
+    )
+
+
+def import_keras(
+    path: str | Path,
+    name: str,
+    *,
+    labels: Sequence[str] | None = None,
+    scale: float = 1 / 255,
+    input_layout: str = "nhwc",
+    home: Path | None = None,
+) -> ImportedModel:
+    """Convert the Keras model at `path` (checking every layer), keep it as `name` and
+    register it in the zoo. `labels`: one per output class (binary: the positive class,
+    or negative and positive); `scale`: what pictures' 0-255 pixels are multiplied by."""
+    if not name.isidentifier():
+        raise KerasImportError(f"--name {name!r}: use letters, digits and underscores, as a Python name")
+    if input_layout not in INPUT_LAYOUTS:
+        raise KerasImportError(f"input layout {input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
+    model = from_keras(path, input_layout=input_layout)
+    size, task = _output_size(model)
+    import torch
+
+    from .._summary import summary
+
+    input_shape: tuple[int | None, ...] = tuple(getattr(model, "input_shape"))
+    input_dtype = str(getattr(model, "input_dtype"))
+    counts = summary(model, input_shape, dtype=torch.int64 if input_dtype == "int64" else torch.float32)
+    home = home or keras_home()
+    folder = home / name
+    source = Path(path)
+    record = ImportedModel(
+        name=name,
+        file="model" + (".keras" if source.suffix == ".keras" else ".h5"),
+        source=str(source.resolve()),
+        input_layout=input_layout,
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        task=task,
+        classes=_classes(labels, size, task),
+        scale=scale,
+        keras_params=counts.keras_total_params,
+    )
+    spec = _spec(record, folder)
+    register_spec(spec, replaces_imported=True)  # before copying: a built-in name is refused here
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / record.file)
+    (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    return record
+
+
+def register_imported_models(home: Path | None = None) -> None:
+    """Register every model imported before; one that cannot be read is skipped with a warning."""
+    home = home or keras_home()
+    if not home.is_dir():
+        return
+    for folder in sorted(home.iterdir()):
+        if not (folder / _RECORD).is_file():
+            continue
+        try:
+            record = ImportedModel.read(folder)
+            register_spec(_spec(record, folder), replaces_imported=True)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("skipping the imported model in %s: %s", folder, exc)
