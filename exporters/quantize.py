@@ -207,6 +207,11 @@ def export_quantized(
     spec = get_model_spec(name)
     if calibration < 1:
         raise ValueError(f"calibration must be at least 1 sample, got {calibration}")
+    if not spec.dataset:
+        raise ExportError(
+            f"{name} is an imported Keras model: int8 calibrates on the zoo's datasets in the zoo's layouts, "
+            "which it does not take; export it as fp32 or --precision fp16"
+        )
     if data is None:
         try:
             data = load_dataset(spec.dataset)

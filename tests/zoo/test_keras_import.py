@@ -267,3 +267,15 @@ def test_read_with_keras_and_tensorflow_absent(keras2_files, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     difference, keras_loaded = done.stdout.split()
     assert float(difference) < PARITY and keras_loaded == "False"
+
+
+def test_what_an_imported_model_does_not_take(imported, tmp_path):
+    """It comes trained, and int8 would calibrate on data in the zoo's layouts: both refused, saying why."""
+    from exporters import ExportError
+    from exporters.quantize import export_quantized
+    from zoo.recipes import TrainConfig
+
+    with pytest.raises(ValueError, match="imported Keras model: it comes trained"):
+        TrainConfig.for_model("k_mnist_convnet", out=tmp_path)
+    with pytest.raises(ExportError, match="imported Keras model: int8"):
+        export_quantized("k_mnist_convnet", tmp_path)

@@ -83,6 +83,10 @@ class TrainConfig:
     def for_model(cls, model: str, out: Path | str, **overrides: Any) -> "TrainConfig":
         """The model's default recipe, with `overrides` (None values ignored) on top."""
         spec = get_model_spec(model)
+        if spec.weights_included:
+            raise ValueError(
+                f"{model} is an imported Keras model: it comes trained; deepr exports and serves it (train it in Keras)"
+            )
         fields = {"data": spec.dataset, **spec.recipe}
         fields.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
