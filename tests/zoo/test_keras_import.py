@@ -184,17 +184,17 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path):
         from_keras(path)
 
 
-def test_cli_import_exits_2_naming_the_problem(tmp_path):
+def test_cli_import_exits_2_naming_the_problem(tmp_path, monkeypatch, capsys):
+    from deepr.cli import main
+
+    monkeypatch.setenv("DEEPR_HOME", str(tmp_path / "home"))
     bad = tmp_path / "model.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature and nothing after it
-    done = subprocess.run(
-        [sys.executable, "-m", "deepr", "import", str(bad), "--name", "broken", "--repository", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, "DEEPR_HOME": str(tmp_path / "home")},
-    )
-    assert done.returncode == 2, done.stderr
-    assert "model.h5" in done.stderr and "cannot read this HDF5 file" in done.stderr
+    code = main(["import", str(bad), "--name", "broken", "--repository", str(tmp_path / "repository")])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert "model.h5" in stderr and "cannot read this HDF5 file" in stderr
+    assert not (tmp_path / "home" / "keras" / "broken").exists()  # nothing kept of a failed import
 
 
 # -- Keras 2's spellings, and reading without Keras ---------------------------------------------------------------
