@@ -105,8 +105,11 @@ class BatchNormalization(nn.Module):
 
     keras_type = "BatchNormalization"
 
-    def __init__(self, mean: np.ndarray, variance: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float):
+    def __init__(
+        self, mean: np.ndarray, variance: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float, axis: int
+    ):
         super().__init__()
+        self.axis = axis
         self.weight = nn.Parameter(torch.from_numpy(gamma))
         self.bias = nn.Parameter(torch.from_numpy(beta))
         self.register_buffer("running_mean", torch.from_numpy(mean))
@@ -118,6 +121,8 @@ class BatchNormalization(nn.Module):
     running_var: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis % x.dim() != x.dim() - 1:  # Keras names the axis it normalises; only the last is converted
+            raise ValueError(f"BatchNormalization over axis {self.axis} of a rank-{x.dim()} tensor: only the last axis")
         shape = (1, -1, 1, 1) if x.dim() == 4 else (-1,)
         scale = self.weight * torch.rsqrt(self.running_var + self.epsilon)
         return (x - self.running_mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
@@ -442,8 +447,10 @@ def _separable(layer: _Layer) -> nn.Module:
 
 def _batch_norm(layer: _Layer) -> nn.Module:
     axis = layer.get("axis", -1)
-    if (axis if isinstance(axis, int) else axis[0]) not in (-1, 3) and axis != [3]:
-        raise layer.fail(f"axis={axis!r}: only the last (channel) axis is supported")
+    if not isinstance(axis, int):  # Keras 2 writes [3]
+        if len(axis) != 1:
+            raise layer.fail(f"axis={axis!r}: only one axis, the last, is supported")
+        axis = axis[0]
     center, scale = layer.get("center", True), layer.get("scale", True)
     shapes = [(None,)] * (scale + center + 2)
     arrays = layer.take(*shapes)
@@ -454,7 +461,7 @@ def _batch_norm(layer: _Layer) -> nn.Module:
         raise layer.fail(
             f"the weights do not fit: gamma, beta, mean, variance of sizes {[gamma.size, beta.size, mean.size, variance.size]}"
         )
-    module = BatchNormalization(mean, variance, gamma, beta, float(layer.get("epsilon", 1e-3)))
+    module = BatchNormalization(mean, variance, gamma, beta, float(layer.get("epsilon", 1e-3)), axis)
     module.keras_count = sum(w.size for w in layer.weights)
     return module
 
@@ -519,10 +526,6 @@ def _recurrent(layer: _Layer) -> nn.Module:
     return module
 
 
-def _no_weights(layer: _Layer) -> None:
-    layer.take()
-
-
 _CONVERTERS: dict[str, Callable[[_Layer], nn.Module]] = {
     "Dense": _dense,
     "Conv2D": _conv,
@@ -560,5 +563,5 @@ def convert_layer(name: str, class_name: str, config: dict[str, Any], weights: l
     if converter is None:
         raise layer.fail(f"deepr does not convert {class_name} layers; supported: {', '.join(SUPPORTED_LAYERS)}")
     if class_name in _WEIGHTLESS:
-        _no_weights(layer)
+        layer.take()  # none: a file that gives this layer weights does not match its config
     return converter(layer)
