@@ -1,8 +1,10 @@
-"""Graphs that take pictures as uint8 pixels.
+"""Graphs that take pictures as uint8 pixels, or as their encoded files.
 
 The preprocessing's scaling and per-channel normalisation move into the graph, so a
 client sends resized pixels as they are: a quarter of the bytes of float32 on the wire
-or in shared memory, which is what limits a server at large batches.
+or in shared memory, which is what limits a server at large batches. The encoded form
+serves the same graph behind a BYTES input of picture files (JPEG, PNG...), which the
+server decodes and resizes with the model's preprocessing before the graph runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import ImagePreprocessing
 
-__all__ = ["PixelInput", "pixel_cases", "pixel_form", "as_pixel_config"]
+__all__ = ["PixelInput", "pixel_cases", "pixel_form", "as_pixel_config", "as_encoded_config"]
 
 
 class PixelInput(nn.Module):
@@ -56,9 +58,9 @@ def pixel_cases(preprocessing: ImagePreprocessing, batch_sizes, seed: int = 0) -
     ]
 
 
-def pixel_form(preprocessing: ImagePreprocessing) -> ImagePreprocessing:
-    """What clients of the uint8 graph do: resize, nothing more."""
-    return dataclasses.replace(preprocessing, pixels="uint8", layout="NHWC")
+def pixel_form(preprocessing: ImagePreprocessing, pixels: str = "uint8") -> ImagePreprocessing:
+    """What clients of the uint8 graph do: resize, nothing more; of the encoded one: send the file."""
+    return dataclasses.replace(preprocessing, pixels=pixels, layout="NHWC")
 
 
 def as_pixel_config(config: mc.ModelConfig, preprocessing: ImagePreprocessing, parameter: str) -> None:
@@ -70,4 +72,15 @@ def as_pixel_config(config: mc.ModelConfig, preprocessing: ImagePreprocessing, p
     image.format = mc.ModelInput.FORMAT_NHWC
     del image.dims[:]
     image.dims.extend([height, width, preprocessing.channels])
+    config.parameters[parameter].string_value = preprocessing.to_json()
+
+
+def as_encoded_config(config: mc.ModelConfig, preprocessing: ImagePreprocessing, parameter: str) -> None:
+    """Rewrite a float image model's config for the encoded form of its uint8 graph: one
+    BYTES element (a picture file) per example, and the preprocessing the server decodes with."""
+    image = config.input[0]
+    image.data_type = mc.TYPE_STRING
+    image.format = mc.ModelInput.FORMAT_NONE
+    del image.dims[:]
+    image.dims.append(1)
     config.parameters[parameter].string_value = preprocessing.to_json()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.protocol.preprocessing import ImagePreprocessing
+from serving.protocol.preprocessing import PIXEL_FORMS, ImagePreprocessing
 from serving.protocol.schema import LABELS_KEY, PREPROCESSING_KEY, SECTION_KEY
 from zoo import get_model_spec
 from zoo.datasets import dataset_info
@@ -20,7 +20,7 @@ from zoo.datasets import dataset_info
 from .config import ExportConfig
 from .errors import ExportError
 from .pipeline import ExportResult, GraphExport, export_graph
-from .pixels import PixelInput, as_pixel_config, pixel_cases, pixel_form
+from .pixels import PixelInput, as_encoded_config, as_pixel_config, pixel_cases, pixel_form
 from .repository import LABELS_FILE, serving_config
 from .weights import prepared_model
 
@@ -151,6 +151,8 @@ def export_model(
     pixels="uint8" (image models) exports a graph that takes resized pixels as they are,
     (N, H, W, C) uint8, and scales and normalises them itself, as `<name>_uint8`: requests
     carry a quarter of the bytes, and clients that read the config (classify) adapt.
+    pixels="encoded" serves that graph as `<name>_encoded` behind a BYTES input of picture
+    files, (N, 1): the server decodes and resizes them with the model's preprocessing.
 
     Input/output names, dynamic axes and the exporter come from the model's
     registry entry; the graph is checked against PyTorch at two batch sizes
@@ -160,22 +162,22 @@ def export_model(
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if pixels not in ("float32", "uint8"):
-        raise ValueError(f"pixels must be 'float32' or 'uint8', got {pixels!r}")
+    if pixels not in PIXEL_FORMS:
+        raise ValueError(f"pixels must be one of {PIXEL_FORMS}, got {pixels!r}")
     spec = get_model_spec(name)
     config = ExportConfig(max_batch_size=max_batch_size, **spec.export)
     model = prepared_model(name, weights, options, consequence="its predictions are meaningless")
     preprocessing = _preprocessing(name, model)
     float_model = model
-    if pixels == "uint8":
+    if pixels != "float32":
         if not _takes_pictures(name, model, preprocessing):
             raise ExportError(
-                f"{name} does not take pictures (input {_input_shape(name, model)}): it has no uint8 form"
+                f"{name} does not take pictures (input {_input_shape(name, model)}): it has no {pixels} form"
             )
         assert preprocessing is not None  # _takes_pictures says a picture model has it
         model = PixelInput(model, preprocessing).eval()
         cases: list[tuple[np.ndarray, ...]] = list(pixel_cases(preprocessing, config.validation_batch_sizes))
-        preprocessing = pixel_form(preprocessing)
+        preprocessing = pixel_form(preprocessing, pixels)
     else:
         cases = _validation_cases(model, name, config)
     example = torch.from_numpy(cases[-1][0][:2])  # torch.export would fix a size of 1
@@ -197,12 +199,14 @@ def export_model(
     text_encoding = encoding_file.read_text() if encoding_file is not None and encoding_file.is_file() else None
     if text_encoding is not None:
         metadata["text_encoding"] = text_encoding
-    served_name = name + ("_fp16" if precision == "fp16" else "") + ("_uint8" if pixels == "uint8" else "")
+    served_name = name + ("_fp16" if precision == "fp16" else "") + ("" if pixels == "float32" else f"_{pixels}")
     if precision == "fp16":
         config = dataclasses.replace(config, atol=1e-3, rtol=1e-2)  # float16 keeps about 3 decimal digits
     model_config = model_config_for(name, float_model, config, output_dims, labels)
     if pixels == "uint8" and preprocessing is not None:
         as_pixel_config(model_config, preprocessing, PREPROCESSING_KEY)
+    elif pixels == "encoded" and preprocessing is not None:
+        as_encoded_config(model_config, preprocessing, PREPROCESSING_KEY)
     model_config.name = served_name
     graph = GraphExport(
         model_config,

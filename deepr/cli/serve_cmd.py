@@ -89,6 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             device=args.device,
             infer_threads=args.infer_threads,
+            decode_threads=args.decode_threads,
+            max_picture_pixels=args.max_picture_pixels,
             intra_op_threads=args.intra_op_threads,
             ort_spinning=args.ort_spinning,
             tf32=args.tf32,
@@ -227,6 +229,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)"
     )
     p.add_argument("--infer-threads", type=integer(1), help="sessions run concurrently (default 4)")
+    p.add_argument(
+        "--decode-threads",
+        type=integer(0),
+        help="threads decoding picture files for models exported with --pixels encoded (default 0: one per core)",
+    )
+    p.add_argument(
+        "--max-picture-pixels",
+        type=integer(1),
+        help="largest picture file (width x height) those models take; larger ones are refused (default 40000000)",
+    )
     p.add_argument(
         "--intra-op-threads", type=integer(0), help="onnxruntime threads per session (default 0: onnxruntime decides)"
     )

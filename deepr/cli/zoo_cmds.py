@@ -195,6 +195,8 @@ def _export(args: argparse.Namespace) -> int:
             "graphs stay float32 (their backward operators and many outputs are outside what onnxruntime quantizes)",
             EXIT_USAGE,
         )
+    if args.precision == "int8" and args.pixels == "encoded":
+        raise CLIError("--precision int8 takes --pixels float32 or uint8, not encoded", EXIT_USAGE)
     if args.precision != "int8" and (args.calibration is not None or args.max_accuracy_drop is not None):
         raise CLIError("--calibration and --max-accuracy-drop go with --precision int8", EXIT_USAGE)
     with _user_errors(), warnings.catch_warnings():
@@ -385,10 +387,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="int8: dataset to calibrate and compare on (default: the model's embedded one)")
     p.add_argument(
         "--pixels",
-        choices=("float32", "uint8"),
+        choices=("float32", "uint8", "encoded"),
         default="float32",
         help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
-        "itself, as NAME_uint8: a quarter of the bytes per request (default: %(default)s)",
+        "itself, as NAME_uint8: a quarter of the bytes per request; encoded: that graph behind a BYTES input of "
+        "picture files (JPEG, PNG...) the server decodes and resizes, as NAME_encoded (default: %(default)s)",
     )
     p.add_argument(
         "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"

@@ -6,6 +6,7 @@ turn its pictures into a model's input.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,14 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImagePreprocessing", "ImageInput", "INVERT_CHOICES", "load_image"]
+__all__ = ["ImagePreprocessing", "ImageInput", "INVERT_CHOICES", "PictureError", "load_image", "PIXEL_FORMS"]
+
+PIXEL_FORMS = ("float32", "uint8", "encoded")
+
+
+class PictureError(ValueError):
+    """Bytes that are not a picture this preprocessing can take."""
+
 
 INVERT_CHOICES = ("auto", "yes", "no")
 """How a picture's polarity is handled for a model that states its background: `auto`
@@ -71,8 +79,9 @@ class ImagePreprocessing:
     resample: str = "bilinear"
     """Resize filter: nearest, bilinear or bicubic."""
     pixels: str = "float32"
-    """What the model takes: "float32" (scaled and normalised here) or "uint8" (the resized
-    pixels as they are, NHWC; the graph scales and normalises them itself)."""
+    """What the model takes: "float32" (scaled and normalised here), "uint8" (the resized
+    pixels as they are, NHWC; the graph scales and normalises them itself) or "encoded" (the
+    picture's file bytes, JPEG, PNG...; the server decodes and resizes them as "uint8" would)."""
     background: str | None = None
     """"dark" for models trained on light marks on a dark ground (MNIST's digits): pictures
     drawn dark on light, as people write and scan them, are inverted first (see `inverts`).
@@ -85,10 +94,10 @@ class ImagePreprocessing:
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
         if self.resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
-        if self.pixels not in ("float32", "uint8"):
-            raise ValueError(f"pixels must be 'float32' or 'uint8', got {self.pixels!r}")
-        if self.pixels == "uint8" and self.layout != "NHWC":
-            raise ValueError("uint8 pixels travel as NHWC, the layout pictures have")
+        if self.pixels not in PIXEL_FORMS:
+            raise ValueError(f"pixels must be one of {PIXEL_FORMS}, got {self.pixels!r}")
+        if self.pixels != "float32" and self.layout != "NHWC":
+            raise ValueError(f"{self.pixels} pixels travel as NHWC, the layout pictures have")
         if self.background not in (None, "dark"):
             raise ValueError(f"background must be 'dark' or None, got {self.background!r}")
 
@@ -113,18 +122,49 @@ class ImagePreprocessing:
     def channels(self) -> int:
         return 1 if self.color_mode == "L" else 3
 
+    def resized(self, image: ImageInput, invert: str = "auto") -> np.ndarray:
+        """One picture's (H, W, C) uint8 pixels: converted, inverted where `invert` says, resized."""
+        height, width = self.size
+        img = load_image(image).convert(self.color_mode)
+        if self.inverts(img, invert):
+            img = ImageOps.invert(img)
+        if img.size != (width, height):
+            img = img.resize((width, height), _RESAMPLE[self.resample])
+        return np.asarray(img).reshape(height, width, self.channels)
+
+    def decoded(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """The (H, W, C) uint8 pixels of a picture file's bytes, as `resized` makes them;
+        PictureError for bytes Pillow cannot read, truncated pictures, and pictures of more
+        than `max_pixels` pixels (checked from the header, before anything is decoded)."""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise PictureError(
+                        f"a {width}x{height} picture: {width * height:,} pixels, over the limit of {max_pixels:,}"
+                    )
+                img.load()
+                return self.resized(img)
+        except UnidentifiedImageError:
+            raise PictureError(f"not a picture Pillow can read ({len(data):,} bytes starting {data[:8]!r})") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            if isinstance(exc, PictureError):
+                raise
+            raise PictureError(f"a damaged or truncated picture ({exc})") from None
+
     def __call__(self, images: Sequence[ImageInput], invert: str = "auto") -> np.ndarray:
-        """A batch of `images` as the model takes it: float32 in the model's layout, or
-        uint8 NHWC pixels for graphs that preprocess themselves. `invert`: see `inverts`."""
+        """A batch of `images` as the model takes it: float32 in the model's layout, uint8
+        NHWC pixels for graphs that preprocess themselves, or for "encoded" each picture's
+        file bytes, (N, 1) BYTES (a path's own bytes; pictures in memory as PNG, lossless).
+        `invert`: see `inverts` (an encoded model's server inverts, as "auto" does)."""
+        if self.pixels == "encoded":
+            if invert != "auto":
+                raise ValueError("a model that takes encoded pictures decides their polarity itself: invert='auto'")
+            return np.array([[_file_bytes(source)] for source in images], dtype=np.object_).reshape(len(images), 1)
         height, width = self.size
         batch = np.empty((len(images), height, width, self.channels), dtype=np.dtype(self.pixels))
         for i, source in enumerate(images):
-            img = load_image(source).convert(self.color_mode)
-            if self.inverts(img, invert):
-                img = ImageOps.invert(img)
-            if img.size != (width, height):
-                img = img.resize((width, height), _RESAMPLE[self.resample])
-            batch[i] = np.asarray(img).reshape(height, width, self.channels)
+            batch[i] = self.resized(source, invert)
         if self.pixels == "uint8":
             return batch
         batch *= self.scale
@@ -144,6 +184,17 @@ class ImagePreprocessing:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         return cls(**fields)
+
+
+def _file_bytes(source: ImageInput) -> bytes:
+    if isinstance(source, (str, Path)):
+        try:
+            return Path(source).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no image file at {source}") from None
+    buffer = io.BytesIO()
+    load_image(source).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def to_picture(x: np.ndarray, preprocess: ImagePreprocessing) -> Image.Image:

@@ -26,6 +26,7 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from serving.server.model import OnnxModel
+from serving.server.pictures import PictureDecoder
 from serving.server.repository import LOADING, READY, UNLOADED, ModelRepository
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
@@ -90,6 +91,7 @@ class DataPlane:
         self._runs_alone = 0
         self._started = False
         self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())
+        self.pictures = PictureDecoder(settings.decode_threads, settings.max_picture_pixels)
 
     def start(self) -> None:
         """Load every model in the repository; failures leave that model UNAVAILABLE."""
@@ -101,6 +103,7 @@ class DataPlane:
         batchers, self._batchers = list(self._batchers.values()), {}
         await asyncio.gather(*(b.close() for b in batchers))
         self._executor.shutdown(wait=True)
+        self.pictures.close()
 
     def live(self) -> bool:
         return True
@@ -150,6 +153,9 @@ class DataPlane:
         try:
             with self.admission.admit(f"model {model.name!r}"):
                 request = call.decode(model)
+                if model.encoded_input is not None:
+                    inputs = await self.pictures.decode(request.inputs, *model.encoded_input)
+                    request = DecodedRequest(inputs, request.outputs)
                 decoded = time.perf_counter_ns()
                 timings = BatchTimings()
                 outputs = await self.infer(model, request.inputs, request.outputs, timings, call.deadline)

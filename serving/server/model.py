@@ -18,6 +18,8 @@ from serving.protocol.codecs import TensorSpec
 from serving.protocol.datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
 from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotReady
 from serving.protocol.generated import model_config_pb2 as mc
+from serving.protocol.preprocessing import ImagePreprocessing
+from serving.protocol.schema import PREPROCESSING_KEY
 from serving.runtime.providers import select_providers
 from serving.runtime.sessions import pruned_graph, usable_cores
 from serving.server.batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_load, profile_batches
@@ -42,6 +44,17 @@ _GRAPH_LEVELS = {
 def instance_count(config: mc.ModelConfig) -> int:
     """How many runs of the model may go at once: the config's instance_group counts."""
     return sum(g.count or 1 for g in config.instance_group) or 1
+
+
+def _encoded_preprocessing(config: mc.ModelConfig) -> ImagePreprocessing | None:
+    """The preprocessing of a model that takes picture files, or None."""
+    if PREPROCESSING_KEY not in config.parameters:
+        return None
+    try:
+        preprocessing = ImagePreprocessing.from_json(config.parameters[PREPROCESSING_KEY].string_value)
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{config.name}: its {PREPROCESSING_KEY} parameter cannot be read: {exc}") from None
+    return preprocessing if preprocessing.pixels == "encoded" else None
 
 
 def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
@@ -82,6 +95,11 @@ class OnnxModel:
         self._pruned: collections.OrderedDict[frozenset[str], ort.InferenceSession] = collections.OrderedDict()
         self._pruning = threading.Lock()
         self.inputs: list[TensorSpec] = []
+        """What requests carry (a BYTES input of picture files for an encoded-picture model)."""
+        self.graph_inputs: list[TensorSpec] = []
+        """What the graph takes."""
+        self.encoded_input: tuple[str, ImagePreprocessing] | None = None
+        """An encoded-picture model's BYTES input, and the preprocessing that decodes it."""
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
         self.run_seconds: dict[int, float] = {}
@@ -144,7 +162,14 @@ class OnnxModel:
             threads = max(1, usable_cores() // instances)
         self._options = self.session_options(threads)
         session = self.new_session(threads)
-        self.inputs = self._specs(session.get_inputs(), list(self.config.input), "input")
+        configured = list(self.config.input)
+        encoded = _encoded_preprocessing(self.config)
+        if encoded is not None:  # the config's BYTES entry stands for the graph's uint8 pixels
+            configured = configured[1:]
+        self.graph_inputs = self._specs(session.get_inputs(), configured, "input")
+        self.inputs = self.graph_inputs
+        if encoded is not None:
+            self.inputs, self.encoded_input = self._encoded_specs(encoded), (self.config.input[0].name, encoded)
         self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         if instances > 1:
@@ -187,7 +212,7 @@ class OnnxModel:
     def zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
         """Zero inputs of `rows` rows, or None when an input has a free dimension."""
         arrays = {}
-        for spec in self.inputs:
+        for spec in self.graph_inputs:
             dims = spec.shape[1:]
             if any(d < 0 for d in dims) or spec.datatype == "BYTES":
                 return None
@@ -235,6 +260,24 @@ class OnnxModel:
                 by_name[entry.name] = TensorSpec(spec.name, spec.datatype, ((-1,) if batched else ()) + dims)
             specs = [by_name[s.name] for s in specs]
         return specs
+
+    def _encoded_specs(self, preprocessing: ImagePreprocessing) -> list[TensorSpec]:
+        """The request's inputs of an encoded-picture model, after checking its graph takes
+        the pixels the preprocessing makes."""
+        entry = self.config.input[0]
+        pixels = next((s for s in self.graph_inputs if s.name == entry.name), None)
+        height, width = preprocessing.size
+        expected = (-1, height, width, preprocessing.channels)
+        if entry.data_type != mc.TYPE_STRING or list(entry.dims) != [1]:
+            raise ModelLoadError(
+                f"{self.name}: an encoded-picture input is TYPE_STRING dims [1]; {entry.name!r} is not"
+            )
+        if pixels is None or pixels.datatype != "UINT8" or self.max_batch_size <= 0 or pixels.shape != expected:
+            found = f"{pixels.datatype} {list(pixels.shape)}" if pixels else "nothing of that name"
+            raise ModelLoadError(
+                f"{self.name}: encoded pictures decode to UINT8 {list(expected)}; the graph's input {entry.name!r} is {found}"
+            )
+        return [TensorSpec(s.name, "BYTES", (-1, 1)) if s.name == entry.name else s for s in self.graph_inputs]
 
     def unload(self) -> None:
         self._session = None

@@ -46,6 +46,13 @@ class ServerSettings:
     """onnxruntime device: auto (CUDA when usable), cuda or cpu. Env: DEEPR_DEVICE."""
     infer_threads: int = 4
     """Threads running onnxruntime sessions concurrently. Env: DEEPR_INFER_THREADS."""
+    decode_threads: int = 0
+    """Threads decoding the picture files of models that take encoded pictures, beside the
+    event loop; 0: one per core. Env: DEEPR_DECODE_THREADS."""
+    max_picture_pixels: int = 40_000_000
+    """Largest picture (width x height, read from its header before decoding) an encoded-
+    picture model takes; larger ones are refused as decompression bombs. Env:
+    DEEPR_MAX_PICTURE_PIXELS."""
     intra_op_threads: int = 0
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose. Env: DEEPR_INTRA_OP_THREADS."""
     tf32: bool = False
@@ -150,6 +157,10 @@ class ServerSettings:
             raise ValueError("tls_client_ca (client certificates) needs TLS: give tls_cert and tls_key too")
         if self.infer_threads < 1:
             raise ValueError(f"infer_threads must be >= 1, got {self.infer_threads}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 (0: one per core), got {self.decode_threads}")
+        if self.max_picture_pixels < 1:
+            raise ValueError(f"max_picture_pixels must be >= 1, got {self.max_picture_pixels}")
         if self.max_connections < 0:
             raise ValueError(f"max_connections must be >= 0 (0: no limit), got {self.max_connections}")
         if self.max_inflight < 1:
