@@ -41,9 +41,7 @@ class PictureDecoder:
         )
         return {**inputs, name: np.concatenate(parts) if len(parts) > 1 else parts[0]}
 
-    def _pixels(
-        self, files: np.ndarray, items: np.ndarray, name: str, preprocessing: ImagePreprocessing
-    ) -> np.ndarray:
+    def _pixels(self, files: np.ndarray, items: np.ndarray, name: str, preprocessing: ImagePreprocessing) -> np.ndarray:
         height, width = preprocessing.size
         out = np.empty((len(items), height, width, preprocessing.channels), np.uint8)
         for row, item in enumerate(items):
