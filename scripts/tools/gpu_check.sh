@@ -13,6 +13,8 @@
 #            resnet50's uint8 pixel graph (BENCH_MODELS), in-process onnxruntime vs the gRPC
 #            server under tritonclient, tensors in the message and in system shared memory
 #   shape    the cost of a new batch size on CUDA (scripts/benchmarks/shape_cost.py)
+#   encoded  resnet50 served as float32, uint8 pixels and JPEG files, decode cost per picture
+#            (scripts/benchmarks/bench_encoded.py --device cuda)
 #   sizes    merged runs at the sizes warmed at load against free sizes (--free-batch-sizes)
 #   profile  `deepr export resnet50 --profile-batches` on CUDA (rows/s per batch size and
 #            instance count), then `deepr bench` of the profiled model
@@ -50,6 +52,9 @@ for step in ${STEPS:-tests tf32 bench shape sizes profile}; do
       timeout "${BENCH_TIMEOUT:-500}" python3 -m deepr bench --device cuda $models \
         --cells "${BENCH_CELLS:-1x1,1x64,32x1,32x8,256x1,256x4}" --seconds "${BENCH_SECONDS:-2}" \
         --client-processes 4 --shared-memory ${BENCH_ARGS:-} --out "$results/bench_cuda.json" 2>&1 | grep -v " INFO " ;;
+    encoded)
+      timeout 420 python3 scripts/benchmarks/bench_encoded.py --device cuda --model resnet50 --seconds 5 \
+        --out "$results/bench_encoded.json" 2>&1 | tee "$results/bench_encoded.log" | tail -20 ;;
     shape)
       timeout 150 python3 scripts/benchmarks/shape_cost.py --model resnet50 --device cuda --sizes 1-64 --out "$results/shape_cost.json" 2>&1 \
         | grep -v " INFO " | tail -8 ;;
@@ -62,6 +67,6 @@ for step in ${STEPS:-tests tf32 bench shape sizes profile}; do
       timeout 200 python3 -m deepr bench --device cuda --repository /tmp/profiled --model resnet50 --cells 1x64,32x8 --seconds 3 \
         --client-processes 4 --out "$results/bench_profiled.json" 2>&1 | grep -v " INFO " ;;
     *)
-      echo "unknown step $step (tests suite tf32 bench shape sizes profile)"; exit 2 ;;
+      echo "unknown step $step (tests suite tf32 bench encoded shape sizes profile)"; exit 2 ;;
   esac
 done

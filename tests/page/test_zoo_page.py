@@ -45,6 +45,7 @@ def zoo_repository(tmp_path_factory, repository, trained_convnet, trained_catsdo
     export_features("mnist_convnet", repo, weights=convnet)
     photos = trained_catsdogs.out / "weights.pt"
     export_model("catsdogs_convnet", repo, weights=photos)
+    export_model("catsdogs_convnet", repo, weights=photos, pixels="encoded")
     export_gradcam("catsdogs_convnet", repo, weights=photos)
     export_char_generation(repo, weights=trained_chars.out / "weights.pt")
     return repo
@@ -196,6 +197,22 @@ def test_a_picture_is_classified_as_grpc_classifies_it_with_its_gradcam(browser,
     stats = browser.find_element("id", "model-stats").text
     assert re.search(r"requests\s+[1-9]", stats), stats
     screenshot(browser, f"classify-{model}")
+
+
+def test_a_model_that_decodes_pictures_gets_the_file(browser, server, pictures):
+    """catsdogs_convnet_encoded takes picture files: the page sends the file's bytes, and the
+    server's decode gives the classes gRPC's client gets for the same file."""
+    from serving.tasks.classify import classify
+
+    open_model(browser, server, "catsdogs_convnet_encoded")
+    browser.find_element("id", "picture-file").send_keys(str(pictures["photo"]))
+    shown = top_classes(browser)
+    expected = classify([pictures["photo"]], "catsdogs_convnet_encoded", url=server["grpc"], top_k=5)[0]
+    assert shown == [p.label for p in expected]
+    scores = browser.execute_script(
+        "return [...document.querySelectorAll('#top-classes .score')].map(e => e.textContent)"
+    )
+    assert scores == [f"{p.score:.4f}" for p in expected]
 
 
 def test_activations_of_a_layer(browser, server, pictures):

@@ -257,6 +257,16 @@ function preprocess(image, config) {
   return { tensor: { name: input.name, datatype: "FP32", shape, data }, inverted };
 }
 
+// A picture file as the one BYTES element a model that decodes pictures on the server takes
+// (deepr.preprocessing pixels "encoded"): its length, 4 bytes little-endian, then the file.
+async function encodedPicture(file, config) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const data = new Uint8Array(4 + bytes.length);
+  new DataView(data.buffer).setUint32(0, bytes.length, true);
+  data.set(bytes, 4);
+  return { name: config.input[0].name, datatype: "BYTES", shape: [1, 1], data };
+}
+
 function drawPicture(canvas, image) {
   canvas.width = image.naturalWidth;
   canvas.height = image.naturalHeight;
@@ -376,7 +386,10 @@ let picture = null; // {image, top: [{score, index, label}]}
 
 async function classifyPicture(file) {
   const image = await readPicture(file);
-  const { tensor, inverted } = preprocess(image, current.config);
+  const encoded = JSON.parse(parameter(current.config, "deepr.preprocessing")).pixels === "encoded";
+  const { tensor, inverted } = encoded
+    ? { tensor: await encodedPicture(file, current.config), inverted: false } // the server decodes and inverts
+    : preprocess(image, current.config);
   drawPicture($("picture"), image);
   $("picture-note").textContent = inverted ? "inverted: dark on light" : "";
   const output = current.config.output[0].name;
