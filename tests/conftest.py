@@ -20,6 +20,7 @@ TEST_DEVICE = os.environ.get("DEEPR_TEST_DEVICE", "cpu")
 
 
 def pytest_configure(config) -> None:
+    _forget_imported_models()
     if TEST_DEVICE not in ("cpu", "cuda"):
         pytest.exit(f"DEEPR_TEST_DEVICE={TEST_DEVICE!r}: expected cpu or cuda", returncode=4)
     if TEST_DEVICE == "cuda":
@@ -30,6 +31,16 @@ def pytest_configure(config) -> None:
             pytest.exit(
                 f"DEEPR_TEST_DEVICE=cuda, but onnxruntime's CUDA provider cannot run here: {reason}", returncode=4
             )
+
+
+def _forget_imported_models() -> None:
+    """Keras models this machine's user imported ($DEEPR_HOME/keras) are not the suite's:
+    tests that go over every zoo model would train and export them too."""
+    import zoo
+    from zoo._registry import unregister_imported
+
+    for name in zoo.list_models():
+        unregister_imported(name)
 
 
 def pytest_report_header(config) -> str:
