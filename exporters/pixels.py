@@ -39,14 +39,18 @@ class PixelInput(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, C) uint8 pixels as the wrapped model takes them: scaled, normalised, in its layout."""
         x = pixels.to(torch.float32) * self.scale
         subtract, divide = self.normalise
         if subtract:
             x = x - self.mean
         if divide:
             x = x / self.std
-        return self.model(x.permute(0, 3, 1, 2) if self.channels_first else x)
+        return x.permute(0, 3, 1, 2) if self.channels_first else x
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(self.model_input(pixels))
 
 
 def pixel_cases(preprocessing: ImagePreprocessing, batch_sizes, seed: int = 0) -> list[tuple[np.ndarray]]:

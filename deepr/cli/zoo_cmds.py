@@ -149,7 +149,9 @@ def _export_graph(kind: str, args: argparse.Namespace):
         return (export_char_step if kind == "step" else export_char_generation)(args.repository, **common)
     common["options"] = dict(args.option)
     if kind == "gradcam":
-        return export_gradcam(args.model, args.repository, layer=args.layer, score=args.score, **common)
+        return export_gradcam(
+            args.model, args.repository, layer=args.layer, score=args.score, pixels=args.pixels, **common
+        )
     if kind == "style":
         return export_style(args.model, args.repository, **common)
     layers = [layer for layer in (args.layers or "").split(",") if layer] or None
@@ -189,9 +191,9 @@ def _export(args: argparse.Namespace) -> int:
     ]
     if len(kinds) > 1:
         raise CLIError(f"choose one kind of graph per export, not --{' and --'.join(kinds)}", EXIT_USAGE)
-    if kinds and (args.precision != "fp32" or args.pixels != "float32"):
+    if kinds and (args.precision != "fp32" or (args.pixels != "float32" and kinds[0] != "gradcam")):
         raise CLIError(
-            f"--precision and --pixels apply to the model's own graph, not to --{kinds[0]}: gradient and feature "
+            f"--precision applies to the model's own graph and --pixels to it and --gradcam, not to --{kinds[0]}: gradient and feature "
             "graphs stay float32 (their backward operators and many outputs are outside what onnxruntime quantizes)",
             EXIT_USAGE,
         )
@@ -391,7 +393,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="float32",
         help="uint8: the graph takes resized pixels as they are (N, H, W, C) and scales and normalises them "
         "itself, as NAME_uint8: a quarter of the bytes per request; encoded: that graph behind a BYTES input of "
-        "picture files (JPEG, PNG...) the server decodes and resizes, as NAME_encoded (default: %(default)s)",
+        "picture files (JPEG, PNG...) the server decodes and resizes, as NAME_encoded; with --gradcam, the "
+        "Grad-CAM graph of that form, NAME_uint8_gradcam or NAME_encoded_gradcam (default: %(default)s)",
     )
     p.add_argument(
         "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"

@@ -8,7 +8,7 @@ or through a deepr (or any V2) server. numpy, Pillow and matplotlib's colour map
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -80,6 +80,9 @@ class GradCAM(GraphTask):
         if not graph.has(PREPROCESSING_KEY) or "heatmap" not in graph.outputs:
             raise self.refuse()
         self.preprocess = ImagePreprocessing.from_json(graph.fact(PREPROCESSING_KEY))
+        if self.preprocess.pixels == "encoded" and isinstance(graph, LocalGraph):
+            # no server here to decode the files: decode them as it would
+            self.preprocess = replace(self.preprocess, pixels="uint8")
         self.labels: list[str] = graph.fact(LABELS_KEY, [])
         self.layer: str = graph.fact(LAYER_KEY, "")
 
@@ -91,8 +94,10 @@ class GradCAM(GraphTask):
         pictures = [load_image(i) for i in images]
         num_classes = self.graph.item_shape("scores")[0]
         classes = _class_column(len(pictures), class_index, num_classes)
+        # a graph served behind picture files gets the files themselves, as the caller has them
+        sources = images if self.preprocess.pixels == "encoded" else pictures
         outputs = self.graph.run(
-            {"images": self.preprocess(pictures, invert), "class_index": classes}, outputs=["scores", "heatmap"]
+            {"images": self.preprocess(sources, invert), "class_index": classes}, outputs=["scores", "heatmap"]
         )
         return _results(pictures, outputs["scores"], outputs["heatmap"], classes, self.labels)
 

@@ -46,6 +46,7 @@ def zoo_repository(tmp_path_factory, repository, trained_convnet, trained_catsdo
     photos = trained_catsdogs.out / "weights.pt"
     export_model("catsdogs_convnet", repo, weights=photos)
     export_model("catsdogs_convnet", repo, weights=photos, pixels="encoded")
+    export_gradcam("catsdogs_convnet", repo, weights=photos, pixels="encoded")
     export_gradcam("catsdogs_convnet", repo, weights=photos)
     export_char_generation(repo, weights=trained_chars.out / "weights.pt")
     return repo
@@ -200,8 +201,8 @@ def test_a_picture_is_classified_as_grpc_classifies_it_with_its_gradcam(browser,
 
 
 def test_a_model_that_decodes_pictures_gets_the_file(browser, server, pictures):
-    """catsdogs_convnet_encoded takes picture files: the page sends the file's bytes, and the
-    server's decode gives the classes gRPC's client gets for the same file."""
+    """catsdogs_convnet_encoded and its Grad-CAM graph take picture files: the page sends the
+    file's bytes, and the server's decode gives the classes gRPC's client gets for the same file."""
     from serving.tasks.classify import classify
 
     open_model(browser, server, "catsdogs_convnet_encoded")
@@ -213,6 +214,9 @@ def test_a_model_that_decodes_pictures_gets_the_file(browser, server, pictures):
         "return [...document.querySelectorAll('#top-classes .score')].map(e => e.textContent)"
     )
     assert scores == [f"{p.score:.4f}" for p in expected]
+    wait_for(browser, "return !document.getElementById('gradcam-figure').hidden")
+    wait_for(browser, "return document.getElementById('gradcam').dataset.classIndex !== undefined")
+    assert painted(browser, "gradcam") > 0.5
 
 
 def test_activations_of_a_layer(browser, server, pictures):

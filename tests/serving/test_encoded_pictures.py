@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import TEST_DEVICE
 from exporters import export_model
+from exporters.zoo_gradcam import export_gradcam
 from serving.client import InferenceClient, InferenceServerError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.model_config import read_config
@@ -23,6 +24,7 @@ from serving.protocol.preprocessing import ImagePreprocessing
 from serving.server.grpc.server import serve_in_thread
 from serving.server.settings import ServerSettings
 from serving.tasks.classify import classify
+from serving.tasks.gradcam import LocalGradCAM, ServedGradCAM
 
 MAX_PIXELS = 1_000_000
 """The test server's limit: a 2000x1000 picture is over it."""
@@ -35,6 +37,9 @@ def encoded_repository(tmp_path_factory, trained_catsdogs):
     export_model("catsdogs_convnet", repo, weights=weights, max_batch_size=16)
     result = export_model("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels="encoded")
     assert result.name == "catsdogs_convnet_encoded"
+    export_gradcam("catsdogs_convnet", repo, weights=weights, max_batch_size=16)
+    result = export_gradcam("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels="encoded")
+    assert result.name == "catsdogs_convnet_encoded_gradcam"
     return repo
 
 
@@ -129,3 +134,18 @@ def test_a_bad_file_fails_its_own_request_naming_the_item(server_url, photo_file
     assert isinstance(bad, InferenceServerError) and bad.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "item 1" in str(bad) and message in str(bad), str(bad)
     assert all(isinstance(o, dict) and o["probability"].shape == (1, 1) for o in outcomes), outcomes
+
+
+def test_gradcam_from_picture_files(encoded_repository, server_url, photo_files):
+    """The Grad-CAM graph behind picture files: served from the files, and run locally (where
+    the task decodes them itself), its heatmaps equal the float graph's within 1e-4 of the largest."""
+    files = photo_files[:4]
+    with InferenceClient(server_url) as client:
+        from_files = ServedGradCAM("catsdogs_convnet_encoded_gradcam", url=server_url, client=client)(files)
+        from_pixels = ServedGradCAM("catsdogs_convnet_gradcam", url=server_url, client=client)(files)
+    local = LocalGradCAM(encoded_repository / "catsdogs_convnet_encoded_gradcam" / "1" / "model.onnx", device="cpu")
+    for served, floats, here in zip(from_files, from_pixels, local(files)):
+        peak = np.abs(floats.raw_heatmap).max()
+        assert np.abs(served.raw_heatmap - floats.raw_heatmap).max() <= 1e-4 * peak
+        assert np.abs(here.raw_heatmap - floats.raw_heatmap).max() <= 1e-4 * peak
+        assert served.class_index == floats.class_index

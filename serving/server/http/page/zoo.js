@@ -398,7 +398,7 @@ async function classifyPicture(file) {
     const [score, index, ...label] = text.split(":");
     return { score: Number(score), index: Number(index), label: label.join(":") || index };
   });
-  picture = { image, top };
+  picture = { image, top, file };
   const list = $("top-classes");
   list.replaceChildren(...top.map((c) => {
     const item = document.createElement("li");
@@ -420,7 +420,9 @@ async function classifyPicture(file) {
 async function drawGradcam() {
   const gradcam = current.name + "_gradcam";
   const config = await getJSON(modelPath(gradcam) + "/config");
-  const { tensor } = preprocess(picture.image, config);
+  const { tensor } = JSON.parse(parameter(config, "deepr.preprocessing")).pixels === "encoded"
+    ? { tensor: await encodedPicture(picture.file, config) }
+    : preprocess(picture.image, config);
   const classIndex = { name: "class_index", datatype: "INT64", shape: [1, 1], data: BigInt64Array.from([BigInt($("gradcam-class").value)]) };
   const result = await infer(gradcam, [tensor, classIndex], [{ name: "heatmap", parameters: { binary_data: true } }]);
   const heat = result.heatmap;
