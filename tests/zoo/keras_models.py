@@ -131,6 +131,17 @@ def _branches() -> keras.Model:
     return keras.Model(pictures, layers.Dense(2, activation="softmax")(layers.Flatten()(reshaped)))
 
 
+def _activations() -> keras.Model:
+    """Keras' other built-in activations, on digits."""
+    return _sequential(
+        keras.Input((784,)),
+        *(layers.Dense(32, activation=name) for name in ("elu", "selu", "softplus", "softsign", "swish", "gelu")),
+        layers.Dense(32),
+        layers.Activation("relu6"),
+        layers.Dense(10, activation="softmax"),
+    )
+
+
 WORDS = 10_000
 VOCABULARY = 1_000
 CHAR_WINDOW = 40
@@ -156,6 +167,7 @@ CASES = [
     Case("catsdogs_convnet", _catsdogs, "photos"),
     Case("separable_block", _separable_block, "photos64"),
     Case("branches", _branches, "photos32"),
+    Case("activations", _activations, "flat_digits"),
 ]
 
 

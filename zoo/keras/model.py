@@ -19,9 +19,9 @@ from torch import nn
 
 from .errors import KerasImportError
 from .files import KerasFile, layer_configs, read_keras_file
-from .layers import KerasInput, convert_layer
+from .layers import Embedding, KerasInput, convert_layer
 
-__all__ = ["KerasGraph", "from_keras", "INPUT_LAYOUTS"]
+__all__ = ["KerasGraph", "example_input", "from_keras", "INPUT_LAYOUTS"]
 
 INPUT_LAYOUTS = ("nhwc", "nchw")
 
@@ -149,8 +149,8 @@ def _build(keras: KerasFile, input_layout: str) -> nn.Module:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     inbound: dict[str, tuple[str, ...]] = {}
     known = {node.name for node in nodes}
-    unused = set(keras.weights) - known
-    unused = {name for name in unused if keras.weights[name]}  # Keras 2 files list weightless groups too
+    # Keras 2 files list a group for every layer, weightless ones too: only groups with arrays count
+    unused = {name for name, arrays in keras.weights.items() if arrays and name not in known}
     if unused:
         raise KerasImportError(f"the weights hold layers the config does not have: {', '.join(sorted(unused))}")
     input_name = nodes[0].name if nodes[0].class_name == "InputLayer" else "input_layer"
@@ -175,7 +175,7 @@ def _build(keras: KerasFile, input_layout: str) -> nn.Module:
     names = list(layers)
     chain = all(inbound[name] == (names[i - 1],) for i, name in enumerate(names) if i) and output == names[-1]
     model: nn.Module = nn.Sequential(layers) if chain else KerasGraph(layers, inbound, output)
-    takes_tokens = type(layers[names[1]]).__name__ == "Embedding" if len(names) > 1 else False
+    takes_tokens = len(names) > 1 and isinstance(layers[names[1]], Embedding)
     model.input_shape = (shape[2], shape[0], shape[1]) if picture and not channels_last else shape  # type: ignore[assignment]
     model.input_dtype = "int64" if takes_tokens or dtype.startswith("int") else "float32"  # type: ignore[assignment]
     model.input_layout = ("NHWC" if channels_last else "NCHW") if picture else None  # type: ignore[assignment]
@@ -185,10 +185,14 @@ def _build(keras: KerasFile, input_layout: str) -> nn.Module:
     return model
 
 
+def example_input(model: nn.Module) -> torch.Tensor:
+    """One example of zeros as a converted model takes it (3 steps of a free length)."""
+    shape = tuple(3 if d is None else d for d in getattr(model, "input_shape"))
+    return torch.zeros((1, *shape), dtype=torch.int64 if getattr(model, "input_dtype") == "int64" else torch.float32)
+
+
 def _probe(model: nn.Module) -> None:
     """Run one example through, so layers that do not fit together fail here, named."""
-    shape = tuple(3 if d is None else d for d in model.input_shape)  # type: ignore[union-attr]
-    dtype = torch.int64 if model.input_dtype == "int64" else torch.float32
     current: list[str] = []
     hooks = [
         module.register_forward_pre_hook(lambda m, a, name=name: current.append(name))
@@ -196,7 +200,7 @@ def _probe(model: nn.Module) -> None:
     ]
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *shape), dtype=dtype))
+            model(example_input(model))
     except (RuntimeError, ValueError, IndexError) as exc:
         layer = current[-1] if current else "the first layer"
         message = str(exc).splitlines()[0]

@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from serving.protocol.preprocessing import ImagePreprocessing
 
 from .._registry import ModelSpec, register_spec
+from .._summary import summary
 from .errors import KerasImportError
-from .model import INPUT_LAYOUTS, from_keras
+from .model import INPUT_LAYOUTS, example_input, from_keras
 
 __all__ = ["ImportedModel", "import_keras", "keras_home", "register_imported_models"]
 
@@ -53,9 +55,6 @@ class ImportedModel:
     scale: float
     keras_params: int
 
-    def folder(self, home: Path) -> Path:
-        return home / self.name
-
     @classmethod
     def read(cls, folder: Path) -> "ImportedModel":
         fields = json.loads((folder / _RECORD).read_text())
@@ -66,12 +65,8 @@ class ImportedModel:
 
 def _output_size(model: nn.Module) -> tuple[int, str]:
     """The output's size and the task it implies: one sigmoid unit is a binary classifier."""
-    import torch
-
-    shape = tuple(3 if d is None else d for d in model.input_shape)  # type: ignore[union-attr]
-    dtype = torch.int64 if model.input_dtype == "int64" else torch.float32
     with torch.no_grad():
-        out = model(torch.zeros((1, *shape), dtype=dtype))
+        out = model(example_input(model))
     if out.dim() != 2:
         raise KerasImportError(
             f"the model's output has shape {tuple(out.shape)}; deepr serves (batch, classes) outputs"
@@ -150,10 +145,6 @@ def import_keras(
         raise KerasImportError(f"input layout {input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
     model = from_keras(path, input_layout=input_layout)
     size, task = _output_size(model)
-    import torch
-
-    from .._summary import summary
-
     input_shape: tuple[int | None, ...] = tuple(getattr(model, "input_shape"))
     input_dtype = str(getattr(model, "input_dtype"))
     counts = summary(model, input_shape, dtype=torch.int64 if input_dtype == "int64" else torch.float32)

@@ -35,7 +35,18 @@ _ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
-    "softmax": lambda x: F.softmax(x, dim=-1),
+    # over the features: the last axis, or the channels of an (N, C, H, W) map
+    "softmax": lambda x: F.softmax(x, dim=1 if x.dim() == 4 else -1),
+    # the rest of Keras' built-in activations that mean the same in Keras 2 and 3
+    "elu": F.elu,
+    "selu": F.selu,
+    "softplus": F.softplus,
+    "softsign": F.softsign,
+    "swish": F.silu,
+    "silu": F.silu,
+    "gelu": F.gelu,  # Keras' default: the exact form, not the tanh approximation
+    "relu6": F.relu6,
+    "exponential": torch.exp,
 }
 
 
