@@ -178,11 +178,11 @@ def main() -> None:
         with serve_subprocess(repository, device=args.device) as (url, _process):
             for _ in range(args.rounds):
                 for batch, clients in points:
-                    for form, (model, data) in forms.items():
+                    for form, (served, data) in forms.items():
                         rows = np.concatenate([data] * (-(-batch // len(data))))
                         requests = [np.roll(rows, -i, axis=0)[:batch] for i in range(len(data))]
                         key = f"{form} batch {batch} x {clients}"
-                        rates.setdefault(key, []).append(served_rate(url, model, requests, clients, args.seconds))
+                        rates.setdefault(key, []).append(served_rate(url, served, requests, clients, args.seconds))
         print(f"served images/s, median of {args.rounds} rounds (forms alternating in each round):")
         table = {}
         for batch, clients in points:
