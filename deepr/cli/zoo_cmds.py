@@ -197,6 +197,12 @@ def _export(args: argparse.Namespace) -> int:
             "graphs stay float32 (their backward operators and many outputs are outside what onnxruntime quantizes)",
             EXIT_USAGE,
         )
+    if args.warmup and args.pixels == "encoded":
+        raise CLIError(
+            "--warmup writes zero samples, which are no picture files; a model that takes encoded pictures "
+            "is warmed at load at the sizes its batcher runs, with zero pixels",
+            EXIT_USAGE,
+        )
     if args.precision == "int8" and args.pixels == "encoded":
         raise CLIError("--precision int8 takes --pixels float32 or uint8, not encoded", EXIT_USAGE)
     if args.precision != "int8" and (args.calibration is not None or args.max_accuracy_drop is not None):

@@ -149,3 +149,14 @@ def test_gradcam_from_picture_files(encoded_repository, server_url, photo_files)
         assert np.abs(served.raw_heatmap - floats.raw_heatmap).max() <= 1e-4 * peak
         assert np.abs(here.raw_heatmap - floats.raw_heatmap).max() <= 1e-4 * peak
         assert served.class_index == floats.class_index
+
+
+def test_export_refusals_for_encoded_pictures(tmp_path, capsys):
+    from deepr.cli import main
+
+    for extra, message in (
+        (["--warmup", "1,8"], "--warmup writes zero samples"),
+        (["--precision", "int8"], "--precision int8 takes --pixels float32 or uint8"),
+    ):
+        code = main(["export", "catsdogs_convnet", "--pixels", "encoded", "--repository", str(tmp_path), *extra])
+        assert code == 2 and message in capsys.readouterr().err
