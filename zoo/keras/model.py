@@ -194,8 +194,14 @@ def example_input(model: nn.Module) -> torch.Tensor:
 def _probe(model: nn.Module) -> None:
     """Run one example through, so layers that do not fit together fail here, named."""
     current: list[str] = []
+    ranks: dict[str, int] = {}
+
+    def entered(name: str, args: tuple) -> None:
+        current.append(name)
+        ranks[name] = args[0].dim() if args else 0
+
     hooks = [
-        module.register_forward_pre_hook(lambda m, a, name=name: current.append(name))
+        module.register_forward_pre_hook(lambda m, a, name=name: entered(name, a))
         for name, module in model.named_children()
     ]
     try:
@@ -208,3 +214,7 @@ def _probe(model: nn.Module) -> None:
     finally:
         for hook in hooks:
             hook.remove()
+    for name, module in model.named_children():
+        # softmax runs over the last axis, which inside is a picture's width, not its channels
+        if getattr(module, "activation", None) == "softmax" and ranks.get(name) == 4:
+            raise KerasImportError(f"layer {name}: softmax over a picture's channels is not supported")

@@ -35,8 +35,7 @@ _ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
-    # over the features: the last axis, or the channels of an (N, C, H, W) map
-    "softmax": lambda x: F.softmax(x, dim=1 if x.dim() == 4 else -1),
+    "softmax": lambda x: F.softmax(x, dim=-1),  # over the last axis: a Dense layer's units
     # the rest of Keras' built-in activations that mean the same in Keras 2 and 3
     "elu": F.elu,
     "selu": F.selu,
