@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from serving.protocol.model_config import read_config  # noqa: E402
 from tests.zoo.keras_models import CASES, SEQUENCE_LENGTHS, Case, keras, real_data, trained  # noqa: E402
 from zoo import model_summary  # noqa: E402
 from zoo._registry import unregister_imported  # noqa: E402
@@ -279,3 +280,17 @@ def test_what_an_imported_model_does_not_take(imported, tmp_path):
         TrainConfig.for_model("k_mnist_convnet", out=tmp_path)
     with pytest.raises(ExportError, match="imported Keras model: int8"):
         export_quantized("k_mnist_convnet", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["separable_block", "branches"])
+def test_feature_graphs_of_imported_models(imported, name):
+    """Every layer's output as one graph (torch.fx traces the converted model): batch norm,
+    separable and depthwise convolutions, Add, Concatenate, Reshape, Flatten; checked against
+    the converted model by the export itself."""
+    from exporters.features import export_features, feature_layers
+    from zoo import get_model
+
+    layers = feature_layers(get_model(f"k_{name}"))
+    result = export_features(f"k_{name}", imported, max_batch_size=4)
+    assert result.validation.max_relative_diff < 1e-4
+    assert [o.name for o in read_config(result.version_dir.parent).output] == layers

@@ -21,16 +21,27 @@ from ..layers.keras import Dense, _Activated, _activation
 from ..layers.recurrent import GRU, LSTM, SimpleRNN
 from .errors import KerasImportError
 
-__all__ = ["SUPPORTED_LAYERS", "convert_layer", "KerasInput"]
+__all__ = ["SUPPORTED_LAYERS", "convert_layer", "KerasInput", "RankAware"]
 
 
-def to_keras(x: torch.Tensor) -> torch.Tensor:
-    """An internal tensor in Keras' layout: NCHW pictures as NHWC."""
-    return x.permute(0, 2, 3, 1) if x.dim() == 4 else x
+def to_keras(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """An internal tensor of rank `rank` in Keras' layout: NCHW pictures as NHWC."""
+    return x.permute(0, 2, 3, 1) if rank == 4 else x
 
 
-def to_internal(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+def to_internal(x: torch.Tensor, rank: int) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2) if rank == 4 else x
+
+
+class RankAware(nn.Module):
+    """A layer whose work depends on its input's rank (pictures are NCHW inside, NHWC in
+    Keras). The model's check records the rank; from then on it is a constant, so the
+    layer traces (torch.fx, for feature graphs) without branching on a tensor."""
+
+    rank: int | None = None
+
+    def rank_of(self, x: torch.Tensor) -> int:
+        return self.rank if self.rank is not None else x.dim()
 
 
 def _internal_axis(axis: int, rank: int) -> int:
@@ -49,22 +60,27 @@ class KerasInput(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_internal(x) if self.channels_last else x
+        return x.permute(0, 3, 1, 2) if self.channels_last else x  # only ever set for (N, H, W, C) pictures
 
 
 class _Pad(nn.Module):
-    """Keras' "same" padding: as much as the kernel needs, the odd pixel after (bottom, right)."""
+    """Keras' "same" padding: as much as the kernel needs, the odd pixel after (bottom, right).
+    The amounts depend on the picture's size, which the model's check fixes: they are worked
+    out on that first run and constant after it (so the layer traces without reading shapes)."""
 
     def __init__(self, kernel: Sequence[int], strides: Sequence[int], dilation: Sequence[int], value: float) -> None:
         super().__init__()
         self.kernel, self.strides, self.dilation, self.value = tuple(kernel), tuple(strides), tuple(dilation), value
+        self.pads: list[int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads: list[int] = []
-        for size, k, s, d in reversed(list(zip(x.shape[2:], self.kernel, self.strides, self.dilation))):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads += [total // 2, total - total // 2]
-        return F.pad(x, pads, value=self.value) if any(pads) else x
+        if self.pads is None:
+            pads: list[int] = []
+            for size, k, s, d in reversed(list(zip(x.shape[2:], self.kernel, self.strides, self.dilation))):
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                pads += [total // 2, total - total // 2]
+            self.pads = pads
+        return F.pad(x, self.pads, value=self.value) if any(self.pads) else x
 
 
 class Conv2D(_Activated, nn.Conv2d):
@@ -100,7 +116,7 @@ class SeparableConv2D(nn.Module):
         return self._act(self.pointwise(self.depthwise(self.pad(x) if self.pad is not None else x)))
 
 
-class BatchNormalization(nn.Module):
+class BatchNormalization(RankAware):
     """Inference-time batch normalisation over Keras' last axis (channels of a picture)."""
 
     keras_type = "BatchNormalization"
@@ -121,9 +137,10 @@ class BatchNormalization(nn.Module):
     running_var: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.axis % x.dim() != x.dim() - 1:  # Keras names the axis it normalises; only the last is converted
-            raise ValueError(f"BatchNormalization over axis {self.axis} of a rank-{x.dim()} tensor: only the last axis")
-        shape = (1, -1, 1, 1) if x.dim() == 4 else (-1,)
+        rank = self.rank_of(x)
+        if self.axis % rank != rank - 1:  # Keras names the axis it normalises; only the last is converted
+            raise ValueError(f"BatchNormalization over axis {self.axis} of a rank-{rank} tensor: only the last axis")
+        shape = (1, -1, 1, 1) if rank == 4 else (-1,)
         scale = self.weight * torch.rsqrt(self.running_var + self.epsilon)
         return (x - self.running_mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
 
@@ -162,14 +179,14 @@ class GlobalPool2D(nn.Module):
         return x.mean(dim=(2, 3), keepdim=self.keepdims)
 
 
-class Flatten(nn.Module):
+class Flatten(RankAware):
     keras_type = "Flatten"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_keras(x).flatten(1)
+        return to_keras(x, self.rank_of(x)).flatten(1)
 
 
-class Reshape(nn.Module):
+class Reshape(RankAware):
     keras_type = "Reshape"
 
     def __init__(self, target: Sequence[int]) -> None:
@@ -177,7 +194,7 @@ class Reshape(nn.Module):
         self.target = tuple(target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_internal(to_keras(x).reshape(x.shape[0], *self.target))
+        return to_internal(to_keras(x, self.rank_of(x)).reshape(x.shape[0], *self.target), len(self.target) + 1)
 
 
 class ZeroPadding2D(nn.Module):
@@ -235,7 +252,7 @@ class Add(nn.Module):
         return total
 
 
-class Concatenate(nn.Module):
+class Concatenate(RankAware):
     keras_type = "Concatenate"
 
     def __init__(self, axis: int) -> None:
@@ -243,7 +260,7 @@ class Concatenate(nn.Module):
         self.axis = axis
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.cat(tensors, dim=_internal_axis(self.axis, tensors[0].dim()))
+        return torch.cat(tensors, dim=_internal_axis(self.axis, self.rank_of(tensors[0])))
 
 
 class Embedding(nn.Embedding):

@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import KerasImportError
 from .files import KerasFile, layer_configs, read_keras_file
-from .layers import Embedding, KerasInput, convert_layer
+from .layers import Embedding, KerasInput, RankAware, convert_layer
 
 __all__ = ["KerasGraph", "example_input", "from_keras", "INPUT_LAYOUTS"]
 
@@ -215,6 +215,8 @@ def _probe(model: nn.Module) -> None:
         for hook in hooks:
             hook.remove()
     for name, module in model.named_children():
+        if isinstance(module, RankAware):
+            module.rank = ranks[name]
         # softmax runs over the last axis, which inside is a picture's width, not its channels
         if getattr(module, "activation", None) == "softmax" and ranks.get(name) == 4:
             raise KerasImportError(f"layer {name}: softmax over a picture's channels is not supported")
