@@ -56,7 +56,9 @@ def mnist_convnet() -> nn.Sequential:
     section="Convolutional Layers",
     input_shape=(1, 28, 28),
     dataset="digits",
-    recipe=_DIGITS_RECIPE,
+    # Its 2M parameters fit the digits in a third of the epochs (97.8% held out after 10,
+    # 97.5% after 30), and each epoch costs 8x the pooled convnet's.
+    recipe={**_DIGITS_RECIPE, "epochs": 10},
 )
 def mnist_convnet_nopool() -> nn.Sequential:
     """The same convnet without max pooling: 20x the parameters, most in the first dense layer."""
