@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.hub import get_dir
-from torchvision.models import WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 __all__ = ["PretrainedWeightsError", "load_pretrained_state", "cached_weights_path"]
 

@@ -8,6 +8,7 @@ data from a path the user gives (MNIST IDX files, Keras' imdb.npz, ...).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,8 @@ class SupervisedData:
 
 @dataclass(frozen=True)
 class _Family:
-    info: DatasetInfo
+    info: DatasetInfo | Callable[[], DatasetInfo]
+    """Or a function giving it, for facts that cost an import to know (ImageNet's class names)."""
     default: Callable[..., SupervisedData]
     """The embedded data; called with the options the family takes (augmentation, base_weights)."""
     from_path: Callable[..., SupervisedData]
@@ -261,10 +263,12 @@ def _picture_folders(root: Path, augmentation: Augmentation | None = None) -> Su
 # -- ImageNet (pretrained weights only) -----------------------------------------------------------------------------
 
 
-def _imagenet_classes() -> tuple[str, ...]:
-    from torchvision.models import VGG16_Weights  # the category names ship with torchvision's code
+@functools.cache
+def _imagenet_info() -> DatasetInfo:
+    # The category names ship with torchvision's code; asked for, not imported with the zoo.
+    from torchvision.models import VGG16_Weights
 
-    return tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    return DatasetInfo(tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"]))
 
 
 def _no_imagenet(*_args: object, **_kwargs: object) -> SupervisedData:
@@ -319,7 +323,7 @@ _FAMILIES: dict[str, _Family] = {
         "a directory with train/ and validation/ class folders",
         takes_base_weights=True,
     ),
-    "imagenet": _Family(DatasetInfo(_imagenet_classes()), _no_imagenet, _no_imagenet, "ImageNet (not bundled)"),
+    "imagenet": _Family(_imagenet_info, _no_imagenet, _no_imagenet, "ImageNet (not bundled)"),
     "pictures": _Family(
         _PICTURES_INFO,
         _cat_crops,
@@ -343,7 +347,8 @@ def _family(name: str) -> _Family:
 
 def dataset_info(name: str) -> DatasetInfo:
     """Labels and preprocessing of a dataset family, known without loading it."""
-    return _family(name).info
+    info = _family(name).info
+    return info if isinstance(info, DatasetInfo) else info()
 
 
 def load_dataset(

@@ -10,8 +10,10 @@ validation data too, which is never augmented.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torchvision.transforms import v2
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 __all__ = ["Augmentation", "FILL_MODES", "TUTORIAL_AUGMENTATION"]
 
@@ -75,6 +77,8 @@ class Augmentation:
 
     def transform(self, size: tuple[int, int]) -> v2.Transform:
         """Random transforms for float CHW tensors of `size` (height, width)."""
+        from torchvision.transforms import v2  # here: importing torchvision costs every command 2 s
+
         steps: list[v2.Transform] = []
         if any(
             (self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range)

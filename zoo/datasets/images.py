@@ -9,14 +9,15 @@ alphabetical order (for two classes, the second is the positive one).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 from .errors import DatasetError
 
@@ -39,6 +40,8 @@ _OTHER_PHOTOS = (
 
 def to_tensor(size: tuple[int, int]) -> v2.Transform:
     """PIL image -> float32 CHW in [0, 1] at `size` (the rescale = 1/255 step)."""
+    from torchvision.transforms import v2  # here: importing torchvision costs every command 2 s
+
     return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.ToDtype(torch.float32, scale=True)])
 
 
@@ -103,6 +106,8 @@ def image_folders(
         raise DatasetError(
             f"{root} needs {' and '.join(p + '/' for p in missing)} with one folder per class (like flow_images_from_directory)"
         )
+    from torchvision.datasets import ImageFolder
+
     try:
         train = ImageFolder(str(root / "train"), transform=train_transform)
         validation = ImageFolder(str(root / "validation"), transform=eval_transform)

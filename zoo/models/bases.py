@@ -12,10 +12,9 @@ take NCHW tensors. Without `weights` the layers are freshly initialised.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
-from torchvision import models as tvm
 
 from serving.protocol.preprocessing import ImagePreprocessing
 
@@ -23,6 +22,9 @@ from .._registry import register_model
 from ..datasets.augmentation import TUTORIAL_AUGMENTATION
 from ..layers import Conv2D, Dense, Flatten, MaxPooling2D
 from ..pretrained import load_pretrained_state
+
+if TYPE_CHECKING:
+    from torchvision import models as tvm
 
 __all__ = ["ConvBase", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -121,6 +123,8 @@ def _pooled_top(fc: nn.Linear) -> "OrderedDict[str, nn.Module]":
 def _inception_v3(include_top: bool, input_shape: tuple[int, ...] | None, weights: str | None) -> ConvBase:
     shape = _channels_first(input_shape, (3, 299, 299), include_top, "inception_v3")
     # torchvision's ImageNet weights include the auxiliary classifier; it is dropped after loading.
+    from torchvision import models as tvm  # here: importing torchvision costs every command 2 s
+
     source = tvm.inception_v3(weights=None, aux_logits=True, init_weights=weights is None, transform_input=False)
     if weights is not None:
         source.load_state_dict(load_pretrained_state(tvm.Inception_V3_Weights.IMAGENET1K_V1, weights))
@@ -141,6 +145,8 @@ def _inception_v3(include_top: bool, input_shape: tuple[int, ...] | None, weight
 
 def _resnet50(include_top: bool, input_shape: tuple[int, ...] | None, weights: str | None) -> ConvBase:
     shape = _channels_first(input_shape, (3, 224, 224), include_top, "resnet50")
+    from torchvision import models as tvm
+
     source = tvm.resnet50(weights=None)
     if weights is not None:
         source.load_state_dict(load_pretrained_state(tvm.ResNet50_Weights.IMAGENET1K_V2, weights))
@@ -158,12 +164,16 @@ _IMAGENET: dict[str, Any] = {"dataset": "imagenet", "recipe": {}}
 @register_model("vgg16", section=_SECTION, input_shape=(3, 224, 224), **_IMAGENET)
 def vgg16(include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None) -> ConvBase:
     """VGG16: 13 3x3 convolutions in 5 blocks (block1_conv1 ... block5_pool), top fc1-fc2-predictions."""
+    from torchvision import models as tvm
+
     return _vgg(tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, "vgg16", include_top, input_shape, weights)
 
 
 @register_model("vgg19", section=_SECTION, input_shape=(3, 224, 224), **_IMAGENET)
 def vgg19(include_top: bool = True, input_shape: tuple[int, ...] | None = None, weights: str | None = None) -> ConvBase:
     """VGG19: 16 3x3 convolutions in 5 blocks (block1_conv1 ... block5_pool), top fc1-fc2-predictions."""
+    from torchvision import models as tvm
+
     return _vgg(tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, "vgg19", include_top, input_shape, weights)
 
 
