@@ -1,9 +1,10 @@
 """The least a Python gRPC server spends per ModelInfer, for scripts/benchmarks/bench_peers.py: grpc.aio
-on uvloop, the V2 service, no batching, statistics, checks or logs. `--answer fixed` sends
-one prepared response without reading the request; `--answer onnxruntime` runs the request's
-tensor through the model on the event loop and sends its output.
+on uvloop (or grpcio's synchronous server and its thread pool, `--api sync`), the V2 service,
+no batching, statistics, checks or logs. `--answer fixed` sends one prepared response without
+reading the request; `--answer onnxruntime` runs the request's tensor through the model in the
+handler and sends its output.
 
-    python floor_server.py --port P --answer fixed|onnxruntime --model NAME=PATH [--model ...]
+    python floor_server.py --port P --answer fixed|onnxruntime [--api aio|sync] --model NAME=PATH [--model ...]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -34,13 +36,13 @@ class Floor(pb_grpc.GRPCInferenceServiceServicer):
         self.fixed.outputs.add(name="output", datatype="FP32", shape=[1, 10])
         self.fixed.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
 
-    async def ServerReady(self, request, context):
+    def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=True)
 
-    async def ModelReady(self, request, context):
+    def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=request.name in self.sessions)
 
-    async def ModelInfer(self, request, context):
+    def ModelInfer(self, request, context):
         if self.answer == "fixed":
             return self.fixed
         tensor = request.inputs[0]
@@ -52,19 +54,46 @@ class Floor(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def serve(port: int, models: dict[str, str], answer: str) -> None:
+class AsyncFloor(Floor):
+    """The same answers from coroutines, for grpc.aio."""
+
+    async def ServerReady(self, request, context):
+        return Floor.ServerReady(self, request, context)
+
+    async def ModelReady(self, request, context):
+        return Floor.ModelReady(self, request, context)
+
+    async def ModelInfer(self, request, context):
+        return Floor.ModelInfer(self, request, context)
+
+
+async def serve_aio(port: int, models: dict[str, str], answer: str) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(models, answer), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(AsyncFloor(models, answer), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+def serve_sync(port: int, models: dict[str, str], answer: str) -> None:
+    # As many handler threads as the benchmark keeps calls in flight, so none waits for one.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(models, answer), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--answer", choices=["fixed", "onnxruntime"], required=True)
+    parser.add_argument("--api", choices=["aio", "sync"], default="aio")
     parser.add_argument("--model", action="append", required=True, help="NAME=PATH")
     args = parser.parse_args()
-    uvloop.install()
-    asyncio.run(serve(args.port, dict(spec.split("=", 1) for spec in args.model), args.answer))
+    models = dict(spec.split("=", 1) for spec in args.model)
+    if args.api == "sync":
+        serve_sync(args.port, models, args.answer)
+    else:
+        uvloop.install()
+        asyncio.run(serve_aio(args.port, models, args.answer))

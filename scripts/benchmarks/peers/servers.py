@@ -163,12 +163,13 @@ def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int, int], li
     return command
 
 
-def _floor(answer: str) -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
+def _floor(answer: str, api: str = "aio") -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
     """scripts/benchmarks/peers/floor_server.py: what any Python gRPC server spends per call (gRPC only)."""
 
     def command(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
         specs = [f"--model={name}={path}" for name, path in models.items()]
-        return [str(python), str(HERE / "floor_server.py"), f"--port={port}", f"--answer={answer}", *specs]
+        script = str(HERE / "floor_server.py")
+        return [str(python), script, f"--port={port}", f"--answer={answer}", f"--api={api}", *specs]
 
     return command
 
@@ -189,8 +190,10 @@ SERVERS = {
 }
 FLOORS = {
     # Not servers anyone would deploy: grpc.aio answering at once, and running onnxruntime
-    # per call with nothing else. What deepr spends above them is its own.
+    # per call with nothing else. What deepr spends above them is its own. grpc-floor-sync
+    # answers at once from grpcio's synchronous server: the other Python API's floor.
     "grpc-floor": Server("grpc-floor", [], _floor("fixed"), http=False),
+    "grpc-floor-sync": Server("grpc-floor-sync", [], _floor("fixed", api="sync"), http=False),
     "grpc-floor-ort": Server("grpc-floor-ort", [], _floor("onnxruntime"), http=False),
 }
 
