@@ -89,6 +89,22 @@ def trained_chars(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def catsdogs_repository(tmp_path_factory, trained_catsdogs) -> Path:
+    """The trained cats-vs-dogs convnet four ways: float32 pixels and picture files, each
+    with its Grad-CAM graph (catsdogs_convnet, _encoded, _gradcam, _encoded_gradcam);
+    batches of up to 16."""
+    from exporters import export_model
+    from exporters.zoo_gradcam import export_gradcam
+
+    repo = tmp_path_factory.mktemp("catsdogs")
+    weights = trained_catsdogs.out / "weights.pt"
+    for pixels in ("float32", "encoded"):
+        export_model("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels=pixels)
+        export_gradcam("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels=pixels)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def repository(tmp_path_factory, trained_convnet) -> Path:
     """A repository with the trained mnist_convnet and an untrained mnist_dense."""
     from exporters import UntrainedWeightsWarning, export_model

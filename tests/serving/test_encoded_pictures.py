@@ -15,8 +15,6 @@ import skimage.data
 from PIL import Image
 
 from conftest import TEST_DEVICE
-from exporters import export_model
-from exporters.zoo_gradcam import export_gradcam
 from serving.client import InferenceClient, InferenceServerError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.model_config import read_config
@@ -31,16 +29,11 @@ MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def encoded_repository(tmp_path_factory, trained_catsdogs):
-    repo = tmp_path_factory.mktemp("encoded")
-    weights = trained_catsdogs.out / "weights.pt"
-    export_model("catsdogs_convnet", repo, weights=weights, max_batch_size=16)
-    result = export_model("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels="encoded")
-    assert result.name == "catsdogs_convnet_encoded"
-    export_gradcam("catsdogs_convnet", repo, weights=weights, max_batch_size=16)
-    result = export_gradcam("catsdogs_convnet", repo, weights=weights, max_batch_size=16, pixels="encoded")
-    assert result.name == "catsdogs_convnet_encoded_gradcam"
-    return repo
+def encoded_repository(catsdogs_repository):
+    assert {"catsdogs_convnet_encoded", "catsdogs_convnet_encoded_gradcam"} <= {
+        p.name for p in catsdogs_repository.iterdir()
+    }
+    return catsdogs_repository
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,26 @@
-"""The zoo's command line as a user runs it."""
+"""The zoo's command line as a user runs it: as a process, and in this one where only what it
+prints and returns is checked (a process costs seconds of imports)."""
 
 import subprocess
 import sys
 
 import zoo
+from deepr.cli import main
 
 
 def deepr(*args, env=None):
     return subprocess.run([sys.executable, "-m", "deepr", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def deepr_here(capsys, *args) -> tuple[int, str, str]:
+    """`deepr ARGS` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's refusals
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_models_lists_every_model_with_count_precisions_and_section():
@@ -27,11 +40,13 @@ def test_models_lists_every_model_with_count_precisions_and_section():
     )
 
 
-def test_summary_with_builder_options():
-    result = deepr("summary", "vgg16", "--option", "include_top=false", "--option", "input_shape=150,150,3")
-    assert result.returncode == 0 and "block5_pool (MaxPooling2D)" in result.stdout
-    assert "Total params: 14,714,688" in result.stdout
-    transfer = deepr("summary", "catsdogs_vgg16").stdout
+def test_summary_with_builder_options(capsys):
+    code, out, _ = deepr_here(
+        capsys, "summary", "vgg16", "--option", "include_top=false", "--option", "input_shape=150,150,3"
+    )
+    assert code == 0 and "block5_pool (MaxPooling2D)" in out
+    assert "Total params: 14,714,688" in out
+    _, transfer, _ = deepr_here(capsys, "summary", "catsdogs_vgg16")
     assert "Trainable params: 2,097,665" in transfer and "Non-trainable params: 14,714,688" in transfer
 
 
@@ -47,16 +62,16 @@ def test_train_and_export_a_recurrent_model(tmp_path):
     assert (tmp_path / "repo" / "imdb_lstm" / "1" / "model.onnx").is_file()
 
 
-def test_refusals_are_one_line_with_exit_code_2(tmp_path):
-    scratch = deepr("train", "vgg16", "--out", str(tmp_path))
+def test_refusals_are_one_line_with_exit_code_2(tmp_path, capsys):
+    scratch = deepr("train", "vgg16", "--out", str(tmp_path))  # as a process: the one line and the exit code
     assert scratch.returncode == 2 and "does not train the ImageNet models from scratch" in scratch.stderr
-    bad_option = deepr("summary", "vgg16", "--option", "bogus=1")
-    assert bad_option.returncode == 2 and "unexpected keyword argument 'bogus'" in bad_option.stderr
-    bad_fill = deepr("train", "catsdogs_convnet", "--fill-mode", "wrap", "--out", str(tmp_path))
-    assert bad_fill.returncode == 2 and "invalid choice: 'wrap'" in bad_fill.stderr
-    two_kinds = deepr("export", "mnist_convnet", "--features", "--filters", "--repository", str(tmp_path / "repo"))
-    assert (
-        two_kinds.returncode == 2
-        and "choose one kind of graph per export, not --filters and --features" in two_kinds.stderr
+    assert len(scratch.stderr.strip().splitlines()) == 1, scratch.stderr
+    code, _, err = deepr_here(capsys, "summary", "vgg16", "--option", "bogus=1")
+    assert code == 2 and "unexpected keyword argument 'bogus'" in err
+    code, _, err = deepr_here(capsys, "train", "catsdogs_convnet", "--fill-mode", "wrap", "--out", str(tmp_path))
+    assert code == 2 and "invalid choice: 'wrap'" in err
+    code, _, err = deepr_here(
+        capsys, "export", "mnist_convnet", "--features", "--filters", "--repository", str(tmp_path / "repo")
     )
+    assert code == 2 and "choose one kind of graph per export, not --filters and --features" in err
     assert not (tmp_path / "repo").exists()
