@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -21,6 +22,51 @@ from .errors import ExportError
 __all__ = ["export_onnx", "METADATA_PREFIX"]
 
 METADATA_PREFIX = "deepr."
+
+_EXPORTING = threading.Lock()
+"""One torch.onnx.export at a time: torch.export is not thread-safe, and the translation
+table below is swapped in for the length of one call."""
+_TRANSLATION_TABLES: dict[Any, Any] = {}
+"""torch.onnx's table of ATen-to-ONNX translations, built once per opset."""
+
+
+@contextlib.contextmanager
+def _translation_table_built_once() -> Iterator[None]:
+    """torch.onnx.export builds its table of ATen-to-ONNX translations anew on every call:
+    2.3 s on 2 cores, more than the rest of a small model's export. Inside this block each
+    call gets a copy of one table kept per opset (a copy: custom translations are added to
+    it). The table is torch's private ONNXRegistry; where its layout is not the one this
+    expects, nothing is swapped and torch builds the table itself."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        registry_type = _registration.ONNXRegistry
+        original = registry_type.__dict__["from_torchlib"]
+        signature = inspect.signature(original.__func__)
+        empty = registry_type()
+        if not (isinstance(empty.functions, dict) and hasattr(empty, "_opset_version")):
+            raise AttributeError("ONNXRegistry changed")
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def from_torchlib(cls: type, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(cls, *args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(bound.arguments.values())[1:]
+        if key not in _TRANSLATION_TABLES:
+            _TRANSLATION_TABLES[key] = original.__func__(cls, *args, **kwargs)
+        table = _TRANSLATION_TABLES[key]
+        copy = cls()
+        copy._opset_version = table._opset_version
+        copy.functions = {target: list(entries) for target, entries in table.functions.items()}
+        return copy
+
+    setattr(registry_type, "from_torchlib", classmethod(from_torchlib))
+    try:
+        yield
+    finally:
+        setattr(registry_type, "from_torchlib", original)
 
 
 @contextlib.contextmanager
@@ -124,7 +170,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with _quiet_torch_internals():
+        with _EXPORTING, _quiet_torch_internals(), _translation_table_built_once():
             if config.dynamo:
                 proto = _dynamo_export(model, example_inputs, config, translations)
             else:

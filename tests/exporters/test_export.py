@@ -207,3 +207,23 @@ def test_float16_export_keeps_float32_io_and_the_predictions(tmp_path, trained_c
     assert (predictions["mnist_convnet"] != predictions["mnist_convnet_fp16"]).sum() <= 1
     with pytest.raises(ValueError, match="precision must be one of"):
         export_model("mnist_convnet", tmp_path, precision="int8")
+
+
+def test_the_translation_table_is_built_once_and_custom_translations_stay_in_their_export(tmp_path):
+    """torch.onnx's ATen-to-ONNX table is kept between exports; a gradient graph's own
+    translations go into its copy of the table, never into the one kept."""
+    from exporters import onnx as exporter
+    from exporters.gradients import GRADIENT_TRANSLATIONS
+    from exporters.zoo_gradcam import export_gradcam
+
+    with pytest.warns(UntrainedWeightsWarning):
+        export_model("mnist_dense", tmp_path)
+    tables = dict(exporter._TRANSLATION_TABLES)
+    assert len(tables) == 1
+    with pytest.warns(UntrainedWeightsWarning):
+        result = export_gradcam("mnist_convnet", tmp_path)  # checked against autograd inside
+    assert result.validation.max_abs_diff < 1e-5
+    assert exporter._TRANSLATION_TABLES == tables  # the same table object, not a second one
+    (table,) = tables.values()
+    for target in GRADIENT_TRANSLATIONS:
+        assert not any(entry.is_custom for entry in table.functions.get(target, []))
