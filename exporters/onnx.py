@@ -33,7 +33,7 @@ _TRANSLATION_TABLES: dict[Any, Any] = {}
 @contextlib.contextmanager
 def _translation_table_built_once() -> Iterator[None]:
     """torch.onnx.export builds its table of ATen-to-ONNX translations anew on every call:
-    2.3 s on 2 cores, more than the rest of a small model's export. Inside this block each
+    0.8-0.9 s on 2 cores, a third of a small model's export. Inside this block each
     call gets a copy of one table kept per opset (a copy: custom translations are added to
     it). The table is torch's private ONNXRegistry; where its layout is not the one this
     expects, nothing is swapped and torch builds the table itself."""

@@ -125,3 +125,15 @@ def test_no_import_cycles(graph):
         if module not in index:
             visit(module)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_zoo_and_the_cli_start_without_torchvision():
+    """torchvision's import costs every command about 2 s (it brings torch._dynamo): the zoo,
+    the exporters and the CLI import it where a model, transform or dataset needs it."""
+    import subprocess
+    import sys
+
+    code = "import sys, zoo, exporters, deepr.cli; print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
