@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import threading
@@ -30,25 +31,35 @@ _TRANSLATION_TABLES: dict[Any, Any] = {}
 """torch.onnx's table of ATen-to-ONNX translations, built once per opset."""
 
 
-@contextlib.contextmanager
-def _translation_table_built_once() -> Iterator[None]:
-    """torch.onnx.export builds its table of ATen-to-ONNX translations anew on every call:
-    0.8-0.9 s on 2 cores, a third of a small model's export. Inside this block each
-    call gets a copy of one table kept per opset (a copy: custom translations are added to
-    it). The table is torch's private ONNXRegistry; where its layout is not the one this
-    expects, nothing is swapped and torch builds the table itself."""
+@functools.cache
+def _torch_registry() -> tuple[Any, Any, inspect.Signature] | None:
+    """(ONNXRegistry, its from_torchlib classmethod, that method's signature), or None where
+    torch's private registry is not laid out as _translation_table_built_once expects."""
     try:
         from torch.onnx._internal.exporter import _registration
 
         registry_type = _registration.ONNXRegistry
         original = registry_type.__dict__["from_torchlib"]
-        signature = inspect.signature(original.__func__)
         empty = registry_type()
         if not (isinstance(empty.functions, dict) and hasattr(empty, "_opset_version")):
-            raise AttributeError("ONNXRegistry changed")
+            return None
+        return registry_type, original, inspect.signature(original.__func__)
     except (ImportError, AttributeError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def _translation_table_built_once() -> Iterator[None]:
+    """torch.onnx.export builds its table of ATen-to-ONNX translations anew on every call:
+    0.8-0.9 s on 2 cores, a third of a small model's export. Inside this block each call gets
+    a copy of one table kept per opset (a copy: custom translations are added to it). The
+    table is torch's private ONNXRegistry; where its layout is not the one this expects,
+    nothing is swapped and torch builds the table itself."""
+    found = _torch_registry()
+    if found is None:
         yield
         return
+    registry_type, original, signature = found
 
     def from_torchlib(cls: type, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(cls, *args, **kwargs)

@@ -7,6 +7,8 @@ hide a wrong direction."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,9 +132,6 @@ def test_no_import_cycles(graph):
 def test_the_zoo_and_the_cli_start_without_torchvision():
     """torchvision's import costs every command about 2 s (it brings torch._dynamo): the zoo,
     the exporters and the CLI import it where a model, transform or dataset needs it."""
-    import subprocess
-    import sys
-
     code = "import sys, zoo, exporters, deepr.cli; print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
