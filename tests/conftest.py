@@ -4,6 +4,8 @@ model repository and a running server built from them (each made once per sessio
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -19,8 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DEVICE = os.environ.get("DEEPR_TEST_DEVICE", "cpu")
 
 
+_SESSION_HOME: str | None = None
+
+
 def pytest_configure(config) -> None:
-    _forget_imported_models()
+    _use_a_session_home()
     if TEST_DEVICE not in ("cpu", "cuda"):
         pytest.exit(f"DEEPR_TEST_DEVICE={TEST_DEVICE!r}: expected cpu or cuda", returncode=4)
     if TEST_DEVICE == "cuda":
@@ -33,14 +38,18 @@ def pytest_configure(config) -> None:
             )
 
 
-def _forget_imported_models() -> None:
-    """Keras models this machine's user imported ($DEEPR_HOME/keras) are not the suite's:
-    tests that go over every zoo model would train and export them too."""
-    import zoo
-    from zoo._registry import unregister_imported
+def _use_a_session_home() -> None:
+    """The suite neither reads nor writes the machine user's DEEPR_HOME: models they imported
+    would join every test that goes over the zoo, and the default repository would be theirs.
+    Every test, and every process a test starts, gets one empty home for the session."""
+    global _SESSION_HOME
+    _SESSION_HOME = tempfile.mkdtemp(prefix="deepr-test-home-")
+    os.environ["DEEPR_HOME"] = _SESSION_HOME
 
-    for name in zoo.list_models():
-        unregister_imported(name)
+
+def pytest_unconfigure(config) -> None:
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def pytest_report_header(config) -> str:
