@@ -78,8 +78,19 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+_LENGTH_PREFIX = 4
+"""Bytes before each BYTES element: its length, a little-endian uint32."""
+
+
 def deserialize_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
-    """Raw contents -> object array of `count` bytes elements."""
+    """Raw contents -> object array of `count` bytes elements. Every element takes at least
+    its 4-byte length, so a count the contents cannot hold is refused before anything is
+    allocated for it: a 50-byte request declaring 10^8 elements costs nothing."""
+    if count * _LENGTH_PREFIX > len(raw):
+        raise InvalidInput(
+            f"input {name!r}: {count:,} BYTES elements need at least {count * _LENGTH_PREFIX:,} bytes "
+            f"(a 4-byte length each), raw contents have {len(raw):,}"
+        )
     out = np.empty(count, dtype=np.object_)
     pos = 0
     for i in range(count):
@@ -98,7 +109,9 @@ def deserialize_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
     return out
 
 
-def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> tuple[int, ...]:
+def _check_header(
+    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, max_batch_size: int
+) -> tuple[int, ...]:
     shape = tuple(tensor.shape)
     if tensor.datatype != spec.datatype:
         known = "" if tensor.datatype in V2_TO_NUMPY else " (not a V2 datatype)"
@@ -108,6 +121,11 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
     if not spec.accepts(shape):
         want = "[" + ", ".join("-1" if d == -1 else str(d) for d in spec.shape) + "]"
         raise InvalidInput(f"input {spec.name!r}: shape {list(shape)} does not match the model's {want} (-1: any size)")
+    if max_batch_size > 0 and shape[0] > max_batch_size:
+        # Before any of its data is read: pictures are not decoded, elements not allocated.
+        raise InvalidInput(
+            f"input {spec.name!r}: batch of {shape[0]:,} exceeds the model's max_batch_size {max_batch_size}"
+        )
     return shape
 
 
@@ -176,13 +194,19 @@ def in_message_only(parameters: Mapping, what: str) -> None:
 
 
 def decode_inputs(
-    request: pb.ModelInferRequest, specs: Sequence[TensorSpec], locate: Locate = in_message_only
+    request: pb.ModelInferRequest,
+    specs: Sequence[TensorSpec],
+    locate: Locate = in_message_only,
+    max_batch_size: int = 0,
 ) -> dict[str, np.ndarray]:
     """The request's inputs as arrays, checked against the model's `specs`; an input that
     `locate` finds outside the message (a shared memory region) is read from there.
+    `max_batch_size` > 0: the first dimension of every input is the batch, refused past it.
 
     Raises InvalidInput naming the first problem: unknown, duplicate or missing
-    inputs, datatype, shape, or a byte/value count that does not fit the shape.
+    inputs, datatype, shape, batch size, or a byte/value count that does not fit the shape.
+    Every count an input declares is checked against what it carries before anything of
+    that size is allocated.
     """
     by_name = {s.name: s for s in specs}
     slices = [locate(tensor.parameters, f"input {tensor.name!r}") for tensor in request.inputs]
@@ -200,7 +224,7 @@ def decode_inputs(
             raise InvalidInput(f"unknown input {tensor.name!r}; model {request.model_name!r} takes {sorted(by_name)}")
         if tensor.name in arrays:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
-        shape = _check_header(tensor, spec)
+        shape = _check_header(tensor, spec, max_batch_size)
         if where is not None:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r} is in shared memory and also has typed contents; use one")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -15,9 +16,33 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImagePreprocessing", "ImageInput", "INVERT_CHOICES", "PictureError", "load_image", "PIXEL_FORMS"]
+__all__ = [
+    "ImagePreprocessing",
+    "ImageInput",
+    "INVERT_CHOICES",
+    "PictureError",
+    "load_image",
+    "PIXEL_FORMS",
+    "PICTURE_FORMATS",
+]
 
 PIXEL_FORMS = ("float32", "uint8", "encoded")
+
+PICTURE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+"""What a server decodes for a model that takes picture files: what cameras, phones, scanners
+and browsers write. Formats whose header can understate what they hold (an ICO directory
+that says 256x256 around a 13000x13000 PNG) or that few clients send are refused by name."""
+
+
+def _over_the_limit(what: str, pixels: int | None, max_pixels: int) -> str:
+    size = f": {pixels:,} pixels" if pixels else ""
+    return f"{what}{size}, over the limit of {max_pixels:,} pixels"
+
+
+def _pixels_in(message: str) -> int | None:
+    """The pixel count in Pillow's DecompressionBombError message ("Image size (N pixels) ...")."""
+    match = re.search(r"\((\d+) pixels\)", message)
+    return int(match.group(1)) if match else None
 
 
 class PictureError(ValueError):
@@ -134,20 +159,35 @@ class ImagePreprocessing:
 
     def decoded(self, data: bytes, max_pixels: int) -> np.ndarray:
         """The (H, W, C) uint8 pixels of a picture file's bytes, as `resized` makes them;
-        PictureError for bytes Pillow cannot read, truncated pictures, and pictures of more
-        than `max_pixels` pixels (checked from the header, before anything is decoded)."""
+        PictureError for bytes Pillow cannot read, formats other than PICTURE_FORMATS,
+        truncated pictures, and pictures of more than `max_pixels` pixels (checked from the
+        header, before anything is decoded)."""
+        return self.decoded_with_size(data, max_pixels)[0]
+
+    def decoded_with_size(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, int]:
+        """`decoded`, and the pixels the file held (what decoding it cost)."""
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise PictureError(
-                        f"a {width}x{height} picture: {width * height:,} pixels, over the limit of {max_pixels:,}"
-                    )
+                    raise PictureError(_over_the_limit(f"a {width}x{height} picture", width * height, max_pixels))
                 img.load()
-                return self.resized(img)
+                if img.size != (width, height):  # a header that understated what the file holds
+                    raise PictureError(f"the picture decoded to {img.size}, not the {width}x{height} its header says")
+                return self.resized(img), width * height
         except UnidentifiedImageError:
-            raise PictureError(f"not a picture Pillow can read ({len(data):,} bytes starting {data[:8]!r})") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise PictureError(
+                f"not a picture in a format the server takes ({', '.join(PICTURE_FORMATS)}): "
+                f"{len(data):,} bytes starting {data[:8]!r}"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Pillow's own guard (an error past twice its MAX_IMAGE_PIXELS, a warning past it,
+            # raised where warnings are errors) fires before deepr's check can: refused the same way.
+            pixels = _pixels_in(str(exc))
+            if pixels is not None and pixels > max_pixels:
+                raise PictureError(_over_the_limit("a picture", pixels, max_pixels)) from None
+            raise PictureError(f"a picture over Pillow's own pixel limit ({exc})") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             if isinstance(exc, PictureError):
                 raise
             raise PictureError(f"a damaged or truncated picture ({exc})") from None

@@ -17,7 +17,7 @@ from serving.server.dataplane import DecodedRequest, RequestedOutput
 from serving.server.model import OnnxModel
 from serving.server.shared_memory import SharedMemoryRegions
 
-__all__ = ["request_decoder", "response_encoder", "class_count"]
+__all__ = ["request_decoder", "response_encoder", "class_count", "as_text"]
 
 
 def class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
@@ -29,6 +29,21 @@ def class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
     return param.int64_param
 
 
+def as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES input as the ONNX string tensor it feeds: onnxruntime takes str elements, and
+    would turn a bytes element into the text of its repr (b'...')."""
+    out = np.empty(array.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {name!r} element {i}: not UTF-8 text (byte {exc.start}); the model's string tensor holds text"
+            ) from None
+    return out
+
+
 def request_decoder(
     request: pb.ModelInferRequest, shared_memory: SharedMemoryRegions
 ) -> Callable[[OnnxModel], DecodedRequest]:
@@ -37,7 +52,9 @@ def request_decoder(
     shared memory slices."""
 
     def decode(model: OnnxModel) -> DecodedRequest:
-        inputs = decode_inputs(request, model.inputs, shared_memory.tensor_slice)
+        inputs = decode_inputs(request, model.inputs, shared_memory.tensor_slice, model.max_batch_size)
+        for name in model.text_inputs:
+            inputs[name] = as_text(inputs[name], name)
         outputs = []
         for output in request.outputs:
             what = f"output {output.name!r}"

@@ -101,6 +101,8 @@ class OnnxModel:
         self.encoded_input: tuple[str, ImagePreprocessing] | None = None
         """An encoded-picture model's BYTES input, and the preprocessing that decodes it."""
         self.outputs: list[TensorSpec] = []
+        self.text_inputs: list[str] = []
+        """Graph inputs that are ONNX string tensors: requests' BYTES elements, as UTF-8 text."""
         self.metadata: dict[str, str] = {}
         self.run_seconds: dict[int, float] = {}
         """Batch sizes warmed at load for merged runs, with the time of a warm run."""
@@ -171,6 +173,7 @@ class OnnxModel:
         if encoded is not None:
             self.inputs, self.encoded_input = self._encoded_specs(encoded), (self.config.input[0].name, encoded)
         self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
+        self.text_inputs = [s.name for s in self.inputs if s.datatype == "BYTES" and s in self.graph_inputs]
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         if instances > 1:
             self._idle_instances = queue.SimpleQueue()

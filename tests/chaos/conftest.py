@@ -11,16 +11,21 @@ from typing import Iterator
 
 import pytest
 
-from .probes import WIDE, ServerProcess, add_doubling_model
+from .probes import WIDE, ServerProcess, add_doubling_model, add_pictures_model, add_strings_model
 
 
 @pytest.fixture(scope="session")
 def chaos_repository(tmp_path_factory) -> Path:
-    """`double` (no queue delay), `delayed` (200 ms queue delay), `wide` (48 KiB rows)."""
+    """`double` (no queue delay), `delayed` (200 ms queue delay), `wide` (48 KiB rows),
+    `strings` (BYTES, batches of up to 256), `strings_free` (BYTES of any length, unbatched),
+    `pictures` (picture files, decoded by the server)."""
     repository = tmp_path_factory.mktemp("chaos") / "repository"
     add_doubling_model(repository, "double")
     add_doubling_model(repository, "delayed", queue_delay_us=200_000)
     add_doubling_model(repository, "wide", width=WIDE)
+    add_strings_model(repository, "strings")
+    add_strings_model(repository, "strings_free", batched=False)
+    add_pictures_model(repository, "pictures")
     return repository
 
 

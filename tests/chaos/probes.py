@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from exporters.repository import add_to_repository, serving_config
+from serving.protocol.generated import model_config_pb2 as mc
 
 WIDE = 3 * 64 * 64
 """Row width of the `wide` model: 48 KiB per row, so a 256-row request is 12 MiB."""
@@ -42,6 +43,47 @@ def add_doubling_model(
     config = serving_config(name, max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     add_to_repository(repository, config, doubling_graph(repository.parent / f"{name}.onnx", width))
+
+
+def add_strings_model(repository: Path, name: str, *, batched: bool = True) -> None:
+    """y = x over BYTES: (batch, 1) with batches of up to 256, or a free (n,) unbatched."""
+    shape = ["batch", 1] if batched else ["n"]
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+    path = repository.parent / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    add_to_repository(repository, serving_config(name, 256 if batched else 0), path)
+
+
+PICTURE_SIZE = 28
+
+
+def add_pictures_model(repository: Path, name: str, *, max_batch_size: int = 256) -> None:
+    """A model that takes picture files, as `deepr export --pixels encoded` writes them: the
+    server decodes each to 28x28 grey pixels; the graph answers their mean, (batch, 1)."""
+    from exporters.pixels import as_encoded_config
+    from serving.protocol.preprocessing import ImagePreprocessing
+    from serving.protocol.schema import PREPROCESSING_KEY
+
+    side = PICTURE_SIZE
+    images = helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", side, side, 1])
+    mean = helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1])
+    nodes = [
+        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["pixels", "flat"], ["rows"]),
+        helper.make_node("ReduceMean", ["rows"], ["mean"], axes=[1], keepdims=1),
+    ]
+    flat = helper.make_tensor("flat", TensorProto.INT64, [2], [0, -1])
+    graph = helper.make_graph(nodes, name, [images], [mean], [flat])
+    path = repository.parent / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    config = serving_config(name, max_batch_size)
+    config.input.add(name="images")  # its type and dims: as_encoded_config's
+    preprocessing = ImagePreprocessing(size=(side, side), color_mode="L", pixels="encoded", layout="NHWC")
+    as_encoded_config(config, preprocessing, PREPROCESSING_KEY)
+    config.output.add(name="mean", data_type=mc.TYPE_FP32, dims=[1])
+    add_to_repository(repository, config, path)
 
 
 class ServerProcess:
@@ -76,7 +118,7 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
-        self.port = self.metrics_port = 0
+        self.port = self.metrics_port = self.http_port = 0
         self._started = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
@@ -89,6 +131,8 @@ class ServerProcess:
             self.log.append(line)
             if match := re.search(r"metrics on http://[\d.]+:(\d+)", line):
                 self.metrics_port = int(match.group(1))
+            if match := re.search(r"HTTP/REST on [\d.]+:(\d+)", line):
+                self.http_port = int(match.group(1))
             if match := re.search(r"serving .* on [\d.]+:(\d+)", line):
                 self.port = int(match.group(1))
                 self._started.set()
@@ -97,6 +141,13 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """http://127.0.0.1:PORT of the REST endpoint (logged just after the gRPC port)."""
+        if not wait_until(lambda: self.http_port, 10):
+            raise AssertionError("the server logged no HTTP port:\n" + self.log_text())
+        return f"http://127.0.0.1:{self.http_port}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -47,7 +47,7 @@ def test_bytes_round_trip():
     "raw, message",
     [
         (b"\x05\x00\x00\x00ab", "announces 5 bytes, only 2 remain"),
-        (b"\x01\x00", "end after 0 of 1"),
+        (b"\x01\x00", "1 BYTES elements need at least 4 bytes"),
         (b"\x01\x00\x00\x00ab", "1 bytes left over"),
     ],
 )

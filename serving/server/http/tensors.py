@@ -65,6 +65,10 @@ def _json_document(body: bytes, header_length: str | None) -> tuple[dict, memory
     return document, memoryview(body)[size:]
 
 
+_INT64 = range(-(2**63), 2**63)
+"""What the protocol's integers hold (JSON's do not stop there)."""
+
+
 def _parameters(target: Any, values: Any, what: str) -> None:
     """Copy JSON `values` into a protobuf parameters map."""
     if values is None:
@@ -76,6 +80,8 @@ def _parameters(target: Any, values: Any, what: str) -> None:
         if isinstance(value, bool):  # before int: bool is an int in Python
             param.bool_param = value
         elif isinstance(value, int):
+            if value not in _INT64:
+                raise InvalidInput(f"{what}: parameter {key!r} is {value}, outside the 64-bit integers")
             param.int64_param = value
         elif isinstance(value, float):
             param.double_param = value
@@ -91,16 +97,28 @@ def _shape(tensor: dict, what: str) -> list[int]:
         raise InvalidInput(f"{what}: 'shape' must be a list of integers, got {orjson.dumps(shape).decode()[:80]}")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{what}: shape {shape} has a negative dimension")
+    if any(d not in _INT64 for d in shape):
+        raise InvalidInput(f"{what}: shape {shape} has a dimension past 2^63 - 1")
     return shape
 
 
 def _flat(data: Any) -> list:
-    if not isinstance(data, list):
-        return [data]
+    """Nested lists' leaves in row-major order, without recursion: orjson takes documents
+    up to 1,024 levels deep, past Python's own recursion limit."""
     out: list = []
-    for item in data:
-        out.extend(_flat(item))
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
     return out
+
+
+_END = object()
 
 
 def _json_data(data: Any, datatype: str, shape: list[int], what: str) -> bytes:
