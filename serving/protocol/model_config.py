@@ -13,23 +13,39 @@ __all__ = ["ModelConfig", "read_config", "write_config", "config_text", "add_zer
 
 CONFIG_FILE = "config.pbtxt"
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""Configs are a few KB; a larger file is refused before it is parsed."""
+
 
 def config_text(config: ModelConfig) -> str:
     return text_format.MessageToString(config)
 
 
 def read_config(model_dir: Path) -> ModelConfig:
-    """Parse `model_dir/config.pbtxt`; fields deepr does not use are skipped."""
+    """Parse `model_dir/config.pbtxt`; fields deepr does not use are skipped. Whatever is
+    wrong with the file (unreadable, not UTF-8, too large, too deeply nested, not a config)
+    is a ModelLoadError naming it: one bad folder must not stop a server."""
     path = model_dir / CONFIG_FILE
     try:
-        text = path.read_text()
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(
+            f"{path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a model configuration is a few KB"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path} is not UTF-8 text: byte {exc.start} is 0x{data[exc.start]:02x}") from None
     try:
         # Triton configs may carry fields deepr leaves out of its schema: skip them.
         config = text_format.Parse(text, ModelConfig(), allow_unknown_field=True)
     except text_format.ParseError as exc:
         raise ModelLoadError(f"{path} is not a valid model configuration: {exc}") from None
+    except RecursionError:
+        raise ModelLoadError(f"{path} is nested too deeply to be a model configuration") from None
     if not config.name:
         config.name = model_dir.name
     elif config.name != model_dir.name:

@@ -37,6 +37,21 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """One path component of at most NAME_MAX (255) bytes."""
 
 
+def _not_a_model(path: Path) -> str | None:
+    """Why a folder of the repository is not served ("" for what is not worth a word:
+    files, hidden folders), or None for a model folder."""
+    if path.name.startswith(".") or not path.is_dir():
+        return ""
+    if not _MODEL_NAME.match(path.name):
+        return (
+            f"{_shown(path.name)} is not a model name: 1 to 255 ASCII letters, digits, '_', '.' and '-', "
+            "not starting with '.' or '-'"
+        )
+    if not (path / CONFIG_FILE).is_file():
+        return f"no {CONFIG_FILE} in it"
+    return None
+
+
 def _shown(name: str, limit: int = 80) -> str:
     """A name as messages quote it: a hostile 5,000-character name is cut, not echoed."""
     return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
@@ -88,12 +103,24 @@ class ModelRepository:
         self.runtime = runtime
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
+        self._skipped: dict[str, str] = {}
+        """Folders of the repository that are not models, with the reason last logged."""
 
     def model_names(self) -> list[str]:
-        """Model directories on disk (those holding a config.pbtxt)."""
+        """Model directories on disk (those holding a config.pbtxt). Every other folder is
+        logged once with the reason it is not served (again if the reason changes)."""
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {self.root} does not exist or is not a directory")
-        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file() and _MODEL_NAME.match(p.name))
+        names = []
+        for path in sorted(self.root.iterdir()):
+            reason = _not_a_model(path)
+            if reason is None:
+                names.append(path.name)
+                self._skipped.pop(path.name, None)
+            elif reason and self._skipped.get(path.name) != reason:
+                self._skipped[path.name] = reason
+                logger.warning("%s is not served: %s", path, reason)
+        return names
 
     def load_all(self) -> None:
         for name in self.model_names():
@@ -108,6 +135,9 @@ class ModelRepository:
         except ServingError as exc:
             logger.error("model %s is unavailable: %s", name, exc)
             entry = ModelEntry(name, UNAVAILABLE, reason=str(exc))
+        except Exception as exc:  # whatever else its files do, the other models serve
+            logger.error("model %s is unavailable: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+            entry = ModelEntry(name, UNAVAILABLE, reason=f"{model_dir}: {type(exc).__name__}: {exc}")
         with self._lock:
             self._models[name] = entry
         return entry
@@ -122,7 +152,13 @@ class ModelRepository:
             if entry.state != READY:
                 raise ModelLoadError(entry.reason)
             return entry
-        entry = self._build(name, self._model_dir(name))
+        model_dir = self._model_dir(name)
+        try:
+            entry = self._build(name, model_dir)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{model_dir}: {type(exc).__name__}: {exc}") from None
         with self._lock:
             self._models[name] = entry
         logger.info("model %s reloaded: versions %s", name, sorted(entry.versions, key=int))
