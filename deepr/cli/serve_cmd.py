@@ -102,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             poll_seconds=_poll_seconds(args),
             max_connections=args.max_connections,
             connection_idle_seconds=args.connection_idle_seconds,
+            header_seconds=args.header_seconds,
             max_inflight=args.max_inflight,
             trim_idle_seconds=args.trim_idle_seconds,
             grpc_options=",".join(args.grpc_option) if args.grpc_option else None,
@@ -184,7 +185,8 @@ operations:
              and /v2/health/live on the HTTP port; SIGTERM drains
   access     --token-file guards every inference RPC, the REST routes and /metrics;
              --tls-cert/--tls-key serve TLS on every port; shared memory registrations only from loopback
-  limits     --max-connections, --connection-idle-seconds (gRPC), --max-inflight (both
+  limits     --max-connections and --connection-idle-seconds (each port: gRPC and HTTP),
+             --header-seconds (HTTP request line and headers), --max-inflight (both
              transports; beyond it RESOURCE_EXHAUSTED / 429 at once, logged once per 10 s,
              counted as failures),
              --trim-idle-seconds (free memory back to the system after a burst)
@@ -293,6 +295,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="close a connection with no call in flight for this long (default 300; 0 never)",
     )
     p.add_argument(
+        "--header-seconds",
+        type=number(minimum=0),
+        help="close an HTTP connection whose request line and headers take longer than this to arrive "
+        "(default 10; 0 never)",
+    )
+    p.add_argument(
         "--max-inflight",
         type=integer(1),
         help="inference requests handled at once; beyond it RESOURCE_EXHAUSTED at once (default 4096)",
@@ -329,7 +337,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--token-file",
         type=Path,
         help="file holding the bearer token every inference RPC must carry "
-        "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; health checks stay open)",
+        "(or DEEPR_TOKEN; clients send it as 'authorization: Bearer <token>'; server health stays open: "
+        "grpc.health.v1, ServerLive, ServerReady, /v2/health/*)",
     )
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")
     p.add_argument("--tls-key", help="server private key (PEM)")

@@ -70,12 +70,17 @@ class ServerSettings:
     """Poll mode: look at the repository this often and load new or changed models (once
     their files stop changing), unload removed ones; 0 does not poll. Env: DEEPR_POLL_SECONDS."""
     max_connections: int = 1024
-    """Open client connections at most; further ones are refused until some close (each
-    costs memory before any call is made, and before a token is checked). 0: no limit.
-    Env: DEEPR_MAX_CONNECTIONS."""
+    """Open client connections at most, on each of the gRPC and HTTP ports; further ones are
+    refused until some close (each costs memory before any call is made, and before a
+    token is checked). 0: no limit. Env: DEEPR_MAX_CONNECTIONS."""
     connection_idle_seconds: float = 300.0
-    """A connection with no call in flight for this long is closed (GOAWAY; clients
-    reconnect on their next call). 0 keeps idle connections. Env: DEEPR_CONNECTION_IDLE_SECONDS."""
+    """A connection with no call in flight for this long is closed (gRPC: GOAWAY; clients
+    reconnect on their next call), on both ports. 0 keeps idle connections.
+    Env: DEEPR_CONNECTION_IDLE_SECONDS."""
+    header_seconds: float = 10.0
+    """An HTTP request line and headers must arrive whole within this long of their first
+    byte, or the connection is closed (slow senders cannot hold connections). 0: no limit.
+    Env: DEEPR_HEADER_SECONDS."""
     max_inflight: int = 4096
     """Inference requests handled at once (unary calls and stream messages, queued or
     running); beyond it a request is answered RESOURCE_EXHAUSTED at once, logged (once per
@@ -169,6 +174,8 @@ class ServerSettings:
             raise ValueError(f"poll_seconds must be >= 0 (0: do not poll), got {self.poll_seconds}")
         if self.trim_idle_seconds < 0:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
+        if self.header_seconds < 0:
+            raise ValueError(f"header_seconds must be >= 0 (0: no limit), got {self.header_seconds}")
         if self.connection_idle_seconds < 0:
             raise ValueError(
                 f"connection_idle_seconds must be >= 0 (0: keep idle connections), got {self.connection_idle_seconds}"

@@ -22,6 +22,7 @@ from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
 from serving.server.polling import fingerprints, poll_repository
+from serving.server.ports import check_ports
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
 
@@ -45,6 +46,9 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
         # measured side by side (scripts/benchmarks/connection_cost.py, docs/benchmarks.md).
         ("grpc.experimental.tcp_read_chunk_size", 64 << 10),
         ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
+        # grpc sets SO_REUSEPORT by default, so a second server given the same port would bind
+        # it too and the kernel would split the clients between the two without a word.
+        ("grpc.so_reuseport", 0),
     ]
     if settings.max_connections:
         options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
@@ -99,6 +103,7 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_when_clients_leave)
         settings = self.settings
+        check_ports(settings)  # before any model loads: a taken port fails in a moment, naming each
         # Taken before the models load, so the poller sees what changes from then on, even a
         # copy made while the server was still starting (the tests' own race, under load).
         known = await asyncio.to_thread(fingerprints, self.dataplane.repository.root) if settings.poll_seconds else None
