@@ -12,12 +12,17 @@ from serving.server.settings import default_repository
 from .arguments import integer, ratio
 from .errors import EXIT_FAILURE, EXIT_USAGE, CLIError
 
+# zoo.keras.files.MAX_UNPACKED_BYTES and _MAX_RATIO (tests/test_bad_files.py holds them equal):
+# written out so that the CLI starts without importing PyTorch.
+_MAX_UNPACKED_BYTES = 4 * 2**30
+_MAX_RATIO = 1000
+
 
 def _import(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from zoo import model_summary
     from zoo.keras import KerasImportError
-    from zoo.keras.store import import_keras
+    from zoo.keras.store import forget_import, import_keras
 
     labels = None
     if args.labels is not None:
@@ -26,7 +31,14 @@ def _import(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CLIError(f"--labels {args.labels}: {exc.strerror}", EXIT_USAGE) from None
     try:
-        record = import_keras(args.file, args.name, labels=labels, scale=args.scale, input_layout=args.input_layout)
+        record = import_keras(
+            args.file,
+            args.name,
+            labels=labels,
+            scale=args.scale,
+            input_layout=args.input_layout,
+            max_unpacked_bytes=args.max_unpacked_bytes,
+        )
     except KerasImportError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
     except ValueError as exc:  # the name of a built-in model
@@ -42,7 +54,8 @@ def _import(args: argparse.Namespace) -> int:
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         try:
             result = export_model(args.name, args.repository, max_batch_size=args.max_batch_size)
-        except ExportError as exc:
+        except (ExportError, OSError) as exc:
+            forget_import(args.name)  # a failed import leaves nothing behind
             raise CLIError(str(exc), EXIT_FAILURE) from None
     v = result.validation
     print(
@@ -79,5 +92,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-unpacked-bytes",
+        type=integer(1),
+        default=_MAX_UNPACKED_BYTES,
+        help="what the file may unpack to: its weights in all, and each member of a .keras zip; a member "
+        f"may also inflate at most {_MAX_RATIO} times its compressed size. A file past either is refused before "
+        "anything is written (default: %(default)s bytes, 4 GiB)",
     )
     p.set_defaults(run=_import)

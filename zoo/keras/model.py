@@ -9,6 +9,7 @@ layers in the config's order.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import KerasImportError
-from .files import KerasFile, layer_configs, read_keras_file
+from .files import MAX_UNPACKED_BYTES, KerasFile, layer_configs, read_keras_file
 from .layers import Embedding, KerasInput, RankAware, convert_layer
 
 __all__ = ["KerasGraph", "example_input", "from_keras", "INPUT_LAYOUTS"]
@@ -120,17 +121,25 @@ def _input_spec(nodes: list[_Node]) -> tuple[tuple[int | None, ...], str]:
     return tuple(shape[1:]), dtype
 
 
-def from_keras(path: str | Path, *, input_layout: str = "nhwc") -> nn.Module:
+MAX_ACTIVATION_ELEMENTS = 1 << 28
+"""Largest input or layer output of one example (1 GiB of float32): a config may declare any
+size, and the check at import must not allocate it."""
+
+
+def from_keras(
+    path: str | Path, *, input_layout: str = "nhwc", max_unpacked_bytes: int = MAX_UNPACKED_BYTES
+) -> nn.Module:
     """The Keras model saved at `path` (.h5 or .keras) as a PyTorch module in eval mode.
 
     `input_layout`: "nhwc" (default) takes pictures as Keras does, (N, H, W, C); "nchw"
     takes them channels first. Attributes: `input_shape` (one example, in that layout),
     `input_dtype` ("float32" or "int64" for token ids), `input_layout` ("NHWC", "NCHW", or
-    None for inputs that are not pictures).
+    None for inputs that are not pictures). `max_unpacked_bytes`: what the file's weights may
+    take in all (see read_keras_file).
     """
     if input_layout not in INPUT_LAYOUTS:
         raise ValueError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
-    keras = read_keras_file(path)
+    keras = read_keras_file(path, max_unpacked_bytes)
     try:
         with torch.device("cpu"):  # the weights are real: not on the meta device `deepr models` counts on
             model = _build(keras, input_layout)
@@ -181,6 +190,7 @@ def _build(keras: KerasFile, input_layout: str) -> nn.Module:
     model.input_layout = ("NHWC" if channels_last else "NCHW") if picture else None  # type: ignore[assignment]
     model.keras_file = str(keras.path)  # type: ignore[assignment]
     model.eval()
+    _check_sizes(model)
     _probe(model)
     return model
 
@@ -189,6 +199,44 @@ def example_input(model: nn.Module) -> torch.Tensor:
     """One example of zeros as a converted model takes it (3 steps of a free length)."""
     shape = tuple(3 if d is None else d for d in getattr(model, "input_shape"))
     return torch.zeros((1, *shape), dtype=torch.int64 if getattr(model, "input_dtype") == "int64" else torch.float32)
+
+
+def _check_sizes(model: nn.Module) -> None:
+    """Refuse an input or a layer output past MAX_ACTIVATION_ELEMENTS, found by running the
+    model on PyTorch's meta device (shapes only, nothing allocated) before the real probe."""
+    shape = tuple(3 if d is None else d for d in getattr(model, "input_shape"))
+    if any(not isinstance(d, int) or d < 1 for d in shape):
+        raise KerasImportError(f"the input shape {shape} has a dimension that is not a positive size")
+    if math.prod(shape) > MAX_ACTIVATION_ELEMENTS:
+        raise KerasImportError(f"the input shape {shape} is past {MAX_ACTIVATION_ELEMENTS:,} values per example")
+    too_large: list[str] = []
+
+    def measured(name: str, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.numel() > MAX_ACTIVATION_ELEMENTS and not too_large:
+            too_large.append(f"layer {name} makes an output of shape {tuple(output.shape)}")
+            raise _TooLarge
+
+    hooks = [
+        module.register_forward_hook(lambda m, a, out, name=name: measured(name, out))
+        for name, module in model.named_children()
+    ]
+    meta = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, meta, (example_input(model).to("meta"),))
+    except _TooLarge:
+        pass
+    except Exception:  # an operation without a meta kernel: the real probe still checks the layers
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if too_large:
+        raise KerasImportError(f"{too_large[0]}, past {MAX_ACTIVATION_ELEMENTS:,} values per example")
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _probe(model: nn.Module) -> None:

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,15 +23,19 @@ from torch import nn
 
 from serving.protocol.preprocessing import ImagePreprocessing
 
-from .._registry import ModelSpec, register_spec
+from .._registry import ModelSpec, register_spec, unregister_imported
 from .._summary import summary
 from .errors import KerasImportError
+from .files import MAX_UNPACKED_BYTES
 from .model import INPUT_LAYOUTS, example_input, from_keras
 
-__all__ = ["ImportedModel", "import_keras", "keras_home", "register_imported_models"]
+__all__ = ["ImportedModel", "forget_import", "import_keras", "keras_home", "register_imported_models"]
 
 logger = logging.getLogger(__name__)
 _RECORD = "import.json"
+_MAX_RECORD_BYTES = 4 * 2**20
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+"""An imported model's name: a Python name in ASCII, as model folders and servers take it."""
 
 
 def keras_home() -> Path:
@@ -54,10 +59,15 @@ class ImportedModel:
     classes: tuple[str, ...]
     scale: float
     keras_params: int
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES
+    """The bound its file was read under (raised at import for a very large model)."""
 
     @classmethod
     def read(cls, folder: Path) -> "ImportedModel":
-        fields = json.loads((folder / _RECORD).read_text())
+        path = folder / _RECORD
+        if path.stat().st_size > _MAX_RECORD_BYTES:  # what deepr writes is a few KB
+            raise ValueError(f"{path} is {path.stat().st_size:,} bytes; deepr writes a few KB there")
+        fields = json.loads(path.read_text())
         fields["input_shape"] = tuple(fields["input_shape"])
         fields["classes"] = tuple(fields["classes"])
         return cls(**fields)
@@ -90,7 +100,9 @@ def _classes(labels: Sequence[str] | None, size: int, task: str) -> tuple[str, .
 def _build(record: ImportedModel, folder: Path, **options: Any) -> nn.Module:
     if options:
         raise TypeError(f"{record.name} is an imported Keras model; it takes no options ({', '.join(options)})")
-    model = from_keras(folder / record.file, input_layout=record.input_layout)
+    model = from_keras(
+        folder / record.file, input_layout=record.input_layout, max_unpacked_bytes=record.max_unpacked_bytes
+    )
     shape = record.input_shape
     if len(shape) == 3:  # pictures: resized, scaled, in the layout the model takes
         channels_last = record.input_layout == "nhwc"
@@ -135,15 +147,19 @@ def import_keras(
     scale: float = 1 / 255,
     input_layout: str = "nhwc",
     home: Path | None = None,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
 ) -> ImportedModel:
     """Convert the Keras model at `path` (checking every layer), keep it as `name` and
     register it in the zoo. `labels`: one per output class (binary: the positive class,
     or negative and positive); `scale`: what pictures' 0-255 pixels are multiplied by."""
-    if not name.isidentifier():
-        raise KerasImportError(f"--name {name!r}: use letters, digits and underscores, as a Python name")
+    if not _NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
+        raise KerasImportError(
+            f"--name {shown}: use 1 to 128 ASCII letters, digits and underscores, not starting with a digit"
+        )
     if input_layout not in INPUT_LAYOUTS:
         raise KerasImportError(f"input layout {input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
-    model = from_keras(path, input_layout=input_layout)
+    model = from_keras(path, input_layout=input_layout, max_unpacked_bytes=max_unpacked_bytes)
     size, task = _output_size(model)
     input_shape: tuple[int | None, ...] = tuple(getattr(model, "input_shape"))
     input_dtype = str(getattr(model, "input_dtype"))
@@ -162,13 +178,27 @@ def import_keras(
         classes=_classes(labels, size, task),
         scale=scale,
         keras_params=counts.keras_total_params,
+        max_unpacked_bytes=max_unpacked_bytes,
     )
     spec = _spec(record, folder)
     register_spec(spec, replaces_imported=True)  # before copying: a built-in name is refused here
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, folder / record.file)
-    (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / record.file)
+        (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    except BaseException:
+        unregister_imported(name)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return record
+
+
+def forget_import(name: str, home: Path | None = None) -> None:
+    """Undo `import_keras(.., name)`: its folder removed, its registration dropped."""
+    unregister_imported(name)
+    folder = (home or keras_home()) / name
+    if (folder / _RECORD).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def register_imported_models(home: Path | None = None) -> None:
@@ -182,5 +212,5 @@ def register_imported_models(home: Path | None = None) -> None:
         try:
             record = ImportedModel.read(folder)
             register_spec(_spec(record, folder), replaces_imported=True)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
             logger.warning("skipping the imported model in %s: %s", folder, exc)
