@@ -16,4 +16,7 @@ def bearer_token_matches(authorization: str | bytes | None, token: str) -> bool:
     if isinstance(authorization, bytes):
         authorization = authorization.decode("latin-1")
     scheme, _, credentials = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
+    # HTTP servers hand over header bytes that are not UTF-8 as surrogate escapes: such a
+    # header is simply not the token.
+    presented = credentials.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token.encode())

@@ -219,8 +219,11 @@ class SharedMemoryRegions:
         if name in self._regions:
             raise AlreadyExists(f"shared memory region {name!r} is already registered; unregister it first")
         path = self._path(key)
-        if byte_size == 0:
-            raise InvalidInput(f"shared memory region {name!r}: byte_size must be > 0")
+        if byte_size <= 0 or offset < 0 or offset + byte_size >= 2**63:
+            raise InvalidInput(
+                f"shared memory region {name!r}: offset {offset} and byte_size {byte_size} must be "
+                "an offset >= 0 and a size > 0 inside a file (below 2^63 bytes together)"
+            )
         try:
             # O_NOFOLLOW: a symbolic link planted in the shared memory directory must not lead
             # the server to write outputs into a file elsewhere. O_NONBLOCK: a FIFO cannot hang it.

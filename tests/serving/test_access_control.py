@@ -3,6 +3,7 @@ tritonclient and deepr's own client."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -45,10 +46,9 @@ def token_server(repository):
         yield f"127.0.0.1:{server.port}"
 
 
-def test_every_inference_rpc_needs_the_token(token_server):
+def test_every_inference_rpc_but_health_needs_the_token(token_server):
     client = triton.InferenceServerClient(token_server)
     calls = {
-        "ServerLive": lambda **h: client.is_server_live(**h),
         "ServerMetadata": lambda **h: client.get_server_metadata(**h),
         "ModelConfig": lambda **h: client.get_model_config("mnist_convnet", **h),
         "ModelInfer": lambda **h: triton_infer(client, **h),
@@ -65,7 +65,7 @@ def test_every_inference_rpc_needs_the_token(token_server):
                 call(headers=headers)
             assert err.value.status() == "StatusCode.UNAUTHENTICATED", name
     good = {"authorization": f"Bearer {TOKEN}"}
-    assert client.is_server_live(headers=good)
+    assert client.get_server_metadata(headers=good).name == "deepr"
     assert triton_infer(client, headers=good).as_numpy("probabilities").shape == (2, 10)
     client.close()
 
@@ -83,7 +83,7 @@ def test_streams_need_the_token_and_deepr_client_sends_it(token_server):
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
 def test_the_scheme_is_matched_without_regard_to_case(token_server, scheme):
     client = triton.InferenceServerClient(token_server)
-    assert client.is_server_live(headers={"authorization": f"{scheme} {TOKEN}"})
+    assert client.get_server_metadata(headers={"authorization": f"{scheme} {TOKEN}"}).name == "deepr"
     client.close()
 
 
@@ -110,6 +110,35 @@ def test_health_stays_open_for_probes(token_server):
     with grpc.insecure_channel(token_server) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_one_token_rule_for_health_on_both_transports(repository):
+    """Server liveness and readiness answer without the token over gRPC and HTTP alike;
+    a model's readiness and metadata ask for it on both."""
+    with serve_in_thread(settings(repository, token=TOKEN, http_port=0)) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        assert client.is_server_live() and client.is_server_ready()
+        with pytest.raises(InferenceServerException, match="missing bearer token"):
+            client.is_model_ready("mnist_convnet")
+        client.close()
+        base = f"http://127.0.0.1:{server.http_port}"
+        assert scrape(f"{base}/v2/health/live")[0] == 200
+        assert scrape(f"{base}/v2/health/ready")[0] == 200
+        assert scrape(f"{base}/v2/models/mnist_convnet/ready")[0] == 401
+        assert scrape(f"{base}/v2/models/mnist_convnet/ready", f"Bearer {TOKEN}")[0] == 200
+
+
+def test_a_header_that_is_not_utf8_is_an_invalid_token_not_a_failure(repository):
+    with serve_in_thread(settings(repository, token=TOKEN, http_port=0)) as server:
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as connection:
+            connection.sendall(
+                b"GET /v2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer caf\xc3\xa9\xff\xfe\r\nConnection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"invalid bearer token" in answer
 
 
 @pytest.fixture(scope="module")

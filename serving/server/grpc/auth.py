@@ -1,8 +1,10 @@
 """Access control for the gRPC server: TLS credentials and a bearer-token check.
 
-The token check covers every RPC of the inference service. The standard health service
-(grpc.health.v1) stays open, because orchestrators' probes (Kubernetes, load balancers)
-cannot present a token; it reveals only whether the server is serving.
+The token check covers every RPC of the inference service but the server's health:
+grpc.health.v1 and the V2 ServerLive and ServerReady calls stay open, because
+orchestrators' probes (Kubernetes, load balancers) cannot present a token, and they reveal
+only whether the server is serving. HTTP follows the same rule: /v2/health/live and
+/v2/health/ready are open, everything else asks for the token.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from serving.server.bearer import bearer_token_matches
 
 __all__ = ["BearerTokenInterceptor", "server_credentials", "OPEN_SERVICES"]
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
+"""Method paths (or their prefixes) answered without the token."""
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -10,14 +10,15 @@ runs on the loop the gRPC server already owns. Errors are the gRPC ones as HTTP 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeGuard
 
 import grpc
-from aiohttp import web
+import orjson
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -25,6 +26,7 @@ from serving.protocol.errors import InvalidInput, ServingError
 from serving.server import answers
 from serving.server.bearer import bearer_token_matches
 from serving.server.dataplane import DataPlane, InferenceCall
+from serving.server.http.connections import ConnectionGuard, GuardedSite
 from serving.server.http.tensors import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from serving.server.infer_request import request_decoder
 from serving.server.settings import ServerSettings
@@ -63,6 +65,22 @@ JSON_IN_THREAD_BYTES = 256 * 1024
 """JSON request documents larger than this are parsed off the event loop."""
 
 
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header value, a line too long) at ERROR
+    with a traceback; it has already answered 400. What a client sent wrong is one debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            logger.debug("refused a request it could not parse: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return False
+        return True
+
+
+_protocol_logger = logging.getLogger("serving.server.http.protocol")
+_protocol_logger.addFilter(_ClientMistakes())
+
+
 def _json(message: Message) -> dict:
     """A protocol message in the JSON form Triton's HTTP endpoint answers with."""
     return json_format.MessageToDict(
@@ -87,6 +105,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ServingError as exc:
         return _error(HTTP_STATUS.get(exc.code, 500), str(exc))
+    except ClientLeft as exc:  # nobody to answer, and nothing the server did wrong
+        logger.debug("%s", exc)
+        return _error(400, str(exc))
     except web.HTTPException as exc:
         if exc.empty_body or exc.status < 400:
             raise
@@ -114,21 +135,29 @@ def _token_check(token: str) -> Any:
     return check
 
 
+class ClientLeft(Exception):
+    """The client closed its connection before its request body arrived whole."""
+
+
 async def _body(request: web.Request) -> bytes:
     try:
         async with asyncio.timeout(BODY_SECONDS):
             return await request.read()
     except TimeoutError:
         raise InvalidInput(f"the request body did not arrive whole within {BODY_SECONDS:g} s") from None
+    except (ConnectionError, ClientPayloadError) as exc:
+        raise ClientLeft(f"{request.method} {request.path}: the client left before its body arrived ({exc})") from None
 
 
 async def _json_body(request: web.Request) -> dict:
+    """The body as a JSON object; {} when empty. orjson refuses documents nested past 1,024
+    levels with a JSONDecodeError, where the standard library would recurse until it fails."""
     raw = await _body(request)
     if not raw.strip():
         return {}
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")
@@ -205,6 +234,8 @@ class Routes:
     async def _model_control(self, request: web.Request) -> str:
         """The model a load or unload names, once the request is one this server takes."""
         parameters = (await _json_body(request)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput(f"'parameters' must be an object, got {type(parameters).__name__}")
         answers.check_model_control(self.dataplane, "", parameters)
         return request.match_info["model"]
 
@@ -220,8 +251,11 @@ class Routes:
         answers.check_registration(self.dataplane, region, is_loopback_address(peer), peer)
         body = await _json_body(request)
         key, offset, size = body.get("key"), body.get("offset", 0), body.get("byte_size")
-        if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(size, int):
-            raise InvalidInput("a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers)")
+        if not isinstance(key, str) or not _is_count(offset) or not _is_count(size):
+            raise InvalidInput(
+                "a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers >= 0), got "
+                f"key {type(key).__name__}, byte_size {size!r:.40}, offset {offset!r:.40}"
+            )
         self.dataplane.shared_memory.register(region, key, offset, size)
         return web.Response(status=200)
 
@@ -233,8 +267,14 @@ class Routes:
         return web.FileResponse(PAGE / "index.html")
 
 
-def build_app(dataplane: DataPlane, settings: ServerSettings) -> web.Application:
-    middlewares = [_errors] + ([_token_check(settings.token)] if settings.token else [])
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def build_app(dataplane: DataPlane, settings: ServerSettings, guard: ConnectionGuard | None = None) -> web.Application:
+    middlewares = (
+        ([guard.middleware] if guard else []) + [_errors] + ([_token_check(settings.token)] if settings.token else [])
+    )
     app = web.Application(client_max_size=settings.max_message_bytes, middlewares=middlewares)
     r = Routes(dataplane)
     model = "/v2/models/{model}"
@@ -283,15 +323,18 @@ class HttpEndpoint:
         self.port = 0
 
     async def start(self) -> int:
+        settings = self.settings
+        guard = ConnectionGuard(settings.max_connections, settings.connection_idle_seconds, settings.header_seconds)
         runner = web.AppRunner(
-            build_app(self.dataplane, self.settings),
+            build_app(self.dataplane, settings, guard),
             access_log=None,
+            logger=_protocol_logger,
             handle_signals=False,
-            shutdown_timeout=self.settings.grace_seconds,
+            shutdown_timeout=settings.grace_seconds,
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.settings.host, self.settings.http_port, ssl_context=_ssl_context(self.settings), backlog=1024
+        site = GuardedSite(
+            runner, guard, settings.host, settings.http_port, ssl_context=_ssl_context(settings), backlog=1024
         )
         try:
             await site.start()
