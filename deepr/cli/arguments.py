@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from serving.client import DEFAULT_URL
 
 T = TypeVar("T")
 
-__all__ = ["comma_list", "int_list", "integer", "number", "ratio", "add_invert_option", "add_server_options"]
+__all__ = [
+    "comma_list",
+    "int_list",
+    "integer",
+    "number",
+    "ratio",
+    "add_invert_option",
+    "add_server_options",
+    "ignored_picture_options",
+]
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -93,13 +102,33 @@ def int_list(text: str) -> list[int]:
 
 
 def add_invert_option(p: argparse.ArgumentParser) -> None:
+    """--invert and --framing: how a digit model's pictures are prepared. --invert defaults to
+    None, so that a choice the model ignores can be told apart from the default."""
     p.add_argument(
         "--invert",
         choices=("auto", "yes", "no"),
-        default="auto",
         help="digit models take light ink on dark: auto inverts pictures drawn dark on light (a light border); "
         "yes / no force it (default: auto)",
     )
+    p.add_argument(
+        "--framing",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: frame pictures as the model states (the MNIST models: ink cut out, fitted into 20x20, "
+        "centred by its mass in 28x28); none: resize the whole picture (default: auto)",
+    )
+
+
+def ignored_picture_options(args: argparse.Namespace, model: str, preprocessing: Any) -> list[str]:
+    """One line for each of --invert and --framing that the model gives nothing to do."""
+    notes = []
+    if args.invert is not None and preprocessing.background is None:
+        notes.append(
+            f"note: {model} states no background (it takes pictures as they are): --invert {args.invert} does nothing"
+        )
+    if args.framing != "auto" and preprocessing.framing is None:
+        notes.append(f"note: {model} does not frame its pictures: --framing {args.framing} does nothing")
+    return notes
 
 
 def add_server_options(p: argparse.ArgumentParser, graph: str | None = None) -> None:

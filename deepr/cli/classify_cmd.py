@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from .arguments import add_invert_option, add_server_options, integer
+from .arguments import add_invert_option, add_server_options, ignored_picture_options, integer
 from .errors import task_errors
 
 
@@ -14,15 +15,18 @@ def _classify(args: argparse.Namespace) -> int:
     from serving.protocol.preprocessing import load_image
     from serving.tasks.classify import classify, served_preprocessing
 
+    invert = args.invert or "auto"
     with task_errors(args.url):
         images = [load_image(path) for path in args.images]  # read every file before asking the server
         with InferenceClient(args.url) as client:
-            results = classify(images, args.model, top_k=args.top_k, client=client, invert=args.invert)
             preprocess = served_preprocessing(args.model, client=client)
+            for note in ignored_picture_options(args, args.model, preprocess):
+                print(note, file=sys.stderr)
+            results = classify(images, args.model, top_k=args.top_k, client=client, invert=invert, framing=args.framing)
     width = max(len(str(p)) for p in args.images)
     for path, image, predictions in zip(args.images, images, results):
         ranked = "  ".join(f"{p.label or p.index} ({p.score:.4f})" for p in predictions)
-        inverted = "  [inverted: dark on light]" if preprocess.inverts(image, args.invert) else ""
+        inverted = "  [inverted: dark on light]" if preprocess.inverts(image, invert) else ""
         print(f"{str(path):<{width}}  {ranked}{inverted}")
     return 0
 

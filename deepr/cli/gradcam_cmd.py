@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from .arguments import add_invert_option, add_server_options, integer, number
+from .arguments import add_invert_option, add_server_options, ignored_picture_options, integer, number
 from .errors import EXIT_USAGE, CLIError, task_errors
 
 
@@ -17,15 +18,22 @@ def _out_paths(out: Path, count: int) -> list[Path]:
 
 def _gradcam(args: argparse.Namespace) -> int:
     from serving.protocol.preprocessing import load_image
-    from serving.tasks.gradcam import LocalGradCAM, gradcam, overlay
+    from serving.tasks.gradcam import LocalGradCAM, ServedGradCAM, overlay
 
+    invert = args.invert or "auto"
     with task_errors(args.url):
         pictures = [load_image(path) for path in args.images]
-        if args.local:
-            results = LocalGradCAM(args.local)(pictures, args.class_index, args.invert)
-        else:
-            model = args.model if args.model.endswith("_gradcam") else args.model + "_gradcam"
-            results = gradcam(pictures, model, url=args.url, class_index=args.class_index, invert=args.invert)
+        model = (
+            str(args.local)
+            if args.local
+            else args.model
+            if args.model.endswith("_gradcam")
+            else args.model + "_gradcam"
+        )
+        with LocalGradCAM(args.local) if args.local else ServedGradCAM(model, url=args.url) as cam:
+            for note in ignored_picture_options(args, model, cam.preprocess):
+                print(note, file=sys.stderr)
+            results = cam(pictures, args.class_index, invert, args.framing)
     for path, picture, result, out in zip(args.images, pictures, results, _out_paths(args.out, len(pictures))):
         overlay(picture, result.heatmap, alpha=args.alpha).save(out)
         print(f"{path}: class {result.class_index} ({result.label}) score {result.score:.4f} -> {out}")
@@ -45,8 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--alpha",
         type=number(minimum=0, maximum=1),
-        default=0.4,
-        help="heatmap opacity over the picture (default: %(default)s)",
+        default=0.8,
+        help="heatmap opacity where the heat peaks; it fades with the square of the heat (default: %(default)s)",
     )
     add_invert_option(p)
     add_server_options(p, "Grad-CAM")

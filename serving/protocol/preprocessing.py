@@ -24,6 +24,11 @@ __all__ = [
     "load_image",
     "PIXEL_FORMS",
     "PICTURE_FORMATS",
+    "FRAMINGS",
+    "FRAMING_CHOICES",
+    "mnist_frame",
+    "mnist_framing",
+    "Placement",
 ]
 
 PIXEL_FORMS = ("float32", "uint8", "encoded")
@@ -48,6 +53,12 @@ def _pixels_in(message: str) -> int | None:
 class PictureError(ValueError):
     """Bytes that are not a picture this preprocessing can take."""
 
+
+FRAMINGS = ("mnist",)
+"""How a model's pictures are framed before it sees them (ImagePreprocessing.framing)."""
+
+FRAMING_CHOICES = ("auto", "none")
+"""A client's say over framing: `auto` frames as the model states, `none` resizes the whole picture."""
 
 INVERT_CHOICES = ("auto", "yes", "no")
 """How a picture's polarity is handled for a model that states its background: `auto`
@@ -111,6 +122,10 @@ class ImagePreprocessing:
     """"dark" for models trained on light marks on a dark ground (MNIST's digits): pictures
     drawn dark on light, as people write and scan them, are inverted first (see `inverts`).
     None: pictures are taken as they are."""
+    framing: str | None = None
+    """"mnist": after polarity, the picture is framed as MNIST's digits were (see
+    `mnist_frame`): ink cut out, fitted into 20x20, centred by its mass in 28x28. None: the
+    whole picture is resized."""
 
     def __post_init__(self) -> None:
         if self.color_mode not in ("L", "RGB"):
@@ -125,6 +140,10 @@ class ImagePreprocessing:
             raise ValueError(f"{self.pixels} pixels travel as NHWC, the layout pictures have")
         if self.background not in (None, "dark"):
             raise ValueError(f"background must be 'dark' or None, got {self.background!r}")
+        if self.framing not in (None, *FRAMINGS):
+            raise ValueError(f"framing must be one of {FRAMINGS} or None, got {self.framing!r}")
+        if self.framing == "mnist" and (self.color_mode != "L" or self.background != "dark"):
+            raise ValueError("mnist framing is for grey pictures of light ink on a dark ground (background 'dark')")
 
     def inverts(self, image: ImageInput, invert: str = "auto") -> bool:
         """Whether `image` is inverted before the model sees it: never for a model with no
@@ -143,16 +162,31 @@ class ImagePreprocessing:
         )
         return float(border.mean()) > 127.5
 
+    def placement(self, image: ImageInput, invert: str = "auto", framing: str = "auto") -> Placement | None:
+        """Where the model's input came from in `image`, for a framed model (None: the
+        whole picture resized, or no framing)."""
+        if self.framing != "mnist" or framing != "auto":
+            return None
+        img = load_image(image).convert(self.color_mode)
+        if self.inverts(img, invert):
+            img = ImageOps.invert(img)
+        return mnist_framing(np.asarray(img), self.size)[1]
+
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "L" else 3
 
-    def resized(self, image: ImageInput, invert: str = "auto") -> np.ndarray:
-        """One picture's (H, W, C) uint8 pixels: converted, inverted where `invert` says, resized."""
+    def resized(self, image: ImageInput, invert: str = "auto", framing: str = "auto") -> np.ndarray:
+        """One picture's (H, W, C) uint8 pixels: converted, inverted where `invert` says,
+        framed (`framing` "auto": as the model says; "none": not) or resized."""
+        if framing not in FRAMING_CHOICES:
+            raise ValueError(f"framing must be one of {FRAMING_CHOICES}, got {framing!r}")
         height, width = self.size
         img = load_image(image).convert(self.color_mode)
         if self.inverts(img, invert):
             img = ImageOps.invert(img)
+        if self.framing == "mnist" and framing == "auto":
+            return mnist_frame(np.asarray(img), self.size).reshape(height, width, 1)
         if img.size != (width, height):
             img = img.resize((width, height), _RESAMPLE[self.resample])
         return np.asarray(img).reshape(height, width, self.channels)
@@ -192,19 +226,23 @@ class ImagePreprocessing:
                 raise
             raise PictureError(f"a damaged or truncated picture ({exc})") from None
 
-    def __call__(self, images: Sequence[ImageInput], invert: str = "auto") -> np.ndarray:
+    def __call__(self, images: Sequence[ImageInput], invert: str = "auto", framing: str = "auto") -> np.ndarray:
         """A batch of `images` as the model takes it: float32 in the model's layout, uint8
         NHWC pixels for graphs that preprocess themselves, or for "encoded" each picture's
         file bytes, (N, 1) BYTES (a path's own bytes; pictures in memory as PNG, lossless).
-        `invert`: see `inverts` (an encoded model's server inverts, as "auto" does)."""
+        `invert`: see `inverts`; `framing`: see `resized` (an encoded model's server inverts
+        and frames as "auto" does)."""
         if self.pixels == "encoded":
-            if invert != "auto":
-                raise ValueError("a model that takes encoded pictures decides their polarity itself: invert='auto'")
+            if invert != "auto" or framing != "auto":
+                raise ValueError(
+                    "a model that takes encoded pictures decides their polarity and framing itself: "
+                    "invert='auto', framing='auto'"
+                )
             return np.array([[_file_bytes(source)] for source in images], dtype=np.object_).reshape(len(images), 1)
         height, width = self.size
         batch = np.empty((len(images), height, width, self.channels), dtype=np.dtype(self.pixels))
         for i, source in enumerate(images):
-            batch[i] = self.resized(source, invert)
+            batch[i] = self.resized(source, invert, framing)
         if self.pixels == "uint8":
             return batch
         batch *= self.scale
@@ -224,6 +262,83 @@ class ImagePreprocessing:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         return cls(**fields)
+
+
+_MNIST_BOX = 20
+"""MNIST's digits were fitted into 20x20 and centred by their mass in a 28x28 frame."""
+
+
+def _round(x: np.ndarray | float) -> np.ndarray:
+    """Half up, as the page's JavaScript rounds (numpy's round is to even)."""
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
+
+
+def _border_median(grey: np.ndarray) -> float:
+    ring = max(1, min(grey.shape) // 10)
+    inner = grey[ring:-ring]
+    border = np.concatenate(
+        [grey[:ring].ravel(), grey[-ring:].ravel(), inner[:, :ring].ravel(), inner[:, -ring:].ravel()]
+    )
+    return float(np.median(border))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a framed picture came from: frame pixel (u, v) shows the picture's pixel
+    (x0 + (u - left) * kx, y0 + (v - top) * ky). Grad-CAM maps a heatmap back with it."""
+
+    x0: int
+    y0: int
+    kx: float
+    ky: float
+    left: int
+    top: int
+
+    def frame_to_picture(self, frame: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The frame's (0, 0, width, height) as a box in the picture: (left, top, right, bottom)."""
+        width, height = frame
+        x, y = self.x0 - self.left * self.kx, self.y0 - self.top * self.ky
+        return x, y, x + width * self.kx, y + height * self.ky
+
+
+def mnist_frame(grey: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """A grey picture of light ink on a dark ground (HxW uint8, after polarity) framed as
+    MNIST's digits were: the ground's level (the median of the outer tenth) taken away and
+    the ink stretched to 0..255, what is fainter than a fifth of it cleared, the ink's bounding
+    box fitted into 20x20 keeping its aspect ratio (Pillow's bilinear resize), and placed
+    with its centre of mass at the centre of the frame. A picture with no ink is resized whole.
+    The zoo page does the same in JavaScript (tested equal within one grey level)."""
+    return mnist_framing(grey, size)[0]
+
+
+def mnist_framing(grey: np.ndarray, size: tuple[int, int] = (28, 28)) -> tuple[np.ndarray, Placement | None]:
+    """`mnist_frame`, and where the frame's pixels came from (None: resized whole)."""
+    height, width = size
+    level = grey.astype(np.float64) - _border_median(grey)
+    peak = level.max(initial=0.0)
+    if peak < 16:  # no ink to frame
+        return np.asarray(Image.fromarray(grey).resize((width, height), _RESAMPLE["bilinear"])), None
+    ink = np.clip(_round(level * (255.0 / peak)), 0, 255)
+    ink[ink < 51] = 0  # a fifth of the ink: paper's shading, not strokes
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.uint8)
+    box = _MNIST_BOX * min(height, width) / 28
+    scale = box / max(crop.shape)
+    fit = (max(1, int(_round(crop.shape[1] * scale))), max(1, int(_round(crop.shape[0] * scale))))  # (w, h)
+    digit = np.asarray(Image.fromarray(crop).resize(fit, _RESAMPLE["bilinear"]))
+    mass = digit.astype(np.int64)  # integer sums: exact, so the page's JavaScript gets the same centre
+    total = int(mass.sum())
+    cy = int((mass.sum(axis=1) * np.arange(digit.shape[0])).sum()) / total if total else (digit.shape[0] - 1) / 2
+    cx = int((mass.sum(axis=0) * np.arange(digit.shape[1])).sum()) / total if total else (digit.shape[1] - 1) / 2
+    # MNIST's digits have their centre of mass at pixel (14, 14) of 28x28 (13.99 and 14.00 on
+    # average over the embedded 10,000), not at the frame's middle, 13.5.
+    top, left = int(_round(height / 2 - cy)), int(_round(width / 2 - cx))
+    frame = np.zeros((height, width), np.uint8)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + digit.shape[0], height), min(left + digit.shape[1], width)
+    frame[y0:y1, x0:x1] = digit[y0 - top : y1 - top, x0 - left : x1 - left]
+    placement = Placement(int(cols[0]), int(rows[0]), crop.shape[1] / fit[0], crop.shape[0] / fit[1], left, top)
+    return frame, placement
 
 
 def _file_bytes(source: ImageInput) -> bytes:

@@ -66,18 +66,21 @@ def classify(
     top_k: int = 3,
     client: InferenceClient | None = None,
     invert: str = "auto",
+    framing: str = "auto",
 ) -> list[list[Prediction]]:
     """Top-k predictions, best first, for each image (paths, PIL images or uint8 arrays).
 
     The model's config.pbtxt carries its preprocessing ("deepr.preprocessing")
     and input shape, so the caller needs nothing but the model's name. `invert`: for models
     trained on light marks on dark (the digit models), `auto` inverts pictures drawn dark on
-    light; `yes` / `no` force it (ImagePreprocessing.inverts).
+    light; `yes` / `no` force it (ImagePreprocessing.inverts). `framing`: `auto` frames
+    pictures as the model states (the MNIST models cut the ink out and centre it as MNIST's
+    digits were), `none` resizes whole pictures.
     """
 
     def encoder(text: str) -> Callable[[Sequence], np.ndarray]:
         preprocess = ImagePreprocessing.from_json(text)
-        return lambda pictures: preprocess(pictures, invert)
+        return lambda pictures: preprocess(pictures, invert, framing)
 
     return _classify(model, url, client, PREPROCESSING_KEY, encoder, images, top_k, "images")
 

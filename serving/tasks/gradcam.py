@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from serving.client import DEFAULT_URL, InferenceClient
-from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, load_image
+from serving.protocol.preprocessing import ImageInput, ImagePreprocessing, Placement, load_image
 from serving.protocol.schema import LABELS_KEY, LAYER_KEY, PREPROCESSING_KEY
 from serving.tasks.graph import Graph, GraphTask, LocalGraph, ServedGraph
 
@@ -43,14 +43,34 @@ def _upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(scaled.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
 
 
+def _placed(heatmap: np.ndarray, size: tuple[int, int], placement: Placement, frame: tuple[int, int]) -> np.ndarray:
+    """A heatmap over a framed input, mapped back onto the picture the frame was cut from
+    (zero outside the frame)."""
+    over_frame = Image.fromarray(_upsample(heatmap, frame), mode="F")
+    left, top, right, bottom = placement.frame_to_picture(frame)
+    # The affine map sends each picture pixel to the frame pixel that shows it.
+    sx, sy = frame[0] / (right - left), frame[1] / (bottom - top)
+    mapped = over_frame.transform(
+        size, Image.Transform.AFFINE, (sx, 0, -left * sx, 0, sy, -top * sy), resample=Image.Resampling.BILINEAR
+    )
+    return np.asarray(mapped)
+
+
 def _results(
-    pictures: list[Image.Image], scores: np.ndarray, heatmaps: np.ndarray, classes: np.ndarray, labels: Sequence[str]
+    pictures: list[Image.Image],
+    scores: np.ndarray,
+    heatmaps: np.ndarray,
+    classes: np.ndarray,
+    labels: Sequence[str],
+    placements: Sequence[Placement | None],
+    frame: tuple[int, int],
 ) -> list[GradCAMResult]:
     out = []
-    for picture, row, heat, requested in zip(pictures, scores, heatmaps, classes.reshape(-1)):
+    for picture, row, heat, requested, placement in zip(pictures, scores, heatmaps, classes.reshape(-1), placements):
         index = int(row.argmax()) if requested < 0 else int(requested)
         label = labels[index] if index < len(labels) else str(index)
-        out.append(GradCAMResult(_upsample(heat, picture.size), heat, index, label, float(row[index])))
+        shown = _upsample(heat, picture.size) if placement is None else _placed(heat, picture.size, placement, frame)
+        out.append(GradCAMResult(shown, heat, index, label, float(row[index])))
     return out
 
 
@@ -87,19 +107,29 @@ class GradCAM(GraphTask):
         self.layer: str = graph.fact(LAYER_KEY, "")
 
     def __call__(
-        self, images: Sequence[ImageInput], class_index: int | Sequence[int] | None = None, invert: str = "auto"
+        self,
+        images: Sequence[ImageInput],
+        class_index: int | Sequence[int] | None = None,
+        invert: str = "auto",
+        framing: str = "auto",
     ) -> list[GradCAMResult]:
         """`class_index` None (or -1) means each image's top class; `invert`: for digit
-        models, pictures drawn dark on light are inverted (auto, yes, no)."""
+        models, pictures drawn dark on light are inverted (auto, yes, no); `framing`: "none"
+        resizes whole pictures for a model that frames them. A heatmap over a framed digit
+        is mapped back onto the picture where the digit was found."""
         pictures = [load_image(i) for i in images]
         num_classes = self.graph.item_shape("scores")[0]
         classes = _class_column(len(pictures), class_index, num_classes)
         # a graph served behind picture files gets the files themselves, as the caller has them
         sources = images if self.preprocess.pixels == "encoded" else pictures
         outputs = self.graph.run(
-            {"images": self.preprocess(sources, invert), "class_index": classes}, outputs=["scores", "heatmap"]
+            {"images": self.preprocess(sources, invert, framing), "class_index": classes}, outputs=["scores", "heatmap"]
         )
-        return _results(pictures, outputs["scores"], outputs["heatmap"], classes, self.labels)
+        placements = [self.preprocess.placement(p, invert, framing) for p in pictures]
+        height, width = self.preprocess.size
+        return _results(
+            pictures, outputs["scores"], outputs["heatmap"], classes, self.labels, placements, (width, height)
+        )
 
 
 class LocalGradCAM(GradCAM):
@@ -124,18 +154,25 @@ def gradcam(
     class_index: int | Sequence[int] | None = None,
     client: InferenceClient | None = None,
     invert: str = "auto",
+    framing: str = "auto",
 ) -> list[GradCAMResult]:
     """One call of a ServedGradCAM."""
     with ServedGradCAM(model, url=url, client=client) as cam:
-        return cam(images, class_index, invert)
+        return cam(images, class_index, invert, framing)
 
 
-def overlay(picture: ImageInput, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> Image.Image:
-    """The picture with the [0, 1] heatmap blended over it in a colour map (as the tutorial's elephants)."""
+def overlay(picture: ImageInput, heatmap: np.ndarray, *, alpha: float = 0.8, colormap: str = "jet") -> Image.Image:
+    """The picture with the [0, 1] heatmap over it in a colour map whose opacity follows the
+    square of the heat: `alpha` where it peaks, a quarter of that at half the peak, the picture
+    itself where there is none, so what the model looked at stands out instead of a wash of
+    colour over everything (the zoo page draws it the same way)."""
     from matplotlib import colormaps  # colour tables only; no figure is drawn
 
     base = load_image(picture).convert("RGB")
     if heatmap.shape != (base.height, base.width):
         heatmap = _upsample(heatmap, base.size)
-    colours = (colormaps[colormap](np.clip(heatmap, 0, 1))[..., :3] * 255).astype(np.uint8)
-    return Image.blend(base, Image.fromarray(colours), alpha)
+    heat = np.clip(heatmap, 0, 1)
+    colours = colormaps[colormap](heat)[..., :3] * 255
+    weight = (alpha * heat**2)[..., None]
+    blended = np.asarray(base, np.float32) * (1 - weight) + colours * weight
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))

@@ -163,6 +163,18 @@ def hot(browser, canvas: str) -> float:
     )
 
 
+def coloured(browser, canvas: str) -> float:
+    """Share of the canvas's pixels in clear colour (not white paper, grey or black ink)."""
+    return browser.execute_script(
+        """const c = document.getElementById(arguments[0]);
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           let n = 0; for (let i = 0; i < d.length; i += 4)
+             if (Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) n++;
+           return n / (c.width * c.height);""",
+        canvas,
+    )
+
+
 def screenshot(browser, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
@@ -254,6 +266,87 @@ def test_bad_input_reads_as_a_message(browser, server, pictures):
     message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
     assert "unknown model 'no_such_model'" in message
     screenshot(browser, "error")
+
+
+def test_the_page_frames_pictures_as_the_python_clients_do(browser, server, tmp_path):
+    """The page's JavaScript framing (MNIST's: ink cut out, fitted into 20x20, centred by its
+    mass) gives the pixels Python's gives, within one grey level, on drawn digits and MNIST's own."""
+    import base64
+    import io
+    import json
+
+    from drawn_digits import write_drawn_digits
+
+    from zoo.datasets import DIGIT_PREPROCESSING, load_mnist_10k
+
+    open_model(browser, server, "mnist_convnet")
+    files = [path for path, _ in write_drawn_digits(tmp_path, typed_per_font=1, pen_per_digit=2)]
+    for i, digit in enumerate(load_mnist_10k()[0][:10]):
+        Image.fromarray(255 - digit).resize((140, 140), Image.Resampling.BILINEAR).save(tmp_path / f"mnist_{i}.png")
+        files.append(tmp_path / f"mnist_{i}.png")
+    spec = json.dumps({**json.loads(DIGIT_PREPROCESSING.to_json()), "pixels": "uint8"})
+    worst = 0
+    for path in files:
+        data_url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        shown = browser.execute_async_script(
+            """const [url, spec, done] = arguments;
+               const image = new Image();
+               image.onload = () => {
+                 const config = {parameters: {"deepr.preprocessing": {string_value: spec}}, max_batch_size: 1,
+                                 input: [{name: "images", dims: ["28", "28", "1"]}]};
+                 const {tensor, placement} = window.deepr.preprocess(image, config);
+                 done({pixels: Array.from(tensor.data), placement});
+               };
+               image.src = url;""",
+            data_url,
+            spec,
+        )
+        picture = Image.open(io.BytesIO(path.read_bytes()))
+        expected = DIGIT_PREPROCESSING.resized(picture)[..., 0].astype(int)
+        page = np.asarray(shown["pixels"]).reshape(28, 28)
+        worst = max(worst, int(np.abs(page - expected).max()))
+        placement = DIGIT_PREPROCESSING.placement(picture)
+        assert shown["placement"]["left"] == placement.left and shown["placement"]["top"] == placement.top, path
+        assert shown["placement"]["x0"] == placement.x0 and shown["placement"]["y0"] == placement.y0, path
+    assert worst <= 1, f"the page's pixels differ from Python's by up to {worst} grey levels"
+
+
+def test_a_digit_drawn_on_the_pad_is_classified_when_the_pen_lifts_and_explained(browser, server):
+    """Mouse strokes on the pad (pointer events: a touch draws the same way) of a 7: when the pen
+    lifts, the page shows the class gRPC gives the same drawing, with its Grad-CAM over it."""
+    import base64
+    import io
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from serving.tasks.classify import classify
+
+    open_model(browser, server, "mnist_convnet")
+    pad = browser.find_element("id", "pad")
+    assert pad.is_displayed()
+    size = pad.size["width"]
+    strokes = [[(0.3, 0.25), (0.7, 0.25), (0.5, 0.5), (0.42, 0.8)]]  # a seven, in the pad's fractions
+    actions = ActionChains(browser)
+    for stroke in strokes:
+        (x, y), rest = stroke[0], stroke[1:]
+        actions.move_to_element_with_offset(pad, int((x - 0.5) * size), int((y - 0.5) * size)).click_and_hold()
+        for (x1, y1), (x0, y0) in zip(rest, stroke):
+            for step in range(1, 6):  # small moves, as a hand makes them
+                fx, fy = x0 + (x1 - x0) * step / 5, y0 + (y1 - y0) * step / 5
+                actions.move_to_element_with_offset(pad, int((fx - 0.5) * size), int((fy - 0.5) * size))
+        actions.release()
+    actions.perform()
+    shown = top_classes(browser)
+    drawing = browser.execute_script("return document.getElementById('pad').toDataURL('image/png')")
+    picture = Image.open(io.BytesIO(base64.b64decode(drawing.split(",", 1)[1])))
+    expected = classify([picture], "mnist_convnet", url=server["grpc"], top_k=5)[0]
+    assert shown[0] == expected[0].label == "7", (shown, expected)
+    wait_for(browser, "return !document.getElementById('gradcam-figure').hidden")
+    wait_for(browser, "return document.getElementById('gradcam').dataset.classIndex !== undefined")
+    screenshot(browser, "draw-mnist_convnet")
+    assert hot(browser, "gradcam") > 0.005  # red where the model looked
+    # the heat is on the drawing, not a wash over the page: most of the paper keeps its white
+    assert coloured(browser, "gradcam") < 0.35
 
 
 def test_a_stopped_server_reads_as_a_message(browser, server, pictures):

@@ -117,15 +117,15 @@ function readPicture(file) {
     const url = URL.createObjectURL(file);
     const image = new Image();
     image.onload = () => resolve(image);
-    image.onerror = () => reject(new ServerError(`${file.name} is not a picture the browser can read (PNG, JPEG, GIF, WebP...)`));
+    image.onerror = () => reject(new ServerError(`${file.name || "the drawing"} is not a picture the browser can read (PNG, JPEG, GIF, WebP...)`));
     image.src = url;
   });
 }
 
 function pixelsOf(image) {
   const canvas = document.createElement("canvas");
-  canvas.width = image.naturalWidth;
-  canvas.height = image.naturalHeight;
+  canvas.width = image.naturalWidth || image.width;
+  canvas.height = image.naturalHeight || image.height;
   const context = canvas.getContext("2d");
   context.drawImage(image, 0, 0);
   return context.getImageData(0, 0, canvas.width, canvas.height).data; // RGBA
@@ -224,10 +224,69 @@ function resize(plane, width, height, outWidth, outHeight, method) {
   return p;
 }
 
-// A picture as one example of the model's input: {tensor, inverted}.
+// ImagePreprocessing's mnist framing (serving/protocol/preprocessing.py mnist_framing), step
+// for step: the ground's level (median of the outer tenth) taken away, the ink stretched to
+// 0..255 and cleared below a fifth, its bounding box fitted into 20x20 with Pillow's bilinear
+// resize, placed with its centre of mass at the centre. Sums are integers, as in Python, so
+// both sides round the same way. Returns {plane, placement}; placement says where the frame
+// came from in the picture (null: the picture resized whole).
+function borderMedian(plane, width, height) {
+  const ring = Math.max(1, Math.floor(Math.min(width, height) / 10));
+  const values = [];
+  for (let y = 0; y < Math.min(ring, height); y++) for (let x = 0; x < width; x++) values.push(plane[y * width + x]);
+  for (let y = Math.max(0, height - ring); y < height; y++) for (let x = 0; x < width; x++) values.push(plane[y * width + x]);
+  for (let y = ring; y < height - ring; y++) {
+    for (let x = 0; x < Math.min(ring, width); x++) values.push(plane[y * width + x]);
+    for (let x = Math.max(0, width - ring); x < width; x++) values.push(plane[y * width + x]);
+  }
+  values.sort((a, b) => a - b);
+  const mid = values.length >> 1;
+  return values.length % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
+}
+
+function mnistFrame(plane, width, height, outWidth, outHeight) {
+  const ground = borderMedian(plane, width, height);
+  let peak = 0;
+  for (const v of plane) peak = Math.max(peak, v - ground);
+  if (peak < 16) return { plane: resize(plane, width, height, outWidth, outHeight, "bilinear"), placement: null };
+  const ink = new Uint8Array(width * height);
+  let x0 = width, x1 = -1, y0 = height, y1 = -1;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      let v = Math.min(255, Math.max(0, Math.floor((plane[y * width + x] - ground) * (255 / peak) + 0.5)));
+      if (v < 51) v = 0;
+      ink[y * width + x] = v;
+      if (v) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+    }
+  }
+  const cropWidth = x1 - x0 + 1, cropHeight = y1 - y0 + 1;
+  const crop = new Uint8Array(cropWidth * cropHeight);
+  for (let y = 0; y < cropHeight; y++) crop.set(ink.subarray((y0 + y) * width + x0, (y0 + y) * width + x1 + 1), y * cropWidth);
+  const scale = (20 * Math.min(outWidth, outHeight) / 28) / Math.max(cropWidth, cropHeight);
+  const fitWidth = Math.max(1, Math.floor(cropWidth * scale + 0.5)), fitHeight = Math.max(1, Math.floor(cropHeight * scale + 0.5));
+  const digit = resize(crop, cropWidth, cropHeight, fitWidth, fitHeight, "bilinear");
+  let total = 0, rowMoment = 0, columnMoment = 0;
+  for (let y = 0; y < fitHeight; y++) {
+    for (let x = 0; x < fitWidth; x++) {
+      const v = digit[y * fitWidth + x];
+      total += v; rowMoment += v * y; columnMoment += v * x;
+    }
+  }
+  const cy = total ? rowMoment / total : (fitHeight - 1) / 2, cx = total ? columnMoment / total : (fitWidth - 1) / 2;
+  const top = Math.floor(outHeight / 2 - cy + 0.5), left = Math.floor(outWidth / 2 - cx + 0.5); // MNIST's centre: (14, 14)
+  const frame = new Uint8Array(outWidth * outHeight);
+  for (let y = Math.max(top, 0); y < Math.min(top + fitHeight, outHeight); y++) {
+    for (let x = Math.max(left, 0); x < Math.min(left + fitWidth, outWidth); x++) {
+      frame[y * outWidth + x] = digit[(y - top) * fitWidth + (x - left)];
+    }
+  }
+  return { plane: frame, placement: { x0, y0, kx: cropWidth / fitWidth, ky: cropHeight / fitHeight, left, top } };
+}
+
+// A picture as one example of the model's input: {tensor, inverted, placement}.
 function preprocess(image, config) {
   const spec = JSON.parse(parameter(config, "deepr.preprocessing"));
-  const width = image.naturalWidth, height = image.naturalHeight, count = width * height;
+  const width = image.naturalWidth || image.width, height = image.naturalHeight || image.height, count = width * height;
   const rgba = pixelsOf(image);
   const channels = spec.color_mode === "L" ? 1 : 3;
   let planes = [];
@@ -236,15 +295,22 @@ function preprocess(image, config) {
   const inverted = spec.background === "dark" && borderIsLight(channels === 1 ? planes[0] : grey(rgba, count), width, height);
   if (inverted) planes = planes.map((p) => p.map((v) => 255 - v));
   const [outHeight, outWidth] = spec.size;
-  planes = planes.map((p) => resize(p, width, height, outWidth, outHeight, spec.resample));
+  let placement = null;
+  if (spec.framing === "mnist" && channels === 1) {
+    const framed = mnistFrame(planes[0], width, height, outWidth, outHeight);
+    planes = [framed.plane];
+    placement = framed.placement;
+  } else {
+    planes = planes.map((p) => resize(p, width, height, outWidth, outHeight, spec.resample));
+  }
   const area = outWidth * outHeight;
   const input = config.input[0];
   const dims = input.dims.map(Number);
   const shape = config.max_batch_size > 0 ? [1, ...dims] : dims;
-  if (spec.pixels === "uint8") {
+  if (spec.pixels !== "float32") { // uint8 graphs, and what an encoded graph's server makes of the file
     const data = new Uint8Array(area * channels);
     for (let i = 0; i < area; i++) for (let c = 0; c < channels; c++) data[i * channels + c] = planes[c][i];
-    return { tensor: { name: input.name, datatype: "UINT8", shape, data }, inverted };
+    return { tensor: { name: input.name, datatype: "UINT8", shape, data }, inverted, placement };
   }
   const data = new Float32Array(area * channels);
   for (let c = 0; c < channels; c++) {
@@ -254,7 +320,7 @@ function preprocess(image, config) {
       data[spec.layout === "NCHW" ? c * area + i : i * channels + c] = value;
     }
   }
-  return { tensor: { name: input.name, datatype: "FP32", shape, data }, inverted };
+  return { tensor: { name: input.name, datatype: "FP32", shape, data }, inverted, placement };
 }
 
 // A picture file as the one BYTES element a model that decodes pictures on the server takes
@@ -268,8 +334,8 @@ async function encodedPicture(file, config) {
 }
 
 function drawPicture(canvas, image) {
-  canvas.width = image.naturalWidth;
-  canvas.height = image.naturalHeight;
+  canvas.width = image.naturalWidth || image.width;
+  canvas.height = image.naturalHeight || image.height;
   canvas.getContext("2d").drawImage(image, 0, 0);
 }
 
@@ -303,7 +369,8 @@ async function refreshRepository() {
     name.textContent = entry.name;
     const state = document.createElement("span");
     state.className = "state" + (entry.state === "READY" ? " ready" : "");
-    state.textContent = entry.state === "READY" ? "ready" : entry.state.toLowerCase();
+    const epoch = entry.state === "LOADING" && /epoch (\d+\/\d+)/.exec(entry.reason || "");
+    state.textContent = entry.state === "READY" ? "ready" : entry.state.toLowerCase() + (epoch ? `, epoch ${epoch[1]}` : "");
     state.title = entry.reason || "";
     item.append(name, state);
     item.addEventListener("click", () => guarded(() => choose(entry.name)));
@@ -346,6 +413,8 @@ async function choose(name) {
   if (current.kind === "features") {
     $("layer").replaceChildren(...layersOf(config).map((l) => new Option(l, l)));
   }
+  $("pad-figure").hidden = !(current.kind === "picture" && padWanted(config));
+  if (!$("pad-figure").hidden) clearPad();
   if (current.kind === "other") {
     $("other-note").textContent = "This graph is used from the command line or Python (deepr gradcam, dream, style, filters); " +
       "its inputs and outputs are listed above.";
@@ -382,10 +451,14 @@ async function refreshStats() {
 
 // ---------------------------------------------------------------- views
 
-let picture = null; // {image, top: [{score, index, label}]}
+let picture = null; // {image, file, top: [{score, index, label}]}
 
 async function classifyPicture(file) {
-  const image = await readPicture(file);
+  await classifyImage(await readPicture(file), file);
+}
+
+// `file`: the picture's bytes (a File, or the drawing as a PNG Blob) for models that decode pictures on the server.
+async function classifyImage(image, file) {
   const encoded = JSON.parse(parameter(current.config, "deepr.preprocessing")).pixels === "encoded";
   const { tensor, inverted } = encoded
     ? { tensor: await encodedPicture(file, current.config), inverted: false } // the server decodes and inverts
@@ -417,12 +490,15 @@ async function classifyPicture(file) {
   await refreshStats();
 }
 
+// The heatmap in a colour map whose opacity follows the square of the heat (0.8 at the peak,
+// 0.2 at half of it, nothing where there is none), over the picture, as deepr's overlay() draws
+// it; a framed digit's heatmap goes where the digit was found.
 async function drawGradcam() {
   const gradcam = current.name + "_gradcam";
   const config = await getJSON(modelPath(gradcam) + "/config");
-  const { tensor } = JSON.parse(parameter(config, "deepr.preprocessing")).pixels === "encoded"
-    ? { tensor: await encodedPicture(picture.file, config) }
-    : preprocess(picture.image, config);
+  const spec = JSON.parse(parameter(config, "deepr.preprocessing"));
+  const prepared = preprocess(picture.image, config); // its placement, also when the server decodes the file
+  const tensor = spec.pixels === "encoded" ? await encodedPicture(picture.file, config) : prepared.tensor;
   const classIndex = { name: "class_index", datatype: "INT64", shape: [1, 1], data: BigInt64Array.from([BigInt($("gradcam-class").value)]) };
   const result = await infer(gradcam, [tensor, classIndex], [{ name: "heatmap", parameters: { binary_data: true } }]);
   const heat = result.heatmap;
@@ -433,19 +509,79 @@ async function drawGradcam() {
   const cells = small.getContext("2d").createImageData(w, h);
   const peak = Math.max(...heat.data); // the graph's heatmap is raw: scaled to its peak, as deepr's clients do
   for (let i = 0; i < w * h; i++) {
-    const [r, g, b] = colour(JET, peak > 0 ? heat.data[i] / peak : 0);
-    cells.data.set([r, g, b, 255], 4 * i);
+    const t = peak > 0 ? Math.max(0, heat.data[i]) / peak : 0;
+    const [r, g, b] = colour(JET, t);
+    cells.data.set([r, g, b, Math.round(255 * 0.8 * t * t)], 4 * i);
   }
   small.getContext("2d").putImageData(cells, 0, 0);
   const canvas = $("gradcam");
   drawPicture(canvas, picture.image);
   const context = canvas.getContext("2d");
-  context.globalAlpha = 0.4;
   context.imageSmoothingEnabled = true;
-  context.drawImage(small, 0, 0, canvas.width, canvas.height);
-  context.globalAlpha = 1;
+  const p = prepared.placement;
+  if (p) {
+    const [frameHeight, frameWidth] = spec.size;
+    context.drawImage(small, p.x0 - p.left * p.kx, p.y0 - p.top * p.ky, frameWidth * p.kx, frameHeight * p.ky);
+  } else {
+    context.drawImage(small, 0, 0, canvas.width, canvas.height);
+  }
   canvas.dataset.classIndex = $("gradcam-class").value; // drawn, for this class
 }
+
+// ---------------------------------------------------------------- the drawing pad (digit models)
+
+const pad = { drawing: false, inked: false };
+
+function clearPad() {
+  const canvas = $("pad"), context = canvas.getContext("2d");
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  pad.inked = false;
+}
+
+function padPoint(event) {
+  const canvas = $("pad"), box = canvas.getBoundingClientRect();
+  return [(event.clientX - box.left) * canvas.width / box.width, (event.clientY - box.top) * canvas.height / box.height];
+}
+
+function startStroke(event) {
+  event.preventDefault();
+  $("pad").setPointerCapture(event.pointerId);
+  const context = $("pad").getContext("2d"), [x, y] = padPoint(event);
+  pad.drawing = true;
+  pad.inked = true;
+  context.lineWidth = 18;
+  context.lineCap = context.lineJoin = "round";
+  context.strokeStyle = "#111";
+  context.beginPath();
+  context.moveTo(x, y);
+  context.lineTo(x, y);
+  context.stroke();
+}
+
+function continueStroke(event) {
+  if (!pad.drawing) return;
+  event.preventDefault();
+  const context = $("pad").getContext("2d"), [x, y] = padPoint(event);
+  context.lineTo(x, y);
+  context.stroke();
+}
+
+// The pen lifts: the drawing is classified as a picture of dark ink on white paper.
+async function endStroke(event) {
+  if (!pad.drawing) return;
+  pad.drawing = false;
+  event.preventDefault();
+  const canvas = $("pad");
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const image = await readPicture(blob);
+  await classifyImage(image, blob);
+}
+
+const padWanted = (config) => {
+  const spec = JSON.parse(parameter(config, "deepr.preprocessing") || "{}");
+  return spec.background === "dark" && spec.color_mode === "L";
+};
 
 let featuresImage = null;
 
@@ -557,6 +693,10 @@ dropTarget($("features-drop"), $("features-file"), async (file) => {
   await showActivations();
 });
 $("layer").addEventListener("change", () => guarded(showActivations));
+$("pad").addEventListener("pointerdown", startStroke);
+$("pad").addEventListener("pointermove", continueStroke);
+for (const end of ["pointerup", "pointercancel"]) $("pad").addEventListener(end, (e) => guarded(() => endStroke(e)));
+$("pad-clear").addEventListener("click", clearPad);
 $("gradcam-class").addEventListener("change", () => guarded(drawGradcam));
 $("sample").addEventListener("click", () => guarded(sampleTexts));
 $("custom-temperature").addEventListener("input", (e) => { $("custom-value").textContent = e.target.value; });
@@ -567,6 +707,13 @@ $("token-form").addEventListener("submit", (e) => {
   $("token-form").hidden = true;
   guarded(refreshRepository);
 });
+
+// While the server still builds models, the list follows it (state and epoch) every 2 s.
+setInterval(() => {
+  if (repository.some((e) => e.state === "LOADING")) refreshRepository().catch(() => {});
+}, 2000);
+
+window.deepr = { preprocess, mnistFrame }; // for tests that hold the page's preprocessing to the Python clients'
 
 guarded(async () => {
   await refreshRepository();
