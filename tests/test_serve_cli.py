@@ -10,6 +10,9 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from drawn_digits import write_drawn_digits
+
+from exporters.defaults import DEFAULT_MODELS, default_graphs
 
 
 def start_server(args, env):
@@ -50,40 +53,63 @@ def read_until(proc, pattern, timeout, lines):
     raise AssertionError(f"no line matching {pattern!r}:\n" + "".join(lines[-30:]))
 
 
+def classify_drawn(url: str, model: str, folder) -> float:
+    """`deepr classify` on the drawn digits, as a user runs it: the share it gets right."""
+    written = write_drawn_digits(folder)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepr", "classify", "--model", model, "--url", url, "--top-k", "1"]
+        + [str(path) for path, _ in written],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [line.split()[1] for line in done.stdout.splitlines()]
+    return float(np.mean([answer == str(label) for answer, (_, label) in zip(answers, written)]))
+
+
 @pytest.mark.slow
 def test_first_serve_answers_at_once_and_builds_the_defaults_meanwhile(tmp_path):
     """No --repository on a fresh machine: the server answers first; the default models are
-    trained and loaded one by one behind it, quickest first; SIGTERM does not wait for them."""
+    trained on the embedded MNIST digits and loaded one by one behind it, quickest first, each
+    convnet with its Grad-CAM and feature graphs; every epoch is a log line; the convnet reads
+    digits drawn on paper; SIGTERM does not wait for the rest."""
     env = {**os.environ, "DEEPR_HOME": str(tmp_path / "home")}
     repo = tmp_path / "home" / "repository"
     started = time.monotonic()
     proc = start_server(["--host", "127.0.0.1", "--port", "0"], env)  # no --repository: the default one
     try:
         port, log = wait_for_port(proc, timeout=60)
-        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        url = f"127.0.0.1:{port}"
+        with triton.InferenceServerClient(url) as client:
             assert client.is_server_live() and not client.is_model_ready("mnist_convnet")  # answering, not built yet
             seconds = {}
-            for name in ("mnist_dense", "mnist_convnet", "mnist_convnet_nopool"):  # quickest first
+            graphs = [g for name in DEFAULT_MODELS for g in default_graphs(name)]
+            for name in graphs:  # quickest first, each model followed by its explanations
                 ready = read_until(proc, rf"{name} is ready, (\d+) s after the server started", 600, log)
                 seconds[name] = int(ready.group(1))
                 assert client.is_model_ready(name)
-            assert seconds["mnist_dense"] < 60, seconds  # a model answers within a minute of `deepr serve`
+                if name == "mnist_convnet":
+                    drawn = classify_drawn(url, "mnist_convnet", tmp_path / "drawn")
+            assert seconds["mnist_dense"] < 30, seconds  # a model answers within 30 s of `deepr serve`
             text = "".join(log)
-            for name in seconds:
+            assert re.search(r"mnist_convnet: epoch 1/5, loss [\d.]+, held-out accuracy [\d.]+, \d+ s in, about", text)
+            for name in DEFAULT_MODELS:
                 assert (repo / name / "1" / "model.onnx").is_file()
-                accuracy = float(re.search(rf"{name}: held-out accuracy ([\d.]+)", text).group(1))
-                assert accuracy > 0.9, text
+                accuracy = float(re.search(rf"{name}: held-out accuracy ([\d.]+) after", text).group(1))
+                assert accuracy > 0.94, text  # real MNIST digits held out
+            assert drawn >= 0.9, f"mnist_convnet read {drawn:.1%} of the drawn digits"
             x = triton.InferInput("images", [2, 1, 28, 28], "FP32")
             x.set_data_from_numpy(np.zeros((2, 1, 28, 28), dtype=np.float32))
             assert client.infer("mnist_convnet_nopool", [x]).as_numpy("probabilities").shape == (2, 10)
-        assert (repo / ".deepr-defaults-built").exists()
+        assert set((repo / ".deepr-defaults-built").read_text().split()) == set(graphs)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
         rest = proc.stderr.read()
         proc.stderr.close()
     assert code == 0 and "draining in-flight requests" in rest, rest
-    print(f"models ready after {seconds} s; {time.monotonic() - started:.0f} s in all")
+    print(f"ready after {seconds} s; {time.monotonic() - started:.0f} s in all; drawn digits: {drawn:.1%}")
 
 
 def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_path, capsys):
@@ -96,10 +122,12 @@ def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_pa
         read_until(proc, r"building the default models in .* while serving, quickest first", 30, log)
         assert main(["models", "--url", f"127.0.0.1:{port}"]) == 0
         listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-        assert set(listing) == {"mnist_dense", "mnist_convnet", "mnist_convnet_nopool"}, listing
-        assert all(
-            "LOADING" in line and "being trained and exported by the server" in line for line in listing.values()
-        )
+        assert set(listing) == {g for name in DEFAULT_MODELS for g in default_graphs(name)}, listing
+        assert all("LOADING" in line and "being trained" in line for line in listing.values())
+        read_until(proc, r"mnist_convnet: epoch [1-3]/5", 120, log)
+        assert main(["repository", "--url", f"127.0.0.1:{port}"]) == 0
+        listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+        assert re.search(r"LOADING .*epoch [1-5]/5, about \d+ s left", listing["mnist_convnet"]), listing
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready()  # models still being built do not hold readiness
             x = triton.InferInput("images", [1, 1, 28, 28], "FP32")
@@ -107,7 +135,7 @@ def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_pa
             with pytest.raises(triton.InferenceServerException, match="not ready: being trained and exported"):
                 client.infer("mnist_convnet_nopool", [x])
         # stopped while PyTorch trains the next model: it must still exit cleanly, at once
-        read_until(proc, r"mnist_dense is ready", 120, log)
+        read_until(proc, r"mnist_convnet_features is ready", 120, log)
         time.sleep(1)
     finally:
         proc.send_signal(signal.SIGTERM)

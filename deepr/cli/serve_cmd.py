@@ -44,33 +44,49 @@ def _poll_seconds(args: argparse.Namespace) -> float | None:
 
 
 def _building(names: list[str], threads: list[threading.Thread]) -> Callable[[Any], None]:
-    """Once the server answers: train and export the default models `names` in a background
-    thread (appended to `threads`), quickest first, loading each into the server as it is written."""
+    """Once the server answers: train and export the default models `names` and their
+    explaining graphs in a background thread (appended to `threads`), quickest first, loading
+    each graph into the server as it is written. Each epoch is a log line, and the index shows
+    the model LOADING at that epoch."""
 
     def start(server: Any) -> None:
-        from exporters.defaults import build_default_models
+        from exporters.defaults import build_default_models, default_graphs
         from serving.server.repository import LOADING, UNAVAILABLE
 
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        repository = server.dataplane.repository
+        graphs = [g for name in names for g in default_graphs(name) if not (server.settings.repository / g).is_dir()]
 
         def load(name: str) -> None:
             asyncio.run_coroutine_threadsafe(server.dataplane.load_model(name), loop).result()
             logger.info("%s is ready, %.0f s after the server started", name, time.monotonic() - started)
 
+        def epoch_done(report: Any) -> None:
+            logger.info("%s", report.line())
+            waiting = [g for g in default_graphs(report.model) if g in graphs]
+            repository.expect(
+                waiting,
+                LOADING,
+                f"being trained by the server: epoch {report.epoch}/{report.epochs}, "
+                f"about {report.seconds_left:.0f} s left",
+            )
+
         def build() -> None:
             try:
-                build_default_models(server.settings.repository, names, progress=False, on_built=load)
+                build_default_models(
+                    server.settings.repository, names, progress=False, on_built=load, on_epoch=epoch_done
+                )
             except Exception as exc:  # the server goes on serving what it has; the log says why the rest is missing
                 logger.exception("building the default models failed")
                 reason = f"building it failed ({type(exc).__name__}: {exc}); the server's log has the details"
-                server.dataplane.repository.expect(names, UNAVAILABLE, reason)
+                repository.expect(graphs, UNAVAILABLE, reason)
 
         queue = ", ".join(names)
         logger.info(
             "building the default models in %s while serving, quickest first: %s", server.settings.repository, queue
         )
-        server.dataplane.repository.expect(names, LOADING, f"being trained and exported by the server (queue: {queue})")
+        repository.expect(graphs, LOADING, f"being trained and exported by the server (queue: {queue})")
         # a daemon thread: stopping the server does not wait for a training run to finish
         thread = threading.Thread(target=build, name="deepr-build-defaults", daemon=True)
         threads.append(thread)

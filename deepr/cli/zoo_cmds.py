@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from serving.client import DEFAULT_URL
-from serving.server.settings import default_repository
+from serving.server.settings import default_repository, default_runs
 
 from .arguments import int_list, integer, number
 from .errors import EXIT_USAGE, CLIError
@@ -182,10 +182,24 @@ def _export_int8(args: argparse.Namespace):
     return result
 
 
+def _default_weights(args: argparse.Namespace) -> None:
+    """Without --weights, the weights the default build trained for the model, where it
+    trained it: a Grad-CAM or feature graph then explains the model the server serves."""
+    if args.weights is not None or args.step or args.generate:
+        return
+    built = default_runs() / args.model / "weights.pt"
+    if built.is_file():
+        args.weights = built
+        print(f"{args.model}: using the weights the default build trained, {built}", file=sys.stderr)
+
+
 def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from exporters.repository import tune_serving
 
+    _default_weights(args)
+    if args.framing is not None:
+        args.option.append(("framing", args.framing))
     kinds = [
         flag for flag in ("step", "generate", "dream", "style", "filters", "features", "gradcam") if getattr(args, flag)
     ]
@@ -255,11 +269,11 @@ def _export(args: argparse.Namespace) -> int:
             f"{v.max_relative_diff:.2g} of the largest output (tolerance: atol {v.atol:g} + rtol {v.rtol:g} x "
             "largest output)"
         )
-    _tell_whether_served(result, args.url)
+    tell_whether_served(result, args.url)
     return _profile_batches(result) if args.profile_batches else 0
 
 
-def _tell_whether_served(result, url: str) -> None:
+def tell_whether_served(result, url: str) -> None:
     """Whether a server running at `url` serves what was just written, and if not, how to load
     it (a server does not watch its repository)."""
     from serving.client import InferenceClient, InferenceServerError
@@ -361,12 +375,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX, validate it, add it to a model repository")
     p.add_argument("model")
     p.add_argument(
-        "--weights", type=Path, help="weights.pt from deepr train (default: untrained weights, with a warning)"
+        "--weights",
+        type=Path,
+        help="weights.pt from deepr train (default: the weights the default build trained for the model, "
+        f"{default_runs()}/NAME/weights.pt, where they exist; else untrained weights, with a warning)",
     )
     p.add_argument(
         "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
     )
     p.add_argument("--version", type=integer(1), help="version number (default: the next free one)")
+    p.add_argument(
+        "--framing",
+        choices=("mnist", "none"),
+        help="how pictures are framed before the model sees them, written into the config: mnist (ink cut out, "
+        "fitted into 20x20, centred by its mass in 28x28) or none (the whole picture resized) (default: the "
+        "model's own; the MNIST models frame as mnist)",
+    )
     p.add_argument(
         "--url",
         default=DEFAULT_URL,

@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from serving.server.model import RuntimeOptions
 
-__all__ = ["ServerSettings", "ENV_PREFIX", "default_repository"]
+__all__ = ["ServerSettings", "ENV_PREFIX", "default_repository", "default_runs"]
 
 ENV_PREFIX = "DEEPR_"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
+
+
+def default_runs() -> Path:
+    """Where the default build keeps its training runs (weights, curves, metrics):
+    `<default repository>.runs`."""
+    repository = default_repository()
+    return repository.with_name(repository.name + ".runs")
 
 
 def default_repository() -> Path:

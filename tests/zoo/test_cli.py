@@ -75,3 +75,28 @@ def test_refusals_are_one_line_with_exit_code_2(tmp_path, capsys):
     )
     assert code == 2 and "choose one kind of graph per export, not --filters and --features" in err
     assert not (tmp_path / "repo").exists()
+
+
+def test_export_without_weights_takes_the_default_builds_and_says_so(tmp_path, monkeypatch, capsys, trained_convnet):
+    """Where the default build trained mnist_convnet ($DEEPR_HOME/repository.runs), `deepr export
+    mnist_convnet --gradcam` explains those weights, the served model's, and says so; it no
+    longer exports fresh weights without a word."""
+    import shutil
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from zoo.datasets import load_dataset
+
+    monkeypatch.setenv("DEEPR_HOME", str(tmp_path / "home"))
+    runs = tmp_path / "home" / "repository.runs" / "mnist_convnet"
+    runs.mkdir(parents=True)
+    shutil.copy(trained_convnet.out / "weights.pt", runs / "weights.pt")
+    code, _, err = deepr_here(capsys, "export", "mnist_convnet", "--gradcam", "--repository", str(tmp_path / "repo"))
+    assert code == 0 and f"using the weights the default build trained, {runs / 'weights.pt'}" in err, err
+    assert "freshly initialised" not in err
+    session = ort.InferenceSession(str(tmp_path / "repo" / "mnist_convnet_gradcam" / "1" / "model.onnx"))
+    images = load_dataset("digits").test.tensors[0][:8].numpy()
+    scores = session.run(["scores"], {"images": images, "class_index": np.full((8, 1), -1, np.int64)})[0]
+    expected = trained_convnet.model(load_dataset("digits").test.tensors[0][:8]).detach().numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)

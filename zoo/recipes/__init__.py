@@ -2,6 +2,6 @@
 
 from .config import TrainConfig
 from .evaluate import evaluate
-from .train import TrainResult, load_weights, train
+from .train import EpochReport, TrainResult, load_weights, train
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_weights", "train"]
+__all__ = ["EpochReport", "TrainConfig", "TrainResult", "evaluate", "load_weights", "train"]

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from .distributed import from_environment
 from .evaluate import count_correct, evaluate, fit_input, task_loss
 from .plot import plot_history
 
-__all__ = ["TrainResult", "train", "load_weights"]
+__all__ = ["EpochReport", "TrainResult", "train", "load_weights"]
 
 
 @dataclass
@@ -102,8 +103,37 @@ def _epoch_samples(
     return {"epoch": epoch + 1, "seed": seed_text, "texts": texts}
 
 
-def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
-    """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again."""
+@dataclass(frozen=True)
+class EpochReport:
+    """Where a run stands after an epoch, for whoever watches it (a server's log, its index)."""
+
+    model: str
+    epoch: int
+    """Epochs done, from 1."""
+    epochs: int
+    loss: float
+    val_accuracy: float | None
+    """Accuracy on the validation split; None without one."""
+    seconds: float
+    """Since training began."""
+
+    @property
+    def seconds_left(self) -> float:
+        return self.seconds / self.epoch * (self.epochs - self.epoch)
+
+    def line(self) -> str:
+        held_out = f", held-out accuracy {self.val_accuracy:.3f}" if self.val_accuracy is not None else ""
+        return (
+            f"{self.model}: epoch {self.epoch}/{self.epochs}, loss {self.loss:.3f}{held_out}, "
+            f"{self.seconds:.0f} s in, about {self.seconds_left:.0f} s left"
+        )
+
+
+def train(
+    cfg: TrainConfig, data: SupervisedData | None = None, on_epoch: Callable[[EpochReport], None] | None = None
+) -> TrainResult:
+    """Train `cfg.model` by its recipe; `data` skips loading `cfg.data` again; `on_epoch` is
+    told after every epoch."""
     spec = get_model_spec(cfg.model)
     parallel = from_environment()
     device = parallel.device(_device(cfg.device))
@@ -189,6 +219,13 @@ def train(cfg: TrainConfig, data: SupervisedData | None = None) -> TrainResult:
         bar.set_postfix_str(summary)
         if epoch_lines:
             print(f"{cfg.model}: {summary} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        if on_epoch is not None and parallel.is_main:
+            val_accuracy = history["val_accuracy"][-1] if n_val else None
+            on_epoch(
+                EpochReport(
+                    cfg.model, epoch + 1, cfg.epochs, history["loss"][-1], val_accuracy, time.perf_counter() - start
+                )
+            )
     seconds = time.perf_counter() - start
     bar.close()
 
