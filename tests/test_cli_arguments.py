@@ -61,3 +61,20 @@ def test_classify_top_k_0_is_refused_before_any_work(capsys):
         main(["classify", "no-such-file.png", "--model", "m", "--top-k", "0"])
     assert exit_.value.code == 2
     assert "argument --top-k: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["classify", "digit.png", "--modle", "mnist_convnet"], "unknown option --modle (did you mean --model?)"),
+        (["sample", "--promt", "hello"], "unknown option --promt (did you mean --prompt?)"),
+        (["import", "m.h5", "--nmae", "m"], "unknown option --nmae (did you mean --name?)"),
+    ],
+)
+def test_a_mistyped_option_is_named_before_a_missing_one(argv, named, capsys):
+    """With `--modle x` argparse would first say --model is required; the typo is the news."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "required" not in err, err

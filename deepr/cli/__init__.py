@@ -4,10 +4,13 @@ PyTorch only if it needs it, so client commands start fast."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import NoReturn, Sequence
 
 from . import (
     activations_cmd,
@@ -30,8 +33,38 @@ __all__ = ["main"]
 _OWN_LOGGERS = ("deepr", "zoo", "exporters", "serving")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an unknown option is named before anything else: with `--modle x` argparse
+    would first say that --model is required, blaming the user for the wrong thing."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options()
+        if unknown:
+            known = [o for o in self._option_string_actions if o.startswith("--")]
+            hints = []
+            for option in unknown:
+                close = difflib.get_close_matches(option, known, n=1)
+                hints.append(f"{option}" + (f" (did you mean {close[0]}?)" if close else ""))
+            message = f"unknown option {', '.join(hints)}"
+        super().error(message)
+
+    def _unknown_options(self) -> list[str]:
+        given = getattr(self, "_given", [])
+        if self._subparsers is not None:  # the top parser: its subcommand's parser names them
+            return []
+        return [
+            token.split("=", 1)[0]
+            for token in given
+            if token.startswith("--") and token != "--" and token.split("=", 1)[0] not in self._option_string_actions
+        ]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
+    parser = _Parser(prog="deepr", description="Train, export and serve the Learn deepR model zoo.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (the server logs every request)")
     parser.add_argument(
         "--log-format",
@@ -63,6 +96,8 @@ _ZOO_PACKAGES = {"torch", "torchvision", "onnxscript", "sklearn", "skimage", "tq
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C is KeyboardInterrupt again (see deepr._entry)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)

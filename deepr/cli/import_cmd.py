@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from serving.client import DEFAULT_URL
 from serving.server.settings import default_repository
 
 from .arguments import integer, ratio
@@ -24,6 +25,8 @@ def _import(args: argparse.Namespace) -> int:
     from zoo.keras import KerasImportError
     from zoo.keras.store import forget_import, import_keras
 
+    from .zoo_cmds import tell_whether_served
+
     labels = None
     if args.labels is not None:
         try:
@@ -38,6 +41,7 @@ def _import(args: argparse.Namespace) -> int:
             scale=args.scale,
             input_layout=args.input_layout,
             max_unpacked_bytes=args.max_unpacked_bytes,
+            framing=None if args.framing == "none" else args.framing,
         )
     except KerasImportError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
@@ -63,6 +67,7 @@ def _import(args: argparse.Namespace) -> int:
         f"the converted model: max |diff| {v.max_abs_diff:.2g} ({v.max_relative_diff:.2g} of the largest output); "
         f"deepr summary {args.name}, deepr export {args.name} --gradcam ... now take it"
     )
+    tell_whether_served(result, args.url)
     return 0
 
 
@@ -92,6 +97,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"
+    )
+    p.add_argument(
+        "--framing",
+        choices=("mnist", "none"),
+        default="none",
+        help="mnist: a model of MNIST's digits; its clients invert pictures drawn dark on light and frame them as "
+        "MNIST's digits (ink cut out, fitted into 20x20, centred by its mass in 28x28) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help="after the export, say whether the server here serves it and how to load it (default: %(default)s)",
     )
     p.add_argument(
         "--max-unpacked-bytes",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 import textwrap
 
@@ -11,7 +13,22 @@ from .arguments import add_server_options, comma_list, integer, number
 from .errors import task_errors
 
 
+def _stop_at_once(signum: int, frame: object) -> None:
+    """Ctrl-C while text streams in: what was printed stays, the process ends with 130.
+    KeyboardInterrupt raised wherever the main thread happens to be (inside grpc's stream,
+    between a lock's acquire and release) left a traceback or a hang; the connection goes
+    with the process instead, and the server ends the stream."""
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        sys.stderr.write("deepr sample: interrupted\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
 def _sample(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, _stop_at_once)  # before onnxruntime and grpc load, too
     from serving.tasks.text_generation import generate_in_one_call, sample_text
 
     base = args.model.removesuffix("_step").removesuffix("_generate")

@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +33,7 @@ from tests.chaos.probes import (  # noqa: E402
     add_pictures_model,
     add_strings_model,
 )
-from tests.chaos.test_hostile_keras_files import RUN_AND_REPORT, unwritten_weights_h5, zip_bomb  # noqa: E402
+from tests.chaos.test_hostile_keras_files import deepr_import, unwritten_weights_h5, zip_bomb  # noqa: E402
 from tests.chaos.test_hostile_requests import (  # noqa: E402
     declared_bytes_request,
     grpc_bytes_request,
@@ -187,23 +184,14 @@ def probe_imports(checkout: Path, folder: Path) -> dict:
     results = {}
     for label, path in files.items():
         home = folder / f"home_{label}"
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-c", RUN_AND_REPORT, "import", str(path), "--name", "probe", "--repository", str(home / "repo")],
-            capture_output=True,
-            text=True,
-            cwd=checkout,
-            timeout=900,
-            env={**os.environ, "DEEPR_HOME": str(home)},
-        )
-        peak_kb = int(done.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) if "PEAK_RSS_KB" in done.stderr else 0
-        errors = [line for line in done.stderr.splitlines() if line and not line.startswith("PEAK_RSS_KB")]
+        code, stderr, seconds, peak = deepr_import(path, home, cwd=checkout)
         written = sum(p.stat().st_size for p in home.rglob("*") if p.is_file()) if home.exists() else 0
+        errors = [line for line in stderr.splitlines() if line and not line.startswith("PEAK_RSS_KB")]
         results[label] = {
             "file_bytes": path.stat().st_size,
-            "exit": done.returncode,
-            "seconds": round(time.monotonic() - started, 1),
-            "peak_rss_mb": round(peak_kb / 1024),
+            "exit": code,
+            "seconds": round(seconds, 1),
+            "peak_rss_mb": round(peak / 2**20),
             "bytes_written": written,
             "message": errors[-1][:160] if errors else "",
         }

@@ -36,8 +36,11 @@ RUN_AND_REPORT = (
 )
 
 
-def deepr_import(path: Path, home: Path, *extra: str, name: str = "probe") -> tuple[int, str, float, int]:
-    """(exit code, stderr, seconds, peak RSS in bytes) of `deepr import path --name name`."""
+def deepr_import(
+    path: Path, home: Path, *extra: str, name: str = "probe", cwd: Path | None = None
+) -> tuple[int, str, float, int]:
+    """(exit code, stderr, seconds, peak RSS in bytes) of `deepr import path --name name`
+    (`cwd`: a checkout of deepr to run instead of the installed one)."""
     started = time.monotonic()
     result = subprocess.run(
         [
@@ -56,6 +59,7 @@ def deepr_import(path: Path, home: Path, *extra: str, name: str = "probe") -> tu
         text=True,
         timeout=300,
         env={**os.environ, "DEEPR_HOME": str(home), "KERAS_BACKEND": "torch"},
+        cwd=cwd,
     )
     peak = int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) * 1024
     return result.returncode, result.stderr, time.monotonic() - started, peak

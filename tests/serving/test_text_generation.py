@@ -4,6 +4,7 @@ samples follow softmax(log(p) / T), top-k holds, and a seed fixes the text."""
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -390,3 +391,38 @@ def test_a_generation_graph_of_fresh_weights_checks_against_the_same_model(tmp_p
     with pytest.warns(UntrainedWeightsWarning, match="generation graph with freshly initialised weights"):
         result = export_char_generation(tmp_path)
     assert result.validation.max_abs_diff <= 1e-5
+
+
+def test_ctrl_c_on_a_stream_always_ends_at_once_with_130(step_model):
+    """SIGINT at 50 random moments of `deepr sample --stream` (while it starts, connects, or
+    prints): exit 130 every time, no traceback, no hang."""
+    import signal
+    import time
+
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+
+    _, repo, _ = step_model
+    rng = np.random.default_rng(0)
+    with serve_in_thread(
+        ServerSettings(repository=repo, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    ) as server:
+        url = f"127.0.0.1:{server.port}"
+        command = [sys.executable, "-m", "deepr", "sample", "--graph", "step", "--stream", "--url", url]
+        command += ["--prompt", "return the ", "--length", "2000", "--seed", "3"]
+        delays = rng.uniform(0.3, 2.0, 50)  # from the imports to mid-stream
+
+        def interrupted_after(delay: float) -> tuple[object, str]:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            process.send_signal(signal.SIGINT)
+            try:
+                _, err = process.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                return "hang", process.communicate()[1][-500:]
+            return process.returncode, err[-500:] if "Traceback" in err else ""
+
+        with ThreadPoolExecutor(5) as pool:  # five at a time: the 50 tries in a fifth of the time
+            outcomes = list(pool.map(interrupted_after, delays))
+    assert all(code == 130 and not trace for code, trace in outcomes), [o for o in outcomes if o != (130, "")]

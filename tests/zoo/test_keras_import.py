@@ -198,6 +198,49 @@ def test_cli_import_exits_2_naming_the_problem(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "home" / "keras" / "broken").exists()  # nothing kept of a failed import
 
 
+def test_cli_import_of_an_mnist_model_frames_its_pictures_and_says_how_to_load_it(saved, tmp_path, monkeypatch, capsys):
+    """`deepr import m.h5 --framing mnist` makes a model whose clients invert and frame pictures
+    as the zoo's MNIST models do; with a server answering at --url, the import says the server
+    needs `deepr load`."""
+    from deepr.cli import main
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+    from serving.tasks.classify import served_preprocessing
+    from tests.conftest import TEST_DEVICE
+
+    monkeypatch.setenv("DEEPR_HOME", str(tmp_path / "home"))
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, metrics_port=-1)
+    try:
+        with serve_in_thread(settings) as server:
+            url = f"127.0.0.1:{server.port}"
+            argv = ["import", str(saved["mnist_convnet"].h5), "--name", "k_framed", "--repository", str(repository)]
+            code = main([*argv, "--framing", "mnist", "--url", url])
+            out = capsys.readouterr().out
+            assert code == 0 and f"`deepr load k_framed --url {url}` loads it" in out, out
+            assert main(["load", "k_framed", "--url", url]) == 0
+            preprocessing = served_preprocessing("k_framed", url=url)
+        assert preprocessing.framing == "mnist" and preprocessing.background == "dark"
+        assert preprocessing.layout == "NHWC"
+        code = main(
+            [
+                "import",
+                str(saved["catsdogs_convnet"].h5),
+                "--name",
+                "k_photo",
+                "--framing",
+                "mnist",
+                "--repository",
+                str(repository),
+            ]
+        )
+        assert code == 2 and "--framing mnist is for models of grey pictures" in capsys.readouterr().err
+    finally:
+        unregister_imported("k_framed")
+        unregister_imported("k_photo")
+
+
 # -- Keras 2's spellings, and reading without Keras ---------------------------------------------------------------
 
 

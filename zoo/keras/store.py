@@ -61,6 +61,9 @@ class ImportedModel:
     keras_params: int
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES
     """The bound its file was read under (raised at import for a very large model)."""
+    framing: str | None = None
+    """"mnist": a digit model trained on MNIST, whose pictures are inverted when drawn dark on
+    light and framed as MNIST's digits (ImagePreprocessing.background and framing)."""
 
     @classmethod
     def read(cls, folder: Path) -> "ImportedModel":
@@ -113,6 +116,8 @@ def _build(record: ImportedModel, folder: Path, **options: Any) -> nn.Module:
             color_mode="L" if channels == 1 else "RGB",
             scale=record.scale,
             layout=record.input_layout.upper(),
+            background="dark" if record.framing == "mnist" else None,
+            framing=record.framing,
         )
     return model
 
@@ -148,10 +153,13 @@ def import_keras(
     input_layout: str = "nhwc",
     home: Path | None = None,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+    framing: str | None = None,
 ) -> ImportedModel:
     """Convert the Keras model at `path` (checking every layer), keep it as `name` and
     register it in the zoo. `labels`: one per output class (binary: the positive class,
-    or negative and positive); `scale`: what pictures' 0-255 pixels are multiplied by."""
+    or negative and positive); `scale`: what pictures' 0-255 pixels are multiplied by;
+    `framing` "mnist": a model of MNIST's digits (grey pictures), whose clients invert
+    pictures drawn dark on light and frame them as MNIST's digits."""
     if not _NAME.fullmatch(name):
         shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
         raise KerasImportError(
@@ -162,6 +170,11 @@ def import_keras(
     model = from_keras(path, input_layout=input_layout, max_unpacked_bytes=max_unpacked_bytes)
     size, task = _output_size(model)
     input_shape: tuple[int | None, ...] = tuple(getattr(model, "input_shape"))
+    if framing not in (None, "mnist"):
+        raise KerasImportError(f"--framing {framing!r}: expected mnist or none")
+    grey_pictures = len(input_shape) == 3 and 1 in (input_shape[0], input_shape[-1])
+    if framing == "mnist" and not grey_pictures:
+        raise KerasImportError(f"--framing mnist is for models of grey pictures; this one takes {input_shape}")
     input_dtype = str(getattr(model, "input_dtype"))
     counts = summary(model, input_shape, dtype=torch.int64 if input_dtype == "int64" else torch.float32)
     home = home or keras_home()
@@ -179,6 +192,7 @@ def import_keras(
         scale=scale,
         keras_params=counts.keras_total_params,
         max_unpacked_bytes=max_unpacked_bytes,
+        framing=framing,
     )
     spec = _spec(record, folder)
     register_spec(spec, replaces_imported=True)  # before copying: a built-in name is refused here
