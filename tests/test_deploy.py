@@ -49,6 +49,7 @@ def test_serving_runtime_matches_the_server():
     (container,) = runtime["spec"]["containers"]
     args = build_parser().parse_args(container["args"])
     assert args.command == "serve" and str(args.repository) == "/mnt/models"  # where KServe puts storageUri
+    assert args.model_name == "{{.Name}}"  # KServe's template: one model's files are served under the service's name
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"h2c": args.port, "http1": args.http_port}  # KServe's names: plaintext gRPC, HTTP/1.1
     assert "v2" in runtime["spec"]["protocolVersions"]

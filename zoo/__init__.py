@@ -5,8 +5,10 @@ from ._registry import ModelSpec, get_model, get_model_spec, list_models, regist
 from ._summary import Summary, model_summary, summary
 from .keras import from_keras
 from .keras.store import import_keras, register_imported_models
+from .onnx.store import register_imported_onnx
 
 register_imported_models()
+register_imported_onnx()
 
 __all__ = [
     "ModelSpec",

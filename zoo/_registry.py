@@ -36,6 +36,8 @@ class ModelSpec:
     """The model's own class names (imported models); else its dataset's."""
     weights_included: bool = False
     """The builder loads trained weights itself (an imported Keras model)."""
+    onnx_file: str = ""
+    """An imported ONNX graph: no PyTorch module, the graph itself is the model (zoo.onnx)."""
 
     def example_shape(self, length: int = 8) -> tuple[int, ...]:
         """input_shape with every free dimension set to `length`."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from serving.client import DEFAULT_URL
 from serving.server.settings import default_repository
 
-from .arguments import integer, ratio
+from .arguments import comma_list, integer, number, ratio
 from .errors import EXIT_FAILURE, EXIT_USAGE, CLIError
 
 # zoo.keras.files.MAX_UNPACKED_BYTES and _MAX_RATIO (tests/test_bad_files.py holds them equal):
@@ -19,7 +21,30 @@ _MAX_UNPACKED_BYTES = 4 * 2**30
 _MAX_RATIO = 1000
 
 
+def _is_keras(path: Path) -> bool:
+    """HDF5 or a zip: a Keras file; anything else is taken for ONNX (a protobuf has no signature)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return path.suffix in (".h5", ".hdf5", ".keras")
+    return head == b"\x89HDF\r\n\x1a\n" or head[:4] == b"PK\x03\x04"
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    if args.labels is None:
+        return None
+    try:
+        return [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise CLIError(f"--labels {args.labels}: {exc.strerror}", EXIT_USAGE) from None
+
+
 def _import(args: argparse.Namespace) -> int:
+    if not _is_keras(args.file):
+        return _import_onnx(args)
+    if args.mean or args.std:
+        raise CLIError("--mean and --std are for ONNX imports; a Keras model normalises inside", EXIT_USAGE)
     from exporters import ExportError, export_model
     from zoo import model_summary
     from zoo.keras import KerasImportError
@@ -27,19 +52,14 @@ def _import(args: argparse.Namespace) -> int:
 
     from .zoo_cmds import tell_whether_served
 
-    labels = None
-    if args.labels is not None:
-        try:
-            labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise CLIError(f"--labels {args.labels}: {exc.strerror}", EXIT_USAGE) from None
+    labels = _labels(args)
     try:
         record = import_keras(
             args.file,
             args.name,
             labels=labels,
             scale=args.scale,
-            input_layout=args.input_layout,
+            input_layout=args.input_layout or "nhwc",
             max_unpacked_bytes=args.max_unpacked_bytes,
             framing=None if args.framing == "none" else args.framing,
         )
@@ -71,22 +91,86 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_onnx(args: argparse.Namespace) -> int:
+    from exporters import ExportError
+    from exporters.onnx_graphs import export_imported
+    from zoo import model_summary
+    from zoo.onnx import OnnxImportError, import_onnx
+    from zoo.onnx.store import forget_onnx_import
+
+    from .zoo_cmds import tell_whether_served
+
+    started = time.perf_counter()
+    try:
+        record = import_onnx(
+            args.file,
+            args.name,
+            labels=_labels(args),
+            layout=args.input_layout,
+            scale=args.scale,
+            mean=args.mean,
+            std=args.std,
+            framing=None if args.framing == "none" else args.framing,
+        )
+    except OnnxImportError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:  # the name of a built-in model
+        raise CLIError(f"--name {args.name}: {exc}", EXIT_USAGE) from None
+    summary = model_summary(args.name)
+    upgrade = f" (converted from opset {record.upgraded_from})" if record.upgraded_from else ""
+    pictures = ""
+    if record.preprocessing:
+        pictures = f", pictures {json.loads(record.preprocessing)['layout']}"
+    print(
+        f"{args.name}: {len(summary.rows)} operators, {summary.total_params:,} parameters, opset {record.opset}"
+        f"{upgrade}, input {record.input_name!r} {record.input_shape}{pictures}, {len(record.classes)} classes"
+    )
+    try:
+        result = export_imported(args.name, args.repository, max_batch_size=args.max_batch_size)
+    except (ExportError, OSError) as exc:
+        forget_onnx_import(args.name)
+        raise CLIError(str(exc), EXIT_FAILURE) from None
+    print(
+        f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {time.perf_counter() - started:.1f}s "
+        f"(checked by onnx, run by onnxruntime); deepr summary {args.name}, deepr export {args.name} "
+        f"--gradcam|--features|--precision int8 now take it"
+    )
+    tell_whether_served(result, args.url)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
-        help="import a saved Keras model (.h5 or .keras; no TensorFlow needed) into the zoo and export it to ONNX",
+        help="import a saved Keras model (.h5 or .keras; no TensorFlow needed) or an ONNX classifier into the zoo, "
+        "and export it to a repository",
     )
-    p.add_argument("file", type=Path, help="the model: save_model_hdf5() in R, model.save() in Keras 2 or 3")
+    p.add_argument(
+        "file",
+        type=Path,
+        help="the model: save_model_hdf5() in R, model.save() in Keras 2 or 3, or an ONNX file (torch.onnx.export, "
+        "the ONNX Model Zoo, ...)",
+    )
     p.add_argument("--name", required=True, help="the name it is served and exported under")
     p.add_argument(
         "--repository", type=Path, default=default_repository(), help="model repository (default: %(default)s)"
     )
     p.add_argument(
         "--input-layout",
+        "--layout",
         choices=("nhwc", "nchw"),
-        default="nhwc",
-        help="pictures as Keras takes them, (N, H, W, C), or channels first for clients that send NCHW "
-        "(default: %(default)s)",
+        help="Keras: pictures as Keras takes them, (N, H, W, C), or channels first for clients that send NCHW "
+        "(default nhwc); ONNX: where the graph's input has its channels (default: found from its shape)",
+    )
+    p.add_argument(
+        "--mean",
+        type=comma_list(number()),
+        help="ONNX: per-channel mean taken from the scaled pixels, e.g. 0.485,0.456,0.406 for torchvision's models",
+    )
+    p.add_argument(
+        "--std",
+        type=comma_list(number(above=0)),
+        help="ONNX: per-channel standard deviation the pixels are divided by, e.g. 0.229,0.224,0.225",
     )
     p.add_argument("--labels", type=Path, help="a text file with one class name per line (binary: the positive class)")
     p.add_argument(

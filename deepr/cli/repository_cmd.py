@@ -15,15 +15,22 @@ def _repository(args: argparse.Namespace) -> int:
 def show_repository(url: str) -> int:
     """Print a server's models, one line each: version, state, and why one does not serve."""
     from serving.client import InferenceClient
+    from serving.protocol.schema import COMPLETED_KEY
 
     with task_errors(url), InferenceClient(url) as client:
         models = client.repository_index()
+        completed = {}
+        for m in models:
+            parameters = client.model_config(m.name).parameters if m.state == "READY" else {}
+            if COMPLETED_KEY in parameters:
+                completed[m.name] = parameters[COMPLETED_KEY].string_value
     if not models:
         print(f"the repository of the server at {url} holds no models")
         return 0
     width = max(len(m.name) for m in models)
     for m in models:
-        print(f"{m.name:<{width}}  version {m.version or '-':<3} {m.state:<11} {m.reason}".rstrip())
+        note = f"config completed from the graph: {completed[m.name]}" if m.name in completed else m.reason
+        print(f"{m.name:<{width}}  version {m.version or '-':<3} {m.state:<11} {note}".rstrip())
     return 0
 
 

@@ -114,6 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
             event_loop=args.event_loop,
             grace_seconds=args.grace_seconds,
             strict_readiness=args.strict_readiness,
+            strict_model_config=args.strict_model_config,
+            default_max_batch_size=args.default_max_batch_size,
+            model_name=args.model_name,
             model_control=None if args.model_control is None else args.model_control != "none",
             poll_seconds=_poll_seconds(args),
             max_connections=args.max_connections,
@@ -359,6 +362,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key, serve TLS only")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must be signed by (mutual TLS)")
+    p.add_argument(
+        "--strict-model-config",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve complete configs only: a folder of 1/model.onnx without config.pbtxt, or a config without "
+        "inputs or outputs, is unavailable (default off: completed from the graph, as Triton does)",
+    )
+    p.add_argument(
+        "--default-max-batch-size",
+        type=integer(1),
+        help="max_batch_size of a completed config whose graph batches (every input and output with a free first "
+        "dimension) (default 4, as Triton's)",
+    )
+    p.add_argument(
+        "--model-name",
+        help="the name of the one model served from a repository that is that model's files (model.onnx at its top, "
+        "as KServe mounts /mnt/models) (default: the folder's name)",
+    )
     p.add_argument(
         "--strict-readiness",
         action=argparse.BooleanOptionalAction,

@@ -59,6 +59,14 @@ def _models(args: argparse.Namespace) -> int:
     print(f"{'model':<24} {'parameters':>12}  {'precisions (deepr export --precision)':<38} tutorial section")
     for name in zoo.list_models(args.include or None):
         spec = zoo.get_model_spec(name)
+        if spec.onnx_file:  # an imported graph: its initializers are its parameters
+            import onnx
+
+            from zoo.onnx.files import parameter_count
+
+            params = parameter_count(onnx.load(spec.onnx_file))
+            print(f"{name:<24} {params:>12,}  {'fp32, int8 (static, with --data)':<38} {spec.section}")
+            continue
         with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
             model = zoo.get_model(name)
         params = sum(p.numel() for p in model.parameters())
@@ -197,6 +205,11 @@ def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from exporters.repository import tune_serving
 
+    with _user_errors():
+        from zoo import get_model_spec
+
+        if get_model_spec(args.model).onnx_file:
+            return _export_imported_onnx(args)
     _default_weights(args)
     if args.framing is not None:
         args.option.append(("framing", args.framing))
@@ -271,6 +284,69 @@ def _export(args: argparse.Namespace) -> int:
         )
     tell_whether_served(result, args.url)
     return _profile_batches(result) if args.profile_batches else 0
+
+
+def _export_imported_onnx(args: argparse.Namespace) -> int:
+    """deepr export for a model imported from ONNX: the graph, its Grad-CAM graph at a named
+    tensor, its feature graph of named tensors, or int8 calibrated on --data."""
+    from exporters import ExportError
+    from exporters.onnx_graphs import export_imported, export_imported_features, export_imported_gradcam
+    from exporters.onnx_int8 import export_imported_int8
+
+    refused = [f"--{k}" for k in ("step", "generate", "dream", "style", "filters") if getattr(args, k)]
+    refused += [f"--pixels {args.pixels}"] if args.pixels != "float32" else []
+    refused += ["--precision fp16"] if args.precision == "fp16" else []
+    refused += ["--weights"] if args.weights is not None else []
+    if refused:
+        raise CLIError(
+            f"{args.model} is an imported ONNX graph: deepr exports it as it is, its --gradcam and --features "
+            f"graphs and --precision int8, not {', '.join(refused)}",
+            EXIT_USAGE,
+        )
+    try:
+        if args.gradcam:
+            result, tensor = export_imported_gradcam(
+                args.model, args.repository, layer=args.layer, max_batch_size=args.max_batch_size, version=args.version
+            )
+            chosen = "named" if args.layer else "the last 4-D activation before the graph pools or flattens it"
+            print(f"{args.model}: Grad-CAM at tensor {tensor!r} ({chosen})")
+        elif args.features:
+            layers = [layer for layer in (args.layers or "").split(",") if layer] or None
+            result = export_imported_features(
+                args.model, args.repository, layers=layers, max_batch_size=args.max_batch_size, version=args.version
+            )
+        elif args.precision == "int8":
+            if not args.data:
+                raise CLIError(
+                    f"{args.model} is an imported ONNX graph with no data of its own: give --data DIR, labelled "
+                    "pictures in class folders named as its labels (DIR/train/ and DIR/test/, or DIR/CLASS/)",
+                    EXIT_USAGE,
+                )
+            result, report = export_imported_int8(
+                args.model,
+                args.repository,
+                Path(args.data),
+                calibration=args.calibration or 256,
+                max_accuracy_drop=1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop,
+                max_batch_size=args.max_batch_size,
+                version=args.version,
+            )
+            print(f"{result.name}: {report.describe()}")
+        else:
+            result = export_imported(
+                args.model, args.repository, max_batch_size=args.max_batch_size, version=args.version
+            )
+    except ExportError as exc:
+        raise CLIError(str(exc)) from None
+    except ValueError as exc:  # data that cannot be read
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    v = result.validation
+    print(
+        f"{result.name}: wrote {result.version_dir / 'model.onnx'} in {result.seconds:.1f}s; its outputs equal the "
+        f"imported graph's within {v.max_relative_diff:.2g} of the largest"
+    )
+    tell_whether_served(result, args.url)
+    return 0
 
 
 def tell_whether_served(result, url: str) -> None:

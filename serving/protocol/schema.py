@@ -14,6 +14,7 @@ import json
 from typing import Any, Callable
 
 __all__ = [
+    "COMPLETED_KEY",
     "PREPROCESSING_KEY",
     "LABELS_KEY",
     "LAYERS_KEY",
@@ -90,6 +91,9 @@ pads each to the batch's longest with the value (a generation graph's prompts)."
 TRIM_OUTPUTS_KEY = "deepr.trim_outputs"
 """JSON {output: input}: outputs whose axis 1 runs to the batch's largest value of the input;
 each request gets it cut to its own largest value (a generation graph's texts)."""
+COMPLETED_KEY = "deepr.config_completed"
+"""Config, written by the server: the fields it filled in from the graph ("input, output,
+max_batch_size, dynamic_batching"), for a model served without a complete config.pbtxt."""
 
 # Graph names: NAME + suffix in the repository.
 GRADCAM_SUFFIX = "_gradcam"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from serving.protocol.preprocessing import ImagePreprocessing
 from serving.protocol.schema import PREPROCESSING_KEY
 from serving.runtime.providers import select_providers
 from serving.runtime.sessions import pruned_graph, usable_cores
+from serving.server.autocomplete import CompletionPolicy, complete_config
 from serving.server.batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_load, profile_batches
 from serving.server.batch_sizes import warm_run_sizes
 from serving.server.warmup import warm_up
@@ -57,6 +59,19 @@ def _encoded_preprocessing(config: mc.ModelConfig) -> ImagePreprocessing | None:
     return preprocessing if preprocessing.pixels == "encoded" else None
 
 
+def _check_reshape(model: str, kind: str, name: str, dims: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """A reshape must hold as many elements as the dims (where both are known)."""
+    if -1 in dims or -1 in shape:
+        if dims.count(-1) > 1 or shape.count(-1) > 1:
+            raise ModelLoadError(f"{model}: {kind} {name!r}: a reshape may leave at most one dimension free")
+        return
+    if math.prod(dims) != math.prod(shape):
+        raise ModelLoadError(
+            f"{model}: {kind} {name!r}: dims {list(dims)} hold {math.prod(dims)} elements, reshape {list(shape)} "
+            f"{math.prod(shape)}"
+        )
+
+
 def _onnx_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
@@ -81,13 +96,20 @@ class OnnxModel:
     """An ONNX file served under a name and version, described by its config.pbtxt."""
 
     def __init__(
-        self, name: str, version: str, path: Path, config: mc.ModelConfig, runtime: RuntimeOptions = RuntimeOptions()
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        config: mc.ModelConfig,
+        runtime: RuntimeOptions = RuntimeOptions(),
+        completion: CompletionPolicy = CompletionPolicy(),
     ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.config = config
         self.runtime = runtime
+        self.completion = completion
         self._session: ort.InferenceSession | None = None
         self._idle_instances: queue.SimpleQueue[ort.InferenceSession] | None = None
         """With instance_group count > 1: the sessions not running, one per instance."""
@@ -101,6 +123,9 @@ class OnnxModel:
         self.encoded_input: tuple[str, ImagePreprocessing] | None = None
         """An encoded-picture model's BYTES input, and the preprocessing that decodes it."""
         self.outputs: list[TensorSpec] = []
+        self.graph_shapes: dict[str, tuple[int, ...]] = {}
+        """Triton's reshape: the shape (past the batch) the graph takes or makes, by tensor name,
+        where the config's dims (what clients send and get) differ from it."""
         self.text_inputs: list[str] = []
         """Graph inputs that are ONNX string tensors: requests' BYTES elements, as UTF-8 text."""
         self.metadata: dict[str, str] = {}
@@ -164,6 +189,7 @@ class OnnxModel:
             threads = max(1, usable_cores() // instances)
         self._options = self.session_options(threads)
         session = self.new_session(threads)
+        complete_config(self.config, session.get_inputs(), session.get_outputs(), self.completion)
         configured = list(self.config.input)
         encoded = _encoded_preprocessing(self.config)
         if encoded is not None:  # the config's BYTES entry stands for the graph's uint8 pixels
@@ -250,13 +276,19 @@ class OnnxModel:
                 want_type = CONFIG_TO_V2.get(mc.DataType.Name(entry.data_type))
                 dims = tuple(entry.dims)
                 graph_dims = spec.shape[1:] if batched else spec.shape
+                taken = dims
+                if entry.HasField("reshape"):  # Triton's reshape: the graph's shape is reshape.shape
+                    taken = tuple(entry.reshape.shape)
+                    _check_reshape(self.name, kind, entry.name, dims, taken)
+                    self.graph_shapes[entry.name] = taken if kind == "input" else dims
                 if (
                     want_type != spec.datatype
-                    or len(dims) != len(graph_dims)
-                    or any(g not in (-1, c) for c, g in zip(dims, graph_dims))
+                    or len(taken) != len(graph_dims)
+                    or any(g not in (-1, c) for c, g in zip(taken, graph_dims))
                 ):
+                    shown = f"dims {list(dims)}" + (f" reshaped to {list(taken)}" if taken != dims else "")
                     raise ModelLoadError(
-                        f"{self.name}: config {kind} {entry.name!r} is {want_type} dims {list(dims)}, "
+                        f"{self.name}: config {kind} {entry.name!r} is {want_type} {shown}, "
                         f"the graph has {spec.datatype} dims {list(graph_dims)}"
                     )
                 # The config may pin a dimension the graph leaves free.
@@ -307,12 +339,24 @@ class OnnxModel:
             raise ModelNotReady(f"{self.name} version {self.version} is not loaded (unloaded or replaced); retry")
         self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
+        if self.graph_shapes:
+            inputs = self._reshaped(inputs)
         if len(set(names)) < len(self.outputs):
             session = self._session_computing(frozenset(names))
         elif self._idle_instances is not None:
-            return self._run_on_an_instance(names, inputs)
-        results = session.run(names, inputs)
-        return dict(zip(names, results))
+            return self._reshaped(self._run_on_an_instance(names, inputs))
+        results = dict(zip(names, session.run(names, inputs)))
+        return self._reshaped(results) if self.graph_shapes else results
+
+    def _reshaped(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs as the graph takes them, outputs as clients get them (Triton's reshape)."""
+        batched = self.max_batch_size > 0
+        out = dict(arrays)
+        for name, shape in self.graph_shapes.items():
+            if name in out:
+                array = out[name]
+                out[name] = array.reshape(((array.shape[0],) if batched else ()) + shape)
+        return out
 
     def _run_on_an_instance(self, names: list[str], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on an idle instance's session, waiting for one if all are running."""

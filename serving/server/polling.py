@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from serving.protocol.errors import ServingError
-from serving.protocol.model_config import CONFIG_FILE
-from serving.server.repository import READY
+from serving.server.repository import READY, is_model_folder
 
 if TYPE_CHECKING:
     from serving.server.dataplane import DataPlane
+    from serving.server.repository import ModelRepository
 
 __all__ = ["Fingerprint", "fingerprints", "poll_repository"]
 
@@ -58,17 +58,17 @@ def _fingerprint(model_dir: Path) -> Fingerprint:
     return frozenset(files)
 
 
-def fingerprints(root: Path, names: Iterable[str] | None = None) -> dict[str, Fingerprint]:
-    """The fingerprint of every model folder in `root` holding a config.pbtxt (or of `names` only)."""
+def fingerprints(repository: "ModelRepository", names: Iterable[str] | None = None) -> dict[str, Fingerprint]:
+    """The fingerprint of every model folder of `repository` (or of `names` only); a
+    repository that is one model's own files is that model's folder."""
+    root = repository.root
+    if repository.single:
+        return {repository.single_name: _fingerprint(root)}
     try:
         folders = [root / n for n in names] if names is not None else list(root.iterdir())
     except OSError:
         return {}
-    return {
-        folder.name: _fingerprint(folder)
-        for folder in folders
-        if not folder.name.startswith(".") and (folder / CONFIG_FILE).is_file()
-    }
+    return {folder.name: _fingerprint(folder) for folder in folders if is_model_folder(folder)}
 
 
 async def poll_repository(
@@ -79,7 +79,7 @@ async def poll_repository(
     between the load and the first poll is seen (default: taken now)."""
     root = dataplane.repository.root
     if known is None:
-        known = await asyncio.to_thread(fingerprints, root)
+        known = await asyncio.to_thread(fingerprints, dataplane.repository)
     logger.info("polling %s every %g s for new, changed and removed models", root, interval)
     while True:
         await asyncio.sleep(interval)
@@ -91,12 +91,12 @@ async def poll_repository(
 
 async def _follow(dataplane: "DataPlane", known: dict[str, Fingerprint], settle: float) -> None:
     """One look at the repository: serve what changed since `known`, and update it."""
-    root = dataplane.repository.root
-    seen = await asyncio.to_thread(fingerprints, root)
+    repository = dataplane.repository
+    seen = await asyncio.to_thread(fingerprints, repository)
     changed = [name for name, print_ in seen.items() if known.get(name) != print_]
     if changed:
         await asyncio.sleep(settle)
-        again = await asyncio.to_thread(fingerprints, root, changed)
+        again = await asyncio.to_thread(fingerprints, repository, changed)
         for name in changed:
             if again.get(name) != seen[name]:
                 continue  # still being written: the next poll looks again

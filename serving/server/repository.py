@@ -1,8 +1,13 @@
 """A model repository on disk, in Triton's layout, and the models loaded from it.
 
-    <root>/<model>/config.pbtxt
+    <root>/<model>/config.pbtxt              (optional: completed from the graph when absent)
     <root>/<model>/<version>/model.onnx      (version: a positive integer)
     <root>/<model>/labels.txt                (optional; named by an output's label_filename)
+
+or one model's own files, as KServe hands them over for `modelFormat: onnx`:
+
+    <root>/model.onnx                        (served as version 1 of one model)
+    <root>/config.pbtxt                      (optional)
 
 A model that fails to load is kept as UNAVAILABLE with the reason, and the
 others serve.
@@ -20,10 +25,22 @@ from pathlib import Path
 from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.labels import read_labels
-from serving.protocol.model_config import CONFIG_FILE, read_config
+from serving.protocol.model_config import CONFIG_FILE, parse_config, read_config_text
+from serving.runtime.providers import cuda_usable
+from serving.server.autocomplete import CompletionPolicy
+from serving.server.config_support import review_config
 from serving.server.model import OnnxModel, RuntimeOptions
 
-__all__ = ["ModelRepository", "ModelEntry", "READY", "UNAVAILABLE", "LOADING", "UNLOADED"]
+__all__ = [
+    "ModelRepository",
+    "ModelEntry",
+    "READY",
+    "UNAVAILABLE",
+    "LOADING",
+    "UNLOADED",
+    "is_model_folder",
+    "MODEL_FILE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +54,21 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """One path component of at most NAME_MAX (255) bytes."""
 
 
+MODEL_FILE = "model.onnx"
+"""The graph's file in a version folder, unless the config names another (default_model_filename)."""
+
+
+def _has_a_version(path: Path) -> bool:
+    try:
+        return any(p.name.isdigit() and (p / MODEL_FILE).is_file() for p in path.iterdir())
+    except OSError:
+        return False
+
+
 def _not_a_model(path: Path) -> str | None:
     """Why a folder of the repository is not served ("" for what is not worth a word:
-    files, hidden folders), or None for a model folder."""
+    files, hidden folders), or None for a model folder: one with a config.pbtxt, or a
+    version folder holding model.onnx (its config is completed from the graph)."""
     if path.name.startswith(".") or not path.is_dir():
         return ""
     if not _MODEL_NAME.match(path.name):
@@ -47,9 +76,16 @@ def _not_a_model(path: Path) -> str | None:
             f"{_shown(path.name)} is not a model name: 1 to 255 ASCII letters, digits, '_', '.' and '-', "
             "not starting with '.' or '-'"
         )
-    if not (path / CONFIG_FILE).is_file():
-        return f"no {CONFIG_FILE} in it"
+    if not (path / CONFIG_FILE).is_file() and not _has_a_version(path):
+        return (
+            f"no {CONFIG_FILE} in it and no version folder holding {MODEL_FILE} (expected {path.name}/1/{MODEL_FILE})"
+        )
     return None
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether a folder of a repository is served as a model."""
+    return _not_a_model(path) is None
 
 
 def _shown(name: str, limit: int = 80) -> str:
@@ -98,9 +134,26 @@ def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
 
 
 class ModelRepository:
-    def __init__(self, root: str | Path, runtime: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        runtime: RuntimeOptions = RuntimeOptions(),
+        completion: CompletionPolicy = CompletionPolicy(),
+        model_name: str = "",
+    ) -> None:
+        """`model_name`: what a repository that is one model's own files (KServe's layout,
+        model.onnx at the top) serves it as; default: the folder's name."""
         self.root = Path(root)
         self.runtime = runtime
+        self.completion = completion
+        self.single = (self.root / MODEL_FILE).is_file()
+        """The root is one model's own files, not a folder of models."""
+        self.single_name = model_name or self.root.resolve().name
+        if self.single and not _MODEL_NAME.match(self.single_name):
+            raise ModelLoadError(
+                f"{self.root} holds {MODEL_FILE} itself, served as one model named after the folder, but "
+                f"{_shown(self.single_name)} is not a model name: give one with --model-name"
+            )
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
         self._skipped: dict[str, str] = {}
@@ -111,6 +164,8 @@ class ModelRepository:
         logged once with the reason it is not served (again if the reason changes)."""
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {self.root} does not exist or is not a directory")
+        if self.single:
+            return [self.single_name]
         names = []
         for path in sorted(self.root.iterdir()):
             reason = _not_a_model(path)
@@ -172,29 +227,45 @@ class ModelRepository:
                 f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
                 "not starting with '.' or '-'"
             )
+        if self.single:
+            if name != self.single_name:
+                raise ModelNotFound(f"no model {name!r}: {self.root} is the files of one model, {self.single_name!r}")
+            return self.root
         model_dir = self.root / name
-        if not (model_dir / CONFIG_FILE).is_file():
-            raise ModelNotFound(f"no model {name!r} in repository {self.root} (no {name}/{CONFIG_FILE})")
+        reason = _not_a_model(model_dir) if model_dir.is_dir() else "no such folder"
+        if reason is not None:
+            raise ModelNotFound(f"no model {name!r} in repository {self.root} ({reason or 'not a model folder'})")
         return model_dir
 
     def _build(self, name: str, model_dir: Path) -> ModelEntry:
         entry = ModelEntry(name, READY)  # stamped before reading: a file written meanwhile is newer
-        config = read_config(model_dir)
-        filename = config.default_model_filename or "model.onnx"
-        available = sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.name.isdigit()
-            and int(p.name) > 0
-            and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
-        )
+        text = read_config_text(model_dir)
+        if text is not None:  # judged first: protobuf's lenient parser cannot skip every Triton field
+            cuda = self.runtime.device != "cpu" and cuda_usable()[0]
+            for warning in review_config(text, model_dir, cuda):
+                logger.warning("%s: %s", name, warning)
+        config = parse_config(text, model_dir, name) if text is not None else mc.ModelConfig(name=name)
+        filename = config.default_model_filename or MODEL_FILE
+        if self.single:
+            if not _inside(model_dir, filename, "default_model_filename").is_file():
+                raise ModelLoadError(f"{model_dir} has no {filename}")
+            available = [1]
+        else:
+            available = sorted(
+                int(p.name)
+                for p in model_dir.iterdir()
+                if p.name.isdigit()
+                and int(p.name) > 0
+                and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
+            )
         if not available:
             raise ModelLoadError(
                 f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})"
             )
         versions = {}
         for v in _chosen_versions(config, available):
-            model = OnnxModel(name, str(v), model_dir / str(v) / filename, config, self.runtime)
+            path = model_dir / filename if self.single else model_dir / str(v) / filename
+            model = OnnxModel(name, str(v), path, config, self.runtime, self.completion)
             model.load()
             versions[str(v)] = model
         if not versions:
@@ -245,7 +316,7 @@ class ModelRepository:
             entry = self._models.get(name)
         if entry is None:
             served = sorted(self._models) or "no models"
-            if _MODEL_NAME.match(name) and (self.root / name / CONFIG_FILE).is_file():
+            if _MODEL_NAME.match(name) and not self.single and is_model_folder(self.root / name):
                 raise ModelNotFound(
                     f"model {_shown(name)} is in the repository but not loaded (added after the server started?): "
                     f"load it with `deepr load {name}` or the RepositoryModelLoad call; served: {served}"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from serving.server.autocomplete import CompletionPolicy
     from serving.server.model import RuntimeOptions
 
 __all__ = ["ServerSettings", "ENV_PREFIX", "default_repository", "default_runs"]
@@ -119,6 +120,16 @@ class ServerSettings:
     """Server private key (PEM). Env: DEEPR_TLS_KEY."""
     tls_client_ca: str = ""
     """CA (PEM) that client certificates must be signed by: mutual TLS. Env: DEEPR_TLS_CLIENT_CA."""
+    strict_model_config: bool = False
+    """Serve complete configs only: a model folder without config.pbtxt, or with a config that
+    gives no inputs or outputs, is UNAVAILABLE instead of completed from its graph.
+    Env: DEEPR_STRICT_MODEL_CONFIG."""
+    default_max_batch_size: int = 4
+    """max_batch_size given, when completing a config, to a graph whose every input and output
+    has a free first dimension (Triton's default, 4). Env: DEEPR_DEFAULT_MAX_BATCH_SIZE."""
+    model_name: str = ""
+    """The name a repository that is one model's own files (model.onnx at its top, KServe's
+    layout) is served under; default: the folder's name. Env: DEEPR_MODEL_NAME."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
 
@@ -134,6 +145,11 @@ class ServerSettings:
         from serving.server.model import RuntimeOptions
 
         return RuntimeOptions(self.device, self.intra_op_threads, self.tf32, self.ort_spinning)
+
+    def completion(self) -> "CompletionPolicy":
+        from serving.server.autocomplete import CompletionPolicy
+
+        return CompletionPolicy(self.strict_model_config, self.default_max_batch_size)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "ServerSettings":
@@ -181,6 +197,8 @@ class ServerSettings:
             raise ValueError(f"poll_seconds must be >= 0 (0: do not poll), got {self.poll_seconds}")
         if self.trim_idle_seconds < 0:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
+        if self.default_max_batch_size < 1:
+            raise ValueError(f"default_max_batch_size must be >= 1, got {self.default_max_batch_size}")
         if self.header_seconds < 0:
             raise ValueError(f"header_seconds must be >= 0 (0: no limit), got {self.header_seconds}")
         if self.connection_idle_seconds < 0:

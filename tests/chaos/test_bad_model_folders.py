@@ -85,4 +85,4 @@ def test_a_folder_that_is_not_a_model_is_logged_once_with_the_reason(server_proc
     assert infer_double(server) == [2, 4, 6, 8]
     log = server.log_text()
     assert log.count("café is not served: 'café' is not a model name") == 1, log
-    assert log.count("notes is not served: no config.pbtxt") == 1, log
+    assert log.count("notes is not served: no config.pbtxt in it and no version folder holding model.onnx") == 1, log

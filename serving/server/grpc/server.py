@@ -87,7 +87,10 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings, dataplane: DataPlane | None = None) -> None:
         self.settings = settings
-        self.dataplane = dataplane or DataPlane(ModelRepository(settings.repository, settings.runtime()), settings)
+        self.dataplane = dataplane or DataPlane(
+            ModelRepository(settings.repository, settings.runtime(), settings.completion(), settings.model_name),
+            settings,
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: WSGIServer | None = None
@@ -106,7 +109,7 @@ class InferenceServer:
         check_ports(settings)  # before any model loads: a taken port fails in a moment, naming each
         # Taken before the models load, so the poller sees what changes from then on, even a
         # copy made while the server was still starting (the tests' own race, under load).
-        known = await asyncio.to_thread(fingerprints, self.dataplane.repository.root) if settings.poll_seconds else None
+        known = await asyncio.to_thread(fingerprints, self.dataplane.repository) if settings.poll_seconds else None
         await loop.run_in_executor(None, self.dataplane.start)
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
         server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)

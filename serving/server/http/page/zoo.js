@@ -398,8 +398,12 @@ async function choose(name) {
   const labels = parameter(config, "deepr.labels");
   const names = labels ? JSON.parse(labels) : [];
   const shown = names.length > 20 ? `${names.slice(0, 20).join(", ")}, … (${names.length} in all)` : names.join(", ");
-  $("model-section").textContent = [section ? `tutorial: ${section}` : "", names.length ? `labels: ${shown}` : ""]
-    .filter(Boolean).join(" · ");
+  const completed = parameter(config, "deepr.config_completed");
+  $("model-section").textContent = [
+    section ? `tutorial: ${section}` : "",
+    names.length ? `labels: ${shown}` : "",
+    completed ? `config completed from the graph (${completed})` : "",
+  ].filter(Boolean).join(" · ");
   const body = $("model-tensors").tBodies[0];
   body.replaceChildren();
   for (const [role, tensors] of [["in", metadata.inputs], ["out", metadata.outputs]]) {

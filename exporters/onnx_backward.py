@@ -1,0 +1,440 @@
+"""Reverse-mode gradients written as ONNX nodes, for graphs deepr did not write.
+
+Grad-CAM needs d(score)/d(A) for one tensor A of a classifier: only the operators between A
+and the output take part (pooling, flatten, Gemm, sometimes a convolution, Relu or Softmax).
+Converting a whole foreign graph to PyTorch to differentiate that tail is the long way round,
+and fails on graphs as common as torchvision's resnet18 exported by torch.onnx (measured:
+onnx2torch 1.5.15 and onnx2pytorch 0.6.0 both stop on it). So the tail's backward pass is
+written here in ONNX, next to the forward graph: each operator kind has its rule below, and
+one without a rule is refused by name.
+
+The graph must be at opset GRADIENT_OPSET (17); `Tail.gradient` adds nodes and initializers
+to it and returns the name of dA.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["Tail", "UnsupportedOperator", "DIFFERENTIABLE"]
+
+
+class UnsupportedOperator(ValueError):
+    """An operator between the chosen tensor and the output that has no backward rule here."""
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the graph's floating-point tensors, as shape inference types them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    return {
+        v.name
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        if v.type.tensor_type.elem_type in floats
+    }
+
+
+class Tail:
+    """The operators from tensor `start` to tensor `end` of `model`'s graph, and their backward pass."""
+
+    def __init__(self, model: onnx.ModelProto, start: str, end: str, shapes: dict[str, list]) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.shapes = shapes
+        self.constants = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        for node in self.graph.node:
+            if node.op_type == "Constant":
+                value = _attribute(node, "value")
+                if value is not None:
+                    self.constants[node.output[0]] = numpy_helper.to_array(value)
+        self.floats = _float_tensors(model)
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._names = itertools.count()
+        self.nodes = self._between(start, end)
+        self.start, self.end = start, end
+
+    def _between(self, start: str, end: str) -> list[onnx.NodeProto]:
+        """The nodes on a path from `start` to `end`, in graph (topological) order."""
+        depends = {start}
+        after = []
+        for node in self.graph.node:
+            if any(i in depends for i in node.input):
+                after.append(node)
+                depends.update(node.output)
+        if end not in depends:
+            raise ValueError(f"the output {end!r} does not depend on tensor {start!r}")
+        needed = {end}
+        tail = []
+        for node in reversed(after):
+            if any(o in needed for o in node.output):
+                tail.append(node)
+                needed.update(i for i in node.input if i in depends)
+        return list(reversed(tail))
+
+    # -- building blocks -------------------------------------------------------------------------------------------
+
+    def name(self, hint: str) -> str:
+        return f"deepr_grad/{hint}_{next(self._names)}"
+
+    def const(self, value: np.ndarray | np.generic, hint: str = "const") -> str:
+        name = self.name(hint)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, **attributes) -> str:
+        out = self.name(hint or op_type.lower())
+        self.graph.node.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        return out
+
+    def mean(self, x: str, axes: Sequence[int], keepdims: int = 1, hint: str = "mean") -> str:
+        """ReduceMean over `axes`: its axes are an attribute before opset 18, an input from it on."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.const(np.array(axes, np.int64), "axes")], hint, keepdims=keepdims)
+        return self.op("ReduceMean", [x], hint, axes=list(axes), keepdims=keepdims)
+
+    def _dependent(self) -> set[str]:
+        names = {self.start}
+        for node in self.nodes:
+            names.update(node.output)
+        return names
+
+    def per_row(self, tensor: str) -> list | None:
+        """The shape with every dimension but the first (the batch) known, or None."""
+        shape = self.shapes.get(tensor)
+        if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        return list(shape)
+
+    def static(self, tensor: str) -> list[int] | None:
+        shape = self.shapes.get(tensor)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        return [int(d) for d in shape]
+
+    # -- the backward pass -----------------------------------------------------------------------------------------
+
+    def gradient(self, seed: str) -> str:
+        """The name of d(sum(seed * end)) / d(start): `seed` has `end`'s shape."""
+        grads: dict[str, str] = {self.end: seed}
+        dependent = self._dependent()
+        for node in reversed(self.nodes):
+            if not any(o in grads for o in node.output):
+                continue  # nothing flows back through it (a shape computed from the tensor, say)
+            if node.op_type not in DIFFERENTIABLE:
+                raise UnsupportedOperator(
+                    f"operator {node.op_type} ({node.name or node.output[0]}) between the chosen tensor and the "
+                    f"output has no backward rule in deepr (rules: {', '.join(sorted(DIFFERENTIABLE))})"
+                )
+            outgoing = grads.get(node.output[0])
+            if outgoing is None:
+                continue
+            for index, source in enumerate(node.input):
+                if source not in dependent or source not in self.floats:
+                    continue  # constants, and integer inputs (shapes, axes) carry no gradient
+                incoming = DIFFERENTIABLE[node.op_type](self, node, index, outgoing)
+                grads[source] = self.op("Add", [grads[source], incoming], "sum") if source in grads else incoming
+        return grads[self.start]
+
+    def reduce_to(self, gradient: str, tensor: str, result: str) -> str:
+        """`gradient` (the shape of `result`) summed over the axes `tensor` was broadcast along."""
+        if self.shapes.get(result) is not None and self.shapes.get(result) == self.shapes.get(tensor):
+            return gradient  # no broadcast (a free batch dimension of the same name on both)
+        have, want = self.static(result), self.static(tensor)
+        if have is None or want is None:
+            raise UnsupportedOperator(f"broadcasting onto {tensor!r} needs its static shape")
+        if have == want:
+            return gradient
+        padded = [1] * (len(have) - len(want)) + want
+        axes = [i for i, (h, w) in enumerate(zip(have, padded)) if w == 1 and h != 1]
+        summed = self.op("ReduceSum", [gradient, self.const(np.array(axes, np.int64), "axes")], keepdims=1)
+        return self.op("Reshape", [summed, self.const(np.array(want, np.int64), "shape")])
+
+    def other(self, node: onnx.NodeProto, index: int) -> str:
+        return node.input[1 - index]
+
+
+def _identity(t: Tail, node, index, g):
+    return g
+
+
+def _reshape_back(t: Tail, node, index, g):
+    return t.op("Reshape", [g, t.op("Shape", [node.input[0]])])
+
+
+def _relu(t: Tail, node, index, g):
+    mask = t.op("Cast", [t.op("Greater", [node.output[0], t.const(np.float32(0))])], to=onnx.TensorProto.FLOAT)
+    return t.op("Mul", [g, mask])
+
+
+def _leaky_relu(t: Tail, node, index, g):
+    alpha = _attribute(node, "alpha", 0.01)
+    positive = t.op("Greater", [node.input[0], t.const(np.float32(0))])
+    return t.op("Where", [positive, g, t.op("Mul", [g, t.const(np.float32(alpha))])])
+
+
+def _clip(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("Clip's bounds are not differentiated")
+    x = node.input[0]
+    inside = t.const(np.float32(1))
+    mask = inside
+    if len(node.input) > 1 and node.input[1]:
+        mask = t.op("Cast", [t.op("Greater", [x, node.input[1]])], to=onnx.TensorProto.FLOAT)
+    if len(node.input) > 2 and node.input[2]:
+        below = t.op("Cast", [t.op("Less", [x, node.input[2]])], to=onnx.TensorProto.FLOAT)
+        mask = t.op("Mul", [mask, below])
+    return t.op("Mul", [g, mask])
+
+
+def _sigmoid(t: Tail, node, index, g):
+    y = node.output[0]
+    return t.op("Mul", [g, t.op("Mul", [y, t.op("Sub", [t.const(np.float32(1)), y])])])
+
+
+def _tanh(t: Tail, node, index, g):
+    y = node.output[0]
+    return t.op("Mul", [g, t.op("Sub", [t.const(np.float32(1)), t.op("Mul", [y, y])])])
+
+
+def _softmax(t: Tail, node, index, g):
+    y = node.output[0]
+    axis = _attribute(node, "axis", -1)
+    along = t.op("ReduceSum", [t.op("Mul", [g, y]), t.const(np.array([axis], np.int64), "axes")], keepdims=1)
+    return t.op("Mul", [y, t.op("Sub", [g, along])])
+
+
+def _log_softmax(t: Tail, node, index, g):
+    axis = _attribute(node, "axis", -1)
+    total = t.op("ReduceSum", [g, t.const(np.array([axis], np.int64), "axes")], keepdims=1)
+    return t.op("Sub", [g, t.op("Mul", [t.op("Exp", [node.output[0]]), total])])
+
+
+def _transpose(t: Tail, node, index, g):
+    perm = _attribute(node, "perm")
+    if perm is None:
+        return t.op("Transpose", [g])
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return t.op("Transpose", [g], perm=inverse)
+
+
+def _mean_over(t: Tail, x: str, g: str, axes: list[int], keepdims: bool) -> str:
+    """Backward of a mean of `x` over `axes`: g spread evenly over what was averaged."""
+    axes_name = t.const(np.array(axes, np.int64), "axes")
+    if not keepdims:
+        g = t.op("Unsqueeze", [g, axes_name])
+    shape = t.op("Shape", [x])
+    count = t.op("ReduceProd", [t.op("Gather", [shape, axes_name], axis=0)], keepdims=0)
+    scale = t.op("Reciprocal", [t.op("Cast", [count], to=onnx.TensorProto.FLOAT)])
+    return t.op("Mul", [t.op("Expand", [g, shape]), scale])
+
+
+def _global_average_pool(t: Tail, node, index, g):
+    rank = len(t.shapes.get(node.input[0], [0, 0, 0, 0]))
+    return _mean_over(t, node.input[0], g, list(range(2, rank)), keepdims=True)
+
+
+def _reduce_mean(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("ReduceMean's axes are not differentiated")
+    axes = _attribute(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = t.constants.get(node.input[1])
+        if axes is None:
+            raise UnsupportedOperator("ReduceMean with computed axes")
+        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+    rank = len(t.shapes.get(node.input[0], []))
+    if axes is None:
+        axes = list(range(rank))
+    axes = [a % rank for a in axes] if rank else list(axes)
+    return _mean_over(t, node.input[0], g, sorted(axes), keepdims=bool(_attribute(node, "keepdims", 1)))
+
+
+def _window_sizes(t: Tail, node) -> tuple[list, list, list[int], list[int]]:
+    x, y = t.per_row(node.input[0]), t.per_row(node.output[0])
+    if x is None or y is None:
+        raise UnsupportedOperator(f"{node.op_type} needs static shapes to be differentiated")
+    if _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise UnsupportedOperator(f"{node.op_type} with auto_pad is not differentiated")
+    return x, y, list(_attribute(node, "kernel_shape")), list(_attribute(node, "pads", [0] * (2 * (len(x) - 2))))
+
+
+def _transpose_conv(t: Tail, node, g: str, weight: str, group: int, kernel: list[int], pads: list[int]) -> str:
+    """The gradient of a (strided) window operator written as ConvTranspose, sized to its input."""
+    x, y = t.per_row(node.input[0]), t.per_row(node.output[0])
+    assert x is not None and y is not None
+    strides = list(_attribute(node, "strides", [1] * len(kernel)))
+    dilations = list(_attribute(node, "dilations", [1] * len(kernel)))
+    spatial = len(kernel)
+    output_padding = [
+        x[2 + i] - ((y[2 + i] - 1) * strides[i] - pads[i] - pads[i + spatial] + dilations[i] * (kernel[i] - 1) + 1)
+        for i in range(spatial)
+    ]
+    return t.op(
+        "ConvTranspose",
+        [g, weight],
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        group=group,
+        output_padding=output_padding,
+    )
+
+
+def _average_pool(t: Tail, node, index, g):
+    x, y, kernel, pads = _window_sizes(t, node)
+    if list(x[2:]) == kernel and not any(pads):  # a whole-map average: global pooling
+        return _mean_over(t, node.input[0], g, list(range(2, len(x))), keepdims=True)
+    if any(pads) and not _attribute(node, "count_include_pad", 0):
+        raise UnsupportedOperator("AveragePool that leaves padding out of its count is not differentiated")
+    channels = x[1]
+    ones = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), np.float32)
+    return _transpose_conv(t, node, g, t.const(ones, "window"), channels, kernel, pads)
+
+
+def _max_pool(t: Tail, node, index, g):
+    """The gradient goes to the input element each window took, through MaxPool's own Indices
+    output (added to the forward node): flat indices into the input, summed where windows overlap."""
+    if len(node.output) < 2 or not node.output[1]:
+        indices = t.name("maxpool_indices")
+        del node.output[1:]
+        node.output.append(indices)
+    indices = node.output[1]
+    x = node.input[0]
+    shape = t.op("Shape", [x])
+    flat = t.const(np.array([-1], np.int64), "flat")
+    size = t.op("ReduceProd", [shape], keepdims=1)
+    zeros = t.op("ConstantOfShape", [size], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    scattered = t.op(
+        "ScatterElements",
+        [zeros, t.op("Reshape", [indices, flat]), t.op("Reshape", [g, flat])],
+        axis=0,
+        reduction="add",
+    )
+    return t.op("Reshape", [scattered, shape])
+
+
+def _conv(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("a convolution's weights are not differentiated")
+    x, y, kernel, pads = _window_sizes(t, node)
+    return _transpose_conv(t, node, g, node.input[1], int(_attribute(node, "group", 1)), kernel, pads)
+
+
+def _batch_norm(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("BatchNormalization's parameters are not differentiated")
+    scale, variance = t.constants.get(node.input[1]), t.constants.get(node.input[4])
+    if scale is None or variance is None:
+        raise UnsupportedOperator("BatchNormalization with computed statistics")
+    epsilon = _attribute(node, "epsilon", 1e-5)
+    rank = len(t.shapes.get(node.input[0], [0, 0, 0, 0]))
+    factor = (scale / np.sqrt(variance + epsilon)).astype(np.float32).reshape(-1, *([1] * (rank - 2)))
+    return t.op("Mul", [g, t.const(factor, "bn")])
+
+
+def _gemm(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("Gemm's weights and bias are not differentiated")
+    alpha = float(_attribute(node, "alpha", 1.0))
+    b = node.input[1]
+    b_t = b if _attribute(node, "transB", 0) else t.op("Transpose", [b])  # (B')^T
+    grad = t.op("MatMul", [g, b_t])
+    if alpha != 1.0:
+        grad = t.op("Mul", [grad, t.const(np.float32(alpha))])
+    return t.op("Transpose", [grad]) if _attribute(node, "transA", 0) else grad
+
+
+def _matmul(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("MatMul is differentiated along its first operand only")
+    b = t.static(node.input[1])
+    if b is None or len(b) != 2:
+        raise UnsupportedOperator("MatMul by a weight matrix of static 2-D shape only")
+    return t.op("MatMul", [g, t.op("Transpose", [node.input[1]])])
+
+
+def _add(t: Tail, node, index, g):
+    return t.reduce_to(g, node.input[index], node.output[0])
+
+
+def _sub(t: Tail, node, index, g):
+    signed = g if index == 0 else t.op("Neg", [g])
+    return t.reduce_to(signed, node.input[index], node.output[0])
+
+
+def _mul(t: Tail, node, index, g):
+    return t.reduce_to(t.op("Mul", [g, t.other(node, index)]), node.input[index], node.output[0])
+
+
+def _div(t: Tail, node, index, g):
+    if index != 0:
+        raise UnsupportedOperator("Div is differentiated along its numerator only")
+    return t.reduce_to(t.op("Div", [g, node.input[1]]), node.input[0], node.output[0])
+
+
+def _concat(t: Tail, node, index, g):
+    axis = _attribute(node, "axis")
+    sizes = [t.static(i) for i in node.input]
+    if any(s is None for s in sizes):
+        raise UnsupportedOperator("Concat needs static shapes to be differentiated")
+    rank = len(sizes[0])  # type: ignore[arg-type]
+    axis = axis % rank
+    start = sum(s[axis] for s in sizes[:index])  # type: ignore[index]
+    end = start + sizes[index][axis]  # type: ignore[index]
+    return t.op(
+        "Slice",
+        [
+            g,
+            t.const(np.array([start], np.int64), "starts"),
+            t.const(np.array([end], np.int64), "ends"),
+            t.const(np.array([axis], np.int64), "axes"),
+        ],
+    )
+
+
+DIFFERENTIABLE: dict[str, Callable[[Tail, onnx.NodeProto, int, str], str]] = {
+    "Identity": _identity,
+    "Dropout": _identity,
+    "Sum": _identity,
+    "Flatten": _reshape_back,
+    "Reshape": _reshape_back,
+    "Squeeze": _reshape_back,
+    "Unsqueeze": _reshape_back,
+    "Relu": _relu,
+    "LeakyRelu": _leaky_relu,
+    "Clip": _clip,
+    "Sigmoid": _sigmoid,
+    "Tanh": _tanh,
+    "Softmax": _softmax,
+    "LogSoftmax": _log_softmax,
+    "Transpose": _transpose,
+    "GlobalAveragePool": _global_average_pool,
+    "ReduceMean": _reduce_mean,
+    "AveragePool": _average_pool,
+    "MaxPool": _max_pool,
+    "Conv": _conv,
+    "BatchNormalization": _batch_norm,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _add,
+    "Sub": _sub,
+    "Mul": _mul,
+    "Div": _div,
+    "Concat": _concat,
+}
+"""Operator kind -> its backward rule: (tail, node, which input, gradient of its output) ->
+the gradient of that input."""

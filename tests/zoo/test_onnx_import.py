@@ -1,0 +1,235 @@
+"""`deepr import FILE.onnx`, with a file this project did not write: a torchvision classifier
+exported by torch.onnx.export in a process of its own, as a user would. It is then served,
+explained (Grad-CAM at named tensors, checked against pytorch-grad-cam on the original
+torchvision module), its activations read, and quantized to int8 with its accuracy stated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import zoo
+from conftest import TEST_DEVICE
+from deepr.cli import main
+from serving.client import InferenceClient
+from serving.server.grpc.server import serve_in_thread
+from serving.server.settings import ServerSettings
+from serving.tasks.classify import classify
+from zoo._registry import unregister_imported
+from zoo.datasets import load_mnist_10k
+
+SIDE = 28
+
+EXPORT = textwrap.dedent(
+    """
+    import sys, torch, torchvision
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(sys.argv[1]))
+    model.eval()
+    torch.onnx.export(
+        model, (torch.zeros(1, 3, {side}, {side}),), sys.argv[2], input_names=["input"], output_names=["logits"],
+        dynamic_axes={{"input": {{0: "batch"}}, "logits": {{0: "batch"}}}},
+    )
+    """
+).format(side=SIDE)
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""torchvision's normalisation, which the import is told with --mean and --std."""
+
+
+def prepared(images: np.ndarray) -> torch.Tensor:
+    """MNIST digits (N, 28, 28) uint8 as torchvision's models take pictures: (N, 3, 28, 28),
+    scaled and normalised."""
+    x = torch.from_numpy(images.astype(np.float32) / 255).unsqueeze(1).repeat(1, 3, 1, 1)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory) -> tuple[Path, torch.nn.Module, np.ndarray, np.ndarray]:
+    """A resnet18 of 10 classes trained one epoch on 4,000 real MNIST digits (as RGB 28x28),
+    exported to ONNX by another Python process; the module, and 400 held-out digits."""
+    folder = tmp_path_factory.mktemp("user")
+    images, labels = load_mnist_10k()
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held_out = order[:4000], order[-400:]
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = prepared(images[train]), torch.from_numpy(labels[train])
+    model.train()
+    for i in range(0, len(x), 64):
+        loss = torch.nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    torch.save(model.state_dict(), folder / "weights.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT, str(folder / "weights.pt"), str(folder / "resnet18.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "resnet18.onnx", model, images[held_out], labels[held_out]
+
+
+@pytest.fixture(scope="module")
+def imported(user_file, tmp_path_factory):
+    """The file through `deepr import`, its Grad-CAM graphs (default tensor and layer3's output)
+    and a feature graph of two tensors exported; a server on the repository."""
+    path, model, _, _ = user_file
+    home = tmp_path_factory.mktemp("home")
+    repository = home / "repository"
+    labels = home / "labels.txt"
+    labels.write_text("\n".join(str(d) for d in range(10)) + "\n")
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("DEEPR_HOME", str(home))
+    relus = [n.output[0] for n in onnx.load(str(path)).graph.node if n.op_type == "Relu"]
+    layer1, layer2, layer3 = relus[4], relus[8], relus[12]  # the blocks' outputs: 1 + 4 per layer
+    try:
+        argv = [
+            "import",
+            str(path),
+            "--name",
+            "user_resnet18",
+            "--labels",
+            str(labels),
+            "--repository",
+            str(repository),
+        ]
+        assert main([*argv, "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]) == 0
+        assert main(["export", "user_resnet18", "--gradcam", "--repository", str(repository)]) == 0
+        staging = home / "layer3"
+        assert main(["export", "user_resnet18", "--gradcam", "--layer", layer3, "--repository", str(staging)]) == 0
+        (staging / "user_resnet18_gradcam").rename(repository / "user_resnet18_gradcam_layer3")
+        config = repository / "user_resnet18_gradcam_layer3" / "config.pbtxt"
+        config.write_text(config.read_text().replace('"user_resnet18_gradcam"', '"user_resnet18_gradcam_layer3"'))
+        layers = f"{layer1},{layer2}"
+        assert main(["export", "user_resnet18", "--features", "--layers", layers, "--repository", str(repository)]) == 0
+        settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, http_port=-1)
+        with serve_in_thread(settings) as server:
+            yield {"url": f"127.0.0.1:{server.port}", "home": home, "layers": (layer1, layer2, layer3), "model": model}
+    finally:
+        unregister_imported("user_resnet18")
+        monkey.undo()
+
+
+def test_the_import_is_a_zoo_model_with_its_summary(imported, capsys):
+    spec = zoo.get_model_spec("user_resnet18")
+    assert spec.onnx_file and spec.classes == tuple(str(d) for d in range(10))
+    summary = zoo.model_summary("user_resnet18")
+    assert {r.layer_type for r in summary.rows} >= {"Conv", "Relu", "Gemm"}
+    parameters = sum(p.numel() for p in imported["model"].parameters())
+    assert abs(summary.total_params - parameters) < 0.01 * parameters  # batch norms folded into the convolutions
+    capsys.readouterr()
+    assert main(["models", "user_*"]) == 0
+    assert "imported from ONNX (resnet18.onnx)" in capsys.readouterr().out
+
+
+def test_served_classes_equal_onnxruntime_and_the_module(imported, user_file):
+    path, model, images, labels = user_file
+    pictures = [Image.fromarray(d) for d in images[:32]]
+    served = classify(pictures, "user_resnet18", url=imported["url"], top_k=1)
+    x = prepared(images[:32]).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x})[0]
+    with InferenceClient(imported["url"]) as client:
+        np.testing.assert_array_equal(client.infer("user_resnet18", {"input": x})["logits"], logits)
+    assert [p[0].label for p in served] == [str(i) for i in logits.argmax(1)]
+    np.testing.assert_allclose(logits, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4 * np.abs(logits).max())
+
+
+def reference_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
+    """pytorch-grad-cam's heatmaps at `layer`, before it scales and resizes them."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = GradCAM(model=model, target_layers=[layer])
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    outputs = cam.activations_and_grads(x)
+    model.zero_grad()
+    sum(t(o) for t, o in zip(targets, outputs)).backward()
+    activations = cam.activations_and_grads.activations[0].cpu().numpy()
+    gradients = cam.activations_and_grads.gradients[0].cpu().numpy()
+    raw = cam.get_cam_image(x, layer, targets, activations, gradients)
+    cam.activations_and_grads.release()
+    return np.maximum(raw, 0)
+
+
+@pytest.mark.parametrize(
+    "graph, module", [("user_resnet18_gradcam", "layer4"), ("user_resnet18_gradcam_layer3", "layer3")]
+)
+def test_gradcam_of_the_imported_graph_equals_pytorch_grad_cam(imported, user_file, graph, module):
+    _, model, images, _ = user_file
+    x = prepared(images[:6])
+    classes = [3, -1, 7, -1, 0, 9]
+    with InferenceClient(imported["url"]) as client:
+        served = client.infer(graph, {"images": x.numpy(), "class_index": np.array(classes, np.int64).reshape(-1, 1)})
+    top = served["scores"].argmax(1)
+    chosen = [c if c >= 0 else int(t) for c, t in zip(classes, top)]
+    expected = reference_cam(model, getattr(model, module)[-1], x, chosen)
+    heat = served["heatmap"]
+    assert heat.shape == expected.shape
+    assert np.abs(heat - expected).max() <= 1e-4 * np.abs(expected).max(), np.abs(heat - expected).max()
+
+
+def test_features_at_two_named_tensors_equal_the_modules_outputs(imported, user_file):
+    _, model, images, _ = user_file
+    x = prepared(images[:4])
+    seen = {}
+    hooks = [
+        getattr(model, m).register_forward_hook(lambda _, __, out, m=m: seen.__setitem__(m, out))
+        for m in ("layer1", "layer2")
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    layer1, layer2, _ = imported["layers"]
+    with InferenceClient(imported["url"]) as client:
+        features = client.infer("user_resnet18_features", {"images": x.numpy()})
+    for tensor, module in ((layer1, "layer1"), (layer2, "layer2")):
+        expected = seen[module].numpy()
+        assert np.abs(features[tensor] - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_int8_of_the_import_states_its_accuracy(imported, user_file, tmp_path, capsys, monkeypatch):
+    _, _, images, labels = user_file
+    monkeypatch.setenv("DEEPR_HOME", str(imported["home"]))
+    for split, part in (("train", slice(0, 200)), ("test", slice(200, 400))):
+        for i, (digit, label) in enumerate(zip(images[part], labels[part])):
+            folder = tmp_path / "data" / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digit).save(folder / f"{i}.png")
+    capsys.readouterr()
+    code = main(
+        [
+            "export",
+            "user_resnet18",
+            "--precision",
+            "int8",
+            "--data",
+            str(tmp_path / "data"),
+            "--max-accuracy-drop",
+            "5",
+            "--repository",
+            str(tmp_path / "repo"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "user_resnet18_int8:" in out and "held-out" in out, out
+    assert (tmp_path / "repo" / "user_resnet18_int8" / "1" / "model.onnx").is_file()
+    print(out)

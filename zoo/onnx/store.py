@@ -1,0 +1,241 @@
+"""Imported ONNX models kept by name, so the zoo's commands take them like its own.
+
+`import_onnx("m.onnx", "m", ...)` checks the file (zoo.onnx.files), keeps the checked graph
+in `$DEEPR_HOME/onnx/m/` (default ~/.cache/deepr/onnx) as one file, with `import.json`
+(labels, preprocessing, where it came from) and registers `m`; `import zoo` registers every
+model imported before, so `deepr summary m`, `deepr models` and `deepr export m --gradcam`
+find it. An imported graph has no PyTorch module: the graph is the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from serving.protocol.preprocessing import FRAMINGS, ImagePreprocessing
+
+from .._registry import ModelSpec, register_spec, unregister_imported
+from .errors import OnnxImportError
+from .files import read_onnx_file, tensor_shapes
+
+__all__ = [
+    "ImportedOnnx",
+    "forget_onnx_import",
+    "import_onnx",
+    "imported_onnx",
+    "onnx_home",
+    "register_imported_onnx",
+]
+
+logger = logging.getLogger(__name__)
+_RECORD = "import.json"
+_GRAPH = "model.onnx"
+_MAX_RECORD_BYTES = 4 * 2**20
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+LAYOUTS = ("nchw", "nhwc")
+
+
+def onnx_home() -> Path:
+    """Where imported ONNX models are kept: $DEEPR_HOME/onnx (default ~/.cache/deepr/onnx)."""
+    return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "onnx"
+
+
+@dataclass(frozen=True)
+class ImportedOnnx:
+    """What `import.json` records about one imported ONNX model."""
+
+    name: str
+    source: str
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | None, ...]
+    """One example's shape, without the batch axis when the graph batches."""
+    batched: bool
+    """The graph's first axis is free on its input and output: a batch."""
+    classes: tuple[str, ...]
+    preprocessing: str
+    """ImagePreprocessing JSON for a picture model, "" otherwise."""
+    opset: int
+    upgraded_from: int | None = None
+
+    def picture_preprocessing(self) -> ImagePreprocessing | None:
+        return ImagePreprocessing.from_json(self.preprocessing) if self.preprocessing else None
+
+    @classmethod
+    def read(cls, folder: Path) -> "ImportedOnnx":
+        path = folder / _RECORD
+        if path.stat().st_size > _MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is {path.stat().st_size:,} bytes; deepr writes a few KB there")
+        fields = json.loads(path.read_text())
+        fields["input_shape"] = tuple(fields["input_shape"])
+        fields["classes"] = tuple(fields["classes"])
+        return cls(**fields)
+
+
+def _no_module(record: ImportedOnnx, **options: Any) -> Any:
+    raise TypeError(
+        f"{record.name} is an imported ONNX graph: it has no PyTorch module; deepr exports and serves the graph "
+        "itself (deepr export NAME, --gradcam, --features, --precision int8)"
+    )
+
+
+def _spec(record: ImportedOnnx, folder: Path) -> ModelSpec:
+    import functools
+
+    return ModelSpec(
+        name=record.name,
+        builder=functools.partial(_no_module, record),
+        section=f"imported from ONNX ({Path(record.source).name})",
+        input_shape=record.input_shape,
+        dataset="",
+        description=f"imported from {record.source}",
+        classes=record.classes,
+        weights_included=True,
+        onnx_file=str(folder / _GRAPH),
+    )
+
+
+def _picture(
+    shape: Sequence[int | str], layout: str | None, scale: float, mean, std, framing: str | None
+) -> tuple[ImagePreprocessing | None, str]:
+    """The preprocessing of a graph whose input is one picture per row, and the layout found."""
+    if len(shape) != 4:
+        return None, ""
+    channels_first = shape[1] in (1, 3)
+    channels_last = shape[3] in (1, 3)
+    chosen = layout or ("nchw" if channels_first else "nhwc" if channels_last else "")
+    if not chosen:
+        return None, ""
+    height, width, channels = (shape[2], shape[3], shape[1]) if chosen == "nchw" else (shape[1], shape[2], shape[3])
+    if not all(isinstance(d, int) and d > 0 for d in (height, width, channels)) or channels not in (1, 3):
+        raise OnnxImportError(
+            f"input shape {list(shape)} as {chosen.upper()}: pictures need fixed height, width and 1 or 3 channels"
+        )
+    try:
+        preprocessing = ImagePreprocessing(
+            size=(int(height), int(width)),
+            color_mode="L" if channels == 1 else "RGB",
+            scale=scale,
+            mean=tuple(mean) if mean else None,
+            std=tuple(std) if std else None,
+            layout=chosen.upper(),
+            background="dark" if framing == "mnist" else None,
+            framing=framing,
+        )
+    except ValueError as exc:
+        raise OnnxImportError(f"preprocessing: {exc}") from None
+    return preprocessing, chosen
+
+
+def import_onnx(
+    path: str | Path,
+    name: str,
+    *,
+    labels: Sequence[str] | None = None,
+    layout: str | None = None,
+    scale: float = 1 / 255,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    framing: str | None = None,
+    home: Path | None = None,
+) -> ImportedOnnx:
+    """Check the ONNX classifier at `path` and keep it as `name` in the zoo. Pictures (a 4-D
+    input with 1 or 3 channels) are prepared as `scale`, `mean`, `std`, `layout` ("nchw" or
+    "nhwc"; default: where the channels are) and `framing` say; `labels`: one per class."""
+    if not _NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
+        raise OnnxImportError(
+            f"--name {shown}: use 1 to 128 ASCII letters, digits and underscores, not starting with a digit"
+        )
+    if layout is not None and layout not in LAYOUTS:
+        raise OnnxImportError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if framing is not None and framing not in FRAMINGS:
+        raise OnnxImportError(f"--framing {framing!r}: expected one of {', '.join(FRAMINGS)} or none")
+    checked = read_onnx_file(path)
+    model = checked.model
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise OnnxImportError(
+            f"{path}: deepr imports classifiers of one input and one output; this graph has inputs "
+            f"{[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}"
+        )
+    shapes = tensor_shapes(model)
+    in_shape, out_shape = shapes.get(inputs[0].name, []), shapes.get(model.graph.output[0].name, [])
+    batched = bool(in_shape and out_shape) and not isinstance(in_shape[0], int) and not isinstance(out_shape[0], int)
+    preprocessing, layout = _picture(in_shape, layout, scale, mean, std, framing)
+    if framing == "mnist" and (preprocessing is None or preprocessing.color_mode != "L"):
+        raise OnnxImportError(f"--framing mnist is for models of grey pictures; this one takes {in_shape}")
+    classes_shape = [d for d in out_shape[1:] if d != 1]
+    if len(classes_shape) != 1 or not isinstance(classes_shape[0], int):
+        raise OnnxImportError(
+            f"{path}: output {model.graph.output[0].name!r} has shape {out_shape}; deepr imports classifiers whose "
+            "output is (batch, classes) (or (batch, classes, 1, 1))"
+        )
+    count = classes_shape[0]
+    labels = tuple(labels) if labels else tuple(str(i) for i in range(count))
+    if len(labels) != count:
+        raise OnnxImportError(f"{len(labels)} labels for an output of {count} classes; give one label per line")
+    example = tuple(None if not isinstance(d, int) else d for d in (in_shape[1:] if batched else in_shape))
+    record = ImportedOnnx(
+        name=name,
+        source=str(Path(path).resolve()),
+        input_name=inputs[0].name,
+        output_name=model.graph.output[0].name,
+        input_shape=example,
+        batched=batched,
+        classes=labels,
+        preprocessing=preprocessing.to_json() if preprocessing else "",
+        opset=checked.opset,
+        upgraded_from=checked.upgraded_from,
+    )
+    folder = (home or onnx_home()) / name
+    register_spec(_spec(record, folder), replaces_imported=True)  # before writing: a built-in name is refused here
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(folder / _GRAPH))  # one file: external data inlined
+        (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    except BaseException:
+        unregister_imported(name)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return record
+
+
+def imported_onnx(name: str) -> tuple[ImportedOnnx, Path] | None:
+    """The record and graph file of `name` if it is an imported ONNX model."""
+    from .._registry import get_model_spec
+
+    spec = get_model_spec(name)
+    if not spec.onnx_file:
+        return None
+    return ImportedOnnx.read(Path(spec.onnx_file).parent), Path(spec.onnx_file)
+
+
+def forget_onnx_import(name: str, home: Path | None = None) -> None:
+    unregister_imported(name)
+    folder = (home or onnx_home()) / name
+    if (folder / _RECORD).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def register_imported_onnx(home: Path | None = None) -> None:
+    """Register every ONNX model imported before; one that cannot be read is skipped with a warning."""
+    home = home or onnx_home()
+    if not home.is_dir():
+        return
+    for folder in sorted(home.iterdir()):
+        if not (folder / _RECORD).is_file():
+            continue
+        try:
+            register_spec(_spec(ImportedOnnx.read(folder), folder), replaces_imported=True)
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+            logger.warning("skipping the imported ONNX model in %s: %s", folder, exc)
