@@ -38,6 +38,8 @@ class ModelSpec:
     """The builder loads trained weights itself (an imported Keras model)."""
     onnx_file: str = ""
     """An imported ONNX graph: no PyTorch module, the graph itself is the model (zoo.onnx)."""
+    summarize: Callable[[], Any] | None = None
+    """The model's summary where it has no PyTorch module to walk (an imported ONNX graph)."""
 
     def example_shape(self, length: int = 8) -> tuple[int, ...]:
         """input_shape with every free dimension set to `length`."""

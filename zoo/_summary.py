@@ -179,12 +179,10 @@ def model_summary(name: str, model: nn.Module | None = None, **options: object) 
     from ._registry import get_model, get_model_spec
 
     spec = get_model_spec(name)
-    if spec.onnx_file and model is None:  # an imported graph: no PyTorch module to walk
-        from .onnx.summary import onnx_summary
-
+    if spec.summarize is not None and model is None:  # an imported graph: no PyTorch module to walk
         if options:
-            raise TypeError(f"{name} is an imported ONNX graph; it takes no options ({', '.join(options)})")
-        return onnx_summary(spec.onnx_file, name)
+            raise TypeError(f"{name} is an imported graph; it takes no options ({', '.join(options)})")
+        return spec.summarize()
     model = model if model is not None else get_model(name, **options)
     dtype = torch.int64 if spec.input_dtype == "int64" else torch.float32
     return summary(model, getattr(model, "input_shape", spec.input_shape), name=name, dtype=dtype)

@@ -164,12 +164,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mean",
-        type=comma_list(number()),
+        type=comma_list(number(minimum=-1000, maximum=1000)),
         help="ONNX: per-channel mean taken from the scaled pixels, e.g. 0.485,0.456,0.406 for torchvision's models",
     )
     p.add_argument(
         "--std",
-        type=comma_list(number(above=0)),
+        type=comma_list(number(above=0, maximum=1000)),
         help="ONNX: per-channel standard deviation the pixels are divided by, e.g. 0.229,0.224,0.225",
     )
     p.add_argument("--labels", type=Path, help="a text file with one class name per line (binary: the positive class)")

@@ -101,7 +101,7 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
     big = io.BytesIO()
     Image.new("L", (2000, 1000)).save(big, format="PNG")  # 2,000,000 pixels in a few kB
     return {
-        "text": (b"not a picture at all", "not a picture Pillow can read"),
+        "text": (b"not a picture at all", "not a picture in a format the server takes"),
         "truncated": (jpeg.getvalue()[: len(jpeg.getvalue()) // 3], "damaged or truncated"),
         "bomb": (big.getvalue(), "2000x1000 picture: 2,000,000 pixels, over the limit of 1,000,000"),
     }

@@ -9,6 +9,7 @@ find it. An imported graph has no PyTorch module: the graph is the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from serving.protocol.preprocessing import FRAMINGS, ImagePreprocessing
 from .._registry import ModelSpec, register_spec, unregister_imported
 from .errors import OnnxImportError
 from .files import read_onnx_file, tensor_shapes
+from .summary import onnx_summary
 
 __all__ = [
     "ImportedOnnx",
@@ -88,8 +90,6 @@ def _no_module(record: ImportedOnnx, **options: Any) -> Any:
 
 
 def _spec(record: ImportedOnnx, folder: Path) -> ModelSpec:
-    import functools
-
     return ModelSpec(
         name=record.name,
         builder=functools.partial(_no_module, record),
@@ -100,6 +100,7 @@ def _spec(record: ImportedOnnx, folder: Path) -> ModelSpec:
         classes=record.classes,
         weights_included=True,
         onnx_file=str(folder / _GRAPH),
+        summarize=functools.partial(onnx_summary, folder / _GRAPH, record.name),
     )
 
 
