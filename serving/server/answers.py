@@ -4,14 +4,22 @@ both transports refuse the same requests with the same words."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from serving.protocol.errors import InvalidInput, NotEnabled, PermissionDenied
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.server.dataplane import DataPlane
 from serving.server.repository import READY
+from serving.server.statistics import ModelStatistics
 
-__all__ = ["model_metadata", "model_statistics", "repository_index", "check_model_control", "check_registration"]
+__all__ = [
+    "model_metadata",
+    "model_statistics",
+    "statistics_response",
+    "repository_index",
+    "check_model_control",
+    "check_registration",
+]
 
 
 def model_metadata(dataplane: DataPlane, name: str, version: str = "") -> pb.ModelMetadataResponse:
@@ -29,6 +37,10 @@ def model_metadata(dataplane: DataPlane, name: str, version: str = "") -> pb.Mod
 def model_statistics(dataplane: DataPlane, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
     if name:
         dataplane.repository.entry(name)  # NOT_FOUND for an unknown model
+    return statistics_response(dataplane.statistics.snapshot(name, version))
+
+
+def statistics_response(snapshot: Sequence[ModelStatistics]) -> pb.ModelStatisticsResponse:
     duration = pb.StatisticDuration
     stats = [
         pb.ModelStatistics(
@@ -48,7 +60,7 @@ def model_statistics(dataplane: DataPlane, name: str = "", version: str = "") ->
                 for size, d in sorted(s.batches.items())
             ],
         )
-        for s in dataplane.statistics.snapshot(name, version)
+        for s in snapshot
     ]
     return pb.ModelStatisticsResponse(model_stats=stats)
 

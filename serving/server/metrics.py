@@ -73,13 +73,19 @@ class StatisticsCollector:
     """A prometheus_client collector over the server's statistics and request queues."""
 
     def __init__(
-        self, statistics: StatisticsRegistry, pending: Callable[[], dict[tuple[str, str], int]] = dict
+        self,
+        statistics: StatisticsRegistry,
+        pending: Callable[[], dict[tuple[str, str], int]] = dict,
+        snapshot: Callable[[], list[ModelStatistics]] | None = None,
     ) -> None:
+        """`snapshot`: where the statistics come from instead of `statistics` (the sums over
+        every worker of a server of several)."""
         self.statistics = statistics
         self.pending = pending
+        self.snapshot = snapshot or statistics.snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.statistics.snapshot()
+        snapshot = self.snapshot()
         for name, (help_text, value) in _CUMULATIVE.items():
             family = Metric(name, help_text, "unknown")
             for s in snapshot:

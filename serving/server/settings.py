@@ -130,6 +130,18 @@ class ServerSettings:
     model_name: str = ""
     """The name a repository that is one model's own files (model.onnx at its top, KServe's
     layout) is served under; default: the folder's name. Env: DEEPR_MODEL_NAME."""
+    workers: int = 1
+    """Processes answering the same gRPC and HTTP ports (SO_REUSEPORT), under one supervising
+    parent; to clients they are one server (serving/server/peers.py). Env: DEEPR_WORKERS."""
+    worker_index: int = -1
+    """Set by the parent for each of its workers: which one this process is (-1: a server of
+    its own). Env: DEEPR_WORKER_INDEX."""
+    worker_sockets: str = ""
+    """Set by the parent: every worker's private Unix socket (unix:PATH), comma-separated, in
+    worker order. Env: DEEPR_WORKER_SOCKETS."""
+    worker_restarted: bool = False
+    """Set by the parent for a worker it restarted: take the other workers' state (models,
+    shared memory regions) at start. Env: DEEPR_WORKER_RESTARTED."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
 
@@ -197,6 +209,8 @@ class ServerSettings:
             raise ValueError(f"poll_seconds must be >= 0 (0: do not poll), got {self.poll_seconds}")
         if self.trim_idle_seconds < 0:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.default_max_batch_size < 1:
             raise ValueError(f"default_max_batch_size must be >= 1, got {self.default_max_batch_size}")
         if self.header_seconds < 0:

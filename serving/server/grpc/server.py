@@ -21,6 +21,7 @@ from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
 from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
+from serving.server.peers import Peers
 from serving.server.polling import fingerprints, poll_repository
 from serving.server.ports import check_ports
 from serving.server.repository import ModelRepository
@@ -37,6 +38,7 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
+    worker = settings.worker_index >= 0
     options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -47,8 +49,9 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
         ("grpc.experimental.tcp_read_chunk_size", 64 << 10),
         ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
         # grpc sets SO_REUSEPORT by default, so a second server given the same port would bind
-        # it too and the kernel would split the clients between the two without a word.
-        ("grpc.so_reuseport", 0),
+        # it too and the kernel would split the clients between the two without a word; the
+        # workers of one server share their port on purpose.
+        ("grpc.so_reuseport", 1 if worker else 0),
     ]
     if settings.max_connections:
         options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
@@ -106,7 +109,9 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_when_clients_leave)
         settings = self.settings
-        check_ports(settings)  # before any model loads: a taken port fails in a moment, naming each
+        worker = settings.worker_index >= 0
+        if not worker:  # the workers of a server share ports their parent has checked
+            check_ports(settings)  # before any model loads: a taken port fails in a moment, naming each
         # Taken before the models load, so the poller sees what changes from then on, even a
         # copy made while the server was still starting (the tests' own race, under load).
         known = await asyncio.to_thread(fingerprints, self.dataplane.repository) if settings.poll_seconds else None
@@ -127,12 +132,19 @@ class InferenceServer:
                 self.port = server.add_secure_port(address, credentials)
             else:
                 self.port = server.add_insecure_port(address)
+            if worker:
+                sockets = settings.worker_sockets.split(",")
+                server.add_insecure_port(sockets[settings.worker_index])  # the siblings' way in
+                self.dataplane.peers = Peers(self.dataplane, settings.worker_index, sockets, settings.token)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if self.settings.metrics_port >= 0:
             from serving.server.metrics import StatisticsCollector, start_metrics_server
 
-            collector = StatisticsCollector(self.dataplane.statistics, self.dataplane.pending)
+            peers = self.dataplane.peers
+            collector = StatisticsCollector(
+                self.dataplane.statistics, self.dataplane.pending, peers.statistics_now if peers else None
+            )
             tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
             metrics = start_metrics_server(
                 collector, settings.host, settings.metrics_port, token=settings.token, tls=tls
@@ -150,6 +162,8 @@ class InferenceServer:
             self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
         if settings.poll_seconds:
             self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds, known=known))
+        if self.dataplane.peers is not None and settings.worker_restarted:
+            await self.dataplane.peers.catch_up()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
@@ -186,6 +200,8 @@ class InferenceServer:
         else:
             await self._server.stop(grace)
         self._server = None
+        if self.dataplane.peers is not None:
+            await self.dataplane.peers.close()
         for task in (self._trimmer, self._poller):
             if task is not None:
                 task.cancel()

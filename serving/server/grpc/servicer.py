@@ -16,6 +16,7 @@ from serving.server import answers
 from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.grpc.decoding import Undecodable, refusal
 from serving.server.infer_request import request_decoder, response_encoder
+from serving.server.peers import Peers, is_peer_call
 from serving.server.shared_memory import is_local_peer
 
 __all__ = ["InferenceServicer"]
@@ -48,16 +49,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
+    def _whole(self, context: Any) -> Peers | None:
+        """The sibling workers, for a client's call about the whole server; None for a single
+        server, or for a sibling's own fan-out (answered by this worker alone)."""
+        peers = self.dataplane.peers
+        return None if peers is None or is_peer_call(context) else peers
+
     @_status_on_error
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
     @_status_on_error
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+        peers = self._whole(context)
+        return pb.ServerReadyResponse(ready=await peers.ready() if peers else self.dataplane.ready())
 
     @_status_on_error
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        peers = self._whole(context)
+        if peers:
+            return pb.ModelReadyResponse(ready=await peers.model_ready(request.name, request.version))
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
     @_status_on_error
@@ -107,18 +118,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status_on_error
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        peers = self._whole(context)
+        if peers:
+            return await peers.statistics(request.name, request.version)
         return answers.model_statistics(self.dataplane, request.name, request.version)
 
     @_status_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        return answers.repository_index(self.dataplane, request.ready)
+        peers = self._whole(context)
+        return await peers.index(request.ready) if peers else answers.repository_index(self.dataplane, request.ready)
 
     @_status_on_error
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        await self.dataplane.load_model(request.model_name)
+        peers = self._whole(context)
+        await (peers.load(request.model_name) if peers else self.dataplane.load_model(request.model_name))
         return pb.RepositoryModelLoadResponse()
 
     @_status_on_error
@@ -126,7 +142,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        await self.dataplane.unload_model(request.model_name)
+        peers = self._whole(context)
+        await (peers.unload(request.model_name) if peers else self.dataplane.unload_model(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
     @_status_on_error
@@ -144,12 +161,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
         answers.check_registration(self.dataplane, request.name, is_local_peer(context.peer()), context.peer())
-        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        peers = self._whole(context)
+        if peers:
+            await peers.register(request.name, request.key, request.offset, request.byte_size)
+        else:
+            self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_status_on_error
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.dataplane.shared_memory.unregister(request.name)
+        peers = self._whole(context)
+        if peers:
+            await peers.unregister(request.name)
+        else:
+            self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()

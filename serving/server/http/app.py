@@ -178,7 +178,9 @@ class Routes:
         return web.Response(status=200 if self.dataplane.live() else 400)
 
     async def ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.dataplane.ready() else 400)
+        peers = self.dataplane.peers  # HTTP is always a client's call: about the whole server
+        ready = await peers.ready() if peers else self.dataplane.ready()
+        return web.Response(status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         name, version, extensions = self.dataplane.server_metadata()
@@ -188,14 +190,24 @@ class Routes:
         return web.json_response(_json(answers.model_metadata(self.dataplane, *self._model(request))))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.dataplane.model_ready(*self._model(request)) else 400)
+        peers = self.dataplane.peers
+        ready = (
+            await peers.model_ready(*self._model(request))
+            if peers
+            else self.dataplane.model_ready(*self._model(request))
+        )
+        return web.Response(status=200 if ready else 400)
 
     async def model_config(self, request: web.Request) -> web.Response:
         return web.json_response(_json(self.dataplane.model_config(*self._model(request))))
 
     async def model_statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return web.json_response(_json(answers.model_statistics(self.dataplane, name, version)))
+        peers = self.dataplane.peers
+        statistics = (
+            await peers.statistics(name, version) if peers else answers.model_statistics(self.dataplane, name, version)
+        )
+        return web.json_response(_json(statistics))
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
@@ -221,14 +233,18 @@ class Routes:
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready = bool((await _json_body(request)).get("ready", False))
-        return web.json_response(_json(answers.repository_index(self.dataplane, ready))["models"])
+        peers = self.dataplane.peers
+        index = await peers.index(ready) if peers else answers.repository_index(self.dataplane, ready)
+        return web.json_response(_json(index)["models"])
 
     async def load(self, request: web.Request) -> web.Response:
-        await self.dataplane.load_model(await self._model_control(request))
+        name, peers = await self._model_control(request), self.dataplane.peers
+        await (peers.load(name) if peers else self.dataplane.load_model(name))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        await self.dataplane.unload_model(await self._model_control(request))
+        name, peers = await self._model_control(request), self.dataplane.peers
+        await (peers.unload(name) if peers else self.dataplane.unload_model(name))
         return web.Response(status=200)
 
     async def _model_control(self, request: web.Request) -> str:
@@ -256,11 +272,19 @@ class Routes:
                 "a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers >= 0), got "
                 f"key {type(key).__name__}, byte_size {size!r:.40}, offset {offset!r:.40}"
             )
-        self.dataplane.shared_memory.register(region, key, offset, size)
+        peers = self.dataplane.peers
+        if peers:
+            await peers.register(region, key, offset, size)
+        else:
+            self.dataplane.shared_memory.register(region, key, offset, size)
         return web.Response(status=200)
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
-        self.dataplane.shared_memory.unregister(request.match_info.get("region", ""))
+        region, peers = request.match_info.get("region", ""), self.dataplane.peers
+        if peers:
+            await peers.unregister(region)
+        else:
+            self.dataplane.shared_memory.unregister(region)
         return web.Response(status=200)
 
     async def page(self, request: web.Request) -> web.FileResponse:
@@ -334,7 +358,13 @@ class HttpEndpoint:
         )
         await runner.setup()
         site = GuardedSite(
-            runner, guard, settings.host, settings.http_port, ssl_context=_ssl_context(settings), backlog=1024
+            runner,
+            guard,
+            settings.host,
+            settings.http_port,
+            ssl_context=_ssl_context(settings),
+            backlog=1024,
+            reuse_port=settings.worker_index >= 0,  # the workers of one server share the port
         )
         try:
             await site.start()
