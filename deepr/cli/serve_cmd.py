@@ -35,6 +35,12 @@ def _token(args: argparse.Namespace) -> str | None:
 _POLL_SECONDS = 5.0
 
 
+def _worker_count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    return integer(1, 256)(text)
+
+
 def _poll_seconds(args: argparse.Namespace) -> float | None:
     if args.model_control != "poll":
         if args.poll_seconds is not None:
@@ -132,9 +138,13 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            workers=_workers(args),
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
+    if settings.worker_index >= 0:  # one of a parent's workers: its log lines say which
+        _name_the_worker(settings.worker_index)
+        return _run_server(settings, [])
     to_build: list[str] = []
     if settings.repository == default_repository() or args.build_defaults:
         from exporters.defaults import missing_default_models
@@ -148,6 +158,57 @@ def _serve(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
 
+    if settings.workers > 1:
+        return _run_workers(settings, to_build)
+    return _run_server(settings, to_build)
+
+
+def _workers(args: argparse.Namespace) -> int | None:
+    """--workers as a count: `auto` is decided here, and the choice logged."""
+    if args.workers != "auto":
+        return args.workers
+    from serving.server.workers import auto_workers
+
+    count, why = auto_workers(args.device or os.environ.get("DEEPR_DEVICE", "auto"))
+    logger.info("--workers auto: %s", why)
+    return count
+
+
+def _name_the_worker(index: int) -> None:
+    prefix = f"worker {index}: "
+
+    def named(record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(prefix):
+            record.msg = prefix + str(record.msg)
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(named)
+
+
+def _run_workers(settings: ServerSettings, to_build: list[str]) -> int:
+    """The parent of `settings.workers` servers: the default models are built first (each
+    worker would train them again), then the workers start."""
+    from serving.server.ports import PortsInUse, check_ports
+    from serving.server.workers import serve_workers
+
+    try:
+        check_ports(settings)
+    except PortsInUse as exc:
+        raise CLIError(str(exc)) from None
+    if to_build:
+        from exporters.defaults import build_default_models
+
+        logger.info(
+            "building the default models before the %d workers start: %s", settings.workers, ", ".join(to_build)
+        )
+        build_default_models(
+            settings.repository, to_build, progress=False, on_epoch=lambda r: logger.info("%s", r.line())
+        )
+    return serve_workers(settings)
+
+
+def _run_server(settings: ServerSettings, to_build: list[str]) -> int:
     from serving.server.grpc.server import InferenceServer
 
     builders: list[threading.Thread] = []
@@ -248,6 +309,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), help="onnxruntime device (default auto: CUDA when usable)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="processes answering the same ports, one server to clients: model control, shared memory, statistics "
+        "and readiness span them all; 'auto': one per core on the CPU, one on a GPU (default 1)",
     )
     p.add_argument("--infer-threads", type=integer(1), help="sessions run concurrently (default 4)")
     p.add_argument(
