@@ -15,7 +15,7 @@ from serving.protocol.preprocessing import ImagePreprocessing
 from .errors import ExportError
 from .onnx_graphs import _record, export_imported
 from .pipeline import ExportResult
-from .quantize import QuantizationReport, _compare, _write_metadata, add_quantized, quantize_file
+from .quantize import QuantizationReport, quantize_and_add
 
 __all__ = ["export_imported_int8", "labelled_pictures"]
 
@@ -80,22 +80,17 @@ def export_imported_int8(
     calibration_x = calibration_x[:calibration]
     with tempfile.TemporaryDirectory() as tmp:
         float_result = export_imported(name, Path(tmp) / "float", max_batch_size=max_batch_size)
-        float_file = float_result.version_dir / "model.onnx"
-        int8_file = Path(tmp) / "model.onnx"
-        try:
-            described = quantize_file(float_file, int8_file, method="static", calibration=calibration_x)
-        except Exception as exc:  # the quantizer raises plain exceptions for graphs it cannot take
-            raise ExportError(f"onnxruntime cannot quantize {name}: {exc}") from exc
-        report = _compare(float_file, int8_file, held_out_x, labels, "multiclass", described, len(calibration_x))
-        if max_accuracy_drop is not None and report.accuracy_drop > max_accuracy_drop:
-            raise ExportError(
-                f"{name} loses {report.accuracy_drop:.2f} points of held-out accuracy as int8 "
-                f"({report.float_accuracy:.4f} -> {report.int8_accuracy:.4f} on {report.held_out_samples} pictures), "
-                f"more than --max-accuracy-drop {max_accuracy_drop:g}: it is not added"
-            )
-        _write_metadata(int8_file, float_file, report)
-        version_dir = add_quantized(
-            float_result.version_dir.parent, int8_file, repository, f"{name}_int8", report=report, version=version
+        version_dir, report = quantize_and_add(
+            name,
+            float_result.version_dir,
+            repository,
+            f"{name}_int8",
+            method="static",
+            calibration=calibration_x,
+            held_out=(held_out_x, labels),
+            task="multiclass",
+            max_accuracy_drop=max_accuracy_drop,
+            version=version,
         )
     return ExportResult(
         version_dir.parent.name, version_dir, float_result.validation, time.perf_counter() - start

@@ -49,6 +49,7 @@ from .zoo_models import export_model
 __all__ = [
     "QuantizationReport",
     "add_quantized",
+    "quantize_and_add",
     "export_quantized",
     "quantization_method",
     "quantize_file",
@@ -226,7 +227,6 @@ def export_quantized(
             options=options,
             pixels=pixels,
         )
-        float_file = float_result.version_dir / "model.onnx"
         import zoo
 
         with torch.device("meta"):  # the layers' kinds only: no memory, no weights
@@ -236,31 +236,57 @@ def export_quantized(
         if pixels == "uint8":
             preprocessing = data.preprocessing or ImagePreprocessing((calibration_x.shape[2], calibration_x.shape[3]))
             calibration_x, held_out_x = _as_pixels(calibration_x, preprocessing), _as_pixels(held_out_x, preprocessing)
-        int8_file = Path(tmp) / "model.onnx"
-        try:
-            described = quantize_file(float_file, int8_file, method=method, calibration=calibration_x)
-        except Exception as exc:  # the quantizer raises plain exceptions for graphs it cannot take
-            raise ExportError(f"onnxruntime cannot quantize {name} ({method}): {exc}") from exc
-        report = _compare(float_file, int8_file, held_out_x, labels, spec.task, described, len(calibration_x))
-        if max_accuracy_drop is not None and report.accuracy_drop > max_accuracy_drop:
-            raise ExportError(
-                f"{name} loses {report.accuracy_drop:.2f} points of held-out accuracy as int8 "
-                f"({report.float_accuracy:.4f} -> {report.int8_accuracy:.4f} on {report.held_out_samples} samples), "
-                f"more than --max-accuracy-drop {max_accuracy_drop:g}: it is not added"
-            )
-        _write_metadata(int8_file, float_file, report)
-        version_dir = add_quantized(
-            float_result.version_dir.parent,
-            int8_file,
+        version_dir, report = quantize_and_add(
+            name,
+            float_result.version_dir,
             repository,
             f"{name}_int8" + ("_uint8" if pixels == "uint8" else ""),
-            report=report,
+            method=method,
+            calibration=calibration_x,
+            held_out=(held_out_x, labels),
+            task=spec.task,
+            max_accuracy_drop=max_accuracy_drop,
             version=version,
         )
     # The float graph's parity with PyTorch; the int8 graph's own check is the report.
     return ExportResult(
         version_dir.parent.name, version_dir, float_result.validation, time.perf_counter() - start
     ), report
+
+
+def quantize_and_add(
+    name: str,
+    float_dir: Path,
+    repository: str | Path,
+    int8_name: str,
+    *,
+    method: str,
+    calibration: np.ndarray,
+    held_out: tuple[np.ndarray, np.ndarray],
+    task: str,
+    max_accuracy_drop: float | None,
+    version: int | None,
+) -> tuple[Path, QuantizationReport]:
+    """Quantize the float graph in `float_dir`, compare both on `held_out` (inputs, labels),
+    and add the int8 graph to `repository` as `int8_name`, unless it loses more than
+    `max_accuracy_drop` points of accuracy. Returns its version folder and the comparison."""
+    float_file = float_dir / "model.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        int8_file = Path(tmp) / "model.onnx"
+        try:
+            described = quantize_file(float_file, int8_file, method=method, calibration=calibration)
+        except Exception as exc:  # the quantizer raises plain exceptions for graphs it cannot take
+            raise ExportError(f"onnxruntime cannot quantize {name} ({method}): {exc}") from exc
+        report = _compare(float_file, int8_file, *held_out, task, described, len(calibration))
+        if max_accuracy_drop is not None and report.accuracy_drop > max_accuracy_drop:
+            raise ExportError(
+                f"{name} loses {report.accuracy_drop:.2f} points of held-out accuracy as int8 "
+                f"({report.float_accuracy:.4f} -> {report.int8_accuracy:.4f} on {report.held_out_samples} held-out "
+                f"samples), more than --max-accuracy-drop {max_accuracy_drop:g}: it is not added"
+            )
+        _write_metadata(int8_file, float_file, report)
+        version_dir = add_quantized(float_dir.parent, int8_file, repository, int8_name, report=report, version=version)
+    return version_dir, report
 
 
 def add_quantized(

@@ -32,6 +32,8 @@ from tests.chaos.probes import (  # noqa: E402
     add_doubling_model,
     add_pictures_model,
     add_strings_model,
+    open_connections,
+    trickle,
 )
 from tests.chaos.test_hostile_keras_files import deepr_import, unwritten_weights_h5, zip_bomb  # noqa: E402
 from tests.chaos.test_hostile_requests import (  # noqa: E402
@@ -133,27 +135,10 @@ def fairness(server: ServerProcess, clients: int = 8, seconds: float = 20) -> di
 
 def probe_g(server: ServerProcess, half_sent: int = 150, slow: int = 100, seconds: float = 21) -> dict:
     port = int(server.http_url.rsplit(":", 1)[1])
-    held = []
-    for _ in range(half_sent):
-        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
-        connection.sendall(b"POST /v2/models/double/infer HTTP/1.1\r\nHost: x\r\n")
-        held.append(connection)
-    slowloris = []
-    for _ in range(slow):
-        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
-        connection.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")
-        slowloris.append(connection)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        alive = []
-        for connection in slowloris:
-            try:
-                connection.sendall(b"X")
-                alive.append(connection)
-            except OSError:
-                connection.close()
-        slowloris = alive
-        time.sleep(3)
+    held = open_connections(port, half_sent, b"POST /v2/models/double/infer HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    slowloris = trickle(open_connections(port, slow, b"GET /v2 HTTP/1.1\r\nHost: x\r\n"), seconds, every=3)
+    time.sleep(max(0.0, started + seconds - time.monotonic()))  # the half-sent ones are judged at `seconds`
     open_half_sent = sum(1 for c in held if _still_open(c))
     for connection in held + slowloris:
         connection.close()

@@ -339,17 +339,18 @@ class OnnxModel:
             raise ModelNotReady(f"{self.name} version {self.version} is not loaded (unloaded or replaced); retry")
         self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
-        if self.graph_shapes:
-            inputs = self._reshaped(inputs)
+        inputs = self._reshaped(inputs)
         if len(set(names)) < len(self.outputs):
             session = self._session_computing(frozenset(names))
         elif self._idle_instances is not None:
             return self._reshaped(self._run_on_an_instance(names, inputs))
-        results = dict(zip(names, session.run(names, inputs)))
-        return self._reshaped(results) if self.graph_shapes else results
+        return self._reshaped(dict(zip(names, session.run(names, inputs))))
 
     def _reshaped(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Inputs as the graph takes them, outputs as clients get them (Triton's reshape)."""
+        """Inputs as the graph takes them, outputs as clients get them (Triton's reshape);
+        `arrays` itself (not a copy) when the config reshapes nothing."""
+        if not self.graph_shapes:
+            return arrays if isinstance(arrays, dict) else dict(arrays)
         batched = self.max_batch_size > 0
         out = dict(arrays)
         for name, shape in self.graph_shapes.items():

@@ -32,7 +32,7 @@ from serving.server import answers
 from serving.server.repository import READY, UNLOADED
 from serving.server.statistics import Duration, ModelStatistics
 
-__all__ = ["Peers", "is_peer_call", "merge_statistics", "statistics_from_protobuf"]
+__all__ = ["LocalServer", "Peers", "is_peer_call", "merge_statistics", "statistics_from_protobuf"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,38 @@ def is_peer_call(context: Any) -> bool:
     """Whether a gRPC call came from a sibling worker over its private Unix socket."""
     peer = context.peer() or ""
     return peer.startswith("unix:")
+
+
+class LocalServer:
+    """The calls about the whole server when it is this one process: one worker alone, or a
+    sibling's fan-out. Peers answers the same calls for N workers."""
+
+    def __init__(self, dataplane: Any) -> None:
+        self.dataplane = dataplane
+
+    async def ready(self) -> bool:
+        return self.dataplane.ready()
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        return self.dataplane.model_ready(name, version)
+
+    async def index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+        return answers.repository_index(self.dataplane, ready_only)
+
+    async def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        return answers.model_statistics(self.dataplane, name, version)
+
+    async def load(self, name: str) -> None:
+        await self.dataplane.load_model(name)
+
+    async def unload(self, name: str) -> None:
+        await self.dataplane.unload_model(name)
+
+    async def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.dataplane.shared_memory.register(name, key, offset, byte_size)
+
+    async def unregister(self, name: str) -> None:
+        self.dataplane.shared_memory.unregister(name)
 
 
 class WorkerFailed(ServingError):

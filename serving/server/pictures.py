@@ -149,9 +149,7 @@ class PictureDecoder:
             pixels = 1
             try:
                 pixels = self._decode_one(job, item)
-            except InvalidInput as exc:
-                error = exc
-            except Exception as exc:  # a decoder bug fails its request, not the thread
+            except Exception as exc:  # bad input (InvalidInput) or a decoder bug: it fails its request, not the thread
                 error = exc
             with self._changed:
                 job.done += 1

@@ -197,3 +197,31 @@ def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
             connection.sendall(PREFACE)
             connections.append(connection)
         yield connections
+
+
+def open_connections(port: int, count: int, first_bytes: bytes) -> list[socket.socket]:
+    """`count` connections to the HTTP port, each having sent `first_bytes` (a request begun)."""
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(first_bytes)
+        connections.append(connection)
+    return connections
+
+
+def trickle(connections: list[socket.socket], seconds: float, every: float) -> list[socket.socket]:
+    """Slowloris: send each connection one more header byte every `every` seconds, for at
+    most `seconds` or until the server has closed them all; returns those still open."""
+    deadline = time.monotonic() + seconds
+    open_ = list(connections)
+    while open_ and time.monotonic() < deadline:
+        still = []
+        for connection in open_:
+            try:
+                connection.sendall(b"X")
+                still.append(connection)
+            except OSError:
+                connection.close()
+        open_ = still
+        time.sleep(every)
+    return open_

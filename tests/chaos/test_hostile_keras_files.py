@@ -29,11 +29,18 @@ SEQUENTIAL = {
 
 # The import runs in a child that reports its own peak memory as it exits.
 RUN_AND_REPORT = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "import atexit, sys\n"
+    "def peak():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        kb = next(line.split()[1] for line in status if line.startswith('VmHWM'))\n"
+    "    print('PEAK_RSS_KB', kb, file=sys.stderr)\n"
+    "atexit.register(peak)\n"
     "from deepr.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+"""Runs the deepr CLI and reports its own peak RSS. VmHWM, not getrusage's ru_maxrss: a child
+started from a large process (pytest after many tests) inherits that process's size in
+ru_maxrss across the exec, while VmHWM belongs to the new program alone."""
 
 
 def deepr_import(

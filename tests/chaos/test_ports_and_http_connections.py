@@ -11,16 +11,8 @@ import sys
 import time
 import urllib.request
 
+from .probes import open_connections, trickle
 from .test_connections_and_bursts import closed_by_server
-
-
-def open_connections(port: int, count: int, first_bytes: bytes) -> list[socket.socket]:
-    connections = []
-    for _ in range(count):
-        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
-        connection.sendall(first_bytes)
-        connections.append(connection)
-    return connections
 
 
 def answered(base: str) -> bool:
@@ -51,17 +43,7 @@ def test_a_slow_sender_of_headers_is_cut_off(server_process):
     port = int(server.http_url.rsplit(":", 1)[1])
     connections = open_connections(port, 20, b"GET /v2 HTTP/1.1\r\nHost: x\r\n")
     started = time.monotonic()
-    open_ = list(connections)
-    while open_ and time.monotonic() - started < 10:
-        still = []
-        for connection in open_:
-            try:
-                connection.sendall(b"X")
-                still.append(connection)
-            except OSError:
-                connection.close()
-        open_ = still
-        time.sleep(0.4)
+    open_ = trickle(connections, seconds=10, every=0.4)
     held = time.monotonic() - started
     for connection in connections:
         connection.close()

@@ -9,12 +9,8 @@ imported before, so `deepr summary m` and `deepr export m --gradcam` find it.
 from __future__ import annotations
 
 import functools
-import json
-import logging
-import os
-import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +19,8 @@ from torch import nn
 
 from serving.protocol.preprocessing import ImagePreprocessing
 
-from .._registry import ModelSpec, register_spec, unregister_imported
+from .._imports import forget, imports_home, keep, name_problem, read_record, register_folders
+from .._registry import ModelSpec
 from .._summary import summary
 from .errors import KerasImportError
 from .files import MAX_UNPACKED_BYTES
@@ -31,16 +28,10 @@ from .model import INPUT_LAYOUTS, example_input, from_keras
 
 __all__ = ["ImportedModel", "forget_import", "import_keras", "keras_home", "register_imported_models"]
 
-logger = logging.getLogger(__name__)
-_RECORD = "import.json"
-_MAX_RECORD_BYTES = 4 * 2**20
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-"""An imported model's name: a Python name in ASCII, as model folders and servers take it."""
-
 
 def keras_home() -> Path:
     """Where imported models are kept: $DEEPR_HOME/keras (default ~/.cache/deepr/keras)."""
-    return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "keras"
+    return imports_home("keras")
 
 
 @dataclass(frozen=True)
@@ -67,13 +58,7 @@ class ImportedModel:
 
     @classmethod
     def read(cls, folder: Path) -> "ImportedModel":
-        path = folder / _RECORD
-        if path.stat().st_size > _MAX_RECORD_BYTES:  # what deepr writes is a few KB
-            raise ValueError(f"{path} is {path.stat().st_size:,} bytes; deepr writes a few KB there")
-        fields = json.loads(path.read_text())
-        fields["input_shape"] = tuple(fields["input_shape"])
-        fields["classes"] = tuple(fields["classes"])
-        return cls(**fields)
+        return cls(**read_record(folder))
 
 
 def _output_size(model: nn.Module) -> tuple[int, str]:
@@ -160,11 +145,8 @@ def import_keras(
     or negative and positive); `scale`: what pictures' 0-255 pixels are multiplied by;
     `framing` "mnist": a model of MNIST's digits (grey pictures), whose clients invert
     pictures drawn dark on light and frame them as MNIST's digits."""
-    if not _NAME.fullmatch(name):
-        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
-        raise KerasImportError(
-            f"--name {shown}: use 1 to 128 ASCII letters, digits and underscores, not starting with a digit"
-        )
+    if problem := name_problem(name):
+        raise KerasImportError(problem)
     if input_layout not in INPUT_LAYOUTS:
         raise KerasImportError(f"input layout {input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
     model = from_keras(path, input_layout=input_layout, max_unpacked_bytes=max_unpacked_bytes)
@@ -194,37 +176,15 @@ def import_keras(
         max_unpacked_bytes=max_unpacked_bytes,
         framing=framing,
     )
-    spec = _spec(record, folder)
-    register_spec(spec, replaces_imported=True)  # before copying: a built-in name is refused here
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, folder / record.file)
-        (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
-    except BaseException:
-        unregister_imported(name)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    keep(_spec(record, folder), folder, record, lambda into: shutil.copyfile(source, into / record.file))
     return record
 
 
 def forget_import(name: str, home: Path | None = None) -> None:
     """Undo `import_keras(.., name)`: its folder removed, its registration dropped."""
-    unregister_imported(name)
-    folder = (home or keras_home()) / name
-    if (folder / _RECORD).is_file():
-        shutil.rmtree(folder, ignore_errors=True)
+    forget(name, (home or keras_home()) / name)
 
 
 def register_imported_models(home: Path | None = None) -> None:
     """Register every model imported before; one that cannot be read is skipped with a warning."""
-    home = home or keras_home()
-    if not home.is_dir():
-        return
-    for folder in sorted(home.iterdir()):
-        if not (folder / _RECORD).is_file():
-            continue
-        try:
-            record = ImportedModel.read(folder)
-            register_spec(_spec(record, folder), replaces_imported=True)
-        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
-            logger.warning("skipping the imported model in %s: %s", folder, exc)
+    register_folders(home or keras_home(), lambda folder: _spec(ImportedModel.read(folder), folder), "Keras")

@@ -10,12 +10,7 @@ find it. An imported graph has no PyTorch module: the graph is the model.
 from __future__ import annotations
 
 import functools
-import json
-import logging
-import os
-import re
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +18,8 @@ import onnx
 
 from serving.protocol.preprocessing import FRAMINGS, ImagePreprocessing
 
-from .._registry import ModelSpec, register_spec, unregister_imported
+from .._imports import forget, imports_home, keep, name_problem, read_record, register_folders
+from .._registry import ModelSpec
 from .errors import OnnxImportError
 from .files import read_onnx_file, tensor_shapes
 from .summary import onnx_summary
@@ -37,17 +33,13 @@ __all__ = [
     "register_imported_onnx",
 ]
 
-logger = logging.getLogger(__name__)
-_RECORD = "import.json"
 _GRAPH = "model.onnx"
-_MAX_RECORD_BYTES = 4 * 2**20
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 LAYOUTS = ("nchw", "nhwc")
 
 
 def onnx_home() -> Path:
     """Where imported ONNX models are kept: $DEEPR_HOME/onnx (default ~/.cache/deepr/onnx)."""
-    return Path(os.environ.get("DEEPR_HOME", Path.home() / ".cache" / "deepr")) / "onnx"
+    return imports_home("onnx")
 
 
 @dataclass(frozen=True)
@@ -73,13 +65,7 @@ class ImportedOnnx:
 
     @classmethod
     def read(cls, folder: Path) -> "ImportedOnnx":
-        path = folder / _RECORD
-        if path.stat().st_size > _MAX_RECORD_BYTES:
-            raise ValueError(f"{path} is {path.stat().st_size:,} bytes; deepr writes a few KB there")
-        fields = json.loads(path.read_text())
-        fields["input_shape"] = tuple(fields["input_shape"])
-        fields["classes"] = tuple(fields["classes"])
-        return cls(**fields)
+        return cls(**read_record(folder))
 
 
 def _no_module(record: ImportedOnnx, **options: Any) -> Any:
@@ -151,11 +137,8 @@ def import_onnx(
     """Check the ONNX classifier at `path` and keep it as `name` in the zoo. Pictures (a 4-D
     input with 1 or 3 channels) are prepared as `scale`, `mean`, `std`, `layout` ("nchw" or
     "nhwc"; default: where the channels are) and `framing` say; `labels`: one per class."""
-    if not _NAME.fullmatch(name):
-        shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
-        raise OnnxImportError(
-            f"--name {shown}: use 1 to 128 ASCII letters, digits and underscores, not starting with a digit"
-        )
+    if problem := name_problem(name):
+        raise OnnxImportError(problem)
     if layout is not None and layout not in LAYOUTS:
         raise OnnxImportError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if framing is not None and framing not in FRAMINGS:
@@ -199,15 +182,7 @@ def import_onnx(
         upgraded_from=checked.upgraded_from,
     )
     folder = (home or onnx_home()) / name
-    register_spec(_spec(record, folder), replaces_imported=True)  # before writing: a built-in name is refused here
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(folder / _GRAPH))  # one file: external data inlined
-        (folder / _RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
-    except BaseException:
-        unregister_imported(name)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    keep(_spec(record, folder), folder, record, lambda into: onnx.save(model, str(into / _GRAPH)))  # one file
     return record
 
 
@@ -222,21 +197,9 @@ def imported_onnx(name: str) -> tuple[ImportedOnnx, Path] | None:
 
 
 def forget_onnx_import(name: str, home: Path | None = None) -> None:
-    unregister_imported(name)
-    folder = (home or onnx_home()) / name
-    if (folder / _RECORD).is_file():
-        shutil.rmtree(folder, ignore_errors=True)
+    forget(name, (home or onnx_home()) / name)
 
 
 def register_imported_onnx(home: Path | None = None) -> None:
     """Register every ONNX model imported before; one that cannot be read is skipped with a warning."""
-    home = home or onnx_home()
-    if not home.is_dir():
-        return
-    for folder in sorted(home.iterdir()):
-        if not (folder / _RECORD).is_file():
-            continue
-        try:
-            register_spec(_spec(ImportedOnnx.read(folder), folder), replaces_imported=True)
-        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
-            logger.warning("skipping the imported ONNX model in %s: %s", folder, exc)
+    register_folders(home or onnx_home(), lambda folder: _spec(ImportedOnnx.read(folder), folder), "ONNX")

@@ -16,7 +16,7 @@ from serving.server import answers
 from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.grpc.decoding import Undecodable, refusal
 from serving.server.infer_request import request_decoder, response_encoder
-from serving.server.peers import Peers, is_peer_call
+from serving.server.peers import LocalServer, Peers, is_peer_call
 from serving.server.shared_memory import is_local_peer
 
 __all__ = ["InferenceServicer"]
@@ -48,12 +48,13 @@ def _status_on_error(rpc: Callable[..., Awaitable[Response]]) -> Callable[..., A
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
+        self._alone = LocalServer(dataplane)
 
-    def _whole(self, context: Any) -> Peers | None:
-        """The sibling workers, for a client's call about the whole server; None for a single
-        server, or for a sibling's own fan-out (answered by this worker alone)."""
+    def _whole(self, context: Any) -> Peers | LocalServer:
+        """Who answers a call about the whole server: the sibling workers for a client's call,
+        this worker alone for a single server or for a sibling's own fan-out."""
         peers = self.dataplane.peers
-        return None if peers is None or is_peer_call(context) else peers
+        return self._alone if peers is None or is_peer_call(context) else peers
 
     @_status_on_error
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -61,15 +62,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status_on_error
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        peers = self._whole(context)
-        return pb.ServerReadyResponse(ready=await peers.ready() if peers else self.dataplane.ready())
+        return pb.ServerReadyResponse(ready=await self._whole(context).ready())
 
     @_status_on_error
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        peers = self._whole(context)
-        if peers:
-            return pb.ModelReadyResponse(ready=await peers.model_ready(request.name, request.version))
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=await self._whole(context).model_ready(request.name, request.version))
 
     @_status_on_error
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
@@ -118,23 +115,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status_on_error
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        peers = self._whole(context)
-        if peers:
-            return await peers.statistics(request.name, request.version)
-        return answers.model_statistics(self.dataplane, request.name, request.version)
+        return await self._whole(context).statistics(request.name, request.version)
 
     @_status_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        peers = self._whole(context)
-        return await peers.index(request.ready) if peers else answers.repository_index(self.dataplane, request.ready)
+        return await self._whole(context).index(request.ready)
 
     @_status_on_error
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        peers = self._whole(context)
-        await (peers.load(request.model_name) if peers else self.dataplane.load_model(request.model_name))
+        await self._whole(context).load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_status_on_error
@@ -142,8 +134,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        peers = self._whole(context)
-        await (peers.unload(request.model_name) if peers else self.dataplane.unload_model(request.model_name))
+        await self._whole(context).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_status_on_error
@@ -161,20 +152,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
         answers.check_registration(self.dataplane, request.name, is_local_peer(context.peer()), context.peer())
-        peers = self._whole(context)
-        if peers:
-            await peers.register(request.name, request.key, request.offset, request.byte_size)
-        else:
-            self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        await self._whole(context).register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_status_on_error
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        peers = self._whole(context)
-        if peers:
-            await peers.unregister(request.name)
-        else:
-            self.dataplane.shared_memory.unregister(request.name)
+        await self._whole(context).unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()

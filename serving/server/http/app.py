@@ -29,6 +29,7 @@ from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.http.connections import ConnectionGuard, GuardedSite
 from serving.server.http.tensors import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from serving.server.infer_request import request_decoder
+from serving.server.peers import LocalServer, Peers
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import is_loopback_address
 
@@ -169,6 +170,11 @@ class Routes:
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
+        self._alone = LocalServer(dataplane)
+
+    def _whole(self) -> Peers | LocalServer:
+        """Who answers a call about the whole server: HTTP is always a client's call."""
+        return self.dataplane.peers or self._alone
 
     @staticmethod
     def _model(request: web.Request) -> tuple[str, str]:
@@ -178,9 +184,7 @@ class Routes:
         return web.Response(status=200 if self.dataplane.live() else 400)
 
     async def ready(self, request: web.Request) -> web.Response:
-        peers = self.dataplane.peers  # HTTP is always a client's call: about the whole server
-        ready = await peers.ready() if peers else self.dataplane.ready()
-        return web.Response(status=200 if ready else 400)
+        return web.Response(status=200 if await self._whole().ready() else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         name, version, extensions = self.dataplane.server_metadata()
@@ -190,24 +194,14 @@ class Routes:
         return web.json_response(_json(answers.model_metadata(self.dataplane, *self._model(request))))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        peers = self.dataplane.peers
-        ready = (
-            await peers.model_ready(*self._model(request))
-            if peers
-            else self.dataplane.model_ready(*self._model(request))
-        )
-        return web.Response(status=200 if ready else 400)
+        return web.Response(status=200 if await self._whole().model_ready(*self._model(request)) else 400)
 
     async def model_config(self, request: web.Request) -> web.Response:
         return web.json_response(_json(self.dataplane.model_config(*self._model(request))))
 
     async def model_statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        peers = self.dataplane.peers
-        statistics = (
-            await peers.statistics(name, version) if peers else answers.model_statistics(self.dataplane, name, version)
-        )
-        return web.json_response(_json(statistics))
+        return web.json_response(_json(await self._whole().statistics(name, version)))
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
@@ -233,18 +227,15 @@ class Routes:
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready = bool((await _json_body(request)).get("ready", False))
-        peers = self.dataplane.peers
-        index = await peers.index(ready) if peers else answers.repository_index(self.dataplane, ready)
+        index = await self._whole().index(ready)
         return web.json_response(_json(index)["models"])
 
     async def load(self, request: web.Request) -> web.Response:
-        name, peers = await self._model_control(request), self.dataplane.peers
-        await (peers.load(name) if peers else self.dataplane.load_model(name))
+        await self._whole().load(await self._model_control(request))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        name, peers = await self._model_control(request), self.dataplane.peers
-        await (peers.unload(name) if peers else self.dataplane.unload_model(name))
+        await self._whole().unload(await self._model_control(request))
         return web.Response(status=200)
 
     async def _model_control(self, request: web.Request) -> str:
@@ -272,19 +263,11 @@ class Routes:
                 "a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers >= 0), got "
                 f"key {type(key).__name__}, byte_size {size!r:.40}, offset {offset!r:.40}"
             )
-        peers = self.dataplane.peers
-        if peers:
-            await peers.register(region, key, offset, size)
-        else:
-            self.dataplane.shared_memory.register(region, key, offset, size)
+        await self._whole().register(region, key, offset, size)
         return web.Response(status=200)
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
-        region, peers = request.match_info.get("region", ""), self.dataplane.peers
-        if peers:
-            await peers.unregister(region)
-        else:
-            self.dataplane.shared_memory.unregister(region)
+        await self._whole().unregister(request.match_info.get("region", ""))
         return web.Response(status=200)
 
     async def page(self, request: web.Request) -> web.FileResponse:
