@@ -67,18 +67,28 @@ def add_to_repository(
     return target
 
 
-def tune_serving(model_dir: Path, *, warmup_batch_sizes: Sequence[int] = (), pad_batches: bool = False) -> None:
+def tune_serving(
+    model_dir: Path,
+    *,
+    warmup_batch_sizes: Sequence[int] = (),
+    pad_batches: bool = False,
+    max_queue_delay_us: int | None = None,
+) -> None:
     """Ask, in an exported model's config.pbtxt, for zero-data warm-up samples at
-    `warmup_batch_sizes` and for merged runs padded to fixed sizes (deepr.pad_batches).
-    ValueError, with the config left as it was, when the model cannot have them."""
+    `warmup_batch_sizes`, for merged runs padded to fixed sizes (deepr.pad_batches) and for
+    a queue delay (dynamic_batching.max_queue_delay_microseconds: how long a batch may wait
+    for more requests). ValueError, with the config left as it was, when the model cannot
+    have them."""
     from serving.protocol.schema import PAD_BATCHES_KEY
 
     config = read_config(model_dir)
     batched = config.max_batch_size > 0
+    if (pad_batches or max_queue_delay_us is not None) and not config.HasField("dynamic_batching"):
+        raise ValueError(f"{config.name} has no dynamic batching to tune (max_batch_size {config.max_batch_size})")
     if pad_batches:
-        if not config.HasField("dynamic_batching"):
-            raise ValueError(f"{config.name} has no dynamic batching to pad (max_batch_size {config.max_batch_size})")
         config.parameters[PAD_BATCHES_KEY].string_value = "true"
+    if max_queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     too_big = [s for s in warmup_batch_sizes if s > (config.max_batch_size if batched else 1)]
     if too_big:
         raise ValueError(

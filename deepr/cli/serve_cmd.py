@@ -236,7 +236,9 @@ per model, in its config.pbtxt (Triton's fields):
   max_batch_size                       largest batch a request or a merged run may have
   dynamic_batching {                   merge concurrent requests into one onnxruntime run
     preferred_batch_size: [8, 32]      run as soon as a batch reaches one of these sizes
-    max_queue_delay_microseconds: 500  wait at most this long for more requests (default 0)
+    max_queue_delay_microseconds: 3000 wait at most this long for more requests (default 0);
+                                       without preferred sizes, only for as many as were
+                                       recently waiting at once: a lone client never waits
     default_queue_policy { max_queue_size: 256 }   beyond it: RESOURCE_EXHAUSTED at once
   }
   instance_group { count: 2 }          runs of this model allowed at the same time
@@ -314,7 +316,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=_worker_count,
         help="processes answering the same ports, one server to clients: model control, shared memory, statistics "
-        "and readiness span them all; 'auto': one per core on the CPU, one on a GPU (default 1)",
+        "and readiness span them all; 'auto': one per core on the CPU, one on a GPU (default 1). Give batched "
+        "models a queue delay (deepr export --max-queue-delay-us 3000): without one, each of several workers "
+        "merges smaller batches than one busy worker would",
     )
     p.add_argument("--infer-threads", type=integer(1), help="sessions run concurrently (default 4)")
     p.add_argument(

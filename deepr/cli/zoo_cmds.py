@@ -255,12 +255,18 @@ def _export(args: argparse.Namespace) -> int:
                 )
         except ExportError as exc:
             raise CLIError(str(exc)) from None
-    if args.warmup or args.pad_batches:
+    if args.warmup or args.pad_batches or args.max_queue_delay_us is not None:
         try:
-            tune_serving(result.version_dir.parent, warmup_batch_sizes=args.warmup or (), pad_batches=args.pad_batches)
+            tune_serving(
+                result.version_dir.parent,
+                warmup_batch_sizes=args.warmup or (),
+                pad_batches=args.pad_batches,
+                max_queue_delay_us=args.max_queue_delay_us,
+            )
         except ValueError as exc:
             raise CLIError(
-                f"{result.name} version {result.version_dir.name} is exported, without --warmup/--pad-batches: {exc}",
+                f"{result.name} version {result.version_dir.name} is exported, without "
+                f"--warmup/--pad-batches/--max-queue-delay-us: {exc}",
                 EXIT_USAGE,
             ) from None
     v = result.validation
@@ -516,6 +522,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write deepr.pad_batches true into the config: merged runs at fixed sizes warmed at load "
         "(what the server does anyway unless the config says false)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=integer(0),
+        metavar="MICROSECONDS",
+        help="write dynamic_batching.max_queue_delay_microseconds: how long a merged run may wait for more "
+        "requests. 0 (the default) runs at once; a few milliseconds keeps batches large when several "
+        "workers share the load (docs/benchmarks.md, Workers)",
     )
     p.add_argument(
         "--profile-batches",

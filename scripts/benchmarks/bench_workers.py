@@ -2,15 +2,21 @@
 generator, Debian's nghttp2-client), which costs far less CPU than any Python client: on 2
 cores a Python client takes a third of what it measures.
 
-    python scripts/benchmarks/bench_workers.py [--workers 1,2] [--seconds 10] [--out workers.json]
+    python scripts/benchmarks/bench_workers.py [--workers 1,2] [--seconds 10] [--rest]
+        [--max-queue-delay-us 3000] [--out workers.json]
 
 For each model and batch size, each worker count is served in turn (the cells alternate,
 `--rounds` times, so that a drift of the machine falls on both), and h2load sends ModelInfer
 over gRPC (a length-prefixed ModelInferRequest, `content-type: application/grpc`) and, with
 `--rest`, the same request over HTTP/1.1 REST with binary tensors. Printed and written: req/s,
 p50 and p99 latency (from h2load's per-request log), and the server's CPU per request (every
-process of it, the parent and its workers). Every answer is checked once before the load: a
+process of it, the parent and its workers), h2load's own CPU per request, and the idle cores
+of the machine during the run (whether a worker more had any core to use). Every answer is checked once before the load: a
 gRPC error would travel in HTTP 200's trailers, which h2load does not read.
+
+`--max-queue-delay-us` sets the models' queue delay (as `deepr export --max-queue-delay-us`
+does) for every worker count alike: one busy worker gathers large batches by itself, while
+each of several less busy workers would otherwise run one or two requests at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -35,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from exporters.repository import tune_serving  # noqa: E402
 from scripts.benchmarks.peers.load import tree_cpu_seconds  # noqa: E402
 from serving.client import InferenceClient  # noqa: E402
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb  # noqa: E402
@@ -121,11 +129,11 @@ def _run(command: list[str], timeout: float) -> str:
 
 
 def h2load(
-    url: str, body: Path, seconds: float, headers: list[str], rest: bool, log: Path, batch: int
+    url: str, body: Path, seconds: float, headers: list[str], rest: bool, log: Path, load: tuple[int, int]
 ) -> dict[str, float]:
     """A 2-second probe sets the request count for about `seconds` of load (h2load's
     per-request log is right only for counted runs, not timed ones), then the counted run."""
-    connections, streams = STREAMS[batch]
+    connections, streams = load
     command = ["h2load", "-c", str(connections), "-m", "1" if rest else str(streams), "-d", str(body)]
     for header in headers:
         command += ["-H", header]
@@ -135,7 +143,10 @@ def h2load(
     rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", probe).group(1))
     count = max(connections * 4, int(rate * seconds))
     log.unlink(missing_ok=True)  # h2load appends to its log
+    idle_before, children_before = idle_core_seconds(), _children_cpu_seconds()
     out = _run([*command, "-n", str(count), "--log-file", str(log), url], seconds * 10 + 120)
+    h2load_cpu = _children_cpu_seconds() - children_before
+    idle = idle_core_seconds() - idle_before
     elapsed = float(re.search(r"finished in ([\d.]+)s", out).group(1))
     succeeded = int(re.search(r"(\d+) succeeded", out).group(1))
     lines = [line.split() for line in log.read_text().splitlines() if line.strip()]
@@ -149,10 +160,27 @@ def h2load(
         "req_per_s": succeeded / elapsed,
         "p50_ms": statistics.median(durations),
         "p99_ms": float(np.percentile(durations, 99)),
+        "h2load_cpu_ms_per_request": 1000 * h2load_cpu / succeeded,
+        "idle_cores": idle / elapsed,
     }
 
 
-def measure(server: Server, model: str, batch: int, seconds: float, rest: bool, folder: Path) -> dict[str, float]:
+def idle_core_seconds() -> float:
+    """Seconds all cores have spent idle since boot (/proc/stat): whether a second worker
+    had a core to use shows in how much of the machine the one-worker run left idle."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load, once it has been waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(
+    server: Server, model: str, batch: int, seconds: float, rest: bool, folder: Path, load: tuple[int, int]
+) -> dict[str, float]:
     if rest:
         payload, header_length = rest_body(model, batch)
         url = f"http://127.0.0.1:{server.http_port}/v2/models/{model}/infer"
@@ -169,7 +197,7 @@ def measure(server: Server, model: str, batch: int, seconds: float, rest: bool, 
     body = folder / "body.bin"
     body.write_bytes(payload)
     probe_cpu = server.cpu_seconds()
-    result = h2load(url, body, seconds, headers, rest, folder / "h2load.log", batch)
+    result = h2load(url, body, seconds, headers, rest, folder / "h2load.log", load)
     # the CPU of the counted run: the probe's share is taken from its rate and length
     spent = server.cpu_seconds() - probe_cpu
     probed = 3 * result["req_per_s"]  # the probe's 1 s of warm-up and 2 s of load
@@ -193,6 +221,18 @@ def main() -> None:
     parser.add_argument("--rest", action="store_true", help="also REST with binary tensors (h2load --h1)")
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--server-option", action="append", default=[], help="extra deepr serve flag (repeatable)")
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=0,
+        help="max_queue_delay_microseconds in each model's dynamic_batching (default 0, as exported)",
+    )
+    parser.add_argument(
+        "--load",
+        type=lambda text: tuple(int(n) for n in text.split("x")),
+        help="CONNECTIONSxSTREAMS for every cell, e.g. 1x1 for one client waiting for each answer "
+        "(default: 16x4 at batch 1, 8x1 at batch 32; REST sends one request at a time per connection)",
+    )
     parser.add_argument("--out", type=Path, default=Path("workers.json"))
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -208,6 +248,8 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fresh weights: speed only
             export_models(repository)
+        for model in models:  # as `deepr export --max-queue-delay-us` writes it
+            tune_serving(repository / model, max_queue_delay_us=args.max_queue_delay_us)
         for transport in ["grpc"] + (["rest"] if args.rest else []):
             for model in models:
                 for batch in CASES[model]:
@@ -218,10 +260,12 @@ def main() -> None:
                                 with InferenceClient(f"127.0.0.1:{server.port}") as client:  # answers are right
                                     x = np.zeros((batch, *SHAPES[model]), np.float32)
                                     assert client.infer(model, {"images": x})
-                                result = measure(server, model, batch, args.seconds, transport == "rest", folder)
+                                load = args.load or STREAMS[batch]
+                                result = measure(server, model, batch, args.seconds, transport == "rest", folder, load)
                             finally:
                                 server.stop()
                             row = {
+                                "load": "x".join(map(str, load)),
                                 "transport": transport,
                                 "model": model,
                                 "batch": batch,
@@ -233,11 +277,25 @@ def main() -> None:
                             print(
                                 f"{transport:<5} {model:<17} batch {batch:>3} workers {workers}: "
                                 f"{result['req_per_s']:>8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-                                f"p99 {result['p99_ms']:7.2f} ms  server CPU {result['server_cpu_ms_per_request']:.3f} ms/req",
+                                f"p99 {result['p99_ms']:7.2f} ms  server CPU {result['server_cpu_ms_per_request']:.3f} ms/req  "
+                                f"h2load CPU {result['h2load_cpu_ms_per_request']:.3f} ms/req  "
+                                f"idle {result['idle_cores']:.2f} cores",
                                 flush=True,
                             )
-    columns = ("transport", "model", "batch", "workers", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "vs 1")
-    widths = (-9, -17, 5, 7, 9, 7, 8, 10, 6)
+    columns = (
+        "transport",
+        "model",
+        "batch",
+        "workers",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU ms/req",
+        "h2load",
+        "idle",
+        "vs 1",
+    )
+    widths = (-9, -17, 5, 7, 9, 7, 8, 10, 7, 5, 6)
     print("\n" + " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(columns, widths)))
     base: dict[tuple, float] = {}
     summary = []
@@ -245,7 +303,14 @@ def main() -> None:
         cell = [r for r in rows if (r["transport"], r["model"], r["batch"], r["workers"]) == key]
         merged = {
             k: float(np.median([r[k] for r in cell]))
-            for k in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+            for k in (
+                "req_per_s",
+                "p50_ms",
+                "p99_ms",
+                "server_cpu_ms_per_request",
+                "h2load_cpu_ms_per_request",
+                "idle_cores",
+            )
         }
         if key[3] == counts[0]:
             base[key[:3]] = merged["req_per_s"]
@@ -255,10 +320,20 @@ def main() -> None:
         )
         print(
             f"{key[0]:<9} {key[1]:<17} {key[2]:>5} {key[3]:>7} {merged['req_per_s']:>9.0f} {merged['p50_ms']:>7.2f} "
-            f"{merged['p99_ms']:>8.2f} {merged['server_cpu_ms_per_request']:>10.3f} {ratio:>5.2f}x"
+            f"{merged['p99_ms']:>8.2f} {merged['server_cpu_ms_per_request']:>10.3f} "
+            f"{merged['h2load_cpu_ms_per_request']:>7.3f} {merged['idle_cores']:>5.2f} {ratio:>5.2f}x"
         )
     args.out.write_text(
-        json.dumps({"cores": os.cpu_count(), "seconds": args.seconds, "rows": rows, "summary": summary}, indent=2)
+        json.dumps(
+            {
+                "cores": os.cpu_count(),
+                "seconds": args.seconds,
+                "max_queue_delay_us": args.max_queue_delay_us,
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+        )
         + "\n"
     )
     print(f"wrote {args.out}")

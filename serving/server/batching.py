@@ -5,7 +5,14 @@ Requests queue per model; a scheduler takes the oldest one, waits for a free
 instance (instance_group count), then gathers every queued request whose tensors
 can be stacked with it (same non-batch shapes and datatypes) up to its merge limit,
 waiting at most max_queue_delay_microseconds for a preferred batch size. The
-merged run's outputs are split back by row offsets. If a merged run fails, each of
+merged run's outputs are split back by row offsets.
+
+Without preferred sizes, a batch also stops waiting once it holds as many requests as
+were recently in the batcher at once (queued, gathered or running; the peak over the
+last second or so). Clients who wait for each answer before sending again are then
+all gathered without waiting out the delay, and a lone client is never kept waiting,
+while a server of several busy workers still grows batches that one busy process would
+have grown by itself (docs/benchmarks.md, Workers). If a merged run fails, each of
 its requests is run alone, so one bad request fails alone.
 
 Triton's semantics are kept: max_queue_size bounds the queue (RESOURCE_EXHAUSTED
@@ -175,6 +182,8 @@ class DynamicBatcher:
         """Requests taken off the queue for the batch being gathered: in neither the queue
         nor a running task, so drain and close must count them on their own."""
         self._running: set[asyncio.Task] = set()
+        self._running_requests = 0
+        self._peak = _RecentPeak()
         self._draining = False
         self._closed = False
 
@@ -203,6 +212,7 @@ class DynamicBatcher:
             deadline,
         )
         self._queue.append(pending)
+        self._peak.add(len(self._queue) + len(self._gathering) + self._running_requests)
         self._arrived.set()
         if self._scheduler is None or self._scheduler.done():
             self._scheduler = asyncio.create_task(self._schedule(), name=f"batcher-{self.model.name}")
@@ -312,6 +322,8 @@ class DynamicBatcher:
                 return batch
             if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
                 return batch
+            if not policy.preferred_batch_sizes and len(batch) >= self._peak.value():
+                return batch  # everyone recently waiting is here: more would only wait out the delay
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 return batch
@@ -323,6 +335,7 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending], size: int) -> None:
         loop = asyncio.get_running_loop()
+        self._running_requests += len(batch)
         try:
             names = _output_names(batch)
 
@@ -349,6 +362,7 @@ class DynamicBatcher:
                 return
             self._answer(batch, results, started, time.perf_counter_ns(), size)
         finally:
+            self._running_requests -= len(batch)
             self._instances.release()
             if self._queue:
                 self._arrived.set()
@@ -388,6 +402,32 @@ class DynamicBatcher:
             _fail(pending, exc)
             return
         self._answer([pending], result, started, time.perf_counter_ns(), pending.rows)
+
+
+class _RecentPeak:
+    """The most requests in a batcher at once over the last one or two windows."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._started = time.monotonic()
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self) -> None:
+        now = time.monotonic()
+        if now - self._started >= self.window_s:
+            # a window with nothing in it leaves nothing to remember
+            self._previous = self._current if now - self._started < 2 * self.window_s else 0
+            self._current = 0
+            self._started = now
+
+    def add(self, requests: int) -> None:
+        self._roll()
+        self._current = max(self._current, requests)
+
+    def value(self) -> int:
+        self._roll()
+        return max(self._current, self._previous, 1)
 
 
 def _output_names(batch: list[_Pending]) -> list[str] | None:

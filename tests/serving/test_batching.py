@@ -17,7 +17,7 @@ import tritonclient.grpc as triton
 from conftest import TEST_DEVICE
 from serving.protocol.errors import DeadlineExceeded, QueueFull
 from serving.protocol.generated import model_config_pb2 as mc
-from serving.server.batching import BatchingPolicy, DynamicBatcher
+from serving.server.batching import BatchingPolicy, DynamicBatcher, _RecentPeak
 
 
 class RowSums:
@@ -182,6 +182,76 @@ def test_queue_delay_waits_for_a_preferred_batch(executor):
 
     assert run(main()) < 0.4  # released by the preferred size, not the 0.5 s delay
     assert model.runs == [4]
+
+
+def test_a_lone_client_never_waits_out_the_queue_delay(executor):
+    """No preferred sizes: a batch holding every request recently in the batcher runs at once."""
+    model = RowSums()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, max_queue_delay_s=0.5), executor)
+
+    async def main():
+        waits = []
+        for i in range(5):
+            started = time.perf_counter()
+            await batcher.infer(rows(1, i), [])
+            waits.append(time.perf_counter() - started)
+        return waits
+
+    assert max(run(main())) < 0.1
+    assert model.runs == [1] * 5
+
+
+def test_clients_that_wait_for_their_answers_are_gathered_without_the_delay(executor):
+    """Four clients, each sending again once answered: after the first batch, all four are
+    gathered as they return, and no batch waits the 0.5 s delay for a fifth."""
+    model = RowSums()
+    model.gate.clear()  # the first run is held so that all four meet in the batcher
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, max_queue_delay_s=0.5), executor)
+
+    async def client(k: int):
+        for i in range(5):
+            await batcher.infer(rows(1, 10 * k + i), [])
+
+    async def main():
+        clients = [asyncio.create_task(client(k)) for k in range(4)]
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        model.gate.set()
+        await asyncio.gather(*clients)
+        return time.perf_counter() - started
+
+    assert run(main()) < 0.45  # less than one delay for the four rounds after the first
+    assert sum(model.runs) == 20 and model.runs[1:].count(4) >= 3
+
+
+def test_a_batch_still_waits_for_as_many_as_were_recently_waiting(executor):
+    model = RowSums()
+    model.gate.clear()
+    batcher = DynamicBatcher(model, BatchingPolicy(max_batch_size=16, max_queue_delay_s=0.5), executor)
+
+    async def main():
+        held = [asyncio.create_task(batcher.infer(rows(1, i), [])) for i in range(4)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(*held)  # four were in the batcher at once
+        first = asyncio.create_task(batcher.infer(rows(1, 10), []))
+        await asyncio.sleep(0.05)
+        later = [asyncio.create_task(batcher.infer(rows(1, 11 + i), [])) for i in range(3)]
+        await asyncio.gather(first, *later)
+
+    run(main())
+    assert model.runs[-1] == 4  # the lone first request waited for the other three
+
+
+def test_the_recent_peak_forgets_a_quiet_batcher():
+    peak = _RecentPeak(window_s=0.05)
+    peak.add(6)
+    peak.add(2)
+    assert peak.value() == 6
+    time.sleep(0.06)
+    assert peak.value() == 6  # the window before is still remembered
+    time.sleep(0.11)
+    assert peak.value() == 1
 
 
 def test_policy_comes_from_the_config():

@@ -122,6 +122,8 @@ def test_export_asks_for_warmup_and_padding(tmp_path, trained_convnet, caplog):
             "--warmup",
             "1,8,32",
             "--pad-batches",
+            "--max-queue-delay-us",
+            "3000",
         ]
     )
     assert code == 0
@@ -129,6 +131,7 @@ def test_export_asks_for_warmup_and_padding(tmp_path, trained_convnet, caplog):
     assert [s.batch_size for s in config.model_warmup] == [1, 8, 32] and config.parameters[
         "deepr.pad_batches"
     ].string_value == "true"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 3000
     with caplog.at_level(logging.INFO, logger="serving.server.warmup"):
         repository = ModelRepository(repo, RuntimeOptions(device=TEST_DEVICE))
         repository.load_all()
@@ -147,6 +150,11 @@ def test_export_refuses_warmup_it_cannot_write(tmp_path, capsys):
     )
     code = main(["export", "mnist_dense", "--repository", str(tmp_path / "repo"), "--warmup", "512"])
     assert code == 2 and "exceed its max_batch_size 256" in capsys.readouterr().err
+    code = main(
+        ["export", "mnist_dense", "--repository", str(tmp_path / "unbatched"), "--max-batch-size", "0"]
+        + ["--max-queue-delay-us", "3000"]
+    )
+    assert code == 2 and "has no dynamic batching to tune (max_batch_size 0)" in capsys.readouterr().err
 
 
 def test_merged_run_sizes_are_warmed_at_load(model_dir, caplog):
