@@ -84,3 +84,37 @@ def test_the_allocator_counts_what_is_freed():
     del blocks[::2]  # freed between live chunks, so the heap cannot shrink by itself
     assert memory.allocator_free_bytes() > before + 40 * 10**6
     del blocks
+
+
+def test_an_idle_trim_frees_what_only_the_cycle_collector_can():
+    """A failed call's exception, traceback and frames form a cycle holding its tensors;
+    the trim collects such cycles first, so their memory is given back too."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    class Tensors:
+        def __init__(self) -> None:
+            self.array = np.zeros(1000, np.float32)
+            self.me = self  # a cycle: reference counting alone never frees it
+
+    freed = []
+
+    async def steps(dataplane, free):
+        tensors = Tensors()
+        alive = weakref.ref(tensors)
+        del tensors
+        assert alive() is not None
+        dataplane.admission.admitted = 5
+        await asyncio.sleep(0.5)
+        freed.append(alive() is None)
+
+    if memory._TRIM is None:
+        return
+    gc.disable()  # the collector must not happen to run on its own during the test
+    try:
+        trims = trims_during(steps)
+    finally:
+        gc.enable()
+    assert trims and freed == [True]
