@@ -109,11 +109,13 @@ async def trim_when_idle(
     *,
     release: Callable[[], bool] = release_free_memory,
     free_bytes: Callable[[], int] = allocator_free_bytes,
+    collect: Callable[[], int] = gc.collect,
 ) -> None:
     """Runs until cancelled: after requests have come, or the allocator's free memory has
     grown, and the dataplane has had nothing to do for `idle_seconds`, releases free memory
     (in a thread: it walks the heap). `release` and `free_bytes` stand in for the allocator
-    in tests."""
+    in tests, `collect` for the cycle collector (about 10 ms in a server process; seconds in
+    a test session's)."""
     if _TRIM is None:
         logger.debug("malloc_trim is not available here; memory is not trimmed after bursts")
         return
@@ -135,7 +137,7 @@ async def trim_when_idle(
             # Failed and cancelled calls leave cycles (an exception, its traceback, the frames
             # holding the request's arrays) that only the cyclic collector frees, and an idle
             # server allocates too little to run it: collected first, their memory is trimmed too.
-            unreachable = gc.collect()
+            unreachable = collect()
             await loop.run_in_executor(None, release)
             free_after_trim = free_bytes()
             logger.debug(
