@@ -27,14 +27,13 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from deepr.bench import serve_subprocess  # noqa: E402
 from exporters.repository import tune_serving  # noqa: E402
 from scripts.benchmarks.peers.load import tree_cpu_seconds  # noqa: E402
 from serving.client import InferenceClient  # noqa: E402
@@ -51,12 +51,6 @@ CASES = {"mnist_convnet": [1], "catsdogs_convnet": [32]}
 STREAMS = {1: (16, 4), 32: (8, 1)}
 """Batch size -> (connections, requests in flight on each): the workers issue's cells."""
 SHAPES = {"mnist_convnet": (1, 28, 28), "catsdogs_convnet": (3, 150, 150)}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def grpc_body(model: str, batch: int) -> bytes:
@@ -92,33 +86,16 @@ def rest_body(model: str, batch: int) -> tuple[bytes, int]:
     return header + x.tobytes(), len(header)
 
 
-class Server:
-    def __init__(self, repository: Path, workers: int, extra: list[str]) -> None:
-        self.port, self.http_port = free_port(), free_port()
-        command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--http-port", str(self.http_port), "--metrics-port", "-1"]
-        command += ["--workers", str(workers), *extra]
-        self.log = tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen(command, stderr=self.log, stdout=subprocess.DEVNULL)
-        self.workers = workers
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with InferenceClient(f"127.0.0.1:{self.port}", timeout=2) as client:
-                    if client.is_server_ready():
-                        return
-            except Exception:
-                pass
-            time.sleep(0.3)
-        raise SystemExit("the server did not become ready")
+@dataclass(frozen=True)
+class Served:
+    """Where a running `deepr serve` answers, and its process (whose children are the workers)."""
+
+    url: str
+    http_url: str
+    pid: int
 
     def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.process.pid)  # the workers are the server's children
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
-        self.log.close()
+        return tree_cpu_seconds(self.pid)
 
 
 def _run(command: list[str], timeout: float) -> str:
@@ -179,11 +156,11 @@ def _children_cpu_seconds() -> float:
 
 
 def measure(
-    server: Server, model: str, batch: int, seconds: float, rest: bool, folder: Path, load: tuple[int, int]
+    server: Served, model: str, batch: int, seconds: float, rest: bool, folder: Path, load: tuple[int, int]
 ) -> dict[str, float]:
     if rest:
         payload, header_length = rest_body(model, batch)
-        url = f"http://127.0.0.1:{server.http_port}/v2/models/{model}/infer"
+        url = f"http://{server.http_url}/v2/models/{model}/infer"
         headers = ["content-type: application/octet-stream", f"inference-header-content-length: {header_length}"]
         check = urllib.request.Request(
             url, data=payload, headers=dict(h.split(": ", 1) for h in headers), method="POST"
@@ -192,7 +169,7 @@ def measure(
             assert answer.status == 200 and answer.headers["Inference-Header-Content-Length"]
     else:
         payload = grpc_body(model, batch)
-        url = f"http://127.0.0.1:{server.port}/inference.GRPCInferenceService/ModelInfer"
+        url = f"http://{server.url}/inference.GRPCInferenceService/ModelInfer"
         headers = ["content-type: application/grpc", "te: trailers"]
     body = folder / "body.bin"
     body.write_bytes(payload)
@@ -255,15 +232,17 @@ def main() -> None:
                 for batch in CASES[model]:
                     for round_ in range(args.rounds):
                         for workers in counts:
-                            server = Server(repository, workers, args.server_option)
-                            try:
-                                with InferenceClient(f"127.0.0.1:{server.port}") as client:  # answers are right
+                            extra = ["--workers", str(workers), "--metrics-port", "-1", *args.server_option]
+                            with serve_subprocess(repository, device="auto", extra=extra, http_port=0) as (
+                                url,
+                                process,
+                            ):
+                                with InferenceClient(url) as client:  # answers are right
                                     x = np.zeros((batch, *SHAPES[model]), np.float32)
                                     assert client.infer(model, {"images": x})
                                 load = args.load or STREAMS[batch]
+                                server = Served(url, process.http_url, process.pid)  # type: ignore[attr-defined]
                                 result = measure(server, model, batch, args.seconds, transport == "rest", folder, load)
-                            finally:
-                                server.stop()
                             row = {
                                 "load": "x".join(map(str, load)),
                                 "transport": transport,

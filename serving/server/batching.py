@@ -322,11 +322,11 @@ class DynamicBatcher:
                 return batch
             if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
                 return batch
-            if not policy.preferred_batch_sizes and len(batch) >= self._peak.value():
-                return batch  # everyone recently waiting is here: more would only wait out the delay
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 return batch
+            if not policy.preferred_batch_sizes and len(batch) >= self._peak.value():
+                return batch  # everyone recently waiting is here: more would only wait out the delay
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
