@@ -17,6 +17,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "Overloaded",
+    "ModelOutputError",
 ]
 
 
@@ -90,3 +91,11 @@ class Overloaded(ServingError):
     """The server holds as many inference requests as it was told to (max_inflight)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ModelOutputError(ServingError):
+    """A model's output does not have the shape its config and the run promise: a first
+    dimension other than the rows that ran, or dims other than the config's. No rows of such a
+    run are handed out, since whose rows they are cannot be told (Triton fails it alike)."""
+
+    code = grpc.StatusCode.INTERNAL

@@ -26,7 +26,9 @@ per row on the CPU and costs kernel selection on CUDA, and merging whatever is q
 would make almost every run a new size. A gathered batch either runs padded with zero
 rows up to the next size or runs fewer requests at the largest size they fill, the rest
 going first into the next batch; the warm-up's timings say which is cheaper per row.
-Padding rows' outputs are dropped.
+Padding rows' outputs are dropped. The model checks every output of a run against the
+rows that ran and the config's dims (OnnxModel.predict) before any row is handed out, so a
+graph that answers the wrong number of rows fails each request of its run, never crosses them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from serving.protocol.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServingError
+from serving.protocol.errors import DeadlineExceeded, ModelNotReady, ModelOutputError, QueueFull, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import PAD_BATCHES_KEY, RAGGED_INPUTS_KEY, TRIM_OUTPUTS_KEY, decode_fact
 from serving.server.batch_sizes import run_sizes
@@ -348,8 +350,10 @@ class DynamicBatcher:
             try:
                 results = await loop.run_in_executor(self._executor, merge_and_run)
             except Exception as exc:
-                if len(batch) == 1:
-                    _fail(batch[0], exc)
+                if len(batch) == 1 or isinstance(exc, ModelOutputError):
+                    # a model answering the wrong shape is wrong alone too: each request fails
+                    for pending in batch:
+                        _fail(pending, exc)
                     return
                 logger.warning(
                     "model %s: a merged batch of %d requests failed (%s); running them one by one",

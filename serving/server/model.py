@@ -17,10 +17,10 @@ import onnxruntime as ort
 
 from serving.protocol.codecs import TensorSpec
 from serving.protocol.datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_NUMPY
-from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotReady
+from serving.protocol.errors import InvalidInput, ModelLoadError, ModelNotReady, ModelOutputError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import ImagePreprocessing
-from serving.protocol.schema import PREPROCESSING_KEY
+from serving.protocol.schema import COMPLETED_KEY, PREPROCESSING_KEY
 from serving.runtime.providers import select_providers
 from serving.runtime.sessions import pruned_graph, usable_cores
 from serving.server.autocomplete import CompletionPolicy, complete_config
@@ -123,6 +123,8 @@ class OnnxModel:
         self.encoded_input: tuple[str, ImagePreprocessing] | None = None
         """An encoded-picture model's BYTES input, and the preprocessing that decodes it."""
         self.outputs: list[TensorSpec] = []
+        self._output_shapes: dict[str, tuple[int, ...]] = {}
+        """Each output's dims as clients get them (past the batch axis of a batched model)."""
         self.graph_shapes: dict[str, tuple[int, ...]] = {}
         """Triton's reshape: the shape (past the batch) the graph takes or makes, by tensor name,
         where the config's dims (what clients send and get) differ from it."""
@@ -199,6 +201,7 @@ class OnnxModel:
         if encoded is not None:
             self.inputs, self.encoded_input = self._encoded_specs(encoded), (self.config.input[0].name, encoded)
         self.outputs = self._specs(session.get_outputs(), list(self.config.output), "output")
+        self._output_shapes = {s.name: s.shape[1:] if self.max_batch_size > 0 else s.shape for s in self.outputs}
         self.text_inputs = [s.name for s in self.inputs if s.datatype == "BYTES" and s in self.graph_inputs]
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         if instances > 1:
@@ -231,12 +234,41 @@ class OnnxModel:
                 self.run_seconds = {s: s / profile.rows_per_s[s] for s in profile.preferred_sizes}
             else:
                 self.run_seconds = warm_run_sizes(self.config, self.zero_inputs, self.predict, description)
+            if not self.run_seconds and "dynamic_batching" in self.config.parameters[COMPLETED_KEY].string_value:
+                self._probe_rows()  # batching that deepr chose for a bare file: it checks the graph takes it
+        except ModelOutputError as exc:
+            self.unload()
+            raise ModelLoadError(f"{description}: {exc}") from None
         except ModelLoadError:
             self.unload()  # not ready: its warm-up could not run
             raise
         except Exception as exc:  # onnxruntime failing on zero inputs at a size
             self.unload()
             raise ModelLoadError(f"{description}: warming up batch sizes failed: {exc}") from None
+
+    def _probe_rows(self) -> None:
+        """Run batches of 1 and 2 rows (free dims as 1) through a model batched by config
+        completion that no warm-up ran, so that a graph answering other rows than it was given
+        is found at load (ModelOutputError) rather than by the first two clients merged
+        together. A graph that cannot run on made-up dims is left to its requests."""
+        for rows in (1, 2):
+            if rows > self.max_batch_size:
+                return
+            inputs = {
+                s.name: np.full(
+                    (rows, *(max(d, 1) for d in s.shape[1:])),
+                    b"" if s.datatype == "BYTES" else 0,
+                    dtype=object if s.datatype == "BYTES" else V2_TO_NUMPY[s.datatype],
+                )
+                for s in self.graph_inputs
+            }
+            try:
+                self.predict(inputs)
+            except ModelOutputError:
+                raise
+            except Exception as exc:  # onnxruntime refusing the made-up dims
+                logger.debug("%s: the rows probe could not run (%s)", self.name, exc)
+                return
 
     def zero_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
         """Zero inputs of `rows` rows, or None when an input has a free dimension."""
@@ -337,14 +369,47 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise ModelNotReady(f"{self.name} version {self.version} is not loaded (unloaded or replaced); retry")
-        self.check_batch(inputs)
+        rows = self.check_batch(inputs)
         names = list(outputs) if outputs else [o.name for o in self.outputs]
         inputs = self._reshaped(inputs)
         if len(set(names)) < len(self.outputs):
             session = self._session_computing(frozenset(names))
         elif self._idle_instances is not None:
-            return self._reshaped(self._run_on_an_instance(names, inputs))
-        return self._reshaped(dict(zip(names, session.run(names, inputs))))
+            return self._checked(self._run_on_an_instance(names, inputs), rows)
+        return self._checked(dict(zip(names, session.run(names, inputs))), rows)
+
+    def _checked(self, results: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """The run's outputs as clients get them, once each has the shape the config promises:
+        `rows` first (a batched model), then the config's dims. A merged run is split back by
+        row offsets, so an output with other rows would hand one client another's rows."""
+        shapes = self._output_shapes
+        for name, array in results.items():
+            expected = shapes[name]
+            shape = array.shape
+            if self.max_batch_size > 0:
+                if not shape or shape[0] != rows:
+                    raise ModelOutputError(
+                        f"model {self.name!r} version {self.version}: output {name!r} has "
+                        f"{shape[0] if shape else 'no'} rows for a run of {rows}; a batched model answers one row "
+                        "per input row. Nothing of this run was handed out"
+                    )
+                if name in self.graph_shapes:
+                    continue  # reshaped below, which checks the element count
+                shape = shape[1:]
+            if len(shape) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, shape)):
+                raise ModelOutputError(
+                    f"model {self.name!r} version {self.version}: output {name!r} has dims {list(shape)}"
+                    f"{' past the batch' if self.max_batch_size > 0 else ''}; its config says {list(expected)}. "
+                    "Nothing of this run was handed out"
+                )
+        if not self.graph_shapes:
+            return results
+        try:
+            return self._reshaped(results)
+        except ValueError as exc:
+            raise ModelOutputError(
+                f"model {self.name!r} version {self.version}: an output does not fit its config's reshape: {exc}"
+            ) from None
 
     def _reshaped(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs as the graph takes them, outputs as clients get them (Triton's reshape);

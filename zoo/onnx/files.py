@@ -140,14 +140,65 @@ def read_onnx_file(path: str | Path) -> CheckedGraph:
                 f"{path}: converted from opset {upgraded_from} to {opset}, its outputs moved by {difference:.2g} of the "
                 "largest: the conversion is not faithful"
             )
+    _check_probe_size(model, path)
     try:
         session = _session(model)
-        session.run(None, probe_feeds(session))
+        _check_rows(session, path)
     except OnnxImportError:
         raise
     except Exception as exc:  # onnxruntime's own error types
         raise OnnxImportError(f"{path}: onnxruntime cannot run it: {str(exc).splitlines()[0]}") from None
     return CheckedGraph(model, opset, upgraded_from, difference)
+
+
+MAX_PROBE_VALUES = 1 << 28
+"""The values every tensor of a probe run may hold together (1 GiB in float32): a file of a few
+bytes may declare inputs of billions, which the probe would allocate. Models of the tutorial's
+size hold under 2^25 at batch 1."""
+
+
+def _check_probe_size(model: onnx.ModelProto, path: Path) -> None:
+    """OnnxImportError when the probe run's tensors, as shape inference finds them (free
+    dimensions as 1), would hold more than MAX_PROBE_VALUES values together."""
+    try:
+        shapes = tensor_shapes(model)
+    except Exception:  # shape inference gives up: the checker passed, the run will say
+        return
+    total = 0
+    for name, shape in shapes.items():
+        values = int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape], dtype=np.float64))
+        total += values
+        if total > MAX_PROBE_VALUES:
+            raise OnnxImportError(
+                f"{path}: its tensors would hold over {MAX_PROBE_VALUES:,} values at batch 1 ({name!r} is "
+                f"{shape}); deepr imports graphs whose one run fits in 1 GiB"
+            )
+
+
+def _batched(session: ort.InferenceSession) -> bool:
+    """Whether every input and output has a free first dimension: a graph that batches."""
+    args = [*session.get_inputs(), *session.get_outputs()]
+    return all(a.shape and not isinstance(a.shape[0], int) for a in args)
+
+
+def _check_rows(session: ort.InferenceSession, path: Path) -> None:
+    """Run the graph on probe inputs and check each output against its declared shape: a
+    batched graph at batch 2 must answer 2 rows (merged requests are split back by rows, so
+    any other count hands one client another's rows), and fixed dims must be what they say."""
+    batch = 2 if _batched(session) else None
+    feeds = probe_feeds(session)
+    if batch is not None:
+        feeds = {k: np.concatenate([v] * batch) for k, v in feeds.items()}
+    for arg, value in zip(session.get_outputs(), session.run(None, feeds)):
+        shape = np.shape(value)
+        if batch is not None and (not shape or shape[0] != batch):
+            raise OnnxImportError(
+                f"{path}: output {arg.name!r} has {shape[0] if shape else 'no'} rows for a batch of {batch}; "
+                "a batched graph answers one row per input row"
+            )
+        declared = list(arg.shape)
+        if len(declared) != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(declared, shape)):
+            raise OnnxImportError(f"{path}: output {arg.name!r} is declared {declared} but has shape {list(shape)}")
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:

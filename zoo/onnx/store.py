@@ -158,8 +158,14 @@ def import_onnx(
     preprocessing, layout = _picture(in_shape, layout, scale, mean, std, framing)
     if framing == "mnist" and (preprocessing is None or preprocessing.color_mode != "L"):
         raise OnnxImportError(f"--framing mnist is for models of grey pictures; this one takes {in_shape}")
+    negative = [d for d in [*in_shape, *out_shape] if isinstance(d, int) and d < 0]
+    if negative:
+        raise OnnxImportError(
+            f"{path}: a dimension of {negative[0]}: input {in_shape}, output {out_shape}; dimensions are sizes "
+            "(>= 0) or names"
+        )
     classes_shape = [d for d in out_shape[1:] if d != 1]
-    if len(classes_shape) != 1 or not isinstance(classes_shape[0], int):
+    if len(classes_shape) != 1 or not isinstance(classes_shape[0], int) or classes_shape[0] < 2:
         raise OnnxImportError(
             f"{path}: output {model.graph.output[0].name!r} has shape {out_shape}; deepr imports classifiers whose "
             "output is (batch, classes) (or (batch, classes, 1, 1))"
