@@ -154,3 +154,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("client@deepr")
+    files = {
+        "ca": folder / "ca.pem",
+        "cert": folder / "server.pem",
+        "key": folder / "server.key",
+        "client_cert": folder / "client.pem",
+        "client_key": folder / "client.key",
+    }
+    ca.cert_pem.write_to_path(files["ca"])
+    server_cert.private_key_pem.write_to_path(files["key"])
+    (files["cert"]).write_bytes(b"".join(blob.bytes() for blob in server_cert.cert_chain_pems))
+    client_cert.private_key_pem.write_to_path(files["client_key"])
+    (files["client_cert"]).write_bytes(b"".join(blob.bytes() for blob in client_cert.cert_chain_pems))
+    return files

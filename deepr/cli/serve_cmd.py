@@ -142,6 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
+    from serving.server.descriptors import fit_connection_caps, raise_open_files_limit
+
+    settings = fit_connection_caps(settings, raise_open_files_limit())
     if settings.worker_index >= 0:  # one of a parent's workers: its log lines say which
         _name_the_worker(settings.worker_index)
         return _run_server(settings, [])
@@ -387,8 +390,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--header-seconds",
         type=number(minimum=0),
-        help="close an HTTP connection whose request line and headers take longer than this to arrive "
-        "(default 10; 0 never)",
+        help="close an HTTP connection whose request line and headers take longer than this to arrive, and any "
+        "connection whose handshake (TLS; gRPC's HTTP/2 preface) does (default 10; 0 never)",
     )
     p.add_argument(
         "--max-inflight",

@@ -7,29 +7,18 @@ dashboards written for Triton work unchanged; prometheus_client would append `_t
 to a counter, hence they are exposed untyped. deepr adds a histogram of the rows per
 onnxruntime run (`deepr_batch_size`), which shows dynamic batching at work.
 
-The page names every model, so it is guarded like the inference service: when the
-server has a bearer token, scrapes must present it too (Prometheus: `authorization:
-credentials_file`), and when it serves TLS, so does the metrics port.
+The port that serves them is serving/server/metrics_http.py.
 """
 
 from __future__ import annotations
 
-import logging
-import socket
-import ssl
-import threading
-from typing import Callable, Iterable, Iterator
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Callable, Iterator
 
-from prometheus_client import make_wsgi_app
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from serving.server.bearer import bearer_token_matches
 from serving.server.statistics import ModelStatistics, StatisticsRegistry
 
-__all__ = ["StatisticsCollector", "start_metrics_server", "BATCH_BUCKETS"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["StatisticsCollector", "BATCH_BUCKETS"]
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -141,54 +130,3 @@ def _gpu_memory() -> Iterator[Metric]:
         used.add_metric([uuid], memory.used)
     yield total
     yield used
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # one line per scrape is noise
-        pass
-
-
-def _requiring_bearer(app: Callable, token: str) -> Callable:
-    def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if bearer_token_matches(environ.get("HTTP_AUTHORIZATION"), token):
-            return app(environ, start_response)
-        start_response(
-            "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="deepr"')]
-        )
-        return [b"missing or invalid bearer token (header 'Authorization: Bearer <token>')\n"]
-
-    return guarded
-
-
-def start_metrics_server(
-    collector: StatisticsCollector, host: str, port: int, *, token: str = "", tls: tuple[str, str] | None = None
-) -> WSGIServer:
-    """Serve /metrics in a background thread; returns the HTTP server (its server_port,
-    shutdown()). With `token`, scrapes need `Authorization: Bearer <token>`; with `tls`
-    (certificate chain, key), the port speaks HTTPS."""
-    from prometheus_client.exposition import ThreadingWSGIServer
-
-    registry = CollectorRegistry()
-    registry.register(collector)
-    app = make_wsgi_app(registry)
-    if token:
-        app = _requiring_bearer(app, token)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-    try:
-        server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-    if tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*tls)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, name="deepr-metrics", daemon=True).start()
-    logger.info(
-        "metrics on %s://%s:%d/metrics%s",
-        "https" if tls else "http",
-        host,
-        server.server_port,
-        " (bearer token required)" if token else "",
-    )
-    return server

@@ -87,8 +87,9 @@ class ServerSettings:
     Env: DEEPR_CONNECTION_IDLE_SECONDS."""
     header_seconds: float = 10.0
     """An HTTP request line and headers must arrive whole within this long of their first
-    byte, or the connection is closed (slow senders cannot hold connections). 0: no limit.
-    Env: DEEPR_HEADER_SECONDS."""
+    byte, or the connection is closed (slow senders cannot hold connections); a connection's
+    handshake (TLS on every port, HTTP/2's on gRPC) and each read on the metrics port get as
+    long. 0: no limit. Env: DEEPR_HEADER_SECONDS."""
     max_inflight: int = 4096
     """Inference requests handled at once (unary calls and stream messages, queued or
     running); beyond it a request is answered RESOURCE_EXHAUSTED at once, logged (once per

@@ -90,9 +90,15 @@ class ServerProcess:
     """`deepr serve` in a child process, so that a probe which kills it cannot kill the tests."""
 
     def __init__(
-        self, repository: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        repository: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        open_files: int | None = None,
     ) -> None:
-        """`cwd`: the deepr checkout to run (`python -m deepr` imports from there)."""
+        """`cwd`: the deepr checkout to run (`python -m deepr` imports from there);
+        `open_files`: the soft limit on open files it starts with."""
         self.log: deque[str] = deque(maxlen=2000)
         self.proc = subprocess.Popen(
             [
@@ -117,6 +123,7 @@ class ServerProcess:
             text=True,
             env={**os.environ, **(env or {})},
             cwd=cwd,
+            preexec_fn=None if open_files is None else lambda: _soft_open_files(open_files),
         )
         self.port = self.metrics_port = self.http_port = 0
         self._started = threading.Event()
@@ -129,7 +136,7 @@ class ServerProcess:
     def _read_log(self) -> None:
         for line in self.proc.stderr:
             self.log.append(line)
-            if match := re.search(r"metrics on http://[\d.]+:(\d+)", line):
+            if match := re.search(r"metrics on https?://[\d.]+:(\d+)", line):
                 self.metrics_port = int(match.group(1))
             if match := re.search(r"HTTP/REST on [\d.]+:(\d+)", line):
                 self.http_port = int(match.group(1))
@@ -172,6 +179,12 @@ class ServerProcess:
         self._reader.join(10)
         self.proc.stderr.close()
         return self.proc.returncode
+
+
+def _soft_open_files(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:

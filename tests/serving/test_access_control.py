@@ -12,7 +12,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -139,27 +138,6 @@ def test_a_header_that_is_not_utf8_is_an_invalid_token_not_a_failure(repository)
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"invalid bearer token" in answer
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
-    client_cert = ca.issue_cert("client@deepr")
-    files = {
-        "ca": folder / "ca.pem",
-        "cert": folder / "server.pem",
-        "key": folder / "server.key",
-        "client_cert": folder / "client.pem",
-        "client_key": folder / "client.key",
-    }
-    ca.cert_pem.write_to_path(files["ca"])
-    server_cert.private_key_pem.write_to_path(files["key"])
-    (files["cert"]).write_bytes(b"".join(blob.bytes() for blob in server_cert.cert_chain_pems))
-    client_cert.private_key_pem.write_to_path(files["client_key"])
-    (files["client_cert"]).write_bytes(b"".join(blob.bytes() for blob in client_cert.cert_chain_pems))
-    return files
 
 
 def test_tls_server(repository, pki):

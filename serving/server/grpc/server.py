@@ -9,7 +9,6 @@ import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc._cython import cygrpc
@@ -29,6 +28,7 @@ from serving.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from serving.server.http.app import HttpEndpoint
+    from serving.server.metrics_http import MetricsServer
 
 __all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
 
@@ -63,6 +63,11 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
     options += [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", pending)]
     if settings.connection_idle_seconds:
         options.append(("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)))
+    if settings.header_seconds:
+        # A connection that has not finished its handshake (TLS, and HTTP/2's preface and
+        # settings) counts against max_allowed_incoming_connections; grpc's default gives it
+        # 120 s, so a few dozen silent sockets locked every client out for a minute or two.
+        options.append(("grpc.server_handshake_timeout_ms", int(settings.header_seconds * 1000)))
     # grpc takes the first of two equal keys: the operator's options replace deepr's.
     return list({**dict(options), **dict(settings.extra_grpc_options())}.items())
 
@@ -96,7 +101,7 @@ class InferenceServer:
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
-        self._metrics: WSGIServer | None = None
+        self._metrics: MetricsServer | None = None
         self._trimmer: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
         self._http: HttpEndpoint | None = None
@@ -139,16 +144,14 @@ class InferenceServer:
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if self.settings.metrics_port >= 0:
-            from serving.server.metrics import StatisticsCollector, start_metrics_server
+            from serving.server.metrics import StatisticsCollector
+            from serving.server.metrics_http import start_metrics_server
 
             peers = self.dataplane.peers
             collector = StatisticsCollector(
                 self.dataplane.statistics, self.dataplane.pending, peers.statistics_now if peers else None
             )
-            tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-            metrics = start_metrics_server(
-                collector, settings.host, settings.metrics_port, token=settings.token, tls=tls
-            )
+            metrics = start_metrics_server(collector, settings)
             self.metrics_port = metrics.server_port
             self._metrics = metrics
         if settings.http_port >= 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeGuard
 
@@ -32,6 +31,7 @@ from serving.server.infer_request import request_decoder
 from serving.server.peers import LocalServer, Peers
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import is_loopback_address
+from serving.server.tls import server_ssl_context
 
 __all__ = ["build_app", "HttpEndpoint", "HTTP_STATUS"]
 
@@ -309,17 +309,6 @@ def build_app(dataplane: DataPlane, settings: ServerSettings, guard: ConnectionG
     return app
 
 
-def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
-    if not settings.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca:
-        context.load_verify_locations(settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 class HttpEndpoint:
     """The REST endpoint of one server, started and stopped with it."""
 
@@ -345,7 +334,7 @@ class HttpEndpoint:
             guard,
             settings.host,
             settings.http_port,
-            ssl_context=_ssl_context(settings),
+            ssl_context=server_ssl_context(settings),
             backlog=1024,
             reuse_port=settings.worker_index >= 0,  # the workers of one server share the port
         )

@@ -5,8 +5,10 @@ request has been read: 150 connections that send half a request line, or 100 tha
 header byte every few seconds (slowloris), would each hold a socket and a handler. The
 guard here sits between the listening socket and aiohttp's protocol:
 
-- at most `max_connections` at once; one more is answered 503 and closed;
-- a request line and headers must arrive within `header_seconds` of their first byte;
+- at most `max_connections` at once, counted from accept (a TLS connection still in its
+  handshake counts); one more is answered 503 and closed;
+- a TLS handshake must finish within `header_seconds`, and so must a request line and its
+  headers from their first byte;
 - a connection with no request in flight and nothing arriving is closed after
   `idle_seconds`, as gRPC's `grpc.max_connection_idle_ms` does.
 
@@ -27,6 +29,9 @@ __all__ = ["ConnectionGuard", "GuardedSite"]
 
 logger = logging.getLogger(__name__)
 
+_DEFAULT_HANDSHAKE_SECONDS = 60.0
+"""asyncio's own TLS handshake timeout, where header_seconds sets none."""
+
 _FULL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
     b"Content-Length: %d\r\n\r\n%s"
@@ -36,9 +41,10 @@ _FULL = (
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's protocol inside, the guard's clock around it."""
 
-    def __init__(self, guard: "ConnectionGuard", inner: Any) -> None:
+    def __init__(self, guard: "ConnectionGuard", inner: Any, admitted: bool) -> None:
         self.guard = guard
         self.inner = inner
+        self.accepted_at = time.monotonic()
         self.transport: asyncio.BaseTransport | None = None
         self.busy = 0
         """Requests of this connection being handled."""
@@ -46,12 +52,12 @@ class _Connection(asyncio.Protocol):
         """When it last had no request in flight (its start, or its last answer)."""
         self.partial_since: float | None = None
         """When the first byte of a request not yet handed to a handler arrived."""
-        self.refused = False
+        self.refused = not admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        if not self.guard.admit(self):
-            self.refused = True
+        self.guard.made(self)
+        if self.refused:
             body = b'{"error": "too many connections: the server takes at most %d; retry later"}' % (
                 self.guard.max_connections
             )
@@ -100,25 +106,34 @@ class ConnectionGuard:
         self.header_seconds = header_seconds
         self._open: dict[Any, _Connection] = {}
         """aiohttp's protocol of each open connection -> its guard."""
+        self._handshaking: set[_Connection] = set()
+        """Connections accepted whose TLS handshake has not finished: they hold a socket too."""
         self._sweeper: asyncio.Task | None = None
 
     def __call__(self) -> _Connection:
+        """A protocol for a connection just accepted: the event loop asks for it at accept,
+        before a TLS handshake, so the cap counts handshakes in progress too."""
         assert self.factory is not None, "the guard serves connections once its site has started"
-        return _Connection(self, self.factory())
+        admitted = not self.max_connections or self.open_connections < self.max_connections
+        connection = _Connection(self, self.factory(), admitted)
+        if admitted:
+            self._handshaking.add(connection)
+        return connection
 
-    def admit(self, connection: _Connection) -> bool:
-        if self.max_connections and len(self._open) >= self.max_connections:
-            return False
-        self._open[connection.inner] = connection
-        return True
+    def made(self, connection: _Connection) -> None:
+        """The connection's transport is up (its handshake done)."""
+        if connection in self._handshaking:
+            self._handshaking.discard(connection)
+            self._open[connection.inner] = connection
 
     def forget(self, connection: _Connection) -> None:
+        self._handshaking.discard(connection)
         if self._open.get(connection.inner) is connection:
             del self._open[connection.inner]
 
     @property
     def open_connections(self) -> int:
-        return len(self._open)
+        return len(self._open) + len(self._handshaking)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
@@ -134,7 +149,7 @@ class ConnectionGuard:
             connection.quiet_since = time.monotonic()
 
     def start(self) -> None:
-        if self.idle_seconds or self.header_seconds:
+        if self.idle_seconds or self.header_seconds or self.max_connections:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def stop(self) -> None:
@@ -144,10 +159,15 @@ class ConnectionGuard:
 
     async def _sweep(self) -> None:
         limits = [s for s in (self.idle_seconds, self.header_seconds) if s]
-        period = min(1.0, min(limits) / 4)
+        period = min([1.0, *(s / 4 for s in limits)])
+        # A failed handshake never reaches the protocol (no connection_made, no
+        # connection_lost): its count is dropped once the loop has surely given up on it.
+        handshake_seconds = (self.header_seconds or _DEFAULT_HANDSHAKE_SECONDS) + 0.5
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            for connection in [c for c in self._handshaking if now - c.accepted_at > handshake_seconds]:
+                self._handshaking.discard(connection)
             for connection in list(self._open.values()):
                 if connection.busy:
                     continue
@@ -173,6 +193,7 @@ class GuardedSite(web.TCPSite):
             self._host,
             self._port,
             ssl=self._ssl_context,
+            ssl_handshake_timeout=(self.guard.header_seconds or None) if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
