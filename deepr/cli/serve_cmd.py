@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             workers=_workers(args),
+            worker_timeout_seconds=args.worker_timeout,
         )
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
@@ -146,7 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = fit_connection_caps(settings, raise_open_files_limit())
     if settings.worker_index >= 0:  # one of a parent's workers: its log lines say which
+        from serving.server.worker_process import follow_parent
+
         _name_the_worker(settings.worker_index)
+        follow_parent(settings.worker_parent)
         return _run_server(settings, [])
     to_build: list[str] = []
     if settings.repository == default_repository() or args.build_defaults:
@@ -193,12 +197,16 @@ def _run_workers(settings: ServerSettings, to_build: list[str]) -> int:
     """The parent of `settings.workers` servers: the default models are built first (each
     worker would train them again), then the workers start."""
     from serving.server.ports import PortsInUse, check_ports
+    from serving.server.tls import check_tls_files
     from serving.server.workers import serve_workers
 
     try:
+        check_tls_files(settings)
         check_ports(settings)
     except PortsInUse as exc:
         raise CLIError(str(exc)) from None
+    except ValueError as exc:  # unusable TLS files
+        raise CLIError(str(exc), EXIT_USAGE) from None
     if to_build:
         from exporters.defaults import build_default_models
 
@@ -322,6 +330,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "and readiness span them all; 'auto': one per core on the CPU, one on a GPU (default 1). Give batched "
         "models a queue delay (deepr export --max-queue-delay-us 3000): without one, each of several workers "
         "merges smaller batches than one busy worker would",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=number(minimum=0),
+        help="with --workers: a worker that has not answered its parent for this many seconds is killed and "
+        "started again (default 30; 0 never)",
     )
     p.add_argument("--infer-threads", type=integer(1), help="sessions run concurrently (default 4)")
     p.add_argument(

@@ -14,7 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
@@ -92,9 +92,6 @@ class DataPlane:
         self._started = False
         self.shared_memory = SharedMemoryRegions(enabled=settings.shared_memory, group=settings.shared_memory_gid())
         self.pictures = PictureDecoder(settings.decode_threads, settings.max_picture_pixels)
-        self.peers: Any = None
-        """The sibling workers of a server of several (a serving.server.peers.Peers, which sits
-        above the dataplane and is typed there); None for a server alone."""
 
     def start(self) -> None:
         """Load every model in the repository; failures leave that model UNAVAILABLE."""

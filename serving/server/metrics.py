@@ -58,23 +58,23 @@ _CUMULATIVE: dict[str, tuple[str, Callable[[ModelStatistics], float]]] = {
 }
 
 
-class StatisticsCollector:
-    """A prometheus_client collector over the server's statistics and request queues."""
+Reading = tuple[list[ModelStatistics], dict[tuple[str, str], int]]
+"""What a scrape reads: every model version's statistics, and the requests queued for each."""
 
-    def __init__(
-        self,
-        statistics: StatisticsRegistry,
-        pending: Callable[[], dict[tuple[str, str], int]] = dict,
-        snapshot: Callable[[], list[ModelStatistics]] | None = None,
-    ) -> None:
-        """`snapshot`: where the statistics come from instead of `statistics` (the sums over
-        every worker of a server of several)."""
-        self.statistics = statistics
-        self.pending = pending
-        self.snapshot = snapshot or statistics.snapshot
+
+class StatisticsCollector:
+    """A prometheus_client collector over a server's statistics and request queues."""
+
+    def __init__(self, read: Callable[[], Reading]) -> None:
+        """`read`: this process's statistics and queues (`of`), or a whole server's."""
+        self.read = read
+
+    @classmethod
+    def of(cls, statistics: StatisticsRegistry, pending: Callable[[], dict[tuple[str, str], int]] = dict):
+        return cls(lambda: (statistics.snapshot(), pending()))
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()
+        snapshot, queued = self.read()
         for name, (help_text, value) in _CUMULATIVE.items():
             family = Metric(name, help_text, "unknown")
             for s in snapshot:
@@ -85,7 +85,7 @@ class StatisticsCollector:
             "Instantaneous number of pending requests awaiting execution",
             labels=["model", "version"],
         )
-        for (model, version), count in sorted(self.pending().items()):
+        for (model, version), count in sorted(queued.items()):
             pending.add_metric([model, version], count)
         yield pending
         batches = HistogramMetricFamily(

@@ -140,9 +140,16 @@ class ServerSettings:
     worker_sockets: str = ""
     """Set by the parent: every worker's private Unix socket (unix:PATH), comma-separated, in
     worker order. Env: DEEPR_WORKER_SOCKETS."""
-    worker_restarted: bool = False
-    """Set by the parent for a worker it restarted: take the other workers' state (models,
-    shared memory regions) at start. Env: DEEPR_WORKER_RESTARTED."""
+    worker_supervisor: str = ""
+    """Set by the parent: its own private Unix socket (unix:PATH), where a worker sends the
+    changes clients ask of the whole server and takes the server's state at start. Env:
+    DEEPR_WORKER_SUPERVISOR."""
+    worker_parent: int = 0
+    """Set by the parent: its process id; a worker whose parent is gone drains and exits.
+    Env: DEEPR_WORKER_PARENT."""
+    worker_timeout_seconds: float = 30.0
+    """A worker that has answered its parent once and then not for this long is hung: it is
+    killed and started again. 0: never. Env: DEEPR_WORKER_TIMEOUT_SECONDS."""
     strict_readiness: bool = True
     """Server readiness requires every model in the repository to be ready. Env: DEEPR_STRICT_READINESS."""
 
@@ -212,6 +219,8 @@ class ServerSettings:
             raise ValueError(f"trim_idle_seconds must be >= 0 (0: never trim), got {self.trim_idle_seconds}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.worker_timeout_seconds < 0:
+            raise ValueError(f"worker_timeout_seconds must be >= 0 (0: never), got {self.worker_timeout_seconds}")
         if self.default_max_batch_size < 1:
             raise ValueError(f"default_max_batch_size must be >= 1, got {self.default_max_batch_size}")
         if self.header_seconds < 0:

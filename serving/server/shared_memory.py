@@ -38,7 +38,15 @@ from serving.protocol.codecs import TensorSpec, deserialize_bytes, to_raw
 from serving.protocol.datatypes import V2_TO_NUMPY
 from serving.protocol.errors import AlreadyExists, InvalidInput, NotEnabled, NotFound
 
-__all__ = ["SharedMemoryRegions", "Region", "TensorSlice", "SHM_DIR", "is_local_peer", "is_loopback_address"]
+__all__ = [
+    "SharedMemoryRegions",
+    "Region",
+    "TensorSlice",
+    "SHM_DIR",
+    "is_local_peer",
+    "is_loopback_address",
+    "already_registered",
+]
 
 # Where Linux exposes POSIX shared memory objects: shm_open("/name") is /dev/shm/name.
 SHM_DIR = Path("/dev/shm")
@@ -47,6 +55,11 @@ _REGION_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 """Region names: 1 to 128 printable characters (they are echoed in messages and logs)."""
 _KEY = re.compile(r"^/[^/\x00]{1,255}$")
 """POSIX shared memory names: a slash, then one path component of at most NAME_MAX bytes."""
+
+
+def already_registered(name: str) -> AlreadyExists:
+    """The refusal of a region name that is taken (Triton's status; the region stays)."""
+    return AlreadyExists(f"shared memory region {name!r} is already registered; unregister it first")
 
 
 def is_local_peer(peer: str) -> bool:
@@ -217,7 +230,7 @@ class SharedMemoryRegions:
         if not _REGION_NAME.match(name):
             raise InvalidInput(f"shared memory region name {name[:64]!r}: expected 1 to 128 printable characters")
         if name in self._regions:
-            raise AlreadyExists(f"shared memory region {name!r} is already registered; unregister it first")
+            raise already_registered(name)
         path = self._path(key)
         if byte_size <= 0 or offset < 0 or offset + byte_size >= 2**63:
             raise InvalidInput(

@@ -128,3 +128,36 @@ def test_a_server_started_with_a_low_soft_limit_raises_it(chaos_repository):
         assert "cannot hold" not in server.log_text() or hard < 2 * 1024 + 256
     finally:
         server.stop()
+
+
+def test_a_key_that_is_not_the_certificates_is_named_before_anything_loads(chaos_repository, pki, tmp_path):
+    import subprocess
+    import sys
+
+    import trustme
+
+    other = tmp_path / "other.key"
+    trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(other)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepr", "serve", "--repository", str(chaos_repository), "--port", "0"]
+        + ["--tls-cert", str(pki["cert"]), "--tls-key", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"--tls-key {other} is not the key of --tls-cert {pki['cert']}" in done.stderr
+    assert "Traceback" not in done.stderr and "loaded" not in done.stderr
+
+
+def test_an_expired_server_certificate_is_warned_of(server_process, tmp_path):
+    import datetime
+
+    import trustme
+
+    expired = trustme.CA().issue_cert("127.0.0.1", not_after=datetime.datetime(2020, 1, 1))
+    cert, key = tmp_path / "expired.pem", tmp_path / "expired.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in expired.cert_chain_pems))
+    expired.private_key_pem.write_to_path(key)
+    server = server_process("--tls-cert", str(cert), "--tls-key", str(key))
+    assert f"the server certificate {cert} expired on Jan  1 00:00:00 2020 GMT" in server.log_text()

@@ -4,12 +4,17 @@ of what the server as a whole was asked to do."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
+import threading
 import time
 import urllib.request
 from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -122,13 +127,23 @@ def test_the_index_is_the_whole_servers(workers):
     assert states == [("UNAVAILABLE", "worker 1: unloaded by request")] * CONNECTIONS
 
 
-def test_a_shared_memory_region_registered_once_serves_every_connection(workers):
+@contextlib.contextmanager
+def registered_region(server: ServerProcess) -> Iterator[None]:
+    """A region "input" of four float32 registered through one connection; freed on exit."""
     region = shared_memory.SharedMemory(create=True, size=16)
     try:
         np.ndarray((4,), np.float32, buffer=region.buf)[:] = [1, 2, 3, 4]
-        client = fresh(workers.url)
+        client = fresh(server.url)
         client.register_system_shared_memory("input", "/" + region.name, 16)
         client.close()
+        yield
+    finally:
+        region.close()
+        region.unlink()
+
+
+def test_a_shared_memory_region_registered_once_serves_every_connection(workers):
+    with registered_region(workers):
         assert on_fresh_connections(workers, lambda c: infer(c, "double", "input")) == ["OK"] * CONNECTIONS
         status = on_fresh_connections(workers, lambda c: sorted(c.get_system_shared_memory_status().regions))
         assert status == [["input"]] * CONNECTIONS
@@ -137,9 +152,6 @@ def test_a_shared_memory_region_registered_once_serves_every_connection(workers)
         client.close()
         refused = on_fresh_connections(workers, lambda c: infer(c, "double", "input"))
         assert refused == ["StatusCode.INVALID_ARGUMENT"] * CONNECTIONS
-    finally:
-        region.close()
-        region.unlink()
 
 
 def test_a_dead_worker_is_restarted_takes_the_servers_state_and_readiness_waits_for_it(workers):
@@ -172,3 +184,146 @@ def test_each_worker_may_use_twice_its_share_of_the_cores(cores, workers, thread
     from serving.server.workers import intra_op_share
 
     assert intra_op_share(cores, workers) == threads
+
+
+def pid_of(server: ServerProcess, worker: int, after: int = 0) -> int:
+    """The pid of the `after`-th process started in `worker`'s place (0: the first)."""
+    assert wait_until(lambda: len(re.findall(rf"worker {worker} started, pid", server.log_text())) > after, 30)
+    pids = re.findall(rf"worker {worker} started, pid (\d+)", server.log_text())
+    return int(pids[after])
+
+
+def kill_and_wait_for_the_next(server: ServerProcess, worker: int, generation: int) -> None:
+    os.kill(pid_of(server, worker, generation), signal.SIGKILL)
+    pid_of(server, worker, generation + 1)  # started again
+    assert wait_until(lambda: ready(server), 30), server.log_text()
+
+
+def metric(server: ServerProcess, name: str, model: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_worker_killed_while_a_region_is_registered_comes_back_with_it(workers):
+    with registered_region(workers):
+        kill_and_wait_for_the_next(workers, 1, 0)
+        time.sleep(2)  # the server dies within seconds where the restarted worker cannot take the region over
+        assert workers.alive(), workers.log_text()
+        assert on_fresh_connections(workers, lambda c: infer(c, "double", "input")) == ["OK"] * CONNECTIONS
+
+
+def test_load_and_unload_at_the_same_moment_leave_every_worker_alike(workers):
+    """Each round sends a load and an unload of one model at once, on connections of their
+    own (so often through different workers); then every worker says whether it serves it."""
+    split = []
+    for round_ in range(16):
+        calls = [lambda c: c.load_model("other"), lambda c: c.unload_model("other")]
+        threads = [threading.Thread(target=lambda f=f: on_one_connection(workers, f)) for f in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        states = per_worker_ready(workers, "other")
+        if len(set(states)) > 1:
+            split.append((round_, states))
+    assert split == [], f"rounds that left the workers split: {split}"
+
+
+def on_one_connection(server: ServerProcess, ask) -> None:
+    client = fresh(server.url)
+    try:
+        ask(client)
+    finally:
+        client.close()
+
+
+def per_worker_ready(server: ServerProcess, model: str) -> list[bool]:
+    answers = []
+    for address in sockets(server):
+        with grpc.insecure_channel(address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            answers.append(stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=10).ready)
+    return answers
+
+
+def test_the_workers_end_with_their_parent_even_killed(tmp_path):
+    repository = tmp_path / "repository"
+    add_doubling_model(repository, "double")
+    server = ServerProcess(repository, "--workers", "2")
+    try:
+        assert wait_until(lambda: ready(server), 30), server.log_text()
+        children = [pid_of(server, w) for w in range(2)]
+        folder = re.search(r"their sockets in (\S+)", server.log_text()).group(1)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 15), server.log_text()
+        assert not Path(folder).exists(), server.log_text()
+        with socket.socket() as probe:  # the port is free for the next server
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", server.port))
+    finally:
+        server.stop()
+
+
+def test_statistics_and_metrics_keep_a_dead_workers_counts(workers):
+    assert on_fresh_connections(workers, lambda c: infer(c, "double")) == ["OK"] * CONNECTIONS
+    assert metric(workers, "nv_inference_request_success", "double") == CONNECTIONS
+    spread = per_worker_successes(workers, "double")
+    assert spread[1] > 0, spread
+    kill_and_wait_for_the_next(workers, 1, 0)
+    assert metric(workers, "nv_inference_request_success", "double") == CONNECTIONS
+    totals = on_fresh_connections(
+        workers, lambda c: c.get_inference_statistics("double").model_stats[0].inference_stats.success.count
+    )
+    assert totals == [CONNECTIONS] * CONNECTIONS
+    assert per_worker_successes(workers, "double")[1] >= spread[1]  # the new worker counts from its predecessor
+
+
+def test_a_worker_that_keeps_dying_stays_down_alone(workers):
+    for generation in range(2):
+        kill_and_wait_for_the_next(workers, 1, generation)
+    os.kill(pid_of(workers, 1, 2), signal.SIGKILL)
+    assert wait_until(lambda: "worker 1 exited 3 times" in workers.log_text(), 10), workers.log_text()
+    assert "it stays down and the server is not ready; the other workers serve" in workers.log_text()
+    time.sleep(1)
+    assert workers.alive()
+    assert not ready(workers)
+    assert on_fresh_connections(workers, lambda c: infer(c, "double")) == ["OK"] * CONNECTIONS
+
+
+def test_a_hung_worker_is_killed_and_started_again(tmp_path):
+    repository = tmp_path / "repository"
+    add_doubling_model(repository, "double")
+    server = ServerProcess(repository, "--workers", "2", "--worker-timeout", "2")
+    try:
+        assert wait_until(lambda: ready(server), 30), server.log_text()
+        time.sleep(1.5)  # each worker has answered its parent once
+        os.kill(pid_of(server, 1), signal.SIGSTOP)
+        assert wait_until(lambda: "worker 1 (pid" in server.log_text(), 15), server.log_text()
+        assert re.search(r"worker 1 \(pid \d+\) has not answered for [2-9] s", server.log_text())
+        pid_of(server, 1, 1)
+        assert wait_until(lambda: ready(server), 30), server.log_text()
+    finally:
+        server.stop()
+
+
+def test_a_restarted_worker_answers_no_client_before_it_caught_up(workers):
+    """`other` is unloaded; while worker 1 starts again (loading every model from the
+    repository first), no connection gets `other` served."""
+    on_one_connection(workers, lambda c: c.unload_model("other"))
+    os.kill(pid_of(workers, 1), signal.SIGKILL)
+    answers = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answers.append(on_fresh_connection(workers, lambda c: infer(c, "other")))
+        if "worker 1: serving" in workers.log_text().split("starting it again")[-1] and len(answers) > 50:
+            break
+    assert "OK" not in answers, answers.count("OK")
+
+
+def on_fresh_connection(server: ServerProcess, ask):
+    client = fresh(server.url)
+    try:
+        return ask(client)
+    finally:
+        client.close()

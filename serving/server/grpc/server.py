@@ -20,11 +20,14 @@ from serving.server.grpc.auth import BearerTokenInterceptor, server_credentials
 from serving.server.grpc.decoding import service_handler
 from serving.server.grpc.servicer import InferenceServicer
 from serving.server.memory import trim_when_idle
-from serving.server.peers import Peers
+from serving.server.peers import LocalServer, Peers, worker_status
 from serving.server.polling import fingerprints, poll_repository
 from serving.server.ports import check_ports
 from serving.server.repository import ModelRepository
 from serving.server.settings import ServerSettings
+from serving.server.tls import check_tls_files
+from serving.server.worker_process import PARENT_GONE, leave_sockets, parent_hung_up
+from serving.server.worker_rpc import CHANNEL_OPTIONS, WORKER_SERVICE, json_service
 
 if TYPE_CHECKING:
     from serving.server.http.app import HttpEndpoint
@@ -35,6 +38,7 @@ __all__ = ["InferenceServer", "SERVICE_NAME", "serve_in_thread"]
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int | str]]:
@@ -105,28 +109,67 @@ class InferenceServer:
         self._trimmer: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
         self._http: HttpEndpoint | None = None
+        self._private: grpc.aio.Server | None = None
+        """A worker's private socket, for its parent and siblings."""
+        self.whole: LocalServer | Peers = LocalServer(self.dataplane)
+        """Who answers the calls about the whole server: this process, or every worker."""
         self.port = 0
         self.http_port = 0
         self.metrics_port = 0
 
     async def start(self) -> int:
-        """Load the repository, bind, start serving; returns the bound port."""
+        """Load the repository, bind, start serving; returns the bound port. A worker of a
+        server of several first opens its private socket and takes the server's state from
+        its parent, then binds the public ports: no client reaches it before it caught up."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_when_clients_leave)
         settings = self.settings
         worker = settings.worker_index >= 0
-        if not worker:  # the workers of a server share ports their parent has checked
+        if not worker:  # the workers of a server share ports and files their parent has checked
+            check_tls_files(settings)
             check_ports(settings)  # before any model loads: a taken port fails in a moment, naming each
         # Taken before the models load, so the poller sees what changes from then on, even a
         # copy made while the server was still starting (the tests' own race, under load).
         known = await asyncio.to_thread(fingerprints, self.dataplane.repository) if settings.poll_seconds else None
         await loop.run_in_executor(None, self.dataplane.start)
-        interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
-        server = grpc.aio.server(options=_channel_options(settings), interceptors=interceptors)
-        service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-        server.add_generic_rpc_handlers((service_handler(InferenceServicer(self.dataplane), service),))
+        if worker:
+            self.whole = await self._join_the_workers()
+        server = self._public_server()
+        if self.settings.metrics_port >= 0:
+            from serving.server.metrics import StatisticsCollector
+            from serving.server.metrics_http import start_metrics_server
+
+            metrics = start_metrics_server(
+                StatisticsCollector.of(self.dataplane.statistics, self.dataplane.pending), settings
+            )
+            self.metrics_port = metrics.server_port
+            self._metrics = metrics
+        if settings.http_port >= 0:
+            from serving.server.http.app import HttpEndpoint
+
+            self._http = HttpEndpoint(self.dataplane, settings, self.whole)
+            self.http_port = await self._http.start()
+        await server.start()
+        self._server = server
+        if settings.trim_idle_seconds:
+            self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
+        if settings.poll_seconds:
+            self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds, known=known))
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._log_started()
+        return self.port
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [BearerTokenInterceptor(self.settings.token)] if self.settings.token else []
+
+    def _public_server(self) -> grpc.aio.Server:
+        """The gRPC server clients reach: the inference service and grpc.health.v1, bound."""
+        settings = self.settings
+        server = grpc.aio.server(options=_channel_options(settings), interceptors=self._interceptors())
+        server.add_generic_rpc_handlers((service_handler(InferenceServicer(self.dataplane, self.whole), _SERVICE),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        address = f"{self.settings.host}:{self.settings.port}"
+        address = f"{settings.host}:{settings.port}"
         try:
             if settings.tls_cert:
                 credentials = server_credentials(
@@ -137,38 +180,40 @@ class InferenceServer:
                 self.port = server.add_secure_port(address, credentials)
             else:
                 self.port = server.add_insecure_port(address)
-            if worker:
-                sockets = settings.worker_sockets.split(",")
-                server.add_insecure_port(sockets[settings.worker_index])  # the siblings' way in
-                self.dataplane.peers = Peers(self.dataplane, settings.worker_index, sockets, settings.token)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
-        if self.settings.metrics_port >= 0:
-            from serving.server.metrics import StatisticsCollector
-            from serving.server.metrics_http import start_metrics_server
+        return server
 
-            peers = self.dataplane.peers
-            collector = StatisticsCollector(
-                self.dataplane.statistics, self.dataplane.pending, peers.statistics_now if peers else None
+    async def _join_the_workers(self) -> Peers:
+        """Take over the server's state from the parent, then serve this worker's private
+        socket (the V2 service answered by this worker alone, and its status for the parent).
+        A change the parent sends meanwhile waits for the socket; its status is only ever
+        asked of a worker that holds its predecessor's statistics."""
+        settings = self.settings
+        sockets = settings.worker_sockets.split(",")
+        peers = Peers(self.dataplane, settings.worker_index, sockets, settings.worker_supervisor, settings.token)
+        await peers.catch_up()
+        private = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=self._interceptors())
+
+        async def status(request: dict) -> dict:
+            return worker_status(self.dataplane)
+
+        private.add_generic_rpc_handlers(
+            (
+                service_handler(
+                    InferenceServicer(self.dataplane, LocalServer(self.dataplane, lambda: self._server is not None)),
+                    _SERVICE,
+                ),
+                json_service(WORKER_SERVICE, {"Status": status}),
             )
-            metrics = start_metrics_server(collector, settings)
-            self.metrics_port = metrics.server_port
-            self._metrics = metrics
-        if settings.http_port >= 0:
-            from serving.server.http.app import HttpEndpoint
+        )
+        private.add_insecure_port(sockets[settings.worker_index])
+        await private.start()
+        self._private = private
+        return peers
 
-            self._http = HttpEndpoint(self.dataplane, settings)
-            self.http_port = await self._http.start()
-        await server.start()
-        self._server = server
-        if settings.trim_idle_seconds:
-            self._trimmer = loop.create_task(trim_when_idle(self.dataplane, settings.trim_idle_seconds))
-        if settings.poll_seconds:
-            self._poller = loop.create_task(poll_repository(self.dataplane, settings.poll_seconds, known=known))
-        if self.dataplane.peers is not None and settings.worker_restarted:
-            await self.dataplane.peers.catch_up()
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    def _log_started(self) -> None:
+        settings = self.settings
         logger.info(
             "serving %s on %s:%d (%s%s)",
             settings.repository,
@@ -189,7 +234,6 @@ class InferenceServer:
                 "localhost" if settings.host in ("0.0.0.0", "::") else settings.host,
                 self.http_port,
             )
-        return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within `grace` seconds, release models."""
@@ -203,8 +247,11 @@ class InferenceServer:
         else:
             await self._server.stop(grace)
         self._server = None
-        if self.dataplane.peers is not None:
-            await self.dataplane.peers.close()
+        if self._private is not None:
+            private, self._private = self._private, None
+            await private.stop(0)
+            leave_sockets(self.settings)
+        await self.whole.close()
         for task in (self._trimmer, self._poller):
             if task is not None:
                 task.cancel()
@@ -223,6 +270,14 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.settings.worker_index >= 0:
+
+            def orphaned() -> None:
+                logger.warning("the parent is gone: draining")
+                parent_hung_up()
+                stop.set()
+
+            loop.add_signal_handler(PARENT_GONE, orphaned)
         await self.start()
         if after_start is not None:
             after_start(self)

@@ -16,7 +16,7 @@ from serving.server import answers
 from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.grpc.decoding import Undecodable, refusal
 from serving.server.infer_request import request_decoder, response_encoder
-from serving.server.peers import LocalServer, Peers, is_peer_call
+from serving.server.peers import LocalServer, Peers
 from serving.server.shared_memory import is_local_peer
 
 __all__ = ["InferenceServicer"]
@@ -46,15 +46,11 @@ def _status_on_error(rpc: Callable[..., Awaitable[Response]]) -> Callable[..., A
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, whole: LocalServer | Peers) -> None:
         self.dataplane = dataplane
-        self._alone = LocalServer(dataplane)
-
-    def _whole(self, context: Any) -> Peers | LocalServer:
-        """Who answers a call about the whole server: the sibling workers for a client's call,
-        this worker alone for a single server or for a sibling's own fan-out."""
-        peers = self.dataplane.peers
-        return self._alone if peers is None or is_peer_call(context) else peers
+        self.whole = whole
+        """Who answers the calls about the whole server: this process (a server alone, or a
+        worker's private socket), or every worker (a worker's public port)."""
 
     @_status_on_error
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -62,11 +58,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status_on_error
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=await self._whole(context).ready())
+        return pb.ServerReadyResponse(ready=await self.whole.ready())
 
     @_status_on_error
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=await self._whole(context).model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=await self.whole.model_ready(request.name, request.version))
 
     @_status_on_error
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
@@ -115,18 +111,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status_on_error
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        return await self._whole(context).statistics(request.name, request.version)
+        return await self.whole.statistics(request.name, request.version)
 
     @_status_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        return await self._whole(context).index(request.ready)
+        return await self.whole.index(request.ready)
 
     @_status_on_error
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        await self._whole(context).load(request.model_name)
+        await self.whole.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_status_on_error
@@ -134,7 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        await self._whole(context).unload(request.model_name)
+        await self.whole.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_status_on_error
@@ -152,12 +148,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
         answers.check_registration(self.dataplane, request.name, is_local_peer(context.peer()), context.peer())
-        await self._whole(context).register(request.name, request.key, request.offset, request.byte_size)
+        await self.whole.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_status_on_error
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        await self._whole(context).unregister(request.name)
+        await self.whole.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()

@@ -168,13 +168,10 @@ async def _json_body(request: web.Request) -> dict:
 class Routes:
     """One method per V2 route; `version` is "" where the path names none."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, whole: LocalServer | Peers) -> None:
         self.dataplane = dataplane
-        self._alone = LocalServer(dataplane)
-
-    def _whole(self) -> Peers | LocalServer:
-        """Who answers a call about the whole server: HTTP is always a client's call."""
-        return self.dataplane.peers or self._alone
+        self.whole = whole
+        """Who answers a call about the whole server: this process, or every worker."""
 
     @staticmethod
     def _model(request: web.Request) -> tuple[str, str]:
@@ -184,7 +181,7 @@ class Routes:
         return web.Response(status=200 if self.dataplane.live() else 400)
 
     async def ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if await self._whole().ready() else 400)
+        return web.Response(status=200 if await self.whole.ready() else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         name, version, extensions = self.dataplane.server_metadata()
@@ -194,14 +191,14 @@ class Routes:
         return web.json_response(_json(answers.model_metadata(self.dataplane, *self._model(request))))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if await self._whole().model_ready(*self._model(request)) else 400)
+        return web.Response(status=200 if await self.whole.model_ready(*self._model(request)) else 400)
 
     async def model_config(self, request: web.Request) -> web.Response:
         return web.json_response(_json(self.dataplane.model_config(*self._model(request))))
 
     async def model_statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return web.json_response(_json(await self._whole().statistics(name, version)))
+        return web.json_response(_json(await self.whole.statistics(name, version)))
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = self._model(request)
@@ -227,15 +224,15 @@ class Routes:
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready = bool((await _json_body(request)).get("ready", False))
-        index = await self._whole().index(ready)
+        index = await self.whole.index(ready)
         return web.json_response(_json(index)["models"])
 
     async def load(self, request: web.Request) -> web.Response:
-        await self._whole().load(await self._model_control(request))
+        await self.whole.load(await self._model_control(request))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        await self._whole().unload(await self._model_control(request))
+        await self.whole.unload(await self._model_control(request))
         return web.Response(status=200)
 
     async def _model_control(self, request: web.Request) -> str:
@@ -263,11 +260,11 @@ class Routes:
                 "a registration needs 'key' (a string), 'byte_size' and optionally 'offset' (integers >= 0), got "
                 f"key {type(key).__name__}, byte_size {size!r:.40}, offset {offset!r:.40}"
             )
-        await self._whole().register(region, key, offset, size)
+        await self.whole.register(region, key, offset, size)
         return web.Response(status=200)
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
-        await self._whole().unregister(request.match_info.get("region", ""))
+        await self.whole.unregister(request.match_info.get("region", ""))
         return web.Response(status=200)
 
     async def page(self, request: web.Request) -> web.FileResponse:
@@ -278,12 +275,17 @@ def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def build_app(dataplane: DataPlane, settings: ServerSettings, guard: ConnectionGuard | None = None) -> web.Application:
+def build_app(
+    dataplane: DataPlane,
+    settings: ServerSettings,
+    guard: ConnectionGuard | None = None,
+    whole: LocalServer | Peers | None = None,
+) -> web.Application:
     middlewares = (
         ([guard.middleware] if guard else []) + [_errors] + ([_token_check(settings.token)] if settings.token else [])
     )
     app = web.Application(client_max_size=settings.max_message_bytes, middlewares=middlewares)
-    r = Routes(dataplane)
+    r = Routes(dataplane, whole or LocalServer(dataplane))
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     app.router.add_get("/v2/health/live", r.live)
@@ -312,9 +314,12 @@ def build_app(dataplane: DataPlane, settings: ServerSettings, guard: ConnectionG
 class HttpEndpoint:
     """The REST endpoint of one server, started and stopped with it."""
 
-    def __init__(self, dataplane: DataPlane, settings: ServerSettings) -> None:
+    def __init__(
+        self, dataplane: DataPlane, settings: ServerSettings, whole: LocalServer | Peers | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.settings = settings
+        self.whole = whole or LocalServer(dataplane)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -322,7 +327,7 @@ class HttpEndpoint:
         settings = self.settings
         guard = ConnectionGuard(settings.max_connections, settings.connection_idle_seconds, settings.header_seconds)
         runner = web.AppRunner(
-            build_app(self.dataplane, settings, guard),
+            build_app(self.dataplane, settings, guard, self.whole),
             access_log=None,
             logger=_protocol_logger,
             handle_signals=False,
