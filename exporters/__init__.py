@@ -1,7 +1,7 @@
 """Turn zoo models into validated ONNX graphs inside a Triton-layout model repository."""
 
 from .config import ExportConfig
-from .errors import ExportError, ShapeMismatchError, ToleranceError, ValidationError
+from .errors import ExportError, ShapeMismatchError, ToleranceError, UnknownLayerError, ValidationError
 from .onnx import export_onnx
 from .pipeline import ExportResult
 from .repository import add_to_repository
@@ -12,6 +12,7 @@ from .zoo_models import export_model
 __all__ = [
     "ExportConfig",
     "ExportError",
+    "UnknownLayerError",
     "ExportResult",
     "ShapeMismatchError",
     "ToleranceError",

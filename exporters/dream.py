@@ -23,6 +23,7 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import DREAM_SUFFIX
 
 from .config import ExportConfig
+from .errors import quoted
 from .features import LayerObjective, feature_layers
 from .gradients import GradientObjective, gradient_graph
 from .pipeline import ExportResult, export_graph
@@ -69,7 +70,7 @@ def export_dream(
     available = feature_layers(model)
     unknown = [layer for layer in chosen if layer not in available]
     if unknown:
-        raise ValueError(f"{name} has no layer {', '.join(unknown)}; it has {', '.join(available)}")
+        raise ValueError(f"{name} has no layer {', '.join(map(quoted, unknown))}; it has {', '.join(available)}")
     objective = DreamObjective(model, chosen).eval()
     rng = np.random.default_rng(0)
     # Two sizes: the graph must follow the picture's size, as octaves change it.

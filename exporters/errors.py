@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "ValidationError", "ShapeMismatchError", "ToleranceError"]
+__all__ = ["ExportError", "UnknownLayerError", "ValidationError", "ShapeMismatchError", "ToleranceError", "quoted"]
 
 
 class ExportError(RuntimeError):
     """torch -> ONNX conversion failed, or the graph did not pass onnx.checker."""
+
+
+class UnknownLayerError(ExportError):
+    """The layer or tensor an export names is not in the model: the caller's input is wrong."""
+
+
+def quoted(name: str, limit: int = 80) -> str:
+    """`name` quoted for a message, cut at `limit` characters (names come from users)."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name)} characters)"
 
 
 class ValidationError(ExportError):

@@ -24,6 +24,7 @@ from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import FEATURES_SUFFIX
 
 from .config import ExportConfig
+from .errors import quoted
 from .gradcam import flat_layers
 from .pipeline import ExportResult, GraphExport, export_graph
 from .repository import serving_config
@@ -94,7 +95,9 @@ def export_features(
     chosen = list(layers) if layers else available
     unknown = [layer for layer in chosen if layer not in available]
     if unknown:
-        raise ValueError(f"{name} has no layer {', '.join(unknown)}; its layers are {', '.join(available)}")
+        raise ValueError(
+            f"{name} has no layer {', '.join(map(quoted, unknown))}; its layers are {', '.join(available)}"
+        )
     chosen = [layer for layer in available if layer in chosen]  # in the network's order
     features = _Features(model, chosen).eval()
     shape = _picture_shape(name, model)

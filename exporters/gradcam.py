@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .errors import quoted
+
 __all__ = [
     "GradCAM",
     "flat_layers",
@@ -77,7 +79,7 @@ class GradCAM:
                 if isinstance(m, (nn.Conv2d, nn.MaxPool2d))
                 or getattr(m, "keras_type", "") in ("Conv2D", "MaxPooling2D")
             ]
-            raise ValueError(f"no layer {self.layer!r}; layers with spatial maps: {convs}")
+            raise ValueError(f"no layer {quoted(self.layer)}; layers with spatial maps: {convs}")
         if self.score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit', got {self.score!r}")
         if self.score == "logit" and not isinstance(layers[-1][1], nn.Linear):

@@ -37,7 +37,7 @@ from zoo import get_model_spec
 from zoo.onnx.files import GRADIENT_OPSET, probe_feeds, tensor_shapes, upgraded
 from zoo.onnx.store import ImportedOnnx, imported_onnx
 
-from .errors import ExportError
+from .errors import ExportError, UnknownLayerError, quoted
 from .gradcam import GRADCAM_OUTPUTS
 from .onnx_backward import Tail, UnsupportedOperator
 from .pipeline import ExportResult
@@ -216,7 +216,7 @@ def export_imported_gradcam(
     candidates = picture_tensors(model)
     if tensor not in candidates:
         shown = ", ".join(candidates[-8:])
-        raise ExportError(f"{name} has no 4-D activation {tensor!r}; the last of them: {shown}")
+        raise UnknownLayerError(f"{name} has no 4-D activation {quoted(tensor)}; the last of them: {shown}")
     shapes = tensor_shapes(model)
     output = record.output_name
     out_shape = shapes[output]
@@ -415,7 +415,9 @@ def export_imported_features(
     chosen = list(layers) if layers else available
     unknown = [t for t in chosen if t not in available]
     if unknown:
-        raise ExportError(f"{name} has no 4-D activation {unknown[0]!r}; it has {', '.join(available[:12])} ...")
+        raise UnknownLayerError(
+            f"{name} has no 4-D activation {quoted(unknown[0])}; it has {', '.join(available[:12])} ..."
+        )
     shapes = tensor_shapes(model)
     del model.graph.output[:]
     model.graph.output.extend(_value_info(t, TensorProto.FLOAT, shapes[t]) for t in chosen)

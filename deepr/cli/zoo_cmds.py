@@ -205,6 +205,13 @@ def _export(args: argparse.Namespace) -> int:
     from exporters import ExportError, export_model
     from exporters.repository import tune_serving
 
+    for flag, value in (("--layer", args.layer), ("--layers", args.layers)):
+        if value is not None and not value.replace(",", "").strip():
+            raise CLIError(
+                f"{flag} is empty: name a layer (`deepr summary {args.model}` lists them), or leave {flag} out for "
+                "the default",
+                EXIT_USAGE,
+            )
     with _user_errors():
         from zoo import get_model_spec
 
@@ -295,7 +302,7 @@ def _export(args: argparse.Namespace) -> int:
 def _export_imported_onnx(args: argparse.Namespace) -> int:
     """deepr export for a model imported from ONNX: the graph, its Grad-CAM graph at a named
     tensor, its feature graph of named tensors, or int8 calibrated on --data."""
-    from exporters import ExportError
+    from exporters import ExportError, UnknownLayerError
     from exporters.onnx_graphs import export_imported, export_imported_features, export_imported_gradcam
     from exporters.onnx_int8 import export_imported_int8
 
@@ -342,6 +349,8 @@ def _export_imported_onnx(args: argparse.Namespace) -> int:
             result = export_imported(
                 args.model, args.repository, max_batch_size=args.max_batch_size, version=args.version
             )
+    except UnknownLayerError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
     except ExportError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:  # data that cannot be read

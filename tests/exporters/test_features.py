@@ -143,7 +143,7 @@ def test_bad_layer_names(exported, tmp_path):
             np.zeros((1, 3, 64, 64), np.float32), layers=["block9_conv1"]
         )
     with (
-        pytest.raises(ValueError, match="vgg16 has no layer nope; its layers are block1_conv1"),
+        pytest.raises(ValueError, match="vgg16 has no layer 'nope'; its layers are block1_conv1"),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", UntrainedWeightsWarning)

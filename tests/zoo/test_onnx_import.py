@@ -233,3 +233,19 @@ def test_int8_of_the_import_states_its_accuracy(imported, user_file, tmp_path, c
     assert "user_resnet18_int8:" in out and "held-out" in out, out
     assert (tmp_path / "repo" / "user_resnet18_int8" / "1" / "model.onnx").is_file()
     print(out)
+
+
+@pytest.mark.parametrize("layer", ["no_such_tensor", "x" * 5000, ""])
+def test_a_layer_the_graph_lacks_is_bad_input(imported, layer, tmp_path, capsys):
+    """Exit 2 naming the layer (at most 80 of its characters) and the graph's own; an empty name
+    is refused rather than taken for the default."""
+    capsys.readouterr()
+    argv = ["export", "user_resnet18", "--gradcam", "--layer", layer, "--repository", str(tmp_path)]
+    code, error = main(argv), capsys.readouterr().err
+    assert code == 2, error
+    assert len(error) < 1200, error
+    if layer:
+        assert "has no 4-D activation" in error and layer[:80] in error
+    else:
+        assert "--layer is empty" in error
+    assert not (tmp_path / "user_resnet18_gradcam").exists()
