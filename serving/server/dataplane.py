@@ -25,14 +25,21 @@ from serving.protocol.errors import InvalidInput, ModelNotFound, Overloaded, Ser
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
-from serving.server.model import OnnxModel
+from serving.server.model import OnnxModel, request_rows
 from serving.server.pictures import PictureDecoder
 from serving.server.repository import LOADING, READY, UNLOADED, ModelRepository
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
 from serving.server.statistics import StatisticsRegistry
 
-__all__ = ["DataPlane", "RequestedOutput", "DecodedRequest", "InferenceCall", "SERVER_NAME", "EXTENSIONS"]
+__all__ = [
+    "DataPlane",
+    "RequestedOutput",
+    "DecodedRequest",
+    "InferenceCall",
+    "SERVER_NAME",
+    "EXTENSIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,69 +151,28 @@ class DataPlane:
     async def handle(self, call: InferenceCall[Response]) -> Response:
         """Answer one inference request end to end, counting it in the statistics and logs
         whether it succeeds or fails."""
-        start = time.perf_counter_ns()
-        try:
-            model = self.model(call.model_name, call.model_version)
-        except ServingError as exc:
-            _log_failure(call, exc, start)
-            raise
-        try:
+        with _Accounting(call, self.statistics) as account:
+            model = account.model = self.model(call.model_name, call.model_version)
             with self.admission.admit(f"model {model.name!r}"):
                 request = call.decode(model)
                 if model.encoded_input is not None:
                     inputs = await self.pictures.decode(request.inputs, *model.encoded_input)
                     request = DecodedRequest(inputs, request.outputs)
-                decoded = time.perf_counter_ns()
-                timings = BatchTimings()
-                outputs = await self.infer(model, request.inputs, request.outputs, timings, call.deadline)
-                inferred = time.perf_counter_ns()
-                response = call.encode(model, outputs, request.outputs)
-        except Exception as exc:
-            self.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
-            if not isinstance(exc, Overloaded):  # refusals are logged in bulk, not one line each
-                _log_failure(call, exc, start)
-            raise
-        end = time.perf_counter_ns()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "request %s: %s version %s answered in %.2f ms",
-                call.request_id or "-",
-                model.name,
-                model.version,
-                (end - start) / 1e6,
-                extra={
-                    "request_id": call.request_id,
-                    "model": model.name,
-                    "version": model.version,
-                    "status": "OK",
-                    "duration_ms": round((end - start) / 1e6, 3),
-                    "batch": timings.batch_size,
-                },
-            )
-        batch = next(iter(request.inputs.values())).shape[0] if model.max_batch_size > 0 and request.inputs else 1
-        self.statistics.record_success(
-            model.name,
-            model.version,
-            batch=batch,
-            total_ns=end - start,
-            input_ns=decoded - start,
-            queue_ns=timings.queue_ns,
-            infer_ns=timings.infer_ns,
-            output_ns=end - inferred,
-        )
-        return response
+                account.decoded(request_rows(model, request.inputs))
+                outputs, account.timings = await self.infer(model, request.inputs, request.outputs, call.deadline)
+                account.inferred()
+                return call.encode(model, outputs, request.outputs)
 
     async def infer(
         self,
         model: OnnxModel,
         inputs: dict[str, np.ndarray],
         requested: list[RequestedOutput],
-        timings: BatchTimings | None = None,
         deadline: float | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], BatchTimings]:
         """Run `model` on decoded inputs, through its dynamic batcher when its config has one,
-        and apply the classification extension. `timings` receives what the request spent
-        queued and in onnxruntime; `deadline` (time.monotonic()) drops it unrun once passed."""
+        and apply the classification extension; the outputs, and what the request spent
+        queued and in onnxruntime. `deadline` (time.monotonic()) drops it unrun once passed."""
         known = {o.name for o in model.outputs}
         unknown = [r.name for r in requested if r.name not in known]
         if unknown:
@@ -218,35 +184,43 @@ class DataPlane:
             outputs, spent = await batcher.infer(inputs, names, deadline)
         else:
             outputs, spent = await self._run_alone(model, inputs, names)
-        if timings is not None:
-            timings.queue_ns, timings.infer_ns, timings.batch_size = spent.queue_ns, spent.infer_ns, spent.batch_size
         labels = self.repository.entry(model.name).labels
         for r in requested:
             if r.class_count:
                 outputs[r.name] = top_k_strings(
                     outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0
                 )
-        return outputs
+        return outputs, spent
 
     async def _run_alone(
         self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]
     ) -> tuple[dict[str, np.ndarray], BatchTimings]:
+        """One onnxruntime run for one request. The run is the server's work until it ends,
+        whether or not its client waits for it: busy() says so and its execution is counted."""
+        loop = asyncio.get_running_loop()
         submitted = time.perf_counter_ns()
-        started: list[int] = []
+        rows = request_rows(model, inputs)
 
-        def run() -> dict[str, np.ndarray]:
-            started.append(time.perf_counter_ns())
-            return model.predict(inputs, names or None)
+        def run() -> tuple[dict[str, np.ndarray], BatchTimings]:
+            started = time.perf_counter_ns()
+            outputs = model.predict(inputs, names or None)
+            spent = BatchTimings(started - submitted, time.perf_counter_ns() - started, rows)
+            self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
+            return outputs, spent
+
+        def ended(_: object) -> None:
+            try:
+                loop.call_soon_threadsafe(self._run_ended)
+            except RuntimeError:  # the loop is closed: nothing is waiting any more
+                pass
 
         self._runs_alone += 1
-        try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run)
-        finally:
-            self._runs_alone -= 1
-        rows = next(iter(inputs.values())).shape[0] if model.max_batch_size > 0 and inputs else 1
-        spent = BatchTimings(started[0] - submitted, time.perf_counter_ns() - started[0], rows)
-        self.statistics.record_execution(model.name, model.version, batch_size=rows, infer_ns=spent.infer_ns)
-        return outputs, spent
+        future = self._executor.submit(run)
+        future.add_done_callback(ended)
+        return await asyncio.wrap_future(future)
+
+    def _run_ended(self) -> None:
+        self._runs_alone -= 1
 
     def busy(self) -> bool:
         """Whether a request is held or any model's batcher or run still has work (a run
@@ -294,6 +268,71 @@ class DataPlane:
 
             batcher = self._batchers[model] = DynamicBatcher(model, policy, self._executor, record)
         return batcher
+
+
+class _Accounting:
+    """One request's statistics and logs: its phases timed as it goes, then counted as a
+    success or a failure (a refusal for load is counted, and logged in bulk elsewhere)."""
+
+    def __init__(self, call: InferenceCall, statistics: StatisticsRegistry) -> None:
+        self.call = call
+        self.statistics = statistics
+        self.model: OnnxModel | None = None
+        self.timings = BatchTimings()
+        self.rows = 1
+        self.start = self._decoded = self._inferred = time.perf_counter_ns()
+
+    def decoded(self, rows: int) -> None:
+        self.rows = rows
+        self._decoded = time.perf_counter_ns()
+
+    def inferred(self) -> None:
+        self._inferred = time.perf_counter_ns()
+
+    def __enter__(self) -> "_Accounting":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, traceback: object) -> None:
+        if exc is not None:
+            if not isinstance(exc, Exception):  # cancelled: the client left, nothing failed
+                return
+            if self.model is not None:
+                self.statistics.record_failure(self.model.name, self.model.version, time.perf_counter_ns() - self.start)
+            if not isinstance(exc, Overloaded):  # refusals are logged in bulk, not one line each
+                _log_failure(self.call, exc, self.start)
+            return
+        assert self.model is not None
+        end = time.perf_counter_ns()
+        if logger.isEnabledFor(logging.DEBUG):
+            _log_success(self.call, self.model, end - self.start, self.timings.batch_size)
+        self.statistics.record_success(
+            self.model.name,
+            self.model.version,
+            batch=self.rows,
+            total_ns=end - self.start,
+            input_ns=self._decoded - self.start,
+            queue_ns=self.timings.queue_ns,
+            infer_ns=self.timings.infer_ns,
+            output_ns=end - self._inferred,
+        )
+
+
+def _log_success(call: InferenceCall, model: OnnxModel, total_ns: int, batch_size: int) -> None:
+    logger.debug(
+        "request %s: %s version %s answered in %.2f ms",
+        call.request_id or "-",
+        model.name,
+        model.version,
+        total_ns / 1e6,
+        extra={
+            "request_id": call.request_id,
+            "model": model.name,
+            "version": model.version,
+            "status": "OK",
+            "duration_ms": round(total_ns / 1e6, 3),
+            "batch": batch_size,
+        },
+    )
 
 
 def _log_failure(call: InferenceCall, exc: Exception, start_ns: int) -> None:

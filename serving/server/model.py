@@ -28,7 +28,7 @@ from serving.server.batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_loa
 from serving.server.batch_sizes import warm_run_sizes
 from serving.server.warmup import warm_up
 
-__all__ = ["OnnxModel", "RuntimeOptions", "instance_count"]
+__all__ = ["OnnxModel", "RuntimeOptions", "instance_count", "request_rows", "rows_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ _GRAPH_LEVELS = {
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def rows_of(inputs: Mapping[str, np.ndarray]) -> int:
+    """The rows of a batched request: its first input's first dimension (check_batch makes
+    every input agree)."""
+    return next(iter(inputs.values())).shape[0]
+
+
+def request_rows(model: "OnnxModel", inputs: Mapping[str, np.ndarray]) -> int:
+    """The rows a request carries: its batch for a batched model, else one."""
+    return rows_of(inputs) if model.max_batch_size > 0 and inputs else 1
 
 
 def instance_count(config: mc.ModelConfig) -> int:
