@@ -4,8 +4,9 @@ A model whose config.pbtxt has a `dynamic_batching` block gets a DynamicBatcher.
 Requests queue per model; a scheduler takes the oldest one, waits for a free
 instance (instance_group count), then gathers every queued request whose tensors
 can be stacked with it (same non-batch shapes and datatypes) up to its merge limit,
-waiting at most max_queue_delay_microseconds for a preferred batch size. The
-merged run's outputs are split back by row offsets.
+waiting for a preferred batch size at most max_queue_delay_microseconds after the
+oldest request arrived. When a batch leaves is decided by one pure function,
+BatchingPolicy.wait. The merged run's outputs are split back by row offsets.
 
 Without preferred sizes, a batch also stops waiting once it holds as many requests as
 were recently in the batcher at once (queued, gathered or running; the peak over the
@@ -15,9 +16,9 @@ while a server of several busy workers still grows batches that one busy process
 have grown by itself (docs/benchmarks.md, Workers). If a merged run fails, each of
 its requests is run alone, so one bad request fails alone.
 
-Triton's semantics are kept: max_queue_size bounds the queue (RESOURCE_EXHAUSTED
-when full), and a request whose client deadline passes while queued is dropped
-before it runs.
+Triton's semantics are kept: max_queue_size bounds the requests waiting, queued or
+being gathered (RESOURCE_EXHAUSTED when full), and a request whose client deadline
+passes while it waits is dropped before it runs.
 
 Merged runs take one of a few sizes (serving/server/batch_sizes.py: the preferred batch sizes,
 else powers of two and max_batch_size; merging stops at the largest), each warmed when the model loads, so the
@@ -47,7 +48,7 @@ from serving.protocol.errors import DeadlineExceeded, ModelNotReady, ModelOutput
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.schema import PAD_BATCHES_KEY, RAGGED_INPUTS_KEY, TRIM_OUTPUTS_KEY, decode_fact
 from serving.server.batch_sizes import run_sizes
-from serving.server.model import OnnxModel, instance_count
+from serving.server.model import OnnxModel, instance_count, rows_of
 
 __all__ = ["BatchingPolicy", "DynamicBatcher", "BatchTimings", "PAD_BATCHES_KEY"]
 
@@ -100,6 +101,30 @@ class BatchingPolicy:
         _, kept, size = min(choices)
         return kept, size
 
+    @property
+    def waits_for_the_recent_peak(self) -> bool:
+        """Whether `wait` looks at the recent peak: a queue delay without preferred sizes."""
+        return self.max_queue_delay_s > 0 and not self.preferred_batch_sizes
+
+    def wait(self, rows: int, count: int, oldest_enqueued: float, now: float, recent_peak: int = 1) -> float:
+        """Every rule of when a gathered batch leaves, in one place: how many seconds a batch
+        of `count` requests and `rows` rows, the oldest of them enqueued at `oldest_enqueued`,
+        waits for more at `now` (time.monotonic()); 0 runs it now. Without preferred sizes
+        it stops waiting once it holds as many requests as were recently in the batcher at
+        once (`recent_peak`): a lone client is never held. The delay counts from the oldest
+        request's arrival, not from when an instance came free (Triton's rule), so a request
+        that waited for an instance does not wait a whole delay more."""
+        if rows >= self.merge_limit or rows in self.preferred_batch_sizes:
+            return 0.0
+        if self.preferred_batch_sizes and rows > self.preferred_batch_sizes[-1]:
+            return 0.0
+        remaining = oldest_enqueued + self.max_queue_delay_s - now
+        if remaining <= 0:
+            return 0.0
+        if not self.preferred_batch_sizes and count >= recent_peak:
+            return 0.0  # everyone recently waiting is here: more would only wait out the delay
+        return remaining
+
     @classmethod
     def from_config(
         cls, config: mc.ModelConfig, run_seconds: Mapping[int, float] | None = None
@@ -138,7 +163,8 @@ class BatchTimings:
     queue_ns: int = 0
     infer_ns: int = 0
     batch_size: int = 0
-    """Rows of the run that served it (this request's and others')."""
+    """The batch size of the run that served it: the rows onnxruntime ran, this request's,
+    others' and padding (what Triton's batch statistics and deepr_batch_size count)."""
 
 
 @dataclass(eq=False)
@@ -149,7 +175,10 @@ class _Pending:
     signature: tuple
     future: asyncio.Future
     deadline: float | None
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    enqueued_ns: int = field(default_factory=time.monotonic_ns)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
 
 def _signature(inputs: dict[str, np.ndarray], ragged: Mapping[str, float]) -> tuple:
@@ -185,6 +214,8 @@ class DynamicBatcher:
         nor a running task, so drain and close must count them on their own."""
         self._running: set[asyncio.Task] = set()
         self._running_requests = 0
+        self._changed = asyncio.Event()
+        """Set when a run starts or ends: what drain waits on."""
         self._peak = _RecentPeak()
         self._draining = False
         self._closed = False
@@ -200,11 +231,12 @@ class DynamicBatcher:
         `deadline` is a time.monotonic() instant after which it must not start."""
         if self._closed:
             raise ModelNotReady(f"model {self.model.name!r} version {self.model.version} is no longer served; retry")
-        if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
+        waiting = len(self._queue) + len(self._gathering)
+        if self.policy.max_queue_size and waiting >= self.policy.max_queue_size:
             raise QueueFull(
                 f"model {self.model.name!r}: queue is full ({self.policy.max_queue_size} requests waiting); retry later"
             )
-        rows = next(iter(inputs.values())).shape[0]
+        rows = rows_of(inputs)
         pending = _Pending(
             inputs,
             tuple(outputs),
@@ -232,10 +264,11 @@ class DynamicBatcher:
         self._draining = True
         self._arrived.set()
         while not self.idle:
+            self._changed.clear()
             if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
-            else:
-                await asyncio.sleep(0.001)
+                await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+            else:  # the batch being gathered leaves at once, as a run
+                await self._changed.wait()
         await self.close()
 
     async def close(self) -> None:
@@ -290,50 +323,68 @@ class DynamicBatcher:
             self._queue.extendleft(reversed(batch[kept:]))  # first into the next batch
             task = asyncio.create_task(self._execute(batch[:kept], size))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._ran)
+            self._changed.set()
+
+    def _ran(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._changed.set()
 
     async def _gather(self) -> list[_Pending]:
+        """The requests of the next run: the oldest queued one and every queued request that
+        stacks with it, for as long as the policy says to wait for more."""
         policy = self.policy
         batch = self._gathering = []
-        rows = 0
         signature = None
-        give_up_at = time.monotonic() + policy.max_queue_delay_s
         while True:
             now = time.monotonic()
-            kept: collections.deque[_Pending] = collections.deque()
-            while self._queue:
-                pending = self._queue.popleft()
-                if pending.future.done():  # cancelled by its client while queued
-                    continue
-                if pending.deadline is not None and now > pending.deadline:
-                    pending.future.set_exception(
-                        DeadlineExceeded(
-                            f"model {self.model.name!r}: the request's deadline passed while it was queued; it was not run"
-                        )
-                    )
-                    continue
-                if signature is None:
-                    signature = pending.signature
-                if pending.signature == signature and (not batch or rows + pending.rows <= policy.merge_limit):
-                    batch.append(pending)
-                    rows += pending.rows
-                else:
-                    kept.append(pending)
-            self._queue = kept
-            if not batch or self._draining or rows >= policy.merge_limit or rows in policy.preferred_batch_sizes:
+            self._take_queued(batch, now, signature)
+            batch[:] = [p for p in batch if self._still_wanted(p, now)]  # deadlines pass while gathering too
+            if not batch:
                 return batch
-            if policy.preferred_batch_sizes and rows > policy.preferred_batch_sizes[-1]:
+            signature = batch[0].signature
+            if self._draining:
                 return batch
-            remaining = give_up_at - time.monotonic()
-            if remaining <= 0:
+            peak = self._peak.value() if policy.waits_for_the_recent_peak else 1
+            wait = policy.wait(sum(p.rows for p in batch), len(batch), batch[0].enqueued_ns / 1e9, now, peak)
+            if wait <= 0:
                 return batch
-            if not policy.preferred_batch_sizes and len(batch) >= self._peak.value():
-                return batch  # everyone recently waiting is here: more would only wait out the delay
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), wait)
             except TimeoutError:
                 pass
+
+    def _take_queued(self, batch: list[_Pending], now: float, signature: tuple | None) -> None:
+        """Move queued requests that stack with the batch into it, up to the merge limit."""
+        rows = sum(p.rows for p in batch)
+        kept: collections.deque[_Pending] = collections.deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if not self._still_wanted(pending, now):
+                continue
+            if signature is None:
+                signature = pending.signature
+            if pending.signature == signature and (not batch or rows + pending.rows <= self.policy.merge_limit):
+                batch.append(pending)
+                rows += pending.rows
+            else:
+                kept.append(pending)
+        self._queue = kept
+
+    def _still_wanted(self, pending: _Pending, now: float) -> bool:
+        """False for a request cancelled by its client, or whose deadline passed (it is
+        answered DEADLINE_EXCEEDED, unrun)."""
+        if pending.future.done():
+            return False
+        if pending.expired(now):
+            pending.future.set_exception(
+                DeadlineExceeded(
+                    f"model {self.model.name!r}: the request's deadline passed while it was queued; it was not run"
+                )
+            )
+            return False
+        return True
 
     async def _execute(self, batch: list[_Pending], size: int) -> None:
         loop = asyncio.get_running_loop()
@@ -346,7 +397,7 @@ class DynamicBatcher:
                 merged = _merged([p.inputs for p in batch], size, self.policy.ragged_inputs)
                 return self.model.predict(merged, names)
 
-            started = time.perf_counter_ns()
+            started = time.monotonic_ns()
             try:
                 results = await loop.run_in_executor(self._executor, merge_and_run)
             except Exception as exc:
@@ -364,7 +415,7 @@ class DynamicBatcher:
                 for pending in batch:
                     await self._execute_alone(pending)
                 return
-            self._answer(batch, results, started, time.perf_counter_ns(), size)
+            self._answer(batch, results, started, time.monotonic_ns(), size)
         finally:
             self._running_requests -= len(batch)
             self._instances.release()
@@ -376,7 +427,6 @@ class DynamicBatcher:
     ) -> None:
         """Give each request its own rows of a merged run's outputs."""
         self._record(size, finished - started)
-        rows = sum(p.rows for p in batch)
         offset = 0
         for pending in batch:
             own = {
@@ -389,7 +439,7 @@ class DynamicBatcher:
                 if name in own and length_input in pending.inputs:
                     own[name] = own[name][:, : max(int(pending.inputs[length_input].max()), 0)]
             if not pending.future.done():
-                pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, rows)))
+                pending.future.set_result((own, BatchTimings(started - pending.enqueued_ns, finished - started, size)))
 
     def _record(self, size: int, infer_ns: int) -> None:
         cold = size not in self._sizes_run
@@ -397,7 +447,7 @@ class DynamicBatcher:
         self._on_execution(size, infer_ns, cold)
 
     async def _execute_alone(self, pending: _Pending) -> None:
-        started = time.perf_counter_ns()
+        started = time.monotonic_ns()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.model.predict, pending.inputs, list(pending.outputs) or None
@@ -405,7 +455,7 @@ class DynamicBatcher:
         except Exception as exc:
             _fail(pending, exc)
             return
-        self._answer([pending], result, started, time.perf_counter_ns(), pending.rows)
+        self._answer([pending], result, started, time.monotonic_ns(), pending.rows)
 
 
 class _RecentPeak:
@@ -446,10 +496,10 @@ def _merged(
 ) -> dict[str, np.ndarray]:
     """The requests' inputs stacked along the batch axis, with zero rows up to `size`; ragged
     inputs padded at the end of their last axis (and in padding rows) with their pad value."""
-    if len(requests) == 1 and next(iter(requests[0].values())).shape[0] == size:
+    if len(requests) == 1 and rows_of(requests[0]) == size:
         return requests[0]
     ragged = ragged or {}
-    filled = sum(next(iter(inputs.values())).shape[0] for inputs in requests)
+    filled = sum(rows_of(inputs) for inputs in requests)
     merged = {}
     for name, first in requests[0].items():
         pad = ragged.get(name)

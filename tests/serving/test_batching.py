@@ -544,3 +544,76 @@ def test_ragged_and_trimmed_come_from_the_config():
     config.parameters["deepr.trim_outputs"].string_value = '{"chars": "length"}'
     policy = BatchingPolicy.from_config(config)
     assert policy.ragged_inputs == {"prompt": -1} and policy.trimmed_outputs == {"chars": "length"}
+
+
+DELAY = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.010, run_sizes=(1, 2, 4, 8, 16, 32))
+PREFERRED = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.010, preferred_batch_sizes=(4, 8))
+
+
+@pytest.mark.parametrize(
+    ("policy", "rows", "count", "oldest", "now", "peak", "wait"),
+    [
+        (BatchingPolicy(max_batch_size=64), 1, 1, 0.0, 0.0, 1, 0.0),  # no delay: run now
+        (DELAY, 1, 1, 0.0, 0.0, 1, 0.0),  # a lone client is never held
+        (DELAY, 2, 2, 0.0, 0.004, 3, 0.006),  # three were recently waiting: wait for the third
+        (DELAY, 2, 2, 0.0, 0.011, 3, 0.0),  # the delay counts from the oldest request's arrival
+        (DELAY, 2, 2, 0.0, 0.004, 2, 0.0),  # everyone recently waiting is here
+        (DELAY, 32, 3, 0.0, 0.0, 9, 0.0),  # the largest run size is full
+        (PREFERRED, 1, 1, 0.0, 0.0, 1, 0.010),  # preferred sizes wait whatever the peak
+        (PREFERRED, 4, 2, 0.0, 0.002, 9, 0.0),  # a preferred size reached
+        (PREFERRED, 5, 2, 0.0, 0.002, 9, 0.008),  # between preferred sizes
+        (PREFERRED, 9, 2, 0.0, 0.002, 9, 0.0),  # past the largest preferred size
+        (PREFERRED, 5, 2, 1.0, 1.012, 9, 0.0),  # the delay is spent
+    ],
+)
+def test_one_function_decides_when_a_batch_leaves(policy, rows, count, oldest, now, peak, wait):
+    assert policy.wait(rows, count, oldest, now, peak) == pytest.approx(wait, abs=1e-9)
+
+
+def test_the_queue_delay_counts_from_arrival_not_from_a_free_instance(executor):
+    """A request that waited 150 ms for the only instance does not then wait a 200 ms delay."""
+    model = RowSums()
+    model.gate.clear()
+    policy = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.200, preferred_batch_sizes=(8,))
+    batcher = DynamicBatcher(model, policy, executor)
+
+    async def main():
+        first = asyncio.create_task(batcher.infer(rows(8, 0), ["sum"]))  # a preferred size: runs at once
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(batcher.infer(rows(1, 10), ["sum"]))
+        await asyncio.sleep(0.150)  # the first holds the instance: the second waits for it
+        model.gate.set()
+        await first
+        started = time.monotonic()
+        await second
+        return time.monotonic() - started
+
+    assert run(main()) < 0.150  # about 50 ms of its delay were left, not 200
+
+
+def test_a_gathered_request_whose_deadline_passes_is_not_run(executor):
+    model = RowSums()
+    policy = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.300, preferred_batch_sizes=(8,))
+    batcher = DynamicBatcher(model, policy, executor)
+
+    async def main():
+        return await batcher.infer(rows(1, 0), ["sum"], deadline=time.monotonic() + 0.05)
+
+    with pytest.raises(DeadlineExceeded):
+        run(main())
+    assert model.runs == []
+
+
+def test_requests_being_gathered_count_against_the_queue_bound(executor):
+    model = RowSums()
+    policy = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.300, preferred_batch_sizes=(8,), max_queue_size=1)
+    batcher = DynamicBatcher(model, policy, executor)
+
+    async def main():
+        first = asyncio.create_task(batcher.infer(rows(1, 0), ["sum"]))
+        await asyncio.sleep(0.05)  # taken off the queue, waiting for a preferred batch
+        with pytest.raises(QueueFull):
+            await batcher.infer(rows(1, 10), ["sum"])
+        await first
+
+    run(main())
