@@ -9,19 +9,22 @@ written here in ONNX, next to the forward graph: each operator kind has its rule
 one without a rule is refused by name.
 
 The graph must be at opset GRADIENT_OPSET (17); `Tail.gradient` adds nodes and initializers
-to it and returns the name of dA.
+to it (through a GraphBuilder, which the objective that seeds the gradient shares) and returns
+the name of dA. Constants take the tail's own float type (float16, float32 or float64), each
+rule names the inputs it differentiates, and the forward nodes are left as they are.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["Tail", "UnsupportedOperator", "DIFFERENTIABLE"]
+__all__ = ["GraphBuilder", "Tail", "UnsupportedOperator", "Rule", "DIFFERENTIABLE"]
 
 
 class UnsupportedOperator(ValueError):
@@ -35,35 +38,90 @@ def _attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of the graph's floating-point tensors, as shape inference types them."""
+_FLOAT_TYPES: dict[int, type] = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.DOUBLE: np.float64,
+    TensorProto.FLOAT16: np.float16,
+}
+"""The float types the rules write constants in (numpy has no bfloat16)."""
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every typed tensor's element type, as shape inference finds it."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-    return {
-        v.name
+    types = {
+        v.name: v.type.tensor_type.elem_type
         for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-        if v.type.tensor_type.elem_type in floats
     }
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    return types
+
+
+class GraphBuilder:
+    """Adds nodes and initializers to a model's graph under names of its own: the mechanics
+    that Grad-CAM's objective and the backward pass share."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = "deepr_grad") -> None:
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.prefix = prefix
+        self._names = itertools.count()
+
+    def name(self, hint: str) -> str:
+        return f"{self.prefix}/{hint}_{next(self._names)}"
+
+    def const(self, value: np.ndarray | np.generic, hint: str = "const") -> str:
+        name = self.name(hint)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, **attributes) -> str:
+        out = self.name(hint or op_type.lower())
+        self.graph.node.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        return out
+
+    def mean(self, x: str, axes: Sequence[int], keepdims: int = 1, hint: str = "mean") -> str:
+        """ReduceMean over `axes`: its axes are an attribute before opset 18, an input from it on."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.const(np.array(axes, np.int64), "axes")], hint, keepdims=keepdims)
+        return self.op("ReduceMean", [x], hint, axes=list(axes), keepdims=keepdims)
 
 
 class Tail:
     """The operators from tensor `start` to tensor `end` of `model`'s graph, and their backward pass."""
 
-    def __init__(self, model: onnx.ModelProto, start: str, end: str, shapes: dict[str, list]) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        start: str,
+        end: str,
+        shapes: dict[str, list],
+        builder: GraphBuilder | None = None,
+    ) -> None:
         self.model = model
         self.graph = model.graph
         self.shapes = shapes
+        self.builder = builder or GraphBuilder(model)
         self.constants = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant":
                 value = _attribute(node, "value")
                 if value is not None:
                     self.constants[node.output[0]] = numpy_helper.to_array(value)
-        self.floats = _float_tensors(model)
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self._names = itertools.count()
-        self.nodes = self._between(start, end)
+        types = _tensor_types(model)
+        self.floats = {name for name, kind in types.items() if kind in (*_FLOAT_TYPES, TensorProto.BFLOAT16)}
+        self.float_type: int = types.get(start, TensorProto.UNDEFINED)
+        """The element type of the chosen tensor, which the tail's constants and casts take."""
+        if self.float_type not in _FLOAT_TYPES:
+            kind = TensorProto.DataType.Name(self.float_type) if self.float_type else "of no known type"
+            raise UnsupportedOperator(
+                f"tensor {start!r} is {kind}; gradients are written for float16, float32 and float64 tensors"
+            )
+        self.float = _FLOAT_TYPES[self.float_type]
         self.start, self.end = start, end
+        self.nodes = self._between(start, end)
+        self.dependent = {start, *(o for node in self.nodes for o in node.output)}
+        """`start` and every tensor of the tail computed from it."""
 
     def _between(self, start: str, end: str) -> list[onnx.NodeProto]:
         """The nodes on a path from `start` to `end`, in graph (topological) order."""
@@ -83,32 +141,33 @@ class Tail:
                 needed.update(i for i in node.input if i in depends)
         return list(reversed(tail))
 
-    # -- building blocks -------------------------------------------------------------------------------------------
+    # -- building blocks: the builder's, and typed ones ------------------------------------------------------------
 
     def name(self, hint: str) -> str:
-        return f"deepr_grad/{hint}_{next(self._names)}"
+        return self.builder.name(hint)
 
     def const(self, value: np.ndarray | np.generic, hint: str = "const") -> str:
-        name = self.name(hint)
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
+        return self.builder.const(value, hint)
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, **attributes) -> str:
-        out = self.name(hint or op_type.lower())
-        self.graph.node.append(helper.make_node(op_type, list(inputs), [out], **attributes))
-        return out
+        return self.builder.op(op_type, inputs, hint, **attributes)
 
     def mean(self, x: str, axes: Sequence[int], keepdims: int = 1, hint: str = "mean") -> str:
-        """ReduceMean over `axes`: its axes are an attribute before opset 18, an input from it on."""
-        if self.opset >= 18:
-            return self.op("ReduceMean", [x, self.const(np.array(axes, np.int64), "axes")], hint, keepdims=keepdims)
-        return self.op("ReduceMean", [x], hint, axes=list(axes), keepdims=keepdims)
+        return self.builder.mean(x, axes, keepdims, hint)
 
-    def _dependent(self) -> set[str]:
-        names = {self.start}
-        for node in self.nodes:
-            names.update(node.output)
-        return names
+    def fconst(self, value: float | np.ndarray, hint: str = "const") -> str:
+        """A constant in the tail's float type."""
+        return self.const(np.asarray(value, dtype=self.float), hint)
+
+    def as_float(self, x: str) -> str:
+        """`x` cast to the tail's float type."""
+        return self.op("Cast", [x], to=self.float_type)
+
+    def rank(self, tensor: str, op_type: str) -> int:
+        shape = self.shapes.get(tensor)
+        if shape is None:
+            raise UnsupportedOperator(f"{op_type} needs the rank of {tensor!r}, which shape inference leaves unknown")
+        return len(shape)
 
     def per_row(self, tensor: str) -> list | None:
         """The shape with every dimension but the first (the batch) known, or None."""
@@ -126,13 +185,13 @@ class Tail:
     # -- the backward pass -----------------------------------------------------------------------------------------
 
     def gradient(self, seed: str) -> str:
-        """The name of d(sum(seed * end)) / d(start): `seed` has `end`'s shape."""
+        """The name of d(sum(seed * end)) / d(start): `seed` has `end`'s shape and type."""
         grads: dict[str, str] = {self.end: seed}
-        dependent = self._dependent()
         for node in reversed(self.nodes):
             if not any(o in grads for o in node.output):
                 continue  # nothing flows back through it (a shape computed from the tensor, say)
-            if node.op_type not in DIFFERENTIABLE:
+            rule = DIFFERENTIABLE.get(node.op_type)
+            if rule is None:
                 raise UnsupportedOperator(
                     f"operator {node.op_type} ({node.name or node.output[0]}) between the chosen tensor and the "
                     f"output has no backward rule in deepr (rules: {', '.join(sorted(DIFFERENTIABLE))})"
@@ -141,10 +200,20 @@ class Tail:
             if outgoing is None:
                 continue
             for index, source in enumerate(node.input):
-                if source not in dependent or source not in self.floats:
+                if source not in self.dependent or source not in self.floats:
                     continue  # constants, and integer inputs (shapes, axes) carry no gradient
-                incoming = DIFFERENTIABLE[node.op_type](self, node, index, outgoing)
+                if not rule.differentiates(index):
+                    raise UnsupportedOperator(
+                        f"input {index} of {node.op_type} ({node.name or node.output[0]}) depends on the chosen tensor; "
+                        f"deepr differentiates {node.op_type} along input {', '.join(map(str, rule.inputs or ()))} only"
+                    )
+                incoming = rule.backward(self, node, index, outgoing)
                 grads[source] = self.op("Add", [grads[source], incoming], "sum") if source in grads else incoming
+        if self.start not in grads:
+            raise UnsupportedOperator(
+                f"no gradient reaches {self.start!r}: the output depends on it only through integer tensors (shapes, "
+                "indices), which carry none"
+            )
         return grads[self.start]
 
     def reduce_to(self, gradient: str, tensor: str, result: str) -> str:
@@ -174,38 +243,34 @@ def _reshape_back(t: Tail, node, index, g):
 
 
 def _relu(t: Tail, node, index, g):
-    mask = t.op("Cast", [t.op("Greater", [node.output[0], t.const(np.float32(0))])], to=onnx.TensorProto.FLOAT)
-    return t.op("Mul", [g, mask])
+    # from the forward output: y > 0 exactly where x > 0
+    return t.op("Mul", [g, t.as_float(t.op("Greater", [node.output[0], t.fconst(0)]))])
 
 
 def _leaky_relu(t: Tail, node, index, g):
     alpha = _attribute(node, "alpha", 0.01)
-    positive = t.op("Greater", [node.input[0], t.const(np.float32(0))])
-    return t.op("Where", [positive, g, t.op("Mul", [g, t.const(np.float32(alpha))])])
+    positive = t.op("Greater", [node.input[0], t.fconst(0)])
+    return t.op("Where", [positive, g, t.op("Mul", [g, t.fconst(alpha)])])
 
 
 def _clip(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("Clip's bounds are not differentiated")
     x = node.input[0]
-    inside = t.const(np.float32(1))
-    mask = inside
+    mask = t.fconst(1)
     if len(node.input) > 1 and node.input[1]:
-        mask = t.op("Cast", [t.op("Greater", [x, node.input[1]])], to=onnx.TensorProto.FLOAT)
+        mask = t.as_float(t.op("Greater", [x, node.input[1]]))
     if len(node.input) > 2 and node.input[2]:
-        below = t.op("Cast", [t.op("Less", [x, node.input[2]])], to=onnx.TensorProto.FLOAT)
-        mask = t.op("Mul", [mask, below])
+        mask = t.op("Mul", [mask, t.as_float(t.op("Less", [x, node.input[2]]))])
     return t.op("Mul", [g, mask])
 
 
 def _sigmoid(t: Tail, node, index, g):
     y = node.output[0]
-    return t.op("Mul", [g, t.op("Mul", [y, t.op("Sub", [t.const(np.float32(1)), y])])])
+    return t.op("Mul", [g, t.op("Mul", [y, t.op("Sub", [t.fconst(1), y])])])
 
 
 def _tanh(t: Tail, node, index, g):
     y = node.output[0]
-    return t.op("Mul", [g, t.op("Sub", [t.const(np.float32(1)), t.op("Mul", [y, y])])])
+    return t.op("Mul", [g, t.op("Sub", [t.fconst(1), t.op("Mul", [y, y])])])
 
 
 def _softmax(t: Tail, node, index, g):
@@ -238,28 +303,23 @@ def _mean_over(t: Tail, x: str, g: str, axes: list[int], keepdims: bool) -> str:
         g = t.op("Unsqueeze", [g, axes_name])
     shape = t.op("Shape", [x])
     count = t.op("ReduceProd", [t.op("Gather", [shape, axes_name], axis=0)], keepdims=0)
-    scale = t.op("Reciprocal", [t.op("Cast", [count], to=onnx.TensorProto.FLOAT)])
-    return t.op("Mul", [t.op("Expand", [g, shape]), scale])
+    return t.op("Mul", [t.op("Expand", [g, shape]), t.op("Reciprocal", [t.as_float(count)])])
 
 
 def _global_average_pool(t: Tail, node, index, g):
-    rank = len(t.shapes.get(node.input[0], [0, 0, 0, 0]))
+    rank = t.rank(node.input[0], node.op_type)
     return _mean_over(t, node.input[0], g, list(range(2, rank)), keepdims=True)
 
 
 def _reduce_mean(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("ReduceMean's axes are not differentiated")
     axes = _attribute(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = t.constants.get(node.input[1])
         if axes is None:
             raise UnsupportedOperator("ReduceMean with computed axes")
         axes = [int(a) for a in np.asarray(axes).reshape(-1)]
-    rank = len(t.shapes.get(node.input[0], []))
-    if axes is None:
-        axes = list(range(rank))
-    axes = [a % rank for a in axes] if rank else list(axes)
+    rank = t.rank(node.input[0], node.op_type)
+    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
     return _mean_over(t, node.input[0], g, sorted(axes), keepdims=bool(_attribute(node, "keepdims", 1)))
 
 
@@ -301,66 +361,61 @@ def _average_pool(t: Tail, node, index, g):
     if any(pads) and not _attribute(node, "count_include_pad", 0):
         raise UnsupportedOperator("AveragePool that leaves padding out of its count is not differentiated")
     channels = x[1]
-    ones = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), np.float32)
+    ones = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), t.float)
     return _transpose_conv(t, node, g, t.const(ones, "window"), channels, kernel, pads)
 
 
 def _max_pool(t: Tail, node, index, g):
-    """The gradient goes to the input element each window took, through MaxPool's own Indices
-    output (added to the forward node): flat indices into the input, summed where windows overlap."""
-    if len(node.output) < 2 or not node.output[1]:
-        indices = t.name("maxpool_indices")
-        del node.output[1:]
-        node.output.append(indices)
-    indices = node.output[1]
+    """The gradient goes to the input element each window took: flat indices into the input,
+    from a second MaxPool of the same input asked for its Indices (the forward node stays as
+    it is), summed where windows overlap."""
+    again = onnx.NodeProto()
+    again.CopyFrom(node)
+    again.name = t.name("maxpool_indices")
+    indices = t.name("maxpool_indices")
+    del again.output[:]
+    again.output.extend([t.name("maxpool_values"), indices])
+    t.graph.node.append(again)
     x = node.input[0]
     shape = t.op("Shape", [x])
     flat = t.const(np.array([-1], np.int64), "flat")
     size = t.op("ReduceProd", [shape], keepdims=1)
-    zeros = t.op("ConstantOfShape", [size], value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    scattered = t.op(
-        "ScatterElements",
-        [zeros, t.op("Reshape", [indices, flat]), t.op("Reshape", [g, flat])],
-        axis=0,
-        reduction="add",
-    )
-    return t.op("Reshape", [scattered, shape])
+    # onnxruntime's CPU ScatterElements adds no float16: a float16 tail scatters in float32
+    wide = t.float_type == TensorProto.FLOAT16
+    dtype, kind = (np.float32, TensorProto.FLOAT) if wide else (t.float, t.float_type)
+    zeros = t.op("ConstantOfShape", [size], value=numpy_helper.from_array(np.zeros(1, dtype)))
+    updates = t.op("Reshape", [t.op("Cast", [g], to=kind) if wide else g, flat])
+    scattered = t.op("ScatterElements", [zeros, t.op("Reshape", [indices, flat]), updates], axis=0, reduction="add")
+    gradient = t.op("Reshape", [scattered, shape])
+    return t.as_float(gradient) if wide else gradient
 
 
 def _conv(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("a convolution's weights are not differentiated")
     x, y, kernel, pads = _window_sizes(t, node)
     return _transpose_conv(t, node, g, node.input[1], int(_attribute(node, "group", 1)), kernel, pads)
 
 
 def _batch_norm(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("BatchNormalization's parameters are not differentiated")
     scale, variance = t.constants.get(node.input[1]), t.constants.get(node.input[4])
     if scale is None or variance is None:
         raise UnsupportedOperator("BatchNormalization with computed statistics")
     epsilon = _attribute(node, "epsilon", 1e-5)
-    rank = len(t.shapes.get(node.input[0], [0, 0, 0, 0]))
-    factor = (scale / np.sqrt(variance + epsilon)).astype(np.float32).reshape(-1, *([1] * (rank - 2)))
+    rank = t.rank(node.input[0], node.op_type)
+    factor = (scale / np.sqrt(variance + epsilon)).astype(t.float).reshape(-1, *([1] * (rank - 2)))
     return t.op("Mul", [g, t.const(factor, "bn")])
 
 
 def _gemm(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("Gemm's weights and bias are not differentiated")
     alpha = float(_attribute(node, "alpha", 1.0))
     b = node.input[1]
     b_t = b if _attribute(node, "transB", 0) else t.op("Transpose", [b])  # (B')^T
     grad = t.op("MatMul", [g, b_t])
     if alpha != 1.0:
-        grad = t.op("Mul", [grad, t.const(np.float32(alpha))])
+        grad = t.op("Mul", [grad, t.fconst(alpha)])
     return t.op("Transpose", [grad]) if _attribute(node, "transA", 0) else grad
 
 
 def _matmul(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("MatMul is differentiated along its first operand only")
     b = t.static(node.input[1])
     if b is None or len(b) != 2:
         raise UnsupportedOperator("MatMul by a weight matrix of static 2-D shape only")
@@ -381,8 +436,6 @@ def _mul(t: Tail, node, index, g):
 
 
 def _div(t: Tail, node, index, g):
-    if index != 0:
-        raise UnsupportedOperator("Div is differentiated along its numerator only")
     return t.reduce_to(t.op("Div", [g, node.input[1]]), node.input[0], node.output[0])
 
 
@@ -406,35 +459,50 @@ def _concat(t: Tail, node, index, g):
     )
 
 
-DIFFERENTIABLE: dict[str, Callable[[Tail, onnx.NodeProto, int, str], str]] = {
-    "Identity": _identity,
-    "Dropout": _identity,
-    "Sum": _identity,
-    "Flatten": _reshape_back,
-    "Reshape": _reshape_back,
-    "Squeeze": _reshape_back,
-    "Unsqueeze": _reshape_back,
-    "Relu": _relu,
-    "LeakyRelu": _leaky_relu,
-    "Clip": _clip,
-    "Sigmoid": _sigmoid,
-    "Tanh": _tanh,
-    "Softmax": _softmax,
-    "LogSoftmax": _log_softmax,
-    "Transpose": _transpose,
-    "GlobalAveragePool": _global_average_pool,
-    "ReduceMean": _reduce_mean,
-    "AveragePool": _average_pool,
-    "MaxPool": _max_pool,
-    "Conv": _conv,
-    "BatchNormalization": _batch_norm,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "Add": _add,
-    "Sub": _sub,
-    "Mul": _mul,
-    "Div": _div,
-    "Concat": _concat,
+@dataclass(frozen=True)
+class Rule:
+    """An operator's backward: (tail, node, which input, gradient of its output) -> the
+    gradient of that input, for the inputs it differentiates."""
+
+    backward: Callable[[Tail, onnx.NodeProto, int, str], str]
+    inputs: tuple[int, ...] | None = None
+    """The inputs differentiated; None: every input. A gradient asked of another (a weight
+    that depends on the chosen tensor) is refused by name, in one place (Tail.gradient)."""
+
+    def differentiates(self, index: int) -> bool:
+        return self.inputs is None or index in self.inputs
+
+
+FIRST = (0,)
+
+DIFFERENTIABLE: dict[str, Rule] = {
+    "Identity": Rule(_identity),
+    "Dropout": Rule(_identity, FIRST),
+    "Sum": Rule(_identity),
+    "Flatten": Rule(_reshape_back, FIRST),
+    "Reshape": Rule(_reshape_back, FIRST),
+    "Squeeze": Rule(_reshape_back, FIRST),
+    "Unsqueeze": Rule(_reshape_back, FIRST),
+    "Relu": Rule(_relu),
+    "LeakyRelu": Rule(_leaky_relu),
+    "Clip": Rule(_clip, FIRST),  # the bounds are not differentiated
+    "Sigmoid": Rule(_sigmoid),
+    "Tanh": Rule(_tanh),
+    "Softmax": Rule(_softmax),
+    "LogSoftmax": Rule(_log_softmax),
+    "Transpose": Rule(_transpose),
+    "GlobalAveragePool": Rule(_global_average_pool),
+    "ReduceMean": Rule(_reduce_mean, FIRST),
+    "AveragePool": Rule(_average_pool),
+    "MaxPool": Rule(_max_pool),
+    "Conv": Rule(_conv, FIRST),  # not the weights or bias
+    "BatchNormalization": Rule(_batch_norm, FIRST),  # not its parameters
+    "Gemm": Rule(_gemm, FIRST),  # not the weights or bias
+    "MatMul": Rule(_matmul, FIRST),
+    "Add": Rule(_add),
+    "Sub": Rule(_sub),
+    "Mul": Rule(_mul),
+    "Div": Rule(_div, FIRST),  # along the numerator
+    "Concat": Rule(_concat),
 }
-"""Operator kind -> its backward rule: (tail, node, which input, gradient of its output) ->
-the gradient of that input."""
+"""Operator kind -> its backward rule."""

@@ -39,7 +39,7 @@ from zoo.onnx.store import ImportedOnnx, imported_onnx
 
 from .errors import ExportError, UnknownLayerError, quoted
 from .gradcam import GRADCAM_OUTPUTS
-from .onnx_backward import Tail, UnsupportedOperator
+from .onnx_backward import GraphBuilder, Tail, UnsupportedOperator
 from .pipeline import ExportResult
 from .repository import LABELS_FILE, add_to_repository, serving_config
 from .validate import ValidationReport
@@ -52,6 +52,8 @@ __all__ = [
     "picture_tensors",
 ]
 
+_NARROW_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
+"""The float types the finite-difference check widens to float64."""
 _POOLING = {"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceMax"}
 _FLATTENING = {"Flatten", "Reshape", "Squeeze"}
 
@@ -222,30 +224,18 @@ def export_imported_gradcam(
     out_shape = shapes[output]
     classes = len(record.classes)
     graph = model.graph
+    builder = GraphBuilder(model)
     try:
-        tail = Tail(model, tensor, output, shapes)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    # The seed: one-hot of each row's class (its top class for -1), in the output's shape.
+        tail = Tail(model, tensor, output, shapes, builder)
+    except ValueError as exc:  # UnsupportedOperator included: a tensor of no float type
+        raise ExportError(f"{name}: Grad-CAM at {tensor!r}: {exc}") from None
     graph.input.append(_value_info("class_index", TensorProto.INT64, [out_shape[0], 1]))
-    scores = tail.op("Reshape", [output, tail.const(np.array([0, -1], np.int64), "rows")], "scores")
-    top = tail.op("ArgMax", [scores], axis=1, keepdims=1)
-    chosen = tail.op("Where", [tail.op("Less", ["class_index", tail.const(np.int64(0))]), top, "class_index"])
-    one_hot = tail.op(
-        "OneHot",
-        [chosen, tail.const(np.array(classes, np.int64), "depth"), tail.const(np.array([0, 1], np.float32), "values")],
-        axis=-1,
-    )
-    seed = tail.op("Reshape", [one_hot, tail.op("Shape", [output])], "seed")
+    scores, seed = _class_score_target(builder, output, "class_index", classes, tail.float)
     try:
         gradients = tail.gradient(seed)
     except UnsupportedOperator as exc:
         raise ExportError(f"{name}: Grad-CAM at {tensor!r}: {exc}") from None
-    weights = tail.mean(gradients, [2, 3])
-    cam = tail.op(
-        "ReduceSum", [tail.op("Mul", [weights, tensor]), tail.const(np.array([1], np.int64), "c")], keepdims=0
-    )
-    heatmap = tail.op("Relu", [cam], "heatmap")
+    heatmap = _gradcam_heatmap(builder, tensor, gradients)
     renames = dict(zip(GRADCAM_OUTPUTS, (scores, tensor, gradients, heatmap)))
     del graph.output[:]
     for out_name, source in renames.items():
@@ -253,10 +243,10 @@ def export_imported_gradcam(
     a_shape = shapes[tensor]
     graph.output.extend(
         [
-            _value_info("scores", TensorProto.FLOAT, [out_shape[0], classes]),
-            _value_info("activations", TensorProto.FLOAT, a_shape),
-            _value_info("gradients", TensorProto.FLOAT, a_shape),
-            _value_info("heatmap", TensorProto.FLOAT, [a_shape[0], a_shape[2], a_shape[3]]),
+            _value_info("scores", tail.float_type, [out_shape[0], classes]),
+            _value_info("activations", tail.float_type, a_shape),
+            _value_info("gradients", tail.float_type, a_shape),
+            _value_info("heatmap", tail.float_type, [a_shape[0], a_shape[2], a_shape[3]]),
         ]
     )
     _rename_input(model, record.input_name, "images")
@@ -269,6 +259,31 @@ def export_imported_gradcam(
     facts = {**_facts(record), LAYER_KEY: tensor}
     version_dir = _write(model, config, facts, repository, None, version)
     return ExportResult(version_dir.parent.name, version_dir, report, time.perf_counter() - start), tensor
+
+
+def _class_score_target(
+    builder: GraphBuilder, output: str, class_index: str, classes: int, dtype: type
+) -> tuple[str, str]:
+    """What Grad-CAM explains, apart from how: each row's score of its class in `class_index`
+    (its top class where that is -1), as pytorch-grad-cam's ClassifierOutputTarget. Returns the
+    scores (rows, classes) and the seed of the backward pass: d(score)/d(output), a one-hot in
+    the output's shape and float type."""
+    scores = builder.op("Reshape", [output, builder.const(np.array([0, -1], np.int64), "rows")], "scores")
+    top = builder.op("ArgMax", [scores], axis=1, keepdims=1)
+    unset = builder.op("Less", [class_index, builder.const(np.int64(0))])
+    chosen = builder.op("Where", [unset, top, class_index])
+    values = builder.const(np.array([0, 1], dtype), "values")
+    one_hot = builder.op("OneHot", [chosen, builder.const(np.array(classes, np.int64), "depth"), values], axis=-1)
+    return scores, builder.op("Reshape", [one_hot, builder.op("Shape", [output])], "seed")
+
+
+def _gradcam_heatmap(builder: GraphBuilder, activations: str, gradients: str) -> str:
+    """Grad-CAM's map from a tensor's activations and gradients: each channel weighted by its
+    mean gradient, summed over the channels, negative evidence cut (ReLU)."""
+    weights = builder.mean(gradients, [2, 3])
+    channels = builder.const(np.array([1], np.int64), "c")
+    cam = builder.op("ReduceSum", [builder.op("Mul", [weights, activations]), channels], keepdims=0)
+    return builder.op("Relu", [cam], "heatmap")
 
 
 def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -329,9 +344,11 @@ def _check_gradcam(model: onnx.ModelProto, file: Path, record: ImportedOnnx, ten
     numeric = (above - below) / (2 * epsilon)
     terms = gradients[0].astype(np.float64) * direction
     analytic = float(terms.sum())
-    # Within 0.1% of the derivative, or of the sum's own terms where they cancel (a score
-    # flat in the tensor, as graphs with constant weights have: float32 leaves a residue).
-    if abs(numeric - analytic) > 1e-3 * max(abs(analytic), abs(numeric), float(np.abs(terms).sum()), 1e-12):
+    # Within 0.1% of the derivative (3% for a float16 graph, whose own rounding is 0.05%
+    # per operation), or of the sum's own terms where they cancel (a score flat in the
+    # tensor, as graphs with constant weights have: float32 leaves a residue).
+    tolerance = 3e-2 if gradients.dtype == np.float16 else 1e-3
+    if abs(numeric - analytic) > tolerance * max(abs(analytic), abs(numeric), float(np.abs(terms).sum()), 1e-12):
         raise ExportError(
             f"the Grad-CAM gradient at {tensor!r} disagrees with a finite difference of the graph: "
             f"{analytic:.6g} against {numeric:.6g}"
@@ -340,24 +357,24 @@ def _check_gradcam(model: onnx.ModelProto, file: Path, record: ImportedOnnx, ten
 
 
 def _float64_evaluator(model: onnx.ModelProto):
-    """onnx's reference evaluator over `model` with every float tensor in float64."""
+    """onnx's reference evaluator over `model` with every float tensor (float32 or float16) in float64."""
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     doubled = copy.deepcopy(model)
     for index, init in enumerate(doubled.graph.initializer):
-        if init.data_type == TensorProto.FLOAT:
+        if init.data_type in _NARROW_FLOATS:
             doubled.graph.initializer[index].CopyFrom(
                 numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name)
             )
     for node in doubled.graph.node:
         for attribute in node.attribute:
-            if attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
+            if attribute.name == "value" and attribute.t.data_type in _NARROW_FLOATS:
                 attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float64)))
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in _NARROW_FLOATS:
                 attribute.i = TensorProto.DOUBLE
     for value in [*doubled.graph.input, *doubled.graph.output, *doubled.graph.value_info]:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+        if value.type.tensor_type.elem_type in _NARROW_FLOATS:
             value.type.tensor_type.elem_type = TensorProto.DOUBLE
     return ReferenceEvaluator(doubled)
 
@@ -373,7 +390,7 @@ def _tail_model(model: onnx.ModelProto, tensor: str, output: str) -> tuple[onnx.
     producer = {o: n for n in extracted.graph.node for o in n.output}
     weights = {i.name for i in extracted.graph.initializer}
     graph_inputs = {i.name for i in extracted.graph.input} - weights
-    dependent = tail._dependent()
+    dependent = tail.dependent
     wanted = [i for n in tail.nodes for i in n.input if i and i not in dependent and i not in weights]
     needed_inputs: list[str] = []
     while wanted:
@@ -391,7 +408,7 @@ def _tail_model(model: onnx.ModelProto, tensor: str, output: str) -> tuple[onnx.
     extracted.graph.node.extend(nodes)
     originals = {i.name: i for i in extracted.graph.input}
     del extracted.graph.input[:]
-    extracted.graph.input.append(_value_info(tensor, TensorProto.FLOAT, shapes[tensor]))
+    extracted.graph.input.append(_value_info(tensor, tail.float_type, shapes[tensor]))
     extracted.graph.input.extend(originals[name] for name in needed_inputs)
     return extracted, needed_inputs
 
