@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import make_wsgi_app
@@ -111,12 +111,13 @@ def _requiring_bearer(app: Callable, token: str) -> Callable:
     return guarded
 
 
-def start_metrics_server(collector: Any, settings: ServerSettings, port: int | None = None) -> MetricsServer:
-    """Serve /metrics from `collector` in a background thread on `settings`' host and
+def start_metrics_server(collectors: Sequence[Any], settings: ServerSettings, port: int | None = None) -> MetricsServer:
+    """Serve /metrics from `collectors` in a background thread on `settings`' host and
     metrics port (or `port`), with its token, TLS and limits; returns the server (its
     server_port, shutdown())."""
     registry = CollectorRegistry()
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     app = make_wsgi_app(registry)
     if settings.token:
         app = _requiring_bearer(app, settings.token)

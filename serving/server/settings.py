@@ -147,6 +147,9 @@ class ServerSettings:
     worker_parent: int = 0
     """Set by the parent: its process id; a worker whose parent is gone drains and exits.
     Env: DEEPR_WORKER_PARENT."""
+    worker_http_fd: int = -1
+    """Set by the parent: the descriptor of the HTTP port's listening socket, which it bound
+    once and every worker accepts on (-1: bind the HTTP port itself). Env: DEEPR_WORKER_HTTP_FD."""
     worker_timeout_seconds: float = 30.0
     """A worker that has answered its parent once and then not for this long is hung: it is
     killed and started again. 0: never. Env: DEEPR_WORKER_TIMEOUT_SECONDS."""

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import grpc
 
@@ -53,7 +53,7 @@ from serving.server.worker_rpc import (
     unix_address,
 )
 
-__all__ = ["auto_workers", "intra_op_share", "serve_workers", "worker_environment", "Supervisor"]
+__all__ = ["auto_workers", "bind_ports", "intra_op_share", "serve_workers", "worker_environment", "Supervisor"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,56 @@ def auto_workers(device: str) -> tuple[int, str]:
     return cores, f"{cores} (one per core, CPU)"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+@dataclasses.dataclass
+class BoundPorts:
+    """The public ports, bound once by the parent and held for the server's life, so that a
+    port the parent checked is the port every worker gets (as gunicorn and uvicorn hand their
+    workers one listening socket). HTTP is one listening socket whose descriptor every
+    worker accepts on. grpcio cannot take a socket it did not bind, so each worker binds the
+    gRPC port itself with SO_REUSEPORT (the kernel spreads connections over them), and the
+    parent holds it bound, not listening, in between: no other server takes it while a
+    worker restarts."""
+
+    grpc: socket.socket
+    http: socket.socket | None
+
+    def close(self) -> None:
+        for held in (self.grpc, self.http):
+            if held is not None:
+                held.close()
+
+
+def _socket_for(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+
+
+def bind_ports(settings: ServerSettings) -> tuple[ServerSettings, BoundPorts]:
+    """Bind the gRPC and HTTP ports (a free one where a port is 0); the settings with the
+    ports bound and the HTTP socket's descriptor."""
+    grpc_socket = _socket_for(settings.host)
+    http_socket = None
+    try:
+        grpc_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        grpc_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        grpc_socket.bind((settings.host, settings.port))
+        if settings.http_port >= 0:
+            http_socket = _socket_for(settings.host)
+            http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            http_socket.bind((settings.host, settings.http_port))
+            http_socket.listen(1024)
+            http_socket.set_inheritable(True)
+    except OSError:
+        grpc_socket.close()
+        if http_socket is not None:
+            http_socket.close()
+        raise
+    bound = dataclasses.replace(
+        settings,
+        port=grpc_socket.getsockname()[1],
+        http_port=http_socket.getsockname()[1] if http_socket is not None else settings.http_port,
+        worker_http_fd=http_socket.fileno() if http_socket is not None else -1,
+    )
+    return bound, BoundPorts(grpc_socket, http_socket)
 
 
 def _env_value(value: object) -> str:
@@ -137,6 +183,9 @@ class Slot:
     """Its last reported statistics: those of the process before it, until it answers."""
     pending: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
+    answered_recently: bool = False
+    """Whether it answered the last status question."""
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -163,6 +212,24 @@ class WorkerStatistics:
                 for key, count in slot.pending.items():
                     queued[key] = queued.get(key, 0) + count
         return self._floor, queued
+
+
+class _WorkersCollector:
+    """deepr_worker_up: whether each worker answered its last status question (the metrics
+    keep a silent worker's last counts; this says which they are)."""
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily(
+            "deepr_worker_up", "1 where the worker answered its parent's last status question", labels=["worker"]
+        )
+        for slot in self.slots:
+            up.add_metric([str(slot.index)], 1.0 if slot.running() and slot.answered_recently else 0.0)
+        yield up
 
 
 class Supervisor:
@@ -204,7 +271,8 @@ class Supervisor:
 
     def spawn(self, slot: Slot) -> None:
         env = worker_environment(self.settings, slot.index, [s.socket for s in self.slots], self.address)
-        slot.process = subprocess.Popen([sys.executable, "-m", "deepr", "serve"], env=env)
+        inherited = (self.settings.worker_http_fd,) if self.settings.worker_http_fd >= 0 else ()
+        slot.process = subprocess.Popen([sys.executable, "-m", "deepr", "serve"], env=env, pass_fds=inherited)
         slot.generation += 1
         slot.answered_at = None
         self._stale.add(slot.index)  # the channel to its predecessor is dropped before next use
@@ -248,7 +316,8 @@ class Supervisor:
         now = time.monotonic()
         timeout = self.settings.worker_timeout_seconds
         for slot, answer in zip(slots, answers):
-            if not isinstance(answer, BaseException):
+            slot.answered_recently = not isinstance(answer, BaseException)
+            if slot.answered_recently:
                 continue
             self.mark_stale(slot.index)
             if timeout and slot.answered_at is not None and now - slot.answered_at > timeout and slot.running():
@@ -375,7 +444,7 @@ class Supervisor:
         def read() -> tuple[list[ModelStatistics], dict[tuple[str, str], int]]:
             return asyncio.run_coroutine_threadsafe(self.read_statistics(), loop).result(2 * _STATUS_SECONDS)
 
-        return start_metrics_server(StatisticsCollector(read), self.settings)
+        return start_metrics_server([StatisticsCollector(read), _WorkersCollector(self.slots)], self.settings)
 
 
 def serve_workers(settings: ServerSettings) -> int:
@@ -383,12 +452,9 @@ def serve_workers(settings: ServerSettings) -> int:
     status (0 after a drain, 1 when every worker is down)."""
     check_tls_files(settings)
     check_ports(settings)
-    if settings.port == 0 or settings.http_port == 0:
-        # every worker must bind the same ports: the parent picks the free ones
-        settings = dataclasses.replace(
-            settings,
-            port=settings.port or _free_port(settings.host),
-            http_port=_free_port(settings.host) if settings.http_port == 0 else settings.http_port,
-        )
-    with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:
-        return runner.run(Supervisor(settings).run())
+    settings, ports = bind_ports(settings)
+    try:
+        with asyncio.Runner(loop_factory=settings.new_event_loop) as runner:
+            return runner.run(Supervisor(settings).run())
+    finally:
+        ports.close()

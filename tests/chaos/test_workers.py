@@ -5,6 +5,7 @@ of what the server as a whole was asked to do."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -289,6 +290,8 @@ def test_a_worker_that_keeps_dying_stays_down_alone(workers):
     assert workers.alive()
     assert not ready(workers)
     assert on_fresh_connections(workers, lambda c: infer(c, "double")) == ["OK"] * CONNECTIONS
+    text = urllib.request.urlopen(f"http://127.0.0.1:{workers.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'deepr_worker_up{worker="0"} 1.0' in text and 'deepr_worker_up{worker="1"} 0.0' in text
 
 
 def test_a_hung_worker_is_killed_and_started_again(tmp_path):
@@ -327,3 +330,53 @@ def on_fresh_connection(server: ServerProcess, ask):
         return ask(client)
     finally:
         client.close()
+
+
+def test_registering_a_name_already_registered_keeps_the_live_region(workers):
+    """ALREADY_EXISTS, as from one process, and the region stays registered in every worker."""
+    with registered_region(workers):
+        client = fresh(workers.url)
+        try:
+            client.register_system_shared_memory("input", "/no_such_object", 16)
+            raise AssertionError("a second registration of one name was accepted")
+        except triton.InferenceServerException as error:
+            assert error.status() == "StatusCode.ALREADY_EXISTS", error
+        finally:
+            client.close()
+        assert on_fresh_connections(workers, lambda c: infer(c, "double", "input")) == ["OK"] * CONNECTIONS
+
+
+def test_rest_is_served_on_the_socket_the_parent_bound_once(workers):
+    """Every worker accepts on the one HTTP socket its parent bound (nothing else binds it)."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    for _ in range(CONNECTIONS):
+        request = urllib.request.Request(f"{workers.http_url}/v2/models/double/infer", data=body.encode())
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert json.loads(answer.read())["outputs"][0]["data"] == [2, 4, 6, 8]
+    assert sum(per_worker_successes(workers, "double")) == CONNECTIONS
+    listening = listening_sockets(workers.http_port)
+    assert len(listening) == 1, listening  # one socket listens on the port...
+    holders = [workers.proc.pid, *(pid_of(workers, w) for w in range(2))]
+    assert all(listening[0] in sockets_of(pid) for pid in holders)  # ...held by the parent and each worker
+
+
+def listening_sockets(port: int) -> list[str]:
+    """The inodes of the TCP sockets listening on `port` (/proc/net/tcp: state 0A)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            found.append(fields[9])
+    return found
+
+
+def sockets_of(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes

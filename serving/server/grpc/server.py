@@ -140,7 +140,7 @@ class InferenceServer:
             from serving.server.metrics_http import start_metrics_server
 
             metrics = start_metrics_server(
-                StatisticsCollector.of(self.dataplane.statistics, self.dataplane.pending), settings
+                [StatisticsCollector.of(self.dataplane.statistics, self.dataplane.pending)], settings
             )
             self.metrics_port = metrics.server_port
             self._metrics = metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeGuard
 
@@ -341,7 +342,8 @@ class HttpEndpoint:
             settings.http_port,
             ssl_context=server_ssl_context(settings),
             backlog=1024,
-            reuse_port=settings.worker_index >= 0,  # the workers of one server share the port
+            # a worker accepts on the socket its parent bound once for every worker
+            sock=socket.socket(fileno=settings.worker_http_fd) if settings.worker_http_fd >= 0 else None,
         )
         try:
             await site.start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any, Awaitable, Callable
 
@@ -179,24 +180,38 @@ class ConnectionGuard:
 
 
 class GuardedSite(web.TCPSite):
-    """aiohttp's TCP site with every accepted connection going through `guard`."""
+    """aiohttp's TCP site with every accepted connection going through `guard`; on a
+    listening socket of its own, or on `sock`, one bound already (a worker's, bound once
+    by its parent for every worker)."""
 
-    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        guard: ConnectionGuard,
+        *args: Any,
+        sock: socket.socket | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(runner, *args, **kwargs)
         self.guard = guard
+        self.sock = sock
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         self.guard.factory = self._runner.server
+        handshake = (self.guard.header_seconds or None) if self._ssl_context else None
+        where: dict[str, Any] = (
+            {"sock": self.sock}
+            if self.sock is not None
+            else {
+                "host": self._host,
+                "port": self._port,
+                "reuse_address": self._reuse_address,
+                "reuse_port": self._reuse_port,
+            }
+        )
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=(self.guard.header_seconds or None) if self._ssl_context else None,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+            self.guard, ssl=self._ssl_context, ssl_handshake_timeout=handshake, backlog=self._backlog, **where
         )
         self.guard.start()
 
