@@ -362,10 +362,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_subprocess(
-    repository: Path, *, device: str, extra: Sequence[str] = (), timeout: float = 300, http_port: int = -1
+    repository: Path,
+    *,
+    device: str,
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+    http_port: int = -1,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`deepr serve` in its own process on a free loopback port; yields its address and process.
-    HTTP is off unless `http_port` is given (0: a free one is chosen, and is `process.http_url`)."""
+    HTTP is off unless `http_port` is given (0: a free one is chosen, and is `process.http_url`).
+    `cwd`: a deepr checkout to run instead of this one (`python -m deepr` imports from there)."""
     port = free_port()
     command = [sys.executable, "-m", "deepr", "serve", "--repository", str(repository)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--device", device]
@@ -373,7 +380,7 @@ def serve_subprocess(
     command += ["--http-port", str(http_port)]
     # a free metrics port too, unless told otherwise: a `deepr serve` already running holds 8002
     command += [*([] if any(a.startswith("--metrics-port") for a in extra) else ["--metrics-port", "0"]), *extra]
-    with server_subprocess("deepr serve", command, f"127.0.0.1:{port}", timeout=timeout) as process:
+    with server_subprocess("deepr serve", command, f"127.0.0.1:{port}", timeout=timeout, cwd=cwd) as process:
         process.http_url = f"127.0.0.1:{http_port}"  # type: ignore[attr-defined]
         yield f"127.0.0.1:{port}", process
 

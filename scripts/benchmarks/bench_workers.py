@@ -3,7 +3,7 @@ generator, Debian's nghttp2-client), which costs far less CPU than any Python cl
 cores a Python client takes a third of what it measures.
 
     python scripts/benchmarks/bench_workers.py [--workers 1,2] [--seconds 10] [--rest]
-        [--max-queue-delay-us 3000] [--out workers.json]
+        [--max-queue-delay-us 3000] [--against DIR] [--out workers.json]
 
 For each model and batch size, each worker count is served in turn (the cells alternate,
 `--rounds` times, so that a drift of the machine falls on both), and h2load sends ModelInfer
@@ -13,6 +13,10 @@ p50 and p99 latency (from h2load's per-request log), and the server's CPU per re
 process of it, the parent and its workers), h2load's own CPU per request, and the idle cores
 of the machine during the run (whether a worker more had any core to use). Every answer is checked once before the load: a
 gRPC error would travel in HTTP 200's trailers, which h2load does not read.
+
+`--against DIR` serves each cell from another checkout of deepr too (say the commit before a
+change, in a git worktree), alternating with this one in every round, and adds its rows as
+code "against": before and after measured side by side in one run.
 
 `--max-queue-delay-us` sets the models' queue delay (as `deepr export --max-queue-delay-us`
 does) for every worker count alike: one busy worker gathers large batches by itself, while
@@ -210,8 +214,10 @@ def main() -> None:
         help="CONNECTIONSxSTREAMS for every cell, e.g. 1x1 for one client waiting for each answer "
         "(default: 16x4 at batch 1, 8x1 at batch 32; REST sends one request at a time per connection)",
     )
+    parser.add_argument("--against", type=Path, help="another deepr checkout, measured beside this one")
     parser.add_argument("--out", type=Path, default=Path("workers.json"))
     args = parser.parse_args()
+    codes: list[tuple[str, Path | None]] = [("this", None)] + ([("against", args.against)] if args.against else [])
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is not installed: apt-get install nghttp2-client")
     counts = [int(w) for w in args.workers.split(",")]
@@ -231,12 +237,11 @@ def main() -> None:
             for model in models:
                 for batch in CASES[model]:
                     for round_ in range(args.rounds):
-                        for workers in counts:
+                        for workers, (code, checkout) in [(w, c) for w in counts for c in codes]:
                             extra = ["--workers", str(workers), "--metrics-port", "-1", *args.server_option]
-                            with serve_subprocess(repository, device="auto", extra=extra, http_port=0) as (
-                                url,
-                                process,
-                            ):
+                            with serve_subprocess(
+                                repository, device="auto", extra=extra, http_port=0, cwd=checkout
+                            ) as (url, process):
                                 with InferenceClient(url) as client:  # answers are right
                                     x = np.zeros((batch, *SHAPES[model]), np.float32)
                                     assert client.infer(model, {"images": x})
@@ -244,6 +249,7 @@ def main() -> None:
                                 server = Served(url, process.http_url, process.pid)  # type: ignore[attr-defined]
                                 result = measure(server, model, batch, args.seconds, transport == "rest", folder, load)
                             row = {
+                                "code": code,
                                 "load": "x".join(map(str, load)),
                                 "transport": transport,
                                 "model": model,
@@ -254,7 +260,7 @@ def main() -> None:
                             }
                             rows.append(row)
                             print(
-                                f"{transport:<5} {model:<17} batch {batch:>3} workers {workers}: "
+                                f"{code:<7} {transport:<5} {model:<17} batch {batch:>3} workers {workers}: "
                                 f"{result['req_per_s']:>8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
                                 f"p99 {result['p99_ms']:7.2f} ms  server CPU {result['server_cpu_ms_per_request']:.3f} ms/req  "
                                 f"h2load CPU {result['h2load_cpu_ms_per_request']:.3f} ms/req  "
@@ -262,6 +268,7 @@ def main() -> None:
                                 flush=True,
                             )
     columns = (
+        "code",
         "transport",
         "model",
         "batch",
@@ -274,12 +281,12 @@ def main() -> None:
         "idle",
         "vs 1",
     )
-    widths = (-9, -17, 5, 7, 9, 7, 8, 10, 7, 5, 6)
+    widths = (-7, -9, -17, 5, 7, 9, 7, 8, 10, 7, 5, 6)
     print("\n" + " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(columns, widths)))
     base: dict[tuple, float] = {}
     summary = []
-    for key in sorted({(r["transport"], r["model"], r["batch"], r["workers"]) for r in rows}):
-        cell = [r for r in rows if (r["transport"], r["model"], r["batch"], r["workers"]) == key]
+    for key in sorted({(r["transport"], r["model"], r["batch"], r["workers"], r["code"]) for r in rows}):
+        cell = [r for r in rows if (r["transport"], r["model"], r["batch"], r["workers"], r["code"]) == key]
         merged = {
             k: float(np.median([r[k] for r in cell]))
             for k in (
@@ -291,14 +298,24 @@ def main() -> None:
                 "idle_cores",
             )
         }
+        group = (*key[:3], key[4])  # the ratio is to the first worker count, within one code
         if key[3] == counts[0]:
-            base[key[:3]] = merged["req_per_s"]
-        ratio = merged["req_per_s"] / base[key[:3]] if key[:3] in base else float("nan")
+            base[group] = merged["req_per_s"]
+        ratio = merged["req_per_s"] / base[group] if group in base else float("nan")
         summary.append(
-            {"transport": key[0], "model": key[1], "batch": key[2], "workers": key[3], **merged, "ratio": ratio}
+            {
+                "code": key[4],
+                "transport": key[0],
+                "model": key[1],
+                "batch": key[2],
+                "workers": key[3],
+                **merged,
+                "ratio": ratio,
+            }
         )
         print(
-            f"{key[0]:<9} {key[1]:<17} {key[2]:>5} {key[3]:>7} {merged['req_per_s']:>9.0f} {merged['p50_ms']:>7.2f} "
+            f"{key[4]:<7} {key[0]:<9} {key[1]:<17} {key[2]:>5} {key[3]:>7} {merged['req_per_s']:>9.0f} "
+            f"{merged['p50_ms']:>7.2f} "
             f"{merged['p99_ms']:>8.2f} {merged['server_cpu_ms_per_request']:>10.3f} "
             f"{merged['h2load_cpu_ms_per_request']:>7.3f} {merged['idle_cores']:>5.2f} {ratio:>5.2f}x"
         )
@@ -308,6 +325,7 @@ def main() -> None:
                 "cores": os.cpu_count(),
                 "seconds": args.seconds,
                 "max_queue_delay_us": args.max_queue_delay_us,
+                "against": str(args.against) if args.against else None,
                 "rows": rows,
                 "summary": summary,
             },
