@@ -4,12 +4,15 @@ page classifies and explains a drawn digit with no other command."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from zoo.datasets import SupervisedData, load_dataset
 from zoo.recipes import EpochReport, TrainConfig, train
@@ -36,6 +39,9 @@ background answers with the first within seconds."""
 EXPLAINED = ("mnist_convnet", "mnist_convnet_nopool")
 """Default models that also get their Grad-CAM (NAME_gradcam) and feature (NAME_features)
 graphs: the convnets; the dense net has no convolution to explain."""
+
+_LOCK_POLL_SECONDS = 1.0
+"""How often a process waiting for another's build looks for new graphs."""
 
 _BUILT = ".deepr-defaults-built"
 """Written into the repository once the default build has finished, listing what it built:
@@ -78,16 +84,87 @@ def build_default_models(
     progress: bool = True,
     on_built: Callable[[str], None] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    on_wait: Callable[[int], None] | None = None,
 ) -> list[dict[str, object]]:
     """Train each of `names` by its recipe and export it, then its explaining graphs, into
     `repository`, one at a time, calling `on_built(graph)` as each is in place (each version
     folder appears whole, so a server scanning the repository never sees half a model) and
-    `on_epoch` after every epoch of training. A model already in the repository whose training
+    `on_epoch` after every epoch of training. One process builds a repository at a time: another
+    waits (`on_wait(the builder's pid)`), is told of each graph as it appears, and then builds
+    only what is still missing. A model already in the repository whose training
     run is kept only gets its missing graphs, from the same weights. Training runs are kept in
     `runs` (default `<repository>.runs/`). Returns one record per model trained: held-out
     accuracy, training seconds, parity error."""
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
+    graphs = [g for name in names for g in default_graphs(name)]
+    with _one_build(repository, graphs, on_built, on_wait):
+        return _build(repository, names, runs, progress, on_built, on_epoch)
+
+
+@contextlib.contextmanager
+def _one_build(
+    repository: Path,
+    graphs: Sequence[str],
+    on_built: Callable[[str], None] | None,
+    on_wait: Callable[[int], None] | None,
+) -> Iterator[None]:
+    """Hold the default build of `repository` (an flock on `<repository>.build.lock`, which
+    the kernel releases when its holder dies). Where another process holds it, wait, calling
+    `on_wait(its pid)` once and `on_built(graph)` for each of `graphs` as it appears: two
+    servers on one home serve the same models and never train one twice."""
+    lock = repository.with_name(repository.name + ".build.lock").open("a+")
+    try:
+        if not _locked(lock):
+            lock.seek(0)
+            holder = int(lock.read().strip() or 0)
+            logger.info(
+                "another process (pid %d) is building the default models into %s: waiting for it, serving each "
+                "model as it is written",
+                holder,
+                repository,
+            )
+            if on_wait is not None:
+                on_wait(holder)
+            waiting = [g for g in graphs if not (repository / g).is_dir()]
+            while not _locked(lock, wait=_LOCK_POLL_SECONDS):
+                for graph in [g for g in waiting if (repository / g).is_dir()]:
+                    waiting.remove(graph)
+                    if on_built is not None:
+                        on_built(graph)
+            for graph in [g for g in waiting if (repository / g).is_dir()]:
+                if on_built is not None:
+                    on_built(graph)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+    finally:
+        lock.close()  # and with it the lock
+
+
+def _locked(lock: IO[str], wait: float = 0.0) -> bool:
+    """Take the exclusive lock on `lock`'s file: at once, or within `wait` seconds; whether it was taken."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _build(
+    repository: Path,
+    names: Sequence[str],
+    runs: Path | None,
+    progress: bool,
+    on_built: Callable[[str], None] | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> list[dict[str, object]]:
     runs = runs or repository.with_name(repository.name + ".runs")
     records = []
     loaded: dict[str, SupervisedData] = {}  # the default models share their dataset

@@ -129,7 +129,8 @@ def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_pa
         listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
         assert re.search(r"LOADING .*epoch [1-5]/5, about \d+ s left", listing["mnist_convnet"]), listing
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            assert client.is_server_ready()  # models still being built do not hold readiness
+            # live, and not ready until every model it means to serve is (strict readiness)
+            assert client.is_server_live() and not client.is_server_ready()
             x = triton.InferInput("images", [1, 1, 28, 28], "FP32")
             x.set_data_from_numpy(np.zeros((1, 1, 28, 28), dtype=np.float32))
             with pytest.raises(triton.InferenceServerException, match="not ready: being trained and exported"):
@@ -164,3 +165,30 @@ def test_poll_seconds_without_poll_mode_is_refused():
         [sys.executable, "-m", "deepr", "serve", "--poll-seconds", "2"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "--poll-seconds needs --model-control poll" in result.stderr
+
+
+def test_busy_and_doubled_ports_are_named_in_a_moment(tmp_path):
+    """Before PyTorch or any model is loaded: in a moment (0.3 s here), where loading takes five seconds or more."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DEEPR_HOME": str(tmp_path / "home")}
+        for flags, words, code in (
+            (["--port", str(port)], f"gRPC port {port} (--port) is in use", 1),
+            (["--port", "18123", "--http-port", "18123"], "--port and --http-port are both 18123", 2),
+        ):
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "deepr", "serve", "--host", "127.0.0.1", "--metrics-port", "-1", *flags],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert done.returncode == code and words in done.stderr, done.stderr
+            assert time.monotonic() - started < 3.0
+    assert not (tmp_path / "home" / "repository").exists()  # nothing built, nothing written

@@ -78,10 +78,22 @@ def _building(names: list[str], threads: list[threading.Thread]) -> Callable[[An
                 f"about {report.seconds_left:.0f} s left",
             )
 
+        def another_builds(pid: int) -> None:
+            repository.expect(
+                graphs,
+                LOADING,
+                f"being built by another process on this home (pid {pid}); served as each model is written",
+            )
+
         def build() -> None:
             try:
                 build_default_models(
-                    server.settings.repository, names, progress=False, on_built=load, on_epoch=epoch_done
+                    server.settings.repository,
+                    names,
+                    progress=False,
+                    on_built=load,
+                    on_epoch=epoch_done,
+                    on_wait=another_builds,
                 )
             except Exception as exc:  # the server goes on serving what it has; the log says why the rest is missing
                 logger.exception("building the default models failed")
@@ -146,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.server.descriptors import fit_connection_caps, raise_open_files_limit
 
     settings = fit_connection_caps(settings, raise_open_files_limit())
+    if settings.worker_index < 0:
+        _check_before_anything(settings)
     if settings.worker_index >= 0:  # one of a parent's workers: its log lines say which
         from serving.server.worker_process import follow_parent
 
@@ -168,6 +182,21 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return _run_workers(settings, to_build)
     return _run_server(settings, to_build)
+
+
+def _check_before_anything(settings: ServerSettings) -> None:
+    """The ports (taken, or named twice) and the TLS files, before any model or PyTorch is
+    loaded: a mistake there is said in a moment."""
+    from serving.server.ports import PortsInUse, check_ports
+    from serving.server.tls import check_tls_files
+
+    try:
+        check_ports(settings)
+        check_tls_files(settings)
+    except PortsInUse as exc:
+        raise CLIError(str(exc), EXIT_USAGE if " are both " in str(exc) else 1) from None
+    except ValueError as exc:  # unusable TLS files
+        raise CLIError(str(exc), EXIT_USAGE) from None
 
 
 def _workers(args: argparse.Namespace) -> int | None:
@@ -196,17 +225,8 @@ def _name_the_worker(index: int) -> None:
 def _run_workers(settings: ServerSettings, to_build: list[str]) -> int:
     """The parent of `settings.workers` servers: the default models are built first (each
     worker would train them again), then the workers start."""
-    from serving.server.ports import PortsInUse, check_ports
-    from serving.server.tls import check_tls_files
     from serving.server.workers import serve_workers
 
-    try:
-        check_tls_files(settings)
-        check_ports(settings)
-    except PortsInUse as exc:
-        raise CLIError(str(exc)) from None
-    except ValueError as exc:  # unusable TLS files
-        raise CLIError(str(exc), EXIT_USAGE) from None
     if to_build:
         from exporters.defaults import build_default_models
 

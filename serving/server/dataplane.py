@@ -27,7 +27,7 @@ from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
 from serving.server.model import OnnxModel, request_rows
 from serving.server.pictures import PictureDecoder
-from serving.server.repository import LOADING, READY, UNLOADED, ModelRepository
+from serving.server.repository import READY, UNLOADED, ModelRepository
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
 from serving.server.statistics import StatisticsRegistry
@@ -119,9 +119,9 @@ class DataPlane:
         if not self._started:
             return False
         if self.settings.strict_readiness:
-            # Models unloaded on request do not count: the operator asked for that; nor do models
-            # still being built: they were not in the repository when the server started.
-            return all(e.state in (READY, LOADING) or e.reason == UNLOADED for e in self.repository.entries())
+            # Every model the server means to serve, those it is still building included, is
+            # READY; models unloaded on request do not count: the operator asked for that.
+            return all(e.state == READY or e.reason == UNLOADED for e in self.repository.entries())
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:

@@ -53,9 +53,20 @@ def _bind_error(host: str, port: int) -> OSError | None:
 
 
 def check_ports(settings: ServerSettings) -> None:
-    """Raise PortsInUse naming every port of `settings` that another process holds."""
+    """Raise PortsInUse naming every port of `settings` that another process holds, or that
+    two of its flags name at once."""
+    ports = _ports(settings)
+    flags: dict[int, list[str]] = {}
+    for port in ports:
+        flags.setdefault(port.number, []).append(port.flag)
+    twice = {number: named for number, named in flags.items() if len(named) > 1}
+    if twice:
+        raise PortsInUse(
+            "; ".join(f"{' and '.join(named)} are both {number}" for number, named in twice.items())
+            + ": each of the server's ports needs a number of its own"
+        )
     problems = []
-    for port in _ports(settings):
+    for port in ports:
         error = _bind_error(settings.host, port.number)
         if error is None:
             continue

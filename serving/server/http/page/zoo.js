@@ -357,9 +357,11 @@ async function refreshRepository() {
   const meta = await getJSON("/v2");
   $("server-version").textContent = meta.version;
   const ready = (await call("GET", "/v2/health/ready").then(() => true, () => false));
-  $("server-state").textContent = ready ? "ready" : "not ready";
-  $("server-state").className = "badge " + (ready ? "ok" : "bad");
   repository = await postJSON("/v2/repository/index", {});
+  // not ready while models are still being built: say "building", a wait rather than a fault
+  const building = !ready && repository.some((entry) => entry.state === "LOADING");
+  $("server-state").textContent = ready ? "ready" : building ? "building" : "not ready";
+  $("server-state").className = "badge " + (ready ? "ok" : building ? "busy" : "bad");
   const list = $("models");
   list.replaceChildren();
   for (const entry of repository) {
