@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-__all__ = ["CLIError", "EXIT_FAILURE", "EXIT_USAGE", "task_errors"]
+__all__ = ["CLIError", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_NOTHING_FOUND", "task_errors"]
 
 EXIT_FAILURE = 1  # the work failed (server error, training or export failure)
 EXIT_USAGE = 2  # the input was wrong (unknown model, unreadable file); argparse uses 2 too
+EXIT_NOTHING_FOUND = 3  # the work was done, but a picture held nothing to classify (no digit on the page)
 
 
 class CLIError(Exception):

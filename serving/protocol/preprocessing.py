@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving.protocol.framing import Placement, mnist_framing
 
 __all__ = [
     "ImagePreprocessing",
@@ -29,6 +32,7 @@ __all__ = [
     "mnist_frame",
     "mnist_framing",
     "Placement",
+    "MAX_PICTURE_PIXELS",
 ]
 
 PIXEL_FORMS = ("float32", "uint8", "encoded")
@@ -73,8 +77,15 @@ _RESAMPLE = {
 }
 
 
-def load_image(source: ImageInput) -> Image.Image:
-    """A PIL image from a path, a PIL image or a HxW / HxWxC uint8 array."""
+MAX_PICTURE_PIXELS = 40_000_000
+"""The largest picture (width x height) deepr reads, by default: a 40-megapixel photo. Pillow
+warns of a decompression bomb past 89 million and refuses past twice that; deepr reads the
+size from the header and refuses first, in its own words."""
+
+
+def load_image(source: ImageInput, max_pixels: int = MAX_PICTURE_PIXELS) -> Image.Image:
+    """A PIL image from a path, a PIL image or a HxW / HxWxC uint8 array; a file of more than
+    `max_pixels` pixels is refused (PictureError) from its header, before it is decoded."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
@@ -83,11 +94,21 @@ def load_image(source: ImageInput) -> Image.Image:
         return Image.fromarray(source)
     path = Path(source)
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is judged below
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise PictureError(
+                        f"{path} is {width}x{height}, {width * height:,} pixels, over the limit of {max_pixels:,}; "
+                        "shrink it (a digit needs a few hundred pixels a side)"
+                    )
+                img.load()
+                return img
     except FileNotFoundError:
         raise FileNotFoundError(f"no image file at {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise PictureError(f"{path}: " + _over_the_limit("a picture", _pixels_in(str(exc)), max_pixels)) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path} is not an image Pillow can read (PNG, JPEG, ...): {exc}") from None
 
@@ -264,81 +285,13 @@ class ImagePreprocessing:
         return cls(**fields)
 
 
-_MNIST_BOX = 20
-"""MNIST's digits were fitted into 20x20 and centred by their mass in a 28x28 frame."""
-
-
-def _round(x: np.ndarray | float) -> np.ndarray:
-    """Half up, as the page's JavaScript rounds (numpy's round is to even)."""
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
-
-
-def _border_median(grey: np.ndarray) -> float:
-    ring = max(1, min(grey.shape) // 10)
-    inner = grey[ring:-ring]
-    border = np.concatenate(
-        [grey[:ring].ravel(), grey[-ring:].ravel(), inner[:, :ring].ravel(), inner[:, -ring:].ravel()]
-    )
-    return float(np.median(border))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a framed picture came from: frame pixel (u, v) shows the picture's pixel
-    (x0 + (u - left) * kx, y0 + (v - top) * ky). Grad-CAM maps a heatmap back with it."""
-
-    x0: int
-    y0: int
-    kx: float
-    ky: float
-    left: int
-    top: int
-
-    def frame_to_picture(self, frame: tuple[int, int]) -> tuple[float, float, float, float]:
-        """The frame's (0, 0, width, height) as a box in the picture: (left, top, right, bottom)."""
-        width, height = frame
-        x, y = self.x0 - self.left * self.kx, self.y0 - self.top * self.ky
-        return x, y, x + width * self.kx, y + height * self.ky
-
-
 def mnist_frame(grey: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     """A grey picture of light ink on a dark ground (HxW uint8, after polarity) framed as
-    MNIST's digits were: the ground's level (the median of the outer tenth) taken away and
-    the ink stretched to 0..255, what is fainter than a fifth of it cleared, the ink's bounding
-    box fitted into 20x20 keeping its aspect ratio (Pillow's bilinear resize), and placed
-    with its centre of mass at the centre of the frame. A picture with no ink is resized whole.
-    The zoo page does the same in JavaScript (tested equal within one grey level)."""
+    MNIST's digits were (serving/protocol/framing.py: the paper flattened, ruled lines and
+    boxes left out, the digit's ink fitted into 20x20 and centred by its mass). A picture
+    with no digit is resized whole. The zoo page does the same in JavaScript (tested equal
+    within one grey level)."""
     return mnist_framing(grey, size)[0]
-
-
-def mnist_framing(grey: np.ndarray, size: tuple[int, int] = (28, 28)) -> tuple[np.ndarray, Placement | None]:
-    """`mnist_frame`, and where the frame's pixels came from (None: resized whole)."""
-    height, width = size
-    level = grey.astype(np.float64) - _border_median(grey)
-    peak = level.max(initial=0.0)
-    if peak < 16:  # no ink to frame
-        return np.asarray(Image.fromarray(grey).resize((width, height), _RESAMPLE["bilinear"])), None
-    ink = np.clip(_round(level * (255.0 / peak)), 0, 255)
-    ink[ink < 51] = 0  # a fifth of the ink: paper's shading, not strokes
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.uint8)
-    box = _MNIST_BOX * min(height, width) / 28
-    scale = box / max(crop.shape)
-    fit = (max(1, int(_round(crop.shape[1] * scale))), max(1, int(_round(crop.shape[0] * scale))))  # (w, h)
-    digit = np.asarray(Image.fromarray(crop).resize(fit, _RESAMPLE["bilinear"]))
-    mass = digit.astype(np.int64)  # integer sums: exact, so the page's JavaScript gets the same centre
-    total = int(mass.sum())
-    cy = int((mass.sum(axis=1) * np.arange(digit.shape[0])).sum()) / total if total else (digit.shape[0] - 1) / 2
-    cx = int((mass.sum(axis=0) * np.arange(digit.shape[1])).sum()) / total if total else (digit.shape[1] - 1) / 2
-    # MNIST's digits have their centre of mass at pixel (14, 14) of 28x28 (13.99 and 14.00 on
-    # average over the embedded 10,000), not at the frame's middle, 13.5.
-    top, left = int(_round(height / 2 - cy)), int(_round(width / 2 - cx))
-    frame = np.zeros((height, width), np.uint8)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + digit.shape[0], height), min(left + digit.shape[1], width)
-    frame[y0:y1, x0:x1] = digit[y0 - top : y1 - top, x0 - left : x1 - left]
-    placement = Placement(int(cols[0]), int(rows[0]), crop.shape[1] / fit[0], crop.shape[0] / fit[1], left, top)
-    return frame, placement
 
 
 def _file_bytes(source: ImageInput) -> bytes:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.protocol.preprocessing import MAX_PICTURE_PIXELS
+
 if TYPE_CHECKING:
     from serving.server.autocomplete import CompletionPolicy
     from serving.server.model import RuntimeOptions
@@ -57,7 +59,7 @@ class ServerSettings:
     decode_threads: int = 0
     """Threads decoding the picture files of models that take encoded pictures, beside the
     event loop; 0: one per core. Env: DEEPR_DECODE_THREADS."""
-    max_picture_pixels: int = 40_000_000
+    max_picture_pixels: int = MAX_PICTURE_PIXELS
     """Largest picture (width x height, read from its header before decoding) an encoded-
     picture model takes; larger ones are refused as decompression bombs. Env:
     DEEPR_MAX_PICTURE_PIXELS."""

@@ -224,64 +224,7 @@ function resize(plane, width, height, outWidth, outHeight, method) {
   return p;
 }
 
-// ImagePreprocessing's mnist framing (serving/protocol/preprocessing.py mnist_framing), step
-// for step: the ground's level (median of the outer tenth) taken away, the ink stretched to
-// 0..255 and cleared below a fifth, its bounding box fitted into 20x20 with Pillow's bilinear
-// resize, placed with its centre of mass at the centre. Sums are integers, as in Python, so
-// both sides round the same way. Returns {plane, placement}; placement says where the frame
-// came from in the picture (null: the picture resized whole).
-function borderMedian(plane, width, height) {
-  const ring = Math.max(1, Math.floor(Math.min(width, height) / 10));
-  const values = [];
-  for (let y = 0; y < Math.min(ring, height); y++) for (let x = 0; x < width; x++) values.push(plane[y * width + x]);
-  for (let y = Math.max(0, height - ring); y < height; y++) for (let x = 0; x < width; x++) values.push(plane[y * width + x]);
-  for (let y = ring; y < height - ring; y++) {
-    for (let x = 0; x < Math.min(ring, width); x++) values.push(plane[y * width + x]);
-    for (let x = Math.max(0, width - ring); x < width; x++) values.push(plane[y * width + x]);
-  }
-  values.sort((a, b) => a - b);
-  const mid = values.length >> 1;
-  return values.length % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
-}
-
-function mnistFrame(plane, width, height, outWidth, outHeight) {
-  const ground = borderMedian(plane, width, height);
-  let peak = 0;
-  for (const v of plane) peak = Math.max(peak, v - ground);
-  if (peak < 16) return { plane: resize(plane, width, height, outWidth, outHeight, "bilinear"), placement: null };
-  const ink = new Uint8Array(width * height);
-  let x0 = width, x1 = -1, y0 = height, y1 = -1;
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      let v = Math.min(255, Math.max(0, Math.floor((plane[y * width + x] - ground) * (255 / peak) + 0.5)));
-      if (v < 51) v = 0;
-      ink[y * width + x] = v;
-      if (v) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
-    }
-  }
-  const cropWidth = x1 - x0 + 1, cropHeight = y1 - y0 + 1;
-  const crop = new Uint8Array(cropWidth * cropHeight);
-  for (let y = 0; y < cropHeight; y++) crop.set(ink.subarray((y0 + y) * width + x0, (y0 + y) * width + x1 + 1), y * cropWidth);
-  const scale = (20 * Math.min(outWidth, outHeight) / 28) / Math.max(cropWidth, cropHeight);
-  const fitWidth = Math.max(1, Math.floor(cropWidth * scale + 0.5)), fitHeight = Math.max(1, Math.floor(cropHeight * scale + 0.5));
-  const digit = resize(crop, cropWidth, cropHeight, fitWidth, fitHeight, "bilinear");
-  let total = 0, rowMoment = 0, columnMoment = 0;
-  for (let y = 0; y < fitHeight; y++) {
-    for (let x = 0; x < fitWidth; x++) {
-      const v = digit[y * fitWidth + x];
-      total += v; rowMoment += v * y; columnMoment += v * x;
-    }
-  }
-  const cy = total ? rowMoment / total : (fitHeight - 1) / 2, cx = total ? columnMoment / total : (fitWidth - 1) / 2;
-  const top = Math.floor(outHeight / 2 - cy + 0.5), left = Math.floor(outWidth / 2 - cx + 0.5); // MNIST's centre: (14, 14)
-  const frame = new Uint8Array(outWidth * outHeight);
-  for (let y = Math.max(top, 0); y < Math.min(top + fitHeight, outHeight); y++) {
-    for (let x = Math.max(left, 0); x < Math.min(left + fitWidth, outWidth); x++) {
-      frame[y * outWidth + x] = digit[(y - top) * fitWidth + (x - left)];
-    }
-  }
-  return { plane: frame, placement: { x0, y0, kx: cropWidth / fitWidth, ky: cropHeight / fitHeight, left, top } };
-}
+// mnistFrame and borderMedian: framing.js, loaded before this file.
 
 // A picture as one example of the model's input: {tensor, inverted, placement}.
 function preprocess(image, config) {
@@ -466,11 +409,13 @@ async function classifyPicture(file) {
 // `file`: the picture's bytes (a File, or the drawing as a PNG Blob) for models that decode pictures on the server.
 async function classifyImage(image, file) {
   const encoded = JSON.parse(parameter(current.config, "deepr.preprocessing")).pixels === "encoded";
-  const { tensor, inverted } = encoded
-    ? { tensor: await encodedPicture(file, current.config), inverted: false } // the server decodes and inverts
+  const { tensor, inverted, placement } = encoded
+    ? { tensor: await encodedPicture(file, current.config), inverted: false, placement: undefined } // the server decodes
     : preprocess(image, current.config);
   drawPicture($("picture"), image);
-  $("picture-note").textContent = inverted ? "inverted: dark on light" : "";
+  const framed = JSON.parse(parameter(current.config, "deepr.preprocessing")).framing === "mnist";
+  const notes = [inverted ? "inverted: dark on light" : "", framed && placement === null ? "no digit found: the classes below are a guess" : ""];
+  $("picture-note").textContent = notes.filter(Boolean).join("; ");
   const output = current.config.output[0].name;
   const result = await infer(current.name, [tensor], [{ name: output, parameters: { classification: 5 } }]);
   const top = result[output].data.map((text) => {
