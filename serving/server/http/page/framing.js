@@ -40,15 +40,17 @@ function extremeFilter(plane, width, height, k, pick) {
     }
     return out;
   };
-  const across = (src, w, h) => {
-    const t = new Int32Array(w * h);
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) t[x * h + y] = src[y * w + x];
-    const filtered = along(t, h, w);
-    const out = new Int32Array(w * h);
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[y * w + x] = filtered[x * h + y];
-    return out;
-  };
-  return across(along(plane, width, height), width, height);
+  return alongColumns(along(plane, width, height), width, height, along);
+}
+
+// `pass` (a function of a plane, its width and height, along its rows) applied along the columns.
+function alongColumns(plane, width, height, pass) {
+  const t = new plane.constructor(width * height);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) t[x * height + y] = plane[y * width + x];
+  const done = pass(t, height, width);
+  const out = new done.constructor(width * height);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) out[y * width + x] = done[x * height + y];
+  return out;
 }
 
 function rise(plane, width, height) {
@@ -93,13 +95,7 @@ function withoutLines(mask, width, height) {
     }
     return kept;
   };
-  const rows = pass(mask, width, height);
-  const t = new Uint8Array(width * height);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) t[x * height + y] = rows[y * width + x];
-  const cols = pass(t, height, width);
-  const out = new Uint8Array(width * height);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) out[y * width + x] = cols[x * height + y];
-  return out;
+  return alongColumns(pass(mask, width, height), width, height, pass);
 }
 
 // Pieces of ink, 8-connected, numbered in the order of their first pixel (as scipy's label):
