@@ -43,10 +43,26 @@ def _upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(scaled.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
 
 
+def frame_taper(frame: tuple[int, int]) -> np.ndarray:
+    """(height, width) weights over a framed input: 1 over the middle, where MNIST framing puts
+    the digit (20 of 28 pixels), falling smoothly to 0 across the margin around it, so that a
+    heatmap mapped back onto the picture fades out instead of ending in the frame's rectangle.
+    The zoo page applies the same weights."""
+
+    def ramp(n: int) -> np.ndarray:
+        margin = 4 * n / 28
+        distance = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5)  # to the nearer edge
+        t = np.clip(distance / margin, 0, 1)
+        return t * t * (3 - 2 * t)  # smoothstep
+
+    width, height = frame
+    return np.outer(ramp(height), ramp(width)).astype(np.float32)
+
+
 def _placed(heatmap: np.ndarray, size: tuple[int, int], placement: Placement, frame: tuple[int, int]) -> np.ndarray:
     """A heatmap over a framed input, mapped back onto the picture the frame was cut from
-    (zero outside the frame)."""
-    over_frame = Image.fromarray(_upsample(heatmap, frame), mode="F")
+    (fading to zero at the frame's edge, and zero outside it)."""
+    over_frame = Image.fromarray(_upsample(heatmap, frame) * frame_taper(frame), mode="F")
     left, top, right, bottom = placement.frame_to_picture(frame)
     # The affine map sends each picture pixel to the frame pixel that shows it.
     sx, sy = frame[0] / (right - left), frame[1] / (bottom - top)

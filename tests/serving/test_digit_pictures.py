@@ -97,6 +97,9 @@ def test_gradcam_of_a_framed_digit_lies_on_the_drawing(digit_server, drawn):
     assert result.heatmap[outside].max() < 1e-6
     ink = np.asarray(digit.convert("L")) < 128
     assert result.heatmap[ink].mean() > 2 * result.heatmap[~outside & ~ink].mean() or result.heatmap[ink].max() > 0.5
+    # no rectangle: the heat fades out toward the frame's edge instead of ending at it
+    edge = (np.abs(xs - left) < 1) | (np.abs(xs - right) < 1) | (np.abs(ys - top) < 1) | (np.abs(ys - bottom) < 1)
+    assert result.heatmap[edge & ~outside].max() < 0.05 < result.heatmap.max()
 
 
 def test_a_picture_option_a_model_ignores_is_said_once(digit_server, tmp_path, capsys):

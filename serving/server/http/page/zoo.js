@@ -441,9 +441,27 @@ async function classifyImage(image, file) {
   await refreshStats();
 }
 
+// A grid's value at (x, y) in cell units (cell centres at integers), bilinear, clamped to the grid.
+function bilinear(grid, w, h, x, y) {
+  x = Math.min(Math.max(x, 0), w - 1); y = Math.min(Math.max(y, 0), h - 1);
+  const x0 = Math.floor(x), y0 = Math.floor(y), x1 = Math.min(x0 + 1, w - 1), y1 = Math.min(y0 + 1, h - 1);
+  const fx = x - x0, fy = y - y0;
+  const top = grid[y0 * w + x0] * (1 - fx) + grid[y0 * w + x1] * fx;
+  const bottom = grid[y1 * w + x0] * (1 - fx) + grid[y1 * w + x1] * fx;
+  return top * (1 - fy) + bottom * fy;
+}
+
+// gradcam.py's frame_taper along one side of n pixels: 1 over the middle, where the digit was
+// framed, to 0 at the frame's edge (smoothstep across a margin of 4 in 28).
+function taper(position, n) {
+  const t = Math.min(Math.max(Math.min(position, n - position) / (4 * n / 28), 0), 1);
+  return t * t * (3 - 2 * t);
+}
+
 // The heatmap in a colour map whose opacity follows the square of the heat (0.8 at the peak,
 // 0.2 at half of it, nothing where there is none), over the picture, as deepr's overlay() draws
-// it; a framed digit's heatmap goes where the digit was found.
+// it, sampled smoothly (bilinear) at each of the picture's pixels; a framed digit's heatmap goes
+// where the digit was found, fading out at the frame's edge.
 async function drawGradcam() {
   const gradcam = current.name + "_gradcam";
   const config = await getJSON(modelPath(gradcam) + "/config");
@@ -454,28 +472,27 @@ async function drawGradcam() {
   const result = await infer(gradcam, [tensor, classIndex], [{ name: "heatmap", parameters: { binary_data: true } }]);
   const heat = result.heatmap;
   const [h, w] = heat.shape.slice(-2);
-  const small = document.createElement("canvas");
-  small.width = w;
-  small.height = h;
-  const cells = small.getContext("2d").createImageData(w, h);
-  const peak = Math.max(...heat.data); // the graph's heatmap is raw: scaled to its peak, as deepr's clients do
-  for (let i = 0; i < w * h; i++) {
-    const t = peak > 0 ? Math.max(0, heat.data[i]) / peak : 0;
-    const [r, g, b] = colour(JET, t);
-    cells.data.set([r, g, b, Math.round(255 * 0.8 * t * t)], 4 * i);
-  }
-  small.getContext("2d").putImageData(cells, 0, 0);
   const canvas = $("gradcam");
   drawPicture(canvas, picture.image);
   const context = canvas.getContext("2d");
-  context.imageSmoothingEnabled = true;
+  const shown = context.getImageData(0, 0, canvas.width, canvas.height);
+  const peak = Math.max(...heat.data); // the graph's heatmap is raw: scaled to its peak, as deepr's clients do
   const p = prepared.placement;
-  if (p) {
-    const [frameHeight, frameWidth] = spec.size;
-    context.drawImage(small, p.x0 - p.left * p.kx, p.y0 - p.top * p.ky, frameWidth * p.kx, frameHeight * p.ky);
-  } else {
-    context.drawImage(small, 0, 0, canvas.width, canvas.height);
+  const [frameHeight, frameWidth] = p ? spec.size : [canvas.height, canvas.width];
+  for (let y = 0; y < canvas.height; y++) {
+    for (let x = 0; x < canvas.width; x++) {
+      // the picture's pixel centre in the frame's pixels (a framed digit), or the picture's own
+      const u = p ? (x + 0.5 - p.x0) / p.kx + p.left : x + 0.5, v = p ? (y + 0.5 - p.y0) / p.ky + p.top : y + 0.5;
+      if (u < 0 || v < 0 || u > frameWidth || v > frameHeight || peak <= 0) continue;
+      let t = Math.max(0, bilinear(heat.data, w, h, u * w / frameWidth - 0.5, v * h / frameHeight - 0.5)) / peak;
+      if (p) t *= taper(u, frameWidth) * taper(v, frameHeight);
+      const a = 0.8 * t * t, [r, g, b] = colour(JET, t), i = 4 * (y * canvas.width + x);
+      shown.data[i] += a * (r - shown.data[i]);
+      shown.data[i + 1] += a * (g - shown.data[i + 1]);
+      shown.data[i + 2] += a * (b - shown.data[i + 2]);
+    }
   }
+  context.putImageData(shown, 0, 0);
   canvas.dataset.classIndex = $("gradcam-class").value; // drawn, for this class
 }
 
