@@ -220,6 +220,18 @@ class Tail:
         """`gradient` (the shape of `result`) summed over the axes `tensor` was broadcast along."""
         if self.shapes.get(result) is not None and self.shapes.get(result) == self.shapes.get(tensor):
             return gradient  # no broadcast (a free batch dimension of the same name on both)
+        have_rows, want_rows = self.per_row(result), self.per_row(tensor)
+        if (
+            have_rows is not None
+            and want_rows is not None
+            and len(have_rows) == len(want_rows)
+            and have_rows[0] == want_rows[0]  # the batch, free or not, the same on both
+        ):
+            # broadcast within each row (a squeeze-and-excitation scale, N x C x 1 x 1, over its map)
+            axes = [i for i, (h, w) in enumerate(zip(have_rows, want_rows)) if i and w == 1 and h != 1]
+            if not axes:
+                return gradient
+            return self.op("ReduceSum", [gradient, self.const(np.array(axes, np.int64), "axes")], keepdims=1)
         have, want = self.static(result), self.static(tensor)
         if have is None or want is None:
             raise UnsupportedOperator(f"broadcasting onto {tensor!r} needs its static shape")
@@ -271,6 +283,22 @@ def _sigmoid(t: Tail, node, index, g):
 def _tanh(t: Tail, node, index, g):
     y = node.output[0]
     return t.op("Mul", [g, t.op("Sub", [t.fconst(1), t.op("Mul", [y, y])])])
+
+
+def _hard_sigmoid(t: Tail, node, index, g):
+    # y = clip(alpha x + beta, 0, 1): alpha where the clip does not bite, 0 where it does
+    alpha, beta = float(_attribute(node, "alpha", 0.2)), float(_attribute(node, "beta", 0.5))
+    inner = t.op("Add", [t.op("Mul", [node.input[0], t.fconst(alpha)]), t.fconst(beta)])
+    inside = t.op("And", [t.op("Greater", [inner, t.fconst(0)]), t.op("Less", [inner, t.fconst(1)])])
+    return t.op("Mul", [g, t.op("Mul", [t.as_float(inside), t.fconst(alpha)])])
+
+
+def _hard_swish(t: Tail, node, index, g):
+    # y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, 1 above 3, (2x + 3) / 6 between
+    x = node.input[0]
+    slope = t.op("Add", [t.op("Mul", [x, t.fconst(1 / 3)]), t.fconst(0.5)])
+    inside = t.op("Where", [t.op("Greater", [x, t.fconst(3)]), t.fconst(1), slope])
+    return t.op("Mul", [g, t.op("Where", [t.op("Less", [x, t.fconst(-3)]), t.fconst(0), inside])])
 
 
 def _softmax(t: Tail, node, index, g):
@@ -487,6 +515,8 @@ DIFFERENTIABLE: dict[str, Rule] = {
     "LeakyRelu": Rule(_leaky_relu),
     "Clip": Rule(_clip, FIRST),  # the bounds are not differentiated
     "Sigmoid": Rule(_sigmoid),
+    "HardSigmoid": Rule(_hard_sigmoid),
+    "HardSwish": Rule(_hard_swish),
     "Tanh": Rule(_tanh),
     "Softmax": Rule(_softmax),
     "LogSoftmax": Rule(_log_softmax),

@@ -334,7 +334,7 @@ def _check_gradcam(model: onnx.ModelProto, file: Path, record: ImportedOnnx, ten
 
     a0 = activations[0].astype(np.float64)
     above, below = score(a0 + epsilon * direction), score(a0 - epsilon * direction)
-    if abs(above - below) <= 1e-12 * max(1.0, abs(above)):
+    if abs(above - below) <= 1e-12 * max(abs(above), abs(below)):  # relative: a score may be tiny, not flat
         warnings.warn(
             f"{record.name}: its score does not change with {tensor!r} (flat in float64: constant weights?); the "
             "Grad-CAM graph is exported, and its heatmaps are the float32 rounding of zero",

@@ -133,3 +133,42 @@ def test_an_unknown_rank_is_refused_rather_than_assumed():
     model = helper.make_model(helper.make_graph(nodes, "g", [a], [y]), opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UnsupportedOperator, match=r"GlobalAveragePool needs the rank of 'a'"):
         Tail(model, "a", "y", {}).gradient("y")
+
+
+@pytest.mark.parametrize(
+    ("op", "attributes"),
+    [
+        ("Relu", {}),
+        ("LeakyRelu", {"alpha": 0.1}),
+        ("Sigmoid", {}),
+        ("Tanh", {}),
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}),  # as torch.onnx writes nn.Hardsigmoid
+        ("HardSigmoid", {}),  # ONNX's defaults
+        ("HardSwish", {}),
+        ("Softmax", {"axis": 1}),
+    ],
+)
+def test_each_elementwise_rule_equals_a_central_difference(op, attributes):
+    """Over values spread across every piece of the function (HardSwish's three), away from its kinks."""
+    from onnx.reference import ReferenceEvaluator
+
+    a = helper.make_tensor_value_info("a", TensorProto.DOUBLE, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 8])
+    seed = helper.make_tensor_value_info("seed", TensorProto.DOUBLE, [2, 8])
+    graph = helper.make_graph([helper.make_node(op, ["a"], ["y"], **attributes)], "g", [a, seed], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    forward = ReferenceEvaluator(onnx.ModelProto.FromString(model.SerializeToString()))
+    gradient = Tail(model, "a", "y", tensor_shapes(model)).gradient("seed")
+    model.graph.output.append(helper.make_tensor_value_info(gradient, TensorProto.DOUBLE, [2, 8]))
+    values = np.array([[-5.1, -3.3, -2.4, -0.7, 0.3, 1.1, 2.6, 4.8], [-4.2, -2.9, -1.3, -0.2, 0.6, 2.2, 2.95, 3.4]])
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((2, 8))
+    (da,) = ReferenceEvaluator(model).run([gradient], {"a": values, "seed": weights})
+    step, expected = 1e-6, np.zeros_like(values)
+    for index in np.ndindex(values.shape):
+        above, below = values.copy(), values.copy()
+        above[index] += step
+        below[index] -= step
+        difference = forward.run(None, {"a": above})[0] - forward.run(None, {"a": below})[0]
+        expected[index] = (weights * difference).sum() / (2 * step)
+    np.testing.assert_allclose(da, expected, atol=1e-6)

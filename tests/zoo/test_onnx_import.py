@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from grad_cam_reference import reference_cam
 from PIL import Image
 
 import zoo
@@ -149,23 +150,6 @@ def test_served_classes_equal_onnxruntime_and_the_module(imported, user_file):
         np.testing.assert_array_equal(client.infer("user_resnet18", {"input": x})["logits"], logits)
     assert [p[0].label for p in served] == [str(i) for i in logits.argmax(1)]
     np.testing.assert_allclose(logits, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4 * np.abs(logits).max())
-
-
-def reference_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """pytorch-grad-cam's heatmaps at `layer`, before it scales and resizes them."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cam = GradCAM(model=model, target_layers=[layer])
-    targets = [ClassifierOutputTarget(c) for c in classes]
-    outputs = cam.activations_and_grads(x)
-    model.zero_grad()
-    sum(t(o) for t, o in zip(targets, outputs)).backward()
-    activations = cam.activations_and_grads.activations[0].cpu().numpy()
-    gradients = cam.activations_and_grads.gradients[0].cpu().numpy()
-    raw = cam.get_cam_image(x, layer, targets, activations, gradients)
-    cam.activations_and_grads.release()
-    return np.maximum(raw, 0)
 
 
 @pytest.mark.parametrize(
