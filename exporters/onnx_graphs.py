@@ -29,6 +29,7 @@ from serving.protocol.schema import (
     LABELS_KEY,
     LAYER_KEY,
     LAYERS_KEY,
+    OUTPUTS_KEY,
     PREPROCESSING_KEY,
     SECTION_KEY,
     encode_fact,
@@ -36,6 +37,7 @@ from serving.protocol.schema import (
 from zoo import get_model_spec
 from zoo.onnx.files import GRADIENT_OPSET, probe_feeds, tensor_shapes, upgraded
 from zoo.onnx.store import ImportedOnnx, imported_onnx
+from zoo.onnx.tensors import NoPictureTensor, default_gradcam_tensor, picture_tensors
 
 from .errors import ExportError, UnknownLayerError, quoted
 from .gradcam import GRADCAM_OUTPUTS
@@ -54,8 +56,6 @@ __all__ = [
 
 _NARROW_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 """The float types the finite-difference check widens to float64."""
-_POOLING = {"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceMax"}
-_FLATTENING = {"Flatten", "Reshape", "Squeeze"}
 
 
 def _record(name: str) -> tuple[ImportedOnnx, Path]:
@@ -76,7 +76,11 @@ def _config_type(arg) -> int:
 
 
 def _facts(record: ImportedOnnx) -> dict[str, str]:
-    facts = {LABELS_KEY: encode_fact(list(record.classes)), SECTION_KEY: get_model_spec(record.name).section}
+    facts = {
+        LABELS_KEY: encode_fact(list(record.classes)),
+        SECTION_KEY: get_model_spec(record.name).section,
+        OUTPUTS_KEY: record.outputs,
+    }
     if record.preprocessing:
         facts[PREPROCESSING_KEY] = record.preprocessing
     return facts
@@ -139,49 +143,6 @@ def _difference(expected: Sequence[np.ndarray], found: Sequence[np.ndarray]) -> 
     return absolute, absolute / peak
 
 
-def _from_input(model: onnx.ModelProto) -> set[str]:
-    """The tensors computed from the graph's inputs (not weights, nor tensors made from
-    constants alone, such as weights a graph builds with ConstantOfShape)."""
-    weights = {i.name for i in model.graph.initializer}
-    reached = {i.name for i in model.graph.input if i.name not in weights}
-    for node in model.graph.node:
-        if any(i in reached for i in node.input):
-            reached.update(node.output)
-    return reached
-
-
-def picture_tensors(model: onnx.ModelProto) -> list[str]:
-    """The graph's 4-D tensors computed from its input, in graph order: what Grad-CAM and the
-    feature graph may name."""
-    shapes = tensor_shapes(model)
-    reached = _from_input(model)
-    found = []
-    for node in model.graph.node:
-        for output in node.output:
-            if output in reached and len(shapes.get(output, [])) == 4:
-                found.append(output)
-    return found
-
-
-def default_gradcam_tensor(model: onnx.ModelProto) -> str:
-    """The last 4-D activation before the graph pools or flattens it: the input of the pooling
-    nearest the output (or of the flattening, when no pooling feeds it)."""
-    shapes = tensor_shapes(model)
-    reached = _from_input(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for node in reversed(model.graph.node):
-        if node.op_type not in _POOLING | _FLATTENING or not node.input:
-            continue
-        source = node.input[0]
-        if source not in reached or len(shapes.get(source, [])) != 4:
-            continue
-        before = producer.get(source)
-        if node.op_type in _FLATTENING and before is not None and before.op_type in _POOLING:
-            source = before.input[0]
-        return source
-    raise ExportError("the graph has no 4-D activation that it pools or flattens: name one with --layer")
-
-
 def _gradient_model(file: Path) -> tuple[onnx.ModelProto, float]:
     """The imported graph at the opset the backward rules are written in (converted and checked
     when older); the conversion's relative output difference."""
@@ -214,7 +175,10 @@ def export_imported_gradcam(
     start = time.perf_counter()
     record, file = _record(name)
     model, _ = _gradient_model(file)
-    tensor = layer or default_gradcam_tensor(model)
+    try:
+        tensor = layer or default_gradcam_tensor(model)
+    except NoPictureTensor as exc:
+        raise ExportError(str(exc)) from None
     candidates = picture_tensors(model)
     if tensor not in candidates:
         shown = ", ".join(candidates[-8:])

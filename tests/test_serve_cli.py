@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -129,8 +131,15 @@ def test_models_being_built_are_listed_and_sigterm_does_not_wait_for_them(tmp_pa
         listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
         assert re.search(r"LOADING .*epoch [1-5]/5, about \d+ s left", listing["mnist_convnet"]), listing
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            # live, and not ready until every model it means to serve is (strict readiness)
+            # live, and not ready until every model it means to serve is (strict readiness), on both transports
             assert client.is_server_live() and not client.is_server_ready()
+            http = int(re.search(r"HTTP/REST on [\d.]+:(\d+)", "".join(log)).group(1))
+            for path, status in (("live", 200), ("ready", 400)):
+                try:
+                    answer = urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/{path}", timeout=10).status
+                except urllib.error.HTTPError as error:
+                    answer = error.code
+                assert answer == status, (path, answer)
             x = triton.InferInput("images", [1, 1, 28, 28], "FP32")
             x.set_data_from_numpy(np.zeros((1, 1, 28, 28), dtype=np.float32))
             with pytest.raises(triton.InferenceServerException, match="not ready: being trained and exported"):

@@ -10,6 +10,8 @@ from torch import nn
 __all__ = ["LayerRow", "Summary", "model_summary", "summary"]
 
 _WIDTH = 80
+_LONGEST_NAME = 60
+"""The widest the first column grows to; longer names are cut, with an ellipsis."""
 
 
 @dataclass(frozen=True)
@@ -44,26 +46,34 @@ class Summary:
         return self.total_params - self.trainable_params
 
     def __str__(self) -> str:
-        cols = (32, 30, 18)
+        # Keras' widths, the first column widened (to 60) where the names need it: a long name
+        # pushed the shape and count off their columns
+        names = [f"{row.name} ({row.layer_type})" for row in self.rows]
+        first = min(_LONGEST_NAME, max([32, *(len(n) + 2 for n in names)]))
+        cols = (first, 30, 18)
+        width = _WIDTH + first - 32
 
         def line(*cells: str) -> str:
             return "".join(c.ljust(w) for c, w in zip(cells, cols)).rstrip()
 
+        def fitted(name: str) -> str:
+            return name if len(name) < first else name[: first - 3] + "… "
+
         out = [
             f'Model: "{self.model_name}"',
-            "_" * _WIDTH,
+            "_" * width,
             line("Layer (type)", "Output Shape", "Param #"),
-            "=" * _WIDTH,
+            "=" * width,
         ]
-        for i, row in enumerate(self.rows):
+        for i, (row, name) in enumerate(zip(self.rows, names)):
             shape = "(" + ", ".join("None" if d is None else str(d) for d in row.output_shape) + ")"
-            out.append(line(f"{row.name} ({row.layer_type})", shape, f"{row.params:,}"))
-            out.append("=" * _WIDTH if i == len(self.rows) - 1 else "_" * _WIDTH)
+            out.append(line(fitted(name), shape, f"{row.params:,}"))
+            out.append("=" * width if i == len(self.rows) - 1 else "_" * width)
         out += [
             f"Total params: {self.total_params:,}",
             f"Trainable params: {self.trainable_params:,}",
             f"Non-trainable params: {self.non_trainable_params:,}",
-            "_" * _WIDTH,
+            "_" * width,
         ]
         out += [f"Note: {note}" for note in self.notes]
         return "\n".join(out)

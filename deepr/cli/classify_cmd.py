@@ -13,7 +13,7 @@ from .errors import EXIT_NOTHING_FOUND, task_errors
 def _classify(args: argparse.Namespace) -> int:
     from serving.client import InferenceClient
     from serving.protocol.preprocessing import load_image
-    from serving.tasks.classify import classify, served_preprocessing
+    from serving.tasks.classify import answers_logits, classify, served_preprocessing
 
     invert = args.invert or "auto"
     with task_errors(args.url):
@@ -22,6 +22,8 @@ def _classify(args: argparse.Namespace) -> int:
             preprocess = served_preprocessing(args.model, client=client)
             for note in ignored_picture_options(args, args.model, preprocess):
                 print(note, file=sys.stderr)
+            if answers_logits(client.model_config(args.model)):
+                print(f"note: {args.model} answers logits; the scores shown are their softmax", file=sys.stderr)
             results = classify(images, args.model, top_k=args.top_k, client=client, invert=invert, framing=args.framing)
     width = max(len(str(p)) for p in args.images)
     framed = preprocess.framing is not None and args.framing == "auto"

@@ -58,7 +58,7 @@ def _import(args: argparse.Namespace) -> int:
             args.file,
             args.name,
             labels=labels,
-            scale=args.scale,
+            scale=1 / 255 if args.scale is None else args.scale,
             input_layout=args.input_layout or "nhwc",
             max_unpacked_bytes=args.max_unpacked_bytes,
             framing=None if args.framing == "none" else args.framing,
@@ -101,16 +101,19 @@ def _import_onnx(args: argparse.Namespace) -> int:
     from .zoo_cmds import tell_whether_served
 
     started = time.perf_counter()
+    labels = _labels(args)
+    before = _record_before(args.name)
     try:
         record = import_onnx(
             args.file,
             args.name,
-            labels=_labels(args),
+            labels=labels,
             layout=args.input_layout,
             scale=args.scale,
             mean=args.mean,
             std=args.std,
-            framing=None if args.framing == "none" else args.framing,
+            framing=args.framing,
+            outputs=args.outputs,
         )
     except OnnxImportError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
@@ -123,8 +126,13 @@ def _import_onnx(args: argparse.Namespace) -> int:
         pictures = f", pictures {json.loads(record.preprocessing)['layout']}"
     print(
         f"{args.name}: {len(summary.rows)} operators, {summary.total_params:,} parameters, opset {record.opset}"
-        f"{upgrade}, input {record.input_name!r} {record.input_shape}{pictures}, {len(record.classes)} classes"
+        f"{upgrade}, input {record.input_name!r} {record.input_shape}{pictures}, {len(record.classes)} classes, "
+        f"output {record.outputs}{'' if args.outputs else ' (from the graph: --outputs says otherwise)'}"
     )
+    if before is not None:
+        kept = _kept(before, record, args, labels)
+        if kept:
+            print(f"{args.name}: kept from its previous import: {', '.join(kept)} (give them anew to change them)")
     try:
         result = export_imported(args.name, args.repository, max_batch_size=args.max_batch_size)
     except (ExportError, OSError) as exc:
@@ -137,6 +145,38 @@ def _import_onnx(args: argparse.Namespace) -> int:
     )
     tell_whether_served(result, args.url)
     return 0
+
+
+def _record_before(name: str):
+    """The record of an earlier ONNX import under `name`, or None."""
+    from zoo.onnx.store import imported_onnx
+
+    try:
+        found = imported_onnx(name)
+    except KeyError:  # no model of that name
+        return None
+    return found[0] if found else None
+
+
+def _kept(before, record, args: argparse.Namespace, labels: list[str] | None) -> list[str]:
+    """What a new import took over from the one before it, unasked."""
+    kept = []
+    if (
+        labels is None
+        and record.classes == before.classes
+        and before.classes != tuple(map(str, range(len(before.classes))))
+    ):
+        kept.append("labels")
+    old, new = before.picture_preprocessing(), record.picture_preprocessing()
+    if old is not None and new is not None:
+        for flag, field in (("mean", "mean"), ("std", "std"), ("scale", "scale"), ("framing", "framing")):
+            if (
+                getattr(args, flag) is None
+                and getattr(old, field) is not None
+                and getattr(old, field) == getattr(new, field)
+            ):
+                kept.append(f"--{flag} {getattr(new, field)}")
+    return kept
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -176,8 +216,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scale",
         type=ratio,
-        default=1 / 255,
-        help="what a picture's 0-255 pixel values are multiplied by before the model (default: 1/255)",
+        help="what a picture's 0-255 pixel values are multiplied by before the model (default: 1/255; importing "
+        "again under a name keeps its labels, --scale, --mean, --std and --framing unless given anew)",
+    )
+    p.add_argument(
+        "--outputs",
+        choices=("probabilities", "logits"),
+        help="ONNX: what the classifier's output holds (default: probabilities where the graph ends in Softmax or "
+        "Sigmoid, logits otherwise); logits are shown through a softmax, and said to be",
     )
     p.add_argument(
         "--max-batch-size", type=integer(0), default=256, help="largest batch the server accepts (default: %(default)s)"
@@ -185,9 +231,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--framing",
         choices=("mnist", "none"),
-        default="none",
         help="mnist: a model of MNIST's digits; its clients invert pictures drawn dark on light and frame them as "
-        "MNIST's digits (ink cut out, fitted into 20x20, centred by its mass in 28x28) (default: %(default)s)",
+        "MNIST's digits (ink cut out, fitted into 20x20, centred by its mass in 28x28) (default: none)",
     )
     p.add_argument(
         "--url",

@@ -27,6 +27,7 @@ __all__ = [
     "UNITS_KEY",
     "TEXT_ENCODING_KEY",
     "SECTION_KEY",
+    "OUTPUTS_KEY",
     "PAD_BATCHES_KEY",
     "WARMUP_BUDGET_KEY",
     "BATCH_PROFILE_KEY",
@@ -55,6 +56,9 @@ TEXT_ENCODING_KEY = "deepr.text_encoding"
 """How a text model's words become indices (WordEncoding JSON)."""
 SECTION_KEY = "deepr.section"
 """Config: the tutorial section the model comes from, plain text (shown on the zoo page)."""
+OUTPUTS_KEY = "deepr.outputs"
+"""What a classifier's output holds, plain text: "probabilities" (the default where it is not
+said) or "logits" (clients show them through a softmax, and say so)."""
 
 # The layers a multi-output graph exposes.
 LAYERS_KEY = "deepr.layers"

@@ -233,3 +233,87 @@ def test_a_layer_the_graph_lacks_is_bad_input(imported, layer, tmp_path, capsys)
     else:
         assert "--layer is empty" in error
     assert not (tmp_path / "user_resnet18_gradcam").exists()
+
+
+def test_logits_are_said_to_be_and_shown_through_a_softmax(imported, user_file, capsys):
+    """The exported resnet18 ends in Gemm: its output is logits, written into the config; deepr
+    classify shows their softmax (scores in [0, 1]), and says so."""
+    path, _, images, _ = user_file
+    with InferenceClient(imported["url"]) as client:
+        config = client.model_config("user_resnet18")
+    assert config.parameters["deepr.outputs"].string_value == "logits"
+    picture = imported["home"] / "digit.png"
+    Image.fromarray(images[0]).save(picture)
+    capsys.readouterr()
+    assert main(["classify", "--model", "user_resnet18", "--url", imported["url"], "--top-k", "10", str(picture)]) == 0
+    out, err = capsys.readouterr()
+    scores = [float(s.strip("()")) for s in out.split()[2::2]]
+    x = prepared(images[:1]).numpy()
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0][0]
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(scores, np.sort(softmax)[::-1], atol=1e-4)
+    assert "user_resnet18 answers logits; the scores shown are their softmax" in err
+
+
+def test_summary_names_the_tensors_layer_takes(imported, capsys):
+    capsys.readouterr()
+    assert main(["summary", "user_resnet18"]) == 0
+    out = capsys.readouterr().out
+    layer1, layer2, layer3 = imported["layers"]
+    assert "--gradcam --layer T" in out and all(name in out for name in (layer1, layer2, layer3))
+    assert "(Identity)" not in out
+    widths = {len(line) for line in out.splitlines() if line.startswith(("_", "="))}
+    assert len(widths) == 1 and all(len(line) <= max(widths) for line in out.splitlines()[:-8])
+
+
+def test_importing_again_keeps_labels_and_preprocessing_not_given_anew(imported, user_file, tmp_path, capsys):
+    path = user_file[0]
+    capsys.readouterr()
+    argv = ["import", str(path), "--name", "user_resnet18", "--repository", str(tmp_path / "repository")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    kept_line = next(line for line in out.splitlines() if "kept from its previous import" in line)
+    assert "--mean (0.485, 0.456, 0.406)" in kept_line and "--std (0.229, 0.224, 0.225)" in kept_line
+    record = zoo.get_model_spec("user_resnet18")
+    assert record.classes == tuple(str(d) for d in range(10))
+    from zoo.onnx.store import imported_onnx
+
+    kept, _ = imported_onnx("user_resnet18")
+    assert kept.picture_preprocessing().mean == MEAN and kept.picture_preprocessing().std == STD
+
+
+def test_classify_on_a_bare_graph_points_to_deepr_import(user_file, tmp_path, capsys):
+    path = user_file[0]
+    (tmp_path / "repository" / "bare" / "1").mkdir(parents=True)
+    onnx.save(onnx.load(str(path)), str(tmp_path / "repository" / "bare" / "1" / "model.onnx"))  # weights inline
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    settings = ServerSettings(repository=tmp_path / "repository", host="127.0.0.1", port=0, device=TEST_DEVICE)
+    settings.http_port = settings.metrics_port = -1
+    with serve_in_thread(settings) as server:
+        capsys.readouterr()
+        code = main(["classify", "--model", "bare", "--url", f"127.0.0.1:{server.port}", str(tmp_path / "digit.png")])
+    assert code == 2
+    assert "deepr import FILE.onnx --name NAME" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("last", "given", "expected"),
+    [("Softmax", None, "probabilities"), (None, None, "logits"), (None, "probabilities", "probabilities")],
+)
+def test_what_the_output_holds_is_read_from_the_graph_unless_given(tmp_path, last, given, expected):
+    from onnx import TensorProto, helper
+
+    from zoo.onnx.store import import_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z" if last else "y"])]
+    if last:
+        nodes.append(helper.make_node(last, ["z"], ["y"], axis=1))
+    graph = helper.make_graph(nodes, "g", [x], [y], [w])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    record = import_onnx(path, "outputs_probe", outputs=given, home=tmp_path / "home")
+    unregister_imported("outputs_probe")
+    assert record.outputs == expected

@@ -25,6 +25,7 @@ from .files import read_onnx_file, tensor_shapes
 from .summary import onnx_summary
 
 __all__ = [
+    "OUTPUT_KINDS",
     "ImportedOnnx",
     "forget_onnx_import",
     "import_onnx",
@@ -59,6 +60,8 @@ class ImportedOnnx:
     """ImagePreprocessing JSON for a picture model, "" otherwise."""
     opset: int
     upgraded_from: int | None = None
+    outputs: str = "probabilities"
+    """What the output holds: "probabilities" or "logits" (shown through a softmax)."""
 
     def picture_preprocessing(self) -> ImagePreprocessing | None:
         return ImagePreprocessing.from_json(self.preprocessing) if self.preprocessing else None
@@ -122,27 +125,49 @@ def _picture(
     return preprocessing, chosen
 
 
+OUTPUT_KINDS = ("probabilities", "logits")
+_PROBABILITY_OPERATORS = {"Softmax", "Sigmoid"}
+"""Operators whose outputs are probabilities: a graph ending in one answers them."""
+
+
 def import_onnx(
     path: str | Path,
     name: str,
     *,
     labels: Sequence[str] | None = None,
     layout: str | None = None,
-    scale: float = 1 / 255,
+    scale: float | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     framing: str | None = None,
+    outputs: str | None = None,
     home: Path | None = None,
 ) -> ImportedOnnx:
     """Check the ONNX classifier at `path` and keep it as `name` in the zoo. Pictures (a 4-D
-    input with 1 or 3 channels) are prepared as `scale`, `mean`, `std`, `layout` ("nchw" or
-    "nhwc"; default: where the channels are) and `framing` say; `labels`: one per class."""
+    input with 1 or 3 channels) are prepared as `scale` (default 1/255), `mean`, `std`,
+    `layout` ("nchw" or "nhwc"; default: where the channels are) and `framing` ("mnist", or
+    "none") say; `labels`: one per class; `outputs`: "probabilities" or "logits" (default: as
+    the graph's last operator says: Softmax or Sigmoid, probabilities). Importing again under
+    a name kept before keeps what is not given anew: its labels and picture preprocessing."""
     if problem := name_problem(name):
         raise OnnxImportError(problem)
     if layout is not None and layout not in LAYOUTS:
         raise OnnxImportError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    if framing is not None and framing not in FRAMINGS:
+    if framing is not None and framing not in (*FRAMINGS, "none"):
         raise OnnxImportError(f"--framing {framing!r}: expected one of {', '.join(FRAMINGS)} or none")
+    if outputs is not None and outputs not in OUTPUT_KINDS:
+        raise OnnxImportError(f"--outputs {outputs!r}: expected one of {', '.join(OUTPUT_KINDS)}")
+    before = _kept_before(name, home)
+    old = before.picture_preprocessing() if before is not None else None
+    if old is not None:  # a new import of a name keeps what is not said anew
+        mean = old.mean if mean is None else mean
+        std = old.std if std is None else std
+        scale = old.scale if scale is None else scale
+        framing = (old.framing or "none") if framing is None else framing
+    if labels is None and before is not None:
+        labels = before.classes
+    scale = 1 / 255 if scale is None else scale
+    framing = None if framing == "none" else framing
     checked = read_onnx_file(path)
     model = checked.model
     initializers = {i.name for i in model.graph.initializer}
@@ -171,6 +196,8 @@ def import_onnx(
             "output is (batch, classes) (or (batch, classes, 1, 1))"
         )
     count = classes_shape[0]
+    if before is not None and labels is before.classes and len(labels) != count:
+        labels = None  # the graph now has another number of classes: its old labels do not fit
     labels = tuple(labels) if labels else tuple(str(i) for i in range(count))
     if len(labels) != count:
         raise OnnxImportError(f"{len(labels)} labels for an output of {count} classes; give one label per line")
@@ -186,10 +213,30 @@ def import_onnx(
         preprocessing=preprocessing.to_json() if preprocessing else "",
         opset=checked.opset,
         upgraded_from=checked.upgraded_from,
+        outputs=outputs or _output_kind(model),
     )
     folder = (home or onnx_home()) / name
     keep(_spec(record, folder), folder, record, lambda into: onnx.save(model, str(into / _GRAPH)))  # one file
     return record
+
+
+def _output_kind(model: onnx.ModelProto) -> str:
+    """ "probabilities" where the graph's output is written by Softmax or Sigmoid (through a
+    reshape or identity), "logits" otherwise."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(model.graph.output[0].name)
+    while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+        node = producer.get(node.input[0])
+    return "probabilities" if node is not None and node.op_type in _PROBABILITY_OPERATORS else "logits"
+
+
+def _kept_before(name: str, home: Path | None) -> ImportedOnnx | None:
+    """The record of an earlier import under `name`, if one is kept."""
+    folder = (home or onnx_home()) / name
+    try:
+        return ImportedOnnx.read(folder) if folder.is_dir() else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def imported_onnx(name: str) -> tuple[ImportedOnnx, Path] | None:

@@ -417,11 +417,23 @@ async function classifyImage(image, file) {
   const notes = [inverted ? "inverted: dark on light" : "", framed && placement === null ? "no digit found: the classes below are a guess" : ""];
   $("picture-note").textContent = notes.filter(Boolean).join("; ");
   const output = current.config.output[0].name;
-  const result = await infer(current.name, [tensor], [{ name: output, parameters: { classification: 5 } }]);
-  const top = result[output].data.map((text) => {
-    const [score, index, ...label] = text.split(":");
-    return { score: Number(score), index: Number(index), label: label.join(":") || index };
-  });
+  const logits = parameter(current.config, "deepr.outputs") === "logits";
+  let top;
+  if (logits) { // the model leaves out its softmax: the page applies it, and says so
+    const result = await infer(current.name, [tensor], [{ name: output, parameters: { binary_data: true } }]);
+    const values = Array.from(result[output].data, Number), peak = Math.max(...values);
+    const exps = values.map((v) => Math.exp(v - peak)), total = exps.reduce((a, b) => a + b, 0);
+    const labels = JSON.parse(parameter(current.config, "deepr.labels") || "[]");
+    top = exps.map((e, index) => ({ score: e / total, index, label: labels[index] ?? String(index) }))
+      .sort((a, b) => b.score - a.score).slice(0, 5);
+  } else {
+    const result = await infer(current.name, [tensor], [{ name: output, parameters: { classification: 5 } }]);
+    top = result[output].data.map((text) => {
+      const [score, index, ...label] = text.split(":");
+      return { score: Number(score), index: Number(index), label: label.join(":") || index };
+    });
+  }
+  if (logits) $("picture-note").textContent = [$("picture-note").textContent, "scores: softmax of the model's logits"].filter(Boolean).join("; ");
   picture = { image, top, file };
   const list = $("top-classes");
   list.replaceChildren(...top.map((c) => {
