@@ -176,6 +176,21 @@ def test_poll_seconds_without_poll_mode_is_refused():
     assert result.returncode == 2 and "--poll-seconds needs --model-control poll" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--model-control", "poll", "--model-control-mode", "poll"], "say the same thing: give one"),
+        (["--model-control-mode", "none", "--load-model", "simple"], "--load-model needs explicit model control"),
+        (["--model-control-mode", "explicit", "--load-model", "nope"], "--load-model 'nope': no such model in"),
+    ],
+)
+def test_triton_model_control_flags_are_checked(tmp_path, flags, words):
+    (tmp_path / "simple").mkdir()
+    command = [sys.executable, "-m", "deepr", "serve", "--repository", str(tmp_path), "--port", "0", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
 def test_busy_and_doubled_ports_are_named_in_a_moment(tmp_path):
     """Before PyTorch or any model is loaded: in a moment (0.3 s here), where loading takes five seconds or more."""
     import socket

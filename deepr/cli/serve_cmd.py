@@ -41,8 +41,33 @@ def _worker_count(text: str) -> int | str:
     return integer(1, 256)(text)
 
 
+def _control_mode(args: argparse.Namespace) -> str | None:
+    """--model-control, or Triton's --model-control-mode (not both)."""
+    if args.model_control_mode is not None:
+        if args.model_control is not None:
+            raise CLIError("--model-control and --model-control-mode say the same thing: give one", EXIT_USAGE)
+        return args.model_control_mode
+    return args.model_control
+
+
+def _startup_models(args: argparse.Namespace) -> str | None:
+    """What loads at startup, with Triton's meaning of --load-model and --model-control-mode:
+    in explicit mode only the models --load-model names ("*": all), none without it. deepr's own
+    --model-control explicit (the default) loads every model, as before."""
+    names = args.load_model or []
+    if names and _control_mode(args) not in ("explicit", None):
+        raise CLIError(
+            f"--load-model needs explicit model control (got --model-control {_control_mode(args)})", EXIT_USAGE
+        )
+    if "*" in names:
+        return "*"
+    if names:
+        return ",".join(dict.fromkeys(names))
+    return "" if args.model_control_mode == "explicit" else None
+
+
 def _poll_seconds(args: argparse.Namespace) -> float | None:
-    if args.model_control != "poll":
+    if args.model_control != "poll" and args.model_control_mode != "poll":
         if args.poll_seconds is not None:
             raise CLIError("--poll-seconds needs --model-control poll", EXIT_USAGE)
         return None
@@ -135,7 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
             strict_model_config=args.strict_model_config,
             default_max_batch_size=args.default_max_batch_size,
             model_name=args.model_name,
-            model_control=None if args.model_control is None else args.model_control != "none",
+            server_id=args.id,
+            model_control=None if _control_mode(args) is None else _control_mode(args) != "none",
+            startup_models=_startup_models(args),
             poll_seconds=_poll_seconds(args),
             max_connections=args.max_connections,
             connection_idle_seconds=args.connection_idle_seconds,
@@ -193,10 +220,21 @@ def _check_before_anything(settings: ServerSettings) -> None:
     try:
         check_ports(settings)
         check_tls_files(settings)
+        _check_startup_models(settings)
     except PortsInUse as exc:
         raise CLIError(str(exc), EXIT_USAGE if " are both " in str(exc) else 1) from None
     except ValueError as exc:  # unusable TLS files
         raise CLIError(str(exc), EXIT_USAGE) from None
+
+
+def _check_startup_models(settings: ServerSettings) -> None:
+    """Each --load-model name is a model folder of the repository (Triton refuses to start otherwise)."""
+    if settings.startup_models in ("*", "") or not settings.repository.is_dir():
+        return
+    for name in settings.startup_models.split(","):
+        if not (settings.repository / name).is_dir() or name.startswith("."):
+            found = sorted(p.name for p in settings.repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise CLIError(f"--load-model {name!r}: no such model in {settings.repository}; it has {found}", EXIT_USAGE)
 
 
 def _workers(args: argparse.Namespace) -> int | None:
@@ -398,6 +436,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="explicit (default): load and unload on request (deepr load/unload, RepositoryModelLoad/Unload; "
         "names never reach outside the repository); poll: that, and watch the repository, loading new or "
         "changed models and unloading removed ones, without failing requests in flight; none: refuse both",
+    )
+    p.add_argument(
+        "--model-control-mode",
+        choices=("explicit", "poll", "none"),
+        help="Triton's flag, with Triton's meaning: as --model-control, except that explicit loads at startup "
+        "only the models --load-model names (none without it)",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        metavar="NAME",
+        help="with explicit model control: load NAME at startup ('*': every model), repeatable; the others "
+        "are listed as not loaded and load on request",
+    )
+    p.add_argument(
+        "--id",
+        help="the server name ServerMetadata answers (default deepr; Triton's clients expect triton)",
     )
     p.add_argument(
         "--no-model-control",

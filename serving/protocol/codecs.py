@@ -211,6 +211,15 @@ def decode_inputs(
     by_name = {s.name: s for s in specs}
     slices = [locate(tensor.parameters, f"input {tensor.name!r}") for tensor in request.inputs]
     raw = iter(request.raw_input_contents)
+    if request.raw_input_contents:
+        typed = next(
+            (t.name for t, where in zip(request.inputs, slices) if where is None and t.HasField("contents")), None
+        )
+        if typed is not None:  # Triton's words: its clients look for them
+            raise InvalidInput(
+                f"contents field must not be specified when using raw_input_contents for {typed!r} for model "
+                f"{request.model_name!r}"
+            )
     in_message = sum(s is None for s in slices)
     if request.raw_input_contents and len(request.raw_input_contents) != in_message:
         raise InvalidInput(
@@ -230,10 +239,6 @@ def decode_inputs(
                 raise InvalidInput(f"input {tensor.name!r} is in shared memory and also has typed contents; use one")
             arrays[tensor.name] = where.read(spec, shape)
         elif request.raw_input_contents:
-            if tensor.HasField("contents"):
-                raise InvalidInput(
-                    f"input {tensor.name!r} has typed contents while the request uses raw_input_contents; use one"
-                )
             arrays[tensor.name] = _decode_raw(next(raw), spec, shape)
         else:
             arrays[tensor.name] = _decode_typed(tensor.contents, spec, shape)

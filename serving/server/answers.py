@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from serving.protocol.errors import InvalidInput, NotEnabled, PermissionDenied
+from serving.protocol.errors import InvalidInput, NotEnabled, NotFound, PermissionDenied
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.server.dataplane import DataPlane
+from serving.server.load_override import IGNORED_PARAMETERS
 from serving.server.repository import READY
 from serving.server.statistics import ModelStatistics
 
@@ -18,7 +19,10 @@ __all__ = [
     "statistics_response",
     "repository_index",
     "check_model_control",
+    "check_unload_parameters",
     "check_registration",
+    "refuse_cuda_registration",
+    "cuda_region_status",
 ]
 
 
@@ -77,7 +81,7 @@ def repository_index(dataplane: DataPlane, ready_only: bool = False) -> pb.Repos
     )
 
 
-def check_model_control(dataplane: DataPlane, repository_name: str, parameters: Mapping) -> None:
+def check_model_control(dataplane: DataPlane, repository_name: str) -> None:
     """Refuse a load or unload this server does not take (InvalidInput, NotEnabled)."""
     if not dataplane.settings.model_control:
         raise NotEnabled("model control is disabled on this server (started with --model-control none)")
@@ -85,11 +89,13 @@ def check_model_control(dataplane: DataPlane, repository_name: str, parameters: 
         raise InvalidInput(
             f"repository {repository_name!r}: this server has one repository; leave repository_name empty"
         )
-    # unload_dependents (tritonclient always sends it) has nothing to act on: deepr
-    # models have no ensembles depending on them. Config and file overrides are refused.
-    unsupported = sorted(set(parameters) - {"unload_dependents"})
+
+
+def check_unload_parameters(parameters: Mapping) -> None:
+    """An unload takes no parameters but the one tritonclient always sends (InvalidInput)."""
+    unsupported = sorted(set(parameters) - IGNORED_PARAMETERS)
     if unsupported:
-        raise InvalidInput(f"parameters {unsupported} are not supported: deepr loads models as they are on disk")
+        raise InvalidInput(f"parameters {unsupported} are not taken by an unload")
 
 
 def check_registration(dataplane: DataPlane, region: str, local_peer: bool, peer: str) -> None:
@@ -100,3 +106,20 @@ def check_registration(dataplane: DataPlane, region: str, local_peer: bool, peer
             f"shared memory region {region[:64]!r}: registration is accepted from this host only (the "
             f"request came from {peer}); start the server with --shared-memory-remote to allow it"
         )
+
+
+def cuda_region_status(name: str) -> list:
+    """CUDA shared memory regions: deepr holds none (it does not open CUDA IPC handles), so the
+    list is empty, and a region asked for by name is not found, as a Triton without GPUs answers."""
+    if name:
+        raise NotFound(f"Unable to find cuda shared memory region: {name[:64]!r}; this server registers none")
+    return []
+
+
+def refuse_cuda_registration(name: str) -> None:
+    """Registering CUDA memory is refused, naming why and what works instead (NotEnabled)."""
+    raise NotEnabled(
+        f"failed to register CUDA shared memory region {name[:64]!r}: this server does not open CUDA IPC "
+        "handles (its onnxruntime sessions run in their own process); send tensors in the request, or in "
+        "system shared memory (register_system_shared_memory)"
+    )

@@ -28,6 +28,7 @@ import grpc
 from serving.protocol.errors import InvalidInput, ServingError
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.server.load_override import LoadOverride
 from serving.server.peers import CONTROL_SECONDS
 from serving.server.shared_memory import already_registered
 
@@ -50,6 +51,8 @@ class Ledger:
     """Model name -> "load" or "unload": the last change asked of it."""
     regions: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Registered region name -> its key, offset and byte_size."""
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Model name -> the config and files its last load sent (LoadOverride.to_json), if any."""
 
 
 class Slot(Protocol):
@@ -108,7 +111,10 @@ class Coordinator:
         if not isinstance(name, str):
             raise InvalidInput("a change names a model or region")
         if op in ("load", "unload"):
-            await self._model(op, name)
+            parameters = request.get("parameters") or {}
+            await self._model(
+                op, name, LoadOverride.from_json(name, parameters if isinstance(parameters, dict) else {})
+            )
         elif op == "register":
             await self._register(name, request)
         elif op == "unregister":
@@ -122,21 +128,28 @@ class Coordinator:
         return {
             "models": dict(self.ledger.models),
             "regions": dict(self.ledger.regions),
+            "overrides": dict(self.ledger.overrides),
             "statistics": self.supervisor.baseline(worker) if isinstance(worker, int) else [],
         }
 
     # -- changes ---------------------------------------------------------------------------------------------------
 
-    async def _model(self, op: str, name: str) -> None:
+    async def _model(self, op: str, name: str, override: LoadOverride) -> None:
         async with self._lock(f"model:{name}"):
-            before = self.ledger.models.get(name)
+            before, overridden = self.ledger.models.get(name), self.ledger.overrides.pop(name, None)
             self.ledger.models[name] = op
+            if override:
+                self.ledger.overrides[name] = override.to_json()
             if op == "load":
-                call, message = "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=name)
+                message = pb.RepositoryModelLoadRequest(model_name=name, parameters=override.grpc_parameters())
+                call = "RepositoryModelLoad"
             else:
                 call, message = "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name)
             failed, asked = await self._everywhere(call, message)
             if failed and len(failed) == asked:  # refused by every worker: nothing changed
+                self.ledger.overrides.pop(name, None)
+                if overridden is not None:
+                    self.ledger.overrides[name] = overridden
                 if before is None:
                     self.ledger.models.pop(name, None)
                 else:

@@ -25,9 +25,10 @@ from serving.protocol.errors import InvalidInput, ModelNotFound, Overloaded, Ser
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
+from serving.server.load_override import LoadOverride
 from serving.server.model import OnnxModel, request_rows
 from serving.server.pictures import PictureDecoder
-from serving.server.repository import READY, UNLOADED, ModelRepository
+from serving.server.repository import NOT_LOADED, READY, UNLOADED, ModelRepository
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import SharedMemoryRegions
 from serving.server.statistics import StatisticsRegistry
@@ -37,7 +38,6 @@ __all__ = [
     "RequestedOutput",
     "DecodedRequest",
     "InferenceCall",
-    "SERVER_NAME",
     "EXTENSIONS",
 ]
 
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
 
-SERVER_NAME = "deepr"
 EXTENSIONS = (
     "classification",
     "model_configuration",
@@ -101,8 +100,13 @@ class DataPlane:
         self.pictures = PictureDecoder(settings.decode_threads, settings.max_picture_pixels)
 
     def start(self) -> None:
-        """Load every model in the repository; failures leave that model UNAVAILABLE."""
-        self.repository.load_all()
+        """Load the models the settings name at startup (every one by default); failures leave
+        that model UNAVAILABLE, and the others are listed as not loaded."""
+        wanted = self.settings.startup_models
+        if wanted == "*":
+            self.repository.load_all()
+        else:
+            self.repository.load_some([n for n in wanted.split(",") if n])
         self._started = True
 
     async def close(self) -> None:
@@ -121,7 +125,7 @@ class DataPlane:
         if self.settings.strict_readiness:
             # Every model the server means to serve, those it is still building included, is
             # READY; models unloaded on request do not count: the operator asked for that.
-            return all(e.state == READY or e.reason == UNLOADED for e in self.repository.entries())
+            return all(e.state == READY or e.reason in (UNLOADED, NOT_LOADED) for e in self.repository.entries())
         return True
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
@@ -129,7 +133,7 @@ class DataPlane:
             "model_repository": not self.settings.model_control,
             "system_shared_memory": not self.shared_memory.enabled,
         }
-        return SERVER_NAME, __version__, tuple(e for e in EXTENSIONS if not off.get(e))
+        return self.settings.server_id, __version__, tuple(e for e in EXTENSIONS if not off.get(e))
 
     def model(self, name: str, version: str = "") -> OnnxModel:
         return self.repository.get(name, version)
@@ -235,10 +239,22 @@ class DataPlane:
         """Requests waiting in each model version's batch queue."""
         return {(m.name, m.version): b.queued for m, b in list(self._batchers.items())}
 
-    async def load_model(self, name: str) -> None:
-        """Load or reload `name` from the repository. The versions already loaded keep
-        serving until the new ones are ready; requests they accepted are answered by them."""
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.reload, name)
+    async def load_model(self, name: str, override: LoadOverride | None = None) -> None:
+        """Load or reload `name` from the repository, or with what the request sent
+        (`override`). The versions already loaded keep serving until the new ones are ready;
+        requests they accepted are answered by them."""
+
+        def load() -> None:
+            if not override:
+                self.repository.reload(name)
+                return
+            prepared = override.prepare(name)
+            try:
+                self.repository.reload(name, prepared)
+            finally:
+                prepared.discard()  # the sessions hold the graphs: the files are not read again
+
+        await asyncio.get_running_loop().run_in_executor(None, load)
         await self._retire_replaced()
 
     async def unload_model(self, name: str, *, forget: bool = False) -> None:

@@ -404,9 +404,9 @@ class OnnxModel:
                         f"{shape[0] if shape else 'no'} rows for a run of {rows}; a batched model answers one row "
                         "per input row. Nothing of this run was handed out"
                     )
-                if name in self.graph_shapes:
-                    continue  # reshaped below, which checks the element count
                 shape = shape[1:]
+            if name in self.graph_shapes:
+                continue  # reshaped below, which checks the element count
             if len(shape) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, shape)):
                 raise ModelOutputError(
                     f"model {self.name!r} version {self.version}: output {name!r} has dims {list(shape)}"

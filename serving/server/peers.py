@@ -32,6 +32,7 @@ from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.server import answers
 from serving.server.dataplane import DataPlane
+from serving.server.load_override import LoadOverride
 from serving.server.repository import READY
 from serving.server.statistics import Duration, ModelStatistics, summed
 from serving.server.worker_rpc import CHANNEL_OPTIONS, SUPERVISOR_SERVICE, RemoteError, UnixChannels, call_json
@@ -81,8 +82,8 @@ class LocalServer:
     async def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
         return answers.model_statistics(self.dataplane, name, version)
 
-    async def load(self, name: str) -> None:
-        await self.dataplane.load_model(name)
+    async def load(self, name: str, override: LoadOverride | None = None) -> None:
+        await self.dataplane.load_model(name, override)
 
     async def unload(self, name: str) -> None:
         await self.dataplane.unload_model(name)
@@ -126,8 +127,8 @@ class Peers:
             self._supervisor, SUPERVISOR_SERVICE, "Control", request, timeout=CONTROL_SECONDS, metadata=self._metadata
         )
 
-    async def load(self, name: str) -> None:
-        await self._change({"op": "load", "name": name})
+    async def load(self, name: str, override: LoadOverride | None = None) -> None:
+        await self._change({"op": "load", "name": name, "parameters": override.to_json() if override else {}})
 
     async def unload(self, name: str) -> None:
         await self._change({"op": "unload", "name": name})
@@ -245,18 +246,19 @@ class Peers:
                 regions.register(name, region["key"], region["offset"], region["byte_size"])
             except ServingError as exc:
                 logger.warning("could not take over shared memory region %r: %s", name, exc)
+        overrides = state.get("overrides", {})
         for name, wanted in state.get("models", {}).items():
             try:
-                await self._bring(name, wanted)
+                await self._bring(name, wanted, LoadOverride.from_json(name, overrides.get(name, {})))
             except ServingError as exc:
                 logger.warning("could not %s %s as the other workers have: %s", wanted, name, exc)
 
-    async def _bring(self, name: str, wanted: str) -> None:
+    async def _bring(self, name: str, wanted: str, override: LoadOverride) -> None:
         ready = self.dataplane.model_ready(name)
         if wanted == "unload" and ready:
             await self.dataplane.unload_model(name)
-        elif wanted == "load" and not ready:
-            await self.dataplane.load_model(name)
+        elif wanted == "load" and (override or not ready):  # what a request sent is not on disk
+            await self.dataplane.load_model(name, override)
 
 
 def statistics_from_protobuf(stats: pb.ModelStatistics) -> ModelStatistics:

@@ -29,6 +29,7 @@ from serving.protocol.model_config import CONFIG_FILE, parse_config, read_config
 from serving.runtime.providers import cuda_usable
 from serving.server.autocomplete import CompletionPolicy
 from serving.server.config_support import review_config
+from serving.server.load_override import PreparedOverride
 from serving.server.model import OnnxModel, RuntimeOptions
 
 __all__ = [
@@ -38,8 +39,10 @@ __all__ = [
     "UNAVAILABLE",
     "LOADING",
     "UNLOADED",
+    "NOT_LOADED",
     "is_model_folder",
     "MODEL_FILE",
+    "check_version",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
 """A model the server is still making (its default models, trained while it serves)."""
 UNLOADED = "unloaded by request"
+NOT_LOADED = "not loaded: the server started without it (load it on request)"
 _CLOCK_SLACK_NS = 50_000_000
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """One path component of at most NAME_MAX (255) bytes."""
@@ -86,6 +90,15 @@ def _not_a_model(path: Path) -> str | None:
 def is_model_folder(path: Path) -> bool:
     """Whether a folder of a repository is served as a model."""
     return _not_a_model(path) is None
+
+
+def check_version(version: str) -> None:
+    """Refuse a version that is not a positive integer, in Triton's words (InvalidInput)."""
+    if not (version.isascii() and version.isdigit() and int(version) > 0):
+        raise InvalidInput(
+            f"failed to get model version from specified version string {_shown(version)}: "
+            "version should be an integral value > 0"
+        )
 
 
 def _shown(name: str, limit: int = 80) -> str:
@@ -181,12 +194,29 @@ class ModelRepository:
         for name in self.model_names():
             self.load(name)
 
-    def load(self, name: str) -> ModelEntry:
-        """(Re)load `name` from disk; a model that fails to load is kept as UNAVAILABLE
-        with the reason. The new entry replaces the old one only once built."""
-        model_dir = self._model_dir(name)
+    def load_some(self, names: list[str]) -> None:
+        """Load `names` (each must be in the repository: ModelNotFound names the first that is
+        not), and list every other model of the repository as not loaded."""
+        on_disk = self.model_names()
+        missing = [n for n in names if n not in on_disk]
+        if missing:
+            raise ModelNotFound(
+                f"failed to load {_shown(missing[0])}: no such model in repository {self.root}; it has {on_disk}"
+            )
+        for name in on_disk:
+            if name in names:
+                self.load(name)
+            else:
+                with self._lock:
+                    self._models[name] = ModelEntry(name, UNAVAILABLE, reason=NOT_LOADED)
+
+    def load(self, name: str, override: PreparedOverride | None = None) -> ModelEntry:
+        """(Re)load `name` from disk, or from what a load request sent (`override`); a model
+        that fails to load is kept as UNAVAILABLE with the reason. The new entry replaces the
+        old one only once built."""
+        model_dir = self._model_dir(name, override)
         try:
-            entry = self._build(name, model_dir)
+            entry = self._build(name, model_dir, override)
         except ServingError as exc:
             logger.error("model %s is unavailable: %s", name, exc)
             entry = ModelEntry(name, UNAVAILABLE, reason=str(exc))
@@ -197,56 +227,66 @@ class ModelRepository:
             self._models[name] = entry
         return entry
 
-    def reload(self, name: str) -> ModelEntry:
+    def reload(self, name: str, override: PreparedOverride | None = None) -> ModelEntry:
         """Like load, for a request to load: if the new model fails while an older one is
         serving, the older one goes on serving and the error is raised."""
         with self._lock:
             previous = self._models.get(name)
         if previous is None or previous.state != READY:
-            entry = self.load(name)
+            entry = self.load(name, override)
             if entry.state != READY:
-                raise ModelLoadError(entry.reason)
+                raise ModelLoadError(f"failed to load {name!r}: {entry.reason}")
             return entry
-        model_dir = self._model_dir(name)
+        model_dir = self._model_dir(name, override)
         try:
-            entry = self._build(name, model_dir)
-        except ServingError:
-            raise
+            entry = self._build(name, model_dir, override)
+        except ServingError as exc:  # Triton's words first, as for a model that was not loaded
+            raise type(exc)(f"failed to load {name!r}: {exc}") from None
         except Exception as exc:
-            raise ModelLoadError(f"{model_dir}: {type(exc).__name__}: {exc}") from None
+            raise ModelLoadError(f"failed to load {name!r}: {model_dir}: {type(exc).__name__}: {exc}") from None
         with self._lock:
             self._models[name] = entry
         logger.info("model %s reloaded: versions %s", name, sorted(entry.versions, key=int))
         return entry
 
-    def _model_dir(self, name: str) -> Path:
+    def _model_dir(self, name: str, override: PreparedOverride | None = None) -> Path:
         # Names are single path components: no separators, no leading dot, so a request
         # can never reach outside the repository directory.
         if not _MODEL_NAME.match(name):
             raise InvalidInput(
-                f"{_shown(name)} is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
+                f"failed to load {_shown(name)}: it is not a model name: 1 to 255 letters, digits, '_', '.' and '-', "
                 "not starting with '.' or '-'"
             )
+        if override is not None and override.folder is not None:
+            return override.folder  # the files the request sent
         if self.single:
             if name != self.single_name:
-                raise ModelNotFound(f"no model {name!r}: {self.root} is the files of one model, {self.single_name!r}")
+                raise ModelNotFound(
+                    f"failed to load {name!r}: {self.root} is the files of one model, {self.single_name!r}"
+                )
             return self.root
         model_dir = self.root / name
         reason = _not_a_model(model_dir) if model_dir.is_dir() else "no such folder"
         if reason is not None:
-            raise ModelNotFound(f"no model {name!r} in repository {self.root} ({reason or 'not a model folder'})")
+            # "failed to load" first: Triton's words, which its clients look for
+            raise ModelNotFound(
+                f"failed to load {name!r}: no model {name!r} in repository {self.root} "
+                f"({reason or 'not a model folder'})"
+            )
         return model_dir
 
-    def _build(self, name: str, model_dir: Path) -> ModelEntry:
+    def _build(self, name: str, model_dir: Path, override: PreparedOverride | None = None) -> ModelEntry:
         entry = ModelEntry(name, READY)  # stamped before reading: a file written meanwhile is newer
-        text = read_config_text(model_dir)
+        text = override.config_text if override is not None else read_config_text(model_dir)
         if text is not None:  # judged first: protobuf's lenient parser cannot skip every Triton field
             cuda = self.runtime.device != "cpu" and cuda_usable()[0]
             for warning in review_config(text, model_dir, cuda):
                 logger.warning("%s: %s", name, warning)
         config = parse_config(text, model_dir, name) if text is not None else mc.ModelConfig(name=name)
         filename = config.default_model_filename or MODEL_FILE
-        if self.single:
+        # files a load request sent are in the repository's layout, version folders included
+        single = self.single and (override is None or override.folder is None)
+        if single:
             if not _inside(model_dir, filename, "default_model_filename").is_file():
                 raise ModelLoadError(f"{model_dir} has no {filename}")
             available = [1]
@@ -264,7 +304,7 @@ class ModelRepository:
             )
         versions = {}
         for v in _chosen_versions(config, available):
-            path = model_dir / filename if self.single else model_dir / str(v) / filename
+            path = model_dir / filename if single else model_dir / str(v) / filename
             model = OnnxModel(name, str(v), path, config, self.runtime, self.completion)
             model.load()
             versions[str(v)] = model
@@ -318,10 +358,12 @@ class ModelRepository:
             served = sorted(self._models) or "no models"
             if _MODEL_NAME.match(name) and not self.single and is_model_folder(self.root / name):
                 raise ModelNotFound(
-                    f"model {_shown(name)} is in the repository but not loaded (added after the server started?): "
-                    f"load it with `deepr load {name}` or the RepositoryModelLoad call; served: {served}"
+                    f"Request for unknown model: {_shown(name)} is not found: it is in the repository but not "
+                    f"loaded (added after the server started?); load it with `deepr load {name}` or the "
+                    f"RepositoryModelLoad call; served: {served}"
                 )
-            raise ModelNotFound(f"unknown model {_shown(name)}; the repository has {served}")
+            # Triton's words first: its clients (and NVIDIA's examples) look for them
+            raise ModelNotFound(f"Request for unknown model: {_shown(name)} is not found; the repository has {served}")
         return entry
 
     def get(self, name: str, version: str = "") -> OnnxModel:
@@ -333,7 +375,9 @@ class ModelRepository:
             return entry.latest
         model = entry.versions.get(version)
         if model is None:
+            check_version(version)
             raise ModelNotFound(
-                f"model {name!r} has no version {_shown(version)} loaded; loaded versions: {sorted(entry.versions, key=int)}"
+                f"Request for unknown model: {name!r} version {version} is not found; loaded versions: "
+                f"{sorted(entry.versions, key=int)}"
             )
         return model

@@ -74,8 +74,15 @@ class ServerSettings:
     """Largest gRPC message received or sent. Env: DEEPR_MAX_MESSAGE_BYTES."""
     grace_seconds: float = 10.0
     """On SIGTERM/SIGINT, time given to in-flight requests before exit. Env: DEEPR_GRACE_SECONDS."""
+    server_id: str = "deepr"
+    """The name ServerMetadata answers (Triton's --id; Triton's clients that check it expect
+    "triton"). Env: DEEPR_SERVER_ID."""
     model_control: bool = True
     """Accept RepositoryModelLoad / RepositoryModelUnload requests. Env: DEEPR_MODEL_CONTROL."""
+    startup_models: str = "*"
+    """The models loaded when the server starts, comma-separated; "*": every model in the
+    repository, "": none (Triton's explicit mode without --load-model). The others are listed
+    in the index as not loaded, and load on request. Env: DEEPR_STARTUP_MODELS."""
     poll_seconds: float = 0.0
     """Poll mode: look at the repository this often and load new or changed models (once
     their files stop changing), unload removed ones; 0 does not poll. Env: DEEPR_POLL_SECONDS."""

@@ -264,7 +264,7 @@ def test_bad_input_reads_as_a_message(browser, server, pictures):
     assert "notes.txt is not a picture the browser can read" in message
     browser.get(f"{server['http']}/?model=no_such_model")
     message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
-    assert "unknown model 'no_such_model'" in message
+    assert "unknown model: 'no_such_model' is not found" in message
     screenshot(browser, "error")
 
 

@@ -39,7 +39,8 @@ def test_dense_model_gets_flattened_input(server_url, held_out):
 
 
 def test_client_reports_server_errors(server_url):
-    with InferenceClient(server_url) as client, pytest.raises(InferenceServerError, match="NOT_FOUND: unknown model"):
+    expected = "NOT_FOUND: Request for unknown model: 'nope'"
+    with InferenceClient(server_url) as client, pytest.raises(InferenceServerError, match=expected):
         client.model_config("nope")
 
 
@@ -66,7 +67,11 @@ def test_cli_prints_top_k_per_image(server_url, held_out, tmp_path):
     "args, code, message",
     [
         (["--model", "mnist_convnet", "missing.png"], 2, "no image file at missing.png"),
-        (["--model", "nope", "DIGIT"], 2, "NOT_FOUND: unknown model 'nope'"),  # bad input: 2, as the README says
+        (
+            ["--model", "nope", "DIGIT"],
+            2,
+            "NOT_FOUND: Request for unknown model: 'nope' is not found",
+        ),  # bad input: 2, as the README says
         (["--model", "mnist_convnet", "NOTIMAGE"], 2, "is not an image Pillow can read"),
     ],
 )

@@ -256,7 +256,7 @@ def test_errors_are_http_codes_with_reasons(server):
             header + binary,
             {"Inference-Header-Content-Length": str(len(header))},
             404,
-            "no version '9'",
+            "version 9 is not found",
         ),
     ]
     for path, body, headers, status, reason in cases:

@@ -148,9 +148,8 @@ def test_unknown_models_and_disabled_control(client_for):
     assert err.value.status() == "StatusCode.NOT_FOUND"
     with pytest.raises(InferenceServerException, match="'nope' is not loaded"):
         client.unload_model("nope")
-    with pytest.raises(InferenceServerException, match=r"parameters \['config'\] are not supported") as err:
-        client.load_model("mnist_convnet", config='{"max_batch_size": 8}')
-    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="failed to load 'nope'"):
+        client.load_model("nope")
     locked = client_for(model_control=False)
     for call in (locked.load_model, locked.unload_model):
         with pytest.raises(InferenceServerException, match="model control is disabled") as err:
@@ -163,7 +162,7 @@ def test_load_adds_a_model_exported_after_start(client_for, own_repository):
     from exporters import UntrainedWeightsWarning, export_model
 
     client = client_for()
-    with pytest.raises(InferenceServerException, match="unknown model 'mnist_convnet_nopool'"):
+    with pytest.raises(InferenceServerException, match="unknown model: 'mnist_convnet_nopool' is not found"):
         infer(client, "mnist_convnet_nopool")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
@@ -232,3 +231,78 @@ def test_poll_mode_follows_the_repository_without_failing_requests(client_for, o
         assert client.get_model_metadata("mnist_convnet").versions == ["2"]
     assert outcome.failures == [] and outcome.answered > 0
     assert infer(client).get_response().model_version == "2"
+
+
+def test_a_config_sent_with_the_load_replaces_the_one_on_disk(client_for):
+    """Triton's model repository extension: `config` (JSON) overrides config.pbtxt for that load;
+    what it leaves out is completed from the graph, and a plain load goes back to the disk."""
+    client = client_for()
+    assert client.get_model_config("mnist_convnet").config.max_batch_size != 16
+    client.load_model("mnist_convnet", config='{"max_batch_size": "16"}')
+    assert client.get_model_config("mnist_convnet").config.max_batch_size == 16
+    assert infer(client, batch=16).as_numpy("probabilities").shape == (16, 10)
+    refusals = {
+        '"parameters": {"config": {{"max_batch_size": "16"}}}': "is not a model configuration in JSON",
+        '{"name": "mnist_dense"}': "names another model, 'mnist_dense'",
+        '{"max_batch_size": "sixteen"}': "is not a model configuration in JSON",
+    }
+    for config, reason in refusals.items():
+        with pytest.raises(
+            InferenceServerException, match=f"failed to load 'mnist_convnet': the config .*{reason}"
+        ) as err:
+            client.load_model("mnist_convnet", config=config)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert client.get_model_config("mnist_convnet").config.max_batch_size == 16  # a refused load changes nothing
+    client.load_model("mnist_convnet")
+    assert client.get_model_config("mnist_convnet").config.max_batch_size != 16
+
+
+def test_files_sent_with_the_load_serve_a_model_not_on_disk(client_for, own_repository):
+    client = client_for()
+    graph = (own_repository / "mnist_dense" / "1" / "model.onnx").read_bytes()
+    config = '{"max_batch_size": 4}'  # the rest is completed from the graph
+    client.load_model("sent_dense", config=config, files={"file:1/model.onnx": graph})
+    (spec,) = client.get_model_metadata("sent_dense").inputs
+    assert client.get_model_config("sent_dense").config.max_batch_size == 4
+    shape = [3, *spec.shape[1:]]
+    tensor = triton.InferInput(spec.name, shape, "FP32")
+    tensor.set_data_from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))
+    scores = client.infer("sent_dense", [tensor]).as_numpy("probabilities")
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+    assert not (own_repository / "sent_dense").exists()  # the files went to a private folder
+    refusals = {
+        "../escape.onnx": "is not a path inside the model's folder",
+        "1/../../escape.onnx": "is not a path inside the model's folder",
+        "/etc/passwd": "is not a path inside the model's folder",
+        ".hidden/model.onnx": "is not a path inside the model's folder",
+        "config.pbtxt": "send the configuration in the 'config' parameter",
+    }
+    for path, reason in refusals.items():
+        with pytest.raises(InferenceServerException, match=reason) as err:
+            client.load_model("sent_dense", config=config, files={f"file:{path}": graph})
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="need the 'config' parameter too"):
+        client.load_model("sent_dense", files={"file:1/model.onnx": graph})
+    with pytest.raises(InferenceServerException, match="failed to load 'sent_dense': .*holding model.onnx"):
+        client.load_model("sent_dense", config=config, files={"file:2/other.onnx": graph})
+    assert not list(own_repository.parent.glob("escape*")) and not (own_repository / "escape.onnx").exists()
+    assert client.is_model_ready("sent_dense")  # the refused loads left the served one alone
+    client.unload_model("sent_dense")
+    assert not client.is_model_ready("sent_dense")
+
+
+def test_explicit_mode_starts_with_what_load_model_names(client_for):
+    """Triton's --model-control-mode explicit with --load-model: only those load at startup;
+    the others are listed, not loaded, and load on request; readiness counts the loaded ones."""
+    client = client_for(startup_models="mnist_dense")
+    assert client.is_model_ready("mnist_dense") and not client.is_model_ready("mnist_convnet")
+    assert client.is_server_ready()
+    index = {m.name: m.reason for m in client.get_model_repository_index().models}
+    assert index["mnist_convnet"].startswith("not loaded")
+    with pytest.raises(InferenceServerException, match="'mnist_convnet' is not ready: not loaded"):
+        infer(client)
+    client.load_model("mnist_convnet")
+    assert infer(client).as_numpy("probabilities").shape == (2, 10)
+    nothing = client_for(startup_models="")
+    assert not any(m.state == "READY" for m in nothing.get_model_repository_index().models)
+    assert nothing.is_server_ready()

@@ -68,7 +68,7 @@ def test_version_policy(repo):
     plane = load(repo)
     assert plane.model_versions("mnist_dense") == ["2"]  # default: latest 1
     assert plane.model("mnist_dense").version == "2"
-    with pytest.raises(ModelNotFound, match=r"no version '1' loaded; loaded versions: \['2'\]"):
+    with pytest.raises(ModelNotFound, match=r"'mnist_dense' version 1 is not found; loaded versions: \['2'\]"):
         plane.model("mnist_dense", "1")
     config = repo / "mnist_dense" / "config.pbtxt"
     config.write_text(config.read_text() + "version_policy { all { } }\n")

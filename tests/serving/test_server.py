@@ -132,6 +132,14 @@ def with_extra_raw():
     return request
 
 
+def with_typed_and_raw():
+    """Triton's explicit-content examples send this and look for Triton's words."""
+    request = raw_request()
+    request.raw_input_contents.append(b"\x00" * 8)
+    request.inputs[0].contents.fp32_contents.extend([0.0] * 784)
+    return request
+
+
 def with_unknown_output():
     request = raw_request()
     request.outputs.add(name="logits")
@@ -151,8 +159,22 @@ def with_bad_classification_param():
 
 
 BAD_REQUESTS = {
-    "unknown model": (raw_request(model="mnist_resnet"), grpc.StatusCode.NOT_FOUND, "unknown model 'mnist_resnet'"),
-    "unknown version": (raw_request(version="7"), grpc.StatusCode.NOT_FOUND, "no version '7'"),
+    "unknown model": (
+        raw_request(model="mnist_resnet"),
+        grpc.StatusCode.NOT_FOUND,
+        "Request for unknown model: 'mnist_resnet' is not found",
+    ),
+    "unknown version": (raw_request(version="7"), grpc.StatusCode.NOT_FOUND, "'mnist_convnet' version 7 is not found"),
+    "version not a number": (
+        raw_request(version="latest"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "version string 'latest': version should be an integral value > 0",
+    ),
+    "typed and raw contents": (
+        with_typed_and_raw(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "contents field must not be specified when using raw_input_contents for 'images' for model 'mnist_convnet'",
+    ),
     "wrong input name": (
         raw_request(name="pixels"),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -300,3 +322,14 @@ def test_a_client_leaving_mid_answer_is_not_a_traceback(caplog):
             assert [r for r in caplog.records if r.levelno >= logging.ERROR and "a bug" in str(r.exc_info)]
     finally:
         loop.close()
+
+
+def test_the_server_answers_with_the_id_it_was_given(repository):
+    """Triton's --id: its health examples check that the server calls itself "triton"."""
+    from serving.server.grpc.server import serve_in_thread
+    from serving.server.settings import ServerSettings
+
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE, server_id="triton")
+    with serve_in_thread(settings) as server:
+        with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+            assert client.get_server_metadata().name == "triton"

@@ -402,7 +402,9 @@ def test_shared_memory_over_http(region, repository):
             output = triton_http.InferRequestedOutput("probabilities")
             output.set_shared_memory("batch", 4 * 10 * 4, offset=size_in)
             result = client.infer("mnist_convnet", [tensor], outputs=[output])
-            assert result.get_output("probabilities")["parameters"]["shared_memory_byte_size"] == 160
+            # as Triton answers it: no parameters object, which Triton's C++ client (perf_analyzer)
+            # would read binary_data_size from
+            assert result.get_output("probabilities") == {"name": "probabilities", "datatype": "FP32", "shape": [4, 10]}
             got = np.ndarray((4, 10), np.float32, buffer=region.buf, offset=size_in).copy()
             np.testing.assert_allclose(got, expected(repository, x), atol=1e-6)
             client.unregister_system_shared_memory("batch")
@@ -410,3 +412,32 @@ def test_shared_memory_over_http(region, repository):
         finally:
             client.close()
             client.close = lambda: None  # its __del__ closes again, from whichever thread collects it
+
+
+def test_cuda_shared_memory_is_answered_as_a_server_without_cuda_ipc(server_url, repository):
+    """Triton's clients unregister CUDA regions before they start: that succeeds, the status
+    lists none, and registering is refused naming why, on both transports."""
+    import tritonclient.http as triton_http
+
+    grpc_client = triton.InferenceServerClient(server_url)
+    settings = ServerSettings(repository=repository, host="127.0.0.1", port=0, device=TEST_DEVICE)
+    with serve_in_thread(settings) as server:
+        http_client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        try:
+            for client, none, refused in (
+                (grpc_client, {}, "StatusCode.FAILED_PRECONDITION"),
+                (http_client, [], 400),
+            ):
+                client.unregister_cuda_shared_memory()
+                client.unregister_cuda_shared_memory("gpu_region")
+                status = client.get_cuda_shared_memory_status()
+                assert (status if isinstance(status, list) else dict(status.regions)) == none
+                with pytest.raises(InferenceServerException, match="Unable to find cuda shared memory region"):
+                    client.get_cuda_shared_memory_status("gpu_region")
+                with pytest.raises(InferenceServerException, match="does not open CUDA IPC handles") as err:
+                    client.register_cuda_shared_memory("gpu_region", b"\0" * 64, 0, 1024)
+                assert err.value.status() in (refused, str(refused))
+        finally:
+            http_client.close()
+            http_client.close = lambda: None
+            grpc_client.close()

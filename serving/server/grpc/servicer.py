@@ -16,6 +16,7 @@ from serving.server import answers
 from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.grpc.decoding import Undecodable, refusal
 from serving.server.infer_request import request_decoder, response_encoder
+from serving.server.load_override import LoadOverride
 from serving.server.peers import LocalServer, Peers
 from serving.server.shared_memory import is_local_peer
 
@@ -121,15 +122,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
-        await self.whole.load(request.model_name)
+        answers.check_model_control(self.dataplane, request.repository_name)
+        await self.whole.load(request.model_name, LoadOverride.from_grpc(request.model_name, request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_status_on_error
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        answers.check_model_control(self.dataplane, request.repository_name, request.parameters)
+        answers.check_model_control(self.dataplane, request.repository_name)
+        answers.check_unload_parameters(request.parameters)
         await self.whole.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -157,3 +159,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         await self.whole.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_status_on_error
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        answers.cuda_region_status(request.name)  # NOT_FOUND for a region asked for by name
+        return pb.CudaSharedMemoryStatusResponse()  # and none otherwise
+
+    @_status_on_error
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        answers.refuse_cuda_registration(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_status_on_error
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none are registered: nothing is left after

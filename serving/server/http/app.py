@@ -29,6 +29,7 @@ from serving.server.dataplane import DataPlane, InferenceCall
 from serving.server.http.connections import ConnectionGuard, GuardedSite
 from serving.server.http.tensors import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from serving.server.infer_request import request_decoder
+from serving.server.load_override import LoadOverride
 from serving.server.peers import LocalServer, Peers
 from serving.server.settings import ServerSettings
 from serving.server.shared_memory import is_loopback_address
@@ -229,20 +230,24 @@ class Routes:
         return web.json_response(_json(index)["models"])
 
     async def load(self, request: web.Request) -> web.Response:
-        await self.whole.load(await self._model_control(request))
+        name, parameters = await self._model_control(request)
+        await self.whole.load(name, LoadOverride.from_json(name, parameters))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        await self.whole.unload(await self._model_control(request))
+        name, parameters = await self._model_control(request)
+        answers.check_unload_parameters(parameters)
+        await self.whole.unload(name)
         return web.Response(status=200)
 
-    async def _model_control(self, request: web.Request) -> str:
-        """The model a load or unload names, once the request is one this server takes."""
+    async def _model_control(self, request: web.Request) -> tuple[str, dict]:
+        """The model a load or unload names and its parameters, once the request is one this
+        server takes."""
+        answers.check_model_control(self.dataplane, "")
         parameters = (await _json_body(request)).get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput(f"'parameters' must be an object, got {type(parameters).__name__}")
-        answers.check_model_control(self.dataplane, "", parameters)
-        return request.match_info["model"]
+        return request.match_info["model"], parameters
 
     async def shm_status(self, request: web.Request) -> web.Response:
         regions = self.dataplane.shared_memory.status(request.match_info.get("region", ""))
@@ -267,6 +272,16 @@ class Routes:
     async def shm_unregister(self, request: web.Request) -> web.Response:
         await self.whole.unregister(request.match_info.get("region", ""))
         return web.Response(status=200)
+
+    async def cuda_shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(answers.cuda_region_status(request.match_info.get("region", "")))
+
+    async def cuda_shm_register(self, request: web.Request) -> web.Response:
+        answers.refuse_cuda_registration(request.match_info["region"])
+        return web.Response(status=200)
+
+    async def cuda_shm_unregister(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)  # none are registered: nothing is left after
 
     async def page(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(PAGE / "index.html")
@@ -307,6 +322,11 @@ def build_app(
     app.router.add_post("/v2/systemsharedmemory/region/{region}/register", r.shm_register)
     app.router.add_post("/v2/systemsharedmemory/region/{region}/unregister", r.shm_unregister)
     app.router.add_post("/v2/systemsharedmemory/unregister", r.shm_unregister)
+    app.router.add_get("/v2/cudasharedmemory/status", r.cuda_shm_status)
+    app.router.add_get("/v2/cudasharedmemory/region/{region}/status", r.cuda_shm_status)
+    app.router.add_post("/v2/cudasharedmemory/region/{region}/register", r.cuda_shm_register)
+    app.router.add_post("/v2/cudasharedmemory/region/{region}/unregister", r.cuda_shm_unregister)
+    app.router.add_post("/v2/cudasharedmemory/unregister", r.cuda_shm_unregister)
     app.router.add_get("/", r.page)
     app.router.add_static("/page/", PAGE)
     return app

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.protocol.codecs import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, serialize_bytes, to_raw
+from serving.protocol.codecs import SHM_REGION, serialize_bytes, to_raw
 from serving.protocol.datatypes import V2_TO_NUMPY, v2_dtype
 from serving.protocol.errors import InvalidInput
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
@@ -220,9 +220,9 @@ def encode_infer_response(
         entry: dict[str, Any] = {"name": name, "datatype": v2_dtype(array), "shape": list(array.shape)}
         sink = sinks.get(name)
         if sink is not None:
-            entry["parameters"] = {SHM_REGION: sink.region_name, SHM_BYTE_SIZE: sink.write(array)}
-            if sink.offset:
-                entry["parameters"][SHM_OFFSET] = sink.offset
+            # Triton answers an output written to shared memory with its name, datatype and shape
+            # alone; its C++ client reads binary_data_size from any parameters object it finds
+            sink.write(array)
         elif name in binary:
             raw = to_raw(array)[1]
             entry["parameters"] = {BINARY_SIZE: len(raw)}
