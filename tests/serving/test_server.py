@@ -333,3 +333,28 @@ def test_the_server_answers_with_the_id_it_was_given(repository):
     with serve_in_thread(settings) as server:
         with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
             assert client.get_server_metadata().name == "triton"
+
+
+def test_a_stream_runs_its_requests_together(client):
+    """Requests on one ModelStreamInfer stream run as they arrive, merged by the batcher, and
+    come back in the order sent, each with its id (one at a time, 64 requests made 64 runs)."""
+    import queue
+
+    def counts():
+        (stats,) = client.get_inference_statistics("mnist_convnet").model_stats
+        return stats.inference_count, stats.execution_count
+
+    results: queue.Queue = queue.Queue()
+    inferred, executed = counts()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for i in range(64):
+            client.async_stream_infer("mnist_convnet", [triton_input(images(1, seed=i))], request_id=f"r{i}")
+        got = [results.get(timeout=60) for _ in range(64)]
+    finally:
+        client.stop_stream()
+    assert all(error is None for _, error in got)
+    assert [result.get_response().id for result, _ in got] == [f"r{i}" for i in range(64)]
+    now_inferred, now_executed = counts()
+    assert now_inferred - inferred == 64
+    assert now_executed - executed < 64, "every streamed request ran alone"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -25,6 +26,9 @@ __all__ = ["InferenceServicer"]
 logger = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
+
+STREAM_WINDOW = 256
+"""Requests of one ModelStreamInfer stream running or answered and not yet written, at most."""
 
 
 def _status_on_error(rpc: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -97,18 +101,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request, in order; a failed request answers with error_message
-        and the stream goes on, as the protocol's streaming extension specifies."""
-        async for request in request_iterator:
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
+        """One response per request, in the order they came; a failed request answers with
+        error_message (and its id) and the stream goes on, as the streaming extension specifies.
+
+        Requests run as they arrive, up to STREAM_WINDOW of them ahead of the answer being
+        written, each batched with every other request the server holds: a client streaming
+        many requests gets them merged and overlapped, as unary calls in flight are. Past the
+        window the stream is not read, and HTTP/2's flow control holds the client back."""
+        window: asyncio.Queue[asyncio.Future | Undecodable | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def read() -> None:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
-            except ServingError as exc:
-                yield pb.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc}")
-            except Exception as exc:  # a bug: report it on the stream and keep serving
-                logger.exception("ModelStreamInfer failed")
-                yield pb.ModelStreamInferResponse(error_message=f"INTERNAL: {type(exc).__name__}: {exc}")
+                async for request in request_iterator:
+                    if isinstance(request, Undecodable):
+                        await window.put(request)
+                        return
+                    await window.put(asyncio.ensure_future(self._stream_answer(request, context)))
+            finally:
+                await window.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await window.get()) is not None:
+                if isinstance(item, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(item))
+                else:
+                    yield await item
+            await reader  # a failure to read the stream ends it with that error
+        finally:
+            reader.cancel()
+            while not window.empty():  # the client left: what it sent is not run for nobody
+                item = window.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+
+    async def _stream_answer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+        except ServingError as exc:
+            message = f"{exc.code.name}: {exc}"
+        except Exception as exc:  # a bug: report it on the stream and keep serving
+            logger.exception("ModelStreamInfer failed")
+            message = f"INTERNAL: {type(exc).__name__}: {exc}"
+        failed = pb.ModelInferResponse(
+            id=request.id, model_name=request.model_name, model_version=request.model_version
+        )
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
 
     @_status_on_error
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
