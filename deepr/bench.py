@@ -51,6 +51,7 @@ __all__ = [
     "with_instances",
     "batch_profiles",
     "reload",
+    "perf_analyzer",
 ]
 
 
@@ -424,6 +425,26 @@ def server_subprocess(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def perf_analyzer() -> tuple[str, dict[str, str]] | None:
+    """NVIDIA's perf_analyzer from the tritonclient wheel, and the environment it starts in
+    (libcudart from the nvidia-cuda-runtime-cu12 wheel on LD_LIBRARY_PATH); None where it
+    cannot start (scripts/tools/install_perf_analyzer.sh installs what it links)."""
+    binary = shutil.which("perf_analyzer", path=str(Path(sys.executable).parent)) or shutil.which("perf_analyzer")
+    if binary is None:
+        return None
+    env = dict(os.environ)
+    with contextlib.suppress(ImportError):
+        import nvidia.cuda_runtime as cuda_runtime
+
+        lib = str(Path(list(cuda_runtime.__path__)[0]) / "lib")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [lib, env.get("LD_LIBRARY_PATH")]))
+    try:
+        done = subprocess.run([binary, "--help"], capture_output=True, text=True, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (binary, env) if "error while loading shared libraries" not in done.stderr else None
 
 
 def served_specs(repository: Path, model: str) -> tuple[Path, list[tuple[str, str, list[int]]]]:

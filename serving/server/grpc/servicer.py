@@ -108,31 +108,46 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         written, each batched with every other request the server holds: a client streaming
         many requests gets them merged and overlapped, as unary calls in flight are. Past the
         window the stream is not read, and HTTP/2's flow control holds the client back."""
-        window: asyncio.Queue[asyncio.Future | Undecodable | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+        window: asyncio.Queue[pb.ModelInferRequest | asyncio.Task | Undecodable | None]
+        window = asyncio.Queue(maxsize=STREAM_WINDOW)
+        unanswered = 0
+        loop = asyncio.get_running_loop()
 
         async def read() -> None:
+            nonlocal unanswered
             try:
                 async for request in request_iterator:
                     if isinstance(request, Undecodable):
                         await window.put(request)
                         return
-                    await window.put(asyncio.ensure_future(self._stream_answer(request, context)))
+                    # Alone on the stream, a request is answered where it is written, with no task
+                    # of its own (the cheapest path, for clients that wait for each answer); one
+                    # that comes while others are unanswered starts at once.
+                    item = request if unanswered == 0 else loop.create_task(self._stream_answer(request, context))
+                    unanswered += 1
+                    if window.full():
+                        await window.put(item)
+                    else:
+                        window.put_nowait(item)
             finally:
                 await window.put(None)
 
-        reader = asyncio.ensure_future(read())
+        reader = loop.create_task(read())
         try:
             while (item := await window.get()) is not None:
                 if isinstance(item, Undecodable):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(item))
-                else:
+                elif isinstance(item, asyncio.Task):
                     yield await item
+                else:
+                    yield await self._stream_answer(item, context)
+                unanswered -= 1
             await reader  # a failure to read the stream ends it with that error
         finally:
             reader.cancel()
             while not window.empty():  # the client left: what it sent is not run for nobody
                 item = window.get_nowait()
-                if isinstance(item, asyncio.Future):
+                if isinstance(item, asyncio.Task):
                     item.cancel()
 
     async def _stream_answer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelStreamInferResponse:
