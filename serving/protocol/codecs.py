@@ -27,6 +27,7 @@ __all__ = [
     "encode_output",
     "to_raw",
     "serialize_bytes",
+    "as_text",
     "deserialize_bytes",
     "SHM_REGION",
     "SHM_BYTE_SIZE",
@@ -295,3 +296,18 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         except InvalidInput as exc:
             raise ValueError(f"malformed response: {exc}".replace("input ", "output ")) from None
     return arrays
+
+
+def as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES input as the ONNX string tensor it feeds: onnxruntime takes str elements, and
+    would turn a bytes element into the text of its repr (b'...')."""
+    out = np.empty(array.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {name!r} element {i}: not UTF-8 text (byte {exc.start}); the model's string tensor holds text"
+            ) from None
+    return out

@@ -46,12 +46,13 @@ def _not_default(value: str, cuda: bool) -> bool:
     return value not in ("0", "false", "REJECT", '""', "''")
 
 
-_PLATFORMS = ('""', '"onnxruntime_onnx"', "''", "'onnxruntime_onnx'")
+_PLATFORMS = ('""', '"onnxruntime_onnx"', "''", "'onnxruntime_onnx'", '"ensemble"', "'ensemble'")
 _BACKENDS = ('""', '"onnxruntime"', "''", "'onnxruntime'")
 
 REFUSED: dict[str, _Rule] = {
     "platform": _Rule(
-        "deepr serves ONNX graphs with onnxruntime (platform onnxruntime_onnx)", lambda v, c: v not in _PLATFORMS
+        "deepr serves ONNX graphs with onnxruntime (platform onnxruntime_onnx) and ensembles of them (ensemble)",
+        lambda v, c: v not in _PLATFORMS,
     ),
     "backend": _Rule(
         "deepr serves ONNX graphs with onnxruntime (backend onnxruntime)", lambda v, c: v not in _BACKENDS
@@ -61,7 +62,7 @@ REFUSED: dict[str, _Rule] = {
         "stateful sequences (correlation IDs, state kept between requests) are not implemented: each request "
         "would run on its own"
     ),
-    "ensemble_scheduling": _Rule("ensembles are not implemented: export the pipeline as one ONNX graph"),
+    "ensemble_scheduling.step.model_namespace": _Rule("model namespaces are not implemented: one repository"),
     "batch_input": _Rule("batch inputs (values the server computes for a batch) are not implemented"),
     "batch_output": _Rule("batch outputs are not implemented"),
     "model_transaction_policy.decoupled": _Rule(

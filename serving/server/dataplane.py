@@ -14,17 +14,18 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Awaitable, Callable, Generic, TypeVar
 
 import numpy as np
 
 from serving import __version__
 from serving.protocol.classification import top_k_strings
-from serving.protocol.codecs import TensorSink
+from serving.protocol.codecs import TensorSink, as_text
 from serving.protocol.errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.server.admission import InflightLimit
 from serving.server.batching import BatchingPolicy, BatchTimings, DynamicBatcher
+from serving.server.ensemble import EnsembleModel
 from serving.server.load_override import LoadOverride
 from serving.server.model import OnnxModel, request_rows
 from serving.server.pictures import PictureDecoder
@@ -182,9 +183,12 @@ class DataPlane:
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
         names = [r.name for r in requested]
-        model.check_batch(inputs)
-        batcher = self._batcher(model)
-        if batcher is not None:
+        rows = model.check_batch(inputs)
+        if isinstance(model, EnsembleModel):
+            started = time.perf_counter_ns()
+            outputs = await model.run(inputs, names, self._step_runner(deadline))
+            spent = BatchTimings(0, time.perf_counter_ns() - started, rows)
+        elif (batcher := self._batcher(model)) is not None:
             outputs, spent = await batcher.infer(inputs, names, deadline)
         else:
             outputs, spent = await self._run_alone(model, inputs, names)
@@ -195,6 +199,36 @@ class DataPlane:
                     outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0
                 )
         return outputs, spent
+
+    def _step_runner(
+        self, deadline: float | None
+    ) -> Callable[[str, str, dict[str, np.ndarray], list[str]], Awaitable[dict[str, np.ndarray]]]:
+        """How an ensemble runs one step: the step's model as any request runs it."""
+
+        async def step(name: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict:
+            model = self.model(name, version)
+            start = time.perf_counter_ns()
+            try:
+                for text in model.text_inputs:
+                    inputs[text] = as_text(inputs[text], text)
+                made, spent = await self.infer(model, inputs, [RequestedOutput(o) for o in outputs], deadline)
+            except ServingError:  # counted against the step's model too, as Triton counts it
+                self.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)
+                raise
+            total = time.perf_counter_ns() - start
+            self.statistics.record_success(
+                model.name,
+                model.version,
+                batch=request_rows(model, inputs),
+                total_ns=total,
+                input_ns=0,
+                queue_ns=spent.queue_ns,
+                infer_ns=spent.infer_ns,
+                output_ns=max(total - spent.queue_ns - spent.infer_ns, 0),
+            )
+            return made
+
+        return step
 
     async def _run_alone(
         self, model: OnnxModel, inputs: dict[str, np.ndarray], names: list[str]

@@ -10,14 +10,14 @@ from typing import Callable
 
 import numpy as np
 
-from serving.protocol.codecs import decode_inputs, encode_output
+from serving.protocol.codecs import as_text, decode_inputs, encode_output
 from serving.protocol.errors import InvalidInput
 from serving.protocol.generated import grpc_predict_v2_pb2 as pb
 from serving.server.dataplane import DecodedRequest, RequestedOutput
 from serving.server.model import OnnxModel
 from serving.server.shared_memory import SharedMemoryRegions
 
-__all__ = ["request_decoder", "response_encoder", "class_count", "as_text"]
+__all__ = ["request_decoder", "response_encoder", "class_count"]
 
 
 def class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
@@ -27,21 +27,6 @@ def class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
     if param.WhichOneof("parameter_choice") != "int64_param":
         raise InvalidInput(f"output {output.name!r}: the 'classification' parameter must be an int64 class count")
     return param.int64_param
-
-
-def as_text(array: np.ndarray, name: str) -> np.ndarray:
-    """A BYTES input as the ONNX string tensor it feeds: onnxruntime takes str elements, and
-    would turn a bytes element into the text of its repr (b'...')."""
-    out = np.empty(array.shape, dtype=np.object_)
-    flat = out.reshape(-1)
-    for i, item in enumerate(array.reshape(-1)):
-        try:
-            flat[i] = item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item)
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(
-                f"input {name!r} element {i}: not UTF-8 text (byte {exc.start}); the model's string tensor holds text"
-            ) from None
-    return out
 
 
 def request_decoder(

@@ -28,7 +28,7 @@ from serving.server.batch_profile import PROFILE_SECONDS_AT_LOAD, profile_at_loa
 from serving.server.batch_sizes import warm_run_sizes
 from serving.server.warmup import warm_up
 
-__all__ = ["OnnxModel", "RuntimeOptions", "instance_count", "request_rows", "rows_of"]
+__all__ = ["OnnxModel", "RuntimeOptions", "checked_batch", "instance_count", "request_rows", "rows_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,22 @@ def rows_of(inputs: Mapping[str, np.ndarray]) -> int:
 def request_rows(model: "OnnxModel", inputs: Mapping[str, np.ndarray]) -> int:
     """The rows a request carries: its batch for a batched model, else one."""
     return rows_of(inputs) if model.max_batch_size > 0 and inputs else 1
+
+
+def checked_batch(model: str, max_batch_size: int, inputs: Mapping[str, np.ndarray]) -> int:
+    """A request's batch size, after checking its inputs agree on it and it fits (1 for a
+    model without a batch dimension)."""
+    if max_batch_size <= 0:
+        return 1
+    sizes = {a.shape[0] for a in inputs.values()}
+    if len(sizes) > 1:
+        raise InvalidInput(f"inputs of {model} disagree on the batch size: {sorted(sizes)}")
+    batch = sizes.pop() if sizes else 0
+    if batch > max_batch_size:
+        raise InvalidInput(f"batch of {batch} exceeds {model}'s max_batch_size {max_batch_size}")
+    if batch == 0:
+        raise InvalidInput(f"empty batch: {model} needs at least one example")
+    return batch
 
 
 def instance_count(config: mc.ModelConfig) -> int:
@@ -362,18 +378,7 @@ class OnnxModel:
         self._idle_instances = None
 
     def check_batch(self, inputs: Mapping[str, np.ndarray]) -> int:
-        """The request's batch size, after checking its inputs agree on it and it fits."""
-        if self.max_batch_size <= 0:
-            return 1
-        sizes = {a.shape[0] for a in inputs.values()}
-        if len(sizes) > 1:
-            raise InvalidInput(f"inputs of {self.name} disagree on the batch size: {sorted(sizes)}")
-        batch = sizes.pop() if sizes else 0
-        if batch > self.max_batch_size:
-            raise InvalidInput(f"batch of {batch} exceeds {self.name}'s max_batch_size {self.max_batch_size}")
-        if batch == 0:
-            raise InvalidInput(f"empty batch: {self.name} needs at least one example")
-        return batch
+        return checked_batch(self.name, self.max_batch_size, inputs)
 
     def predict(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the graph; `outputs` limits what is returned (default: every output)."""

@@ -29,6 +29,7 @@ from serving.protocol.model_config import CONFIG_FILE, parse_config, read_config
 from serving.runtime.providers import cuda_usable
 from serving.server.autocomplete import CompletionPolicy
 from serving.server.config_support import review_config
+from serving.server.ensemble import ENSEMBLE_PLATFORM, EnsembleModel
 from serving.server.load_override import PreparedOverride
 from serving.server.model import OnnxModel, RuntimeOptions
 
@@ -283,6 +284,8 @@ class ModelRepository:
             for warning in review_config(text, model_dir, cuda):
                 logger.warning("%s: %s", name, warning)
         config = parse_config(text, model_dir, name) if text is not None else mc.ModelConfig(name=name)
+        if config.platform == ENSEMBLE_PLATFORM or config.HasField("ensemble_scheduling"):
+            return self._ensemble(entry, model_dir, config)
         filename = config.default_model_filename or MODEL_FILE
         # files a load request sent are in the repository's layout, version folders included
         single = self.single and (override is None or override.folder is None)
@@ -319,6 +322,28 @@ class ModelRepository:
                 except OSError as exc:
                     raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
         entry.config, entry.versions, entry.labels = config, versions, labels
+        return entry
+
+    def _ensemble(self, entry: ModelEntry, model_dir: Path, config: mc.ModelConfig) -> ModelEntry:
+        """An ensemble's entry: its version folders (empty, as Triton has them; version 1
+        without any), each the same pipeline of the repository's models."""
+        if config.platform != ENSEMBLE_PLATFORM or not config.HasField("ensemble_scheduling"):
+            raise ModelLoadError(
+                f'{entry.name}: an ensemble needs both platform "ensemble" and ensemble_scheduling; the config '
+                f"has platform {config.platform!r} and {'an' if config.HasField('ensemble_scheduling') else 'no'} "
+                "ensemble_scheduling"
+            )
+        on_disk = [] if self.single else [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+        chosen = _chosen_versions(config, sorted(v for v in on_disk if v > 0) or [1])
+        entry.config = config
+        entry.versions = {str(v): EnsembleModel(entry.name, str(v), config) for v in chosen}  # type: ignore[misc]
+        for output in config.output:
+            if output.label_filename:
+                path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
+                try:
+                    entry.labels[output.name] = read_labels(path)
+                except OSError as exc:
+                    raise ModelLoadError(f"{entry.name}: cannot read labels {path}: {exc.strerror or exc}") from None
         return entry
 
     def expect(self, names: list[str], state: str, reason: str) -> None:

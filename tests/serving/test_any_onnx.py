@@ -181,7 +181,10 @@ def test_triton_reshape_is_implemented_as_triton_defines_it(tmp_path):
     "field, expected",
     [
         ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching: stateful sequences"),
-        ('ensemble_scheduling { step [{ model_name: "a" model_version: -1 }] }', "ensemble_scheduling: ensembles"),
+        (
+            'ensemble_scheduling { step [{ model_name: "a" model_version: -1 }] }',
+            'an ensemble needs both platform "ensemble" and ensemble_scheduling',
+        ),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled true: decoupled models"),
         ('platform: "tensorflow_savedmodel"', 'platform "tensorflow_savedmodel": deepr serves ONNX graphs'),
         ('backend: "pytorch"', 'backend "pytorch": deepr serves ONNX graphs'),
