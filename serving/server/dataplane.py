@@ -10,6 +10,7 @@ second transport is only its own decoding and encoding.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MAX_ENSEMBLE_DEPTH = 8
+"""Ensembles whose steps are ensembles nest at most this deep; deeper is taken for a cycle."""
+_ENSEMBLE_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("ensemble_depth", default=0)
 
 Response = TypeVar("Response")
 
@@ -185,9 +190,19 @@ class DataPlane:
         names = [r.name for r in requested]
         rows = model.check_batch(inputs)
         if isinstance(model, EnsembleModel):
-            started = time.perf_counter_ns()
-            outputs = await model.run(inputs, names, self._step_runner(deadline))
-            spent = BatchTimings(0, time.perf_counter_ns() - started, rows)
+            depth = _ENSEMBLE_DEPTH.get()
+            if depth >= MAX_ENSEMBLE_DEPTH:
+                raise InvalidInput(
+                    f"ensemble {model.name!r} runs inside {depth} ensembles already; at most {MAX_ENSEMBLE_DEPTH} "
+                    "nest (do the ensembles' steps name each other in a circle?)"
+                )
+            token = _ENSEMBLE_DEPTH.set(depth + 1)
+            try:
+                started = time.perf_counter_ns()
+                outputs = await model.run(inputs, names, self._step_runner(deadline))
+                spent = BatchTimings(0, time.perf_counter_ns() - started, rows)
+            finally:
+                _ENSEMBLE_DEPTH.reset(token)
         elif (batcher := self._batcher(model)) is not None:
             outputs, spent = await batcher.infer(inputs, names, deadline)
         else:

@@ -93,8 +93,9 @@ class EnsembleModel:
                     "ensemble's inputs nor any step's outputs provide"
                 )
             for i, step in ready:
-                if not step.model_name:
-                    raise ModelLoadError(f"ensemble {self.name}: step {i} names no model")
+                if not step.model_name or step.model_name == self.name:
+                    named = "the ensemble itself" if step.model_name else "no model"
+                    raise ModelLoadError(f"ensemble {self.name}: step {i} names {named}")
                 twice = sorted(set(step.output_map.values()) & made)
                 if twice:
                     raise ModelLoadError(f"ensemble {self.name}: step {i} makes {twice} again")

@@ -140,6 +140,7 @@ def test_a_failing_step_is_named(ensemble_repository):
         ),
         (('value: "PROBABILITIES"', 'value: "other"'), "no step makes the output(s) ['PROBABILITIES']"),
         (('platform: "ensemble"', 'platform: "onnxruntime_onnx"'), 'needs both platform "ensemble"'),
+        (('model_name: "scale_pixels"', 'model_name: "digits"'), "step 1 names the ensemble itself"),
     ],
 )
 def test_wiring_mistakes_leave_the_ensemble_unavailable_with_the_reason(ensemble_repository, change, reason):
@@ -152,4 +153,27 @@ def test_wiring_mistakes_leave_the_ensemble_unavailable_with_the_reason(ensemble
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["digits"].state == "UNAVAILABLE" and reason in index["digits"].reason, index["digits"].reason
         assert index["mnist_convnet"].state == "READY"
+        client.close()
+
+
+def test_ensembles_naming_each_other_in_a_circle_are_refused_not_recursed(ensemble_repository):
+    """Two ensembles whose steps name each other load (neither knows the other's steps), and a
+    request is refused once they nest past the bound, instead of recursing without end."""
+    for name, other in (("ping", "pong"), ("pong", "ping")):
+        (ensemble_repository / name).mkdir()
+        (ensemble_repository / name / "config.pbtxt").write_text(
+            f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+            'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+            'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+            f'ensemble_scheduling {{ step [ {{ model_name: "{other}" model_version: -1 '
+            'input_map { key: "X" value: "X" } output_map { key: "Y" value: "Y" } } ] }\n'
+        )
+    with serve_in_thread(settings(ensemble_repository)) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        tensor = triton.InferInput("X", [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 1), np.float32))
+        with pytest.raises(InferenceServerException, match="at most 8 nest") as err:
+            client.infer("ping", [tensor])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert client.is_server_live()
         client.close()
