@@ -226,6 +226,8 @@ class DataPlane:
             try:
                 for text in model.text_inputs:
                     inputs[text] = as_text(inputs[text], text)
+                if model.encoded_input is not None:  # picture files, decoded as for its own requests
+                    inputs = await self.pictures.decode(inputs, *model.encoded_input)
                 made, spent = await self.infer(model, inputs, [RequestedOutput(o) for o in outputs], deadline)
             except ServingError:  # counted against the step's model too, as Triton counts it
                 self.statistics.record_failure(model.name, model.version, time.perf_counter_ns() - start)

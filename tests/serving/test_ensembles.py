@@ -177,3 +177,42 @@ def test_ensembles_naming_each_other_in_a_circle_are_refused_not_recursed(ensemb
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert client.is_server_live()
         client.close()
+
+
+def test_an_ensemble_of_picture_files_decodes_them_in_its_step(repository, trained_convnet, tmp_path):
+    """Triton's image-ensemble shape: BYTES picture files in, classes out; the step that takes
+    picture files (deepr export --pixels encoded) gets them decoded as its own requests are."""
+    import io
+
+    from PIL import Image
+
+    from exporters import export_model
+
+    root = tmp_path / "repo"
+    export_model("mnist_convnet", root, weights=trained_convnet.out / "weights.pt", pixels="encoded")
+    (root / "pictures" / "1").mkdir(parents=True)
+    (root / "pictures" / "config.pbtxt").write_text(
+        'name: "pictures"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 10 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "mnist_convnet_encoded" model_version: -1 '
+        'input_map { key: "images" value: "INPUT" } output_map { key: "probabilities" value: "OUTPUT" } } ] }\n'
+    )
+    files = []
+    for seed in range(3):
+        png = io.BytesIO()
+        Image.fromarray(pixels(3)[seed]).save(png, format="PNG")
+        files.append(png.getvalue())
+    batch = np.array([[f] for f in files], dtype=np.object_)
+    with serve_in_thread(settings(root)) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        (spec,) = client.get_model_metadata("mnist_convnet_encoded").inputs
+        tensor = triton.InferInput("INPUT", [3, 1], "BYTES")
+        tensor.set_data_from_numpy(batch)
+        through_ensemble = client.infer("pictures", [tensor]).as_numpy("OUTPUT")
+        direct = triton.InferInput(spec.name, [3, 1], "BYTES")
+        direct.set_data_from_numpy(batch)
+        alone = client.infer("mnist_convnet_encoded", [direct]).as_numpy("probabilities")
+        client.close()
+    np.testing.assert_allclose(through_ensemble, alone, rtol=1e-6)
+    assert through_ensemble.shape == (3, 10)
