@@ -119,7 +119,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for request in request_iterator:
                     if isinstance(request, Undecodable):
                         await window.put(request)
-                        return
+                        break
                     # Alone on the stream, a request is answered where it is written, with no task
                     # of its own (the cheapest path, for clients that wait for each answer); one
                     # that comes while others are unanswered starts at once.
@@ -129,8 +129,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await window.put(item)
                     else:
                         window.put_nowait(item)
-            finally:
+            except asyncio.CancelledError:
+                raise  # the answering side has gone: nobody waits for the end mark (the window may be full)
+            except BaseException:
                 await window.put(None)
+                raise
+            await window.put(None)
 
         reader = loop.create_task(read())
         try:
