@@ -14,11 +14,15 @@ merging buys a stream). Each cell starts its own server, lets perf_analyzer warm
 window, then counts inferences/s, p50 and p99 latency (perf_analyzer's client-side figures)
 and the server's CPU per inference over the counted windows. `--against DIR` serves each cell
 from another checkout too, alternating in every round: before and after in one run.
+`--triton ../shared/peers/triton/serve_triton.sh` adds NVIDIA Triton (its C++ front and
+dynamic batcher, onnxruntime in a python-backend model) on the same ONNX files, in the same
+rounds: its CPU counts the python-backend stubs too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import shutil
@@ -28,13 +32,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from deepr.bench import perf_analyzer, serve_subprocess  # noqa: E402
+from deepr.bench import free_port, perf_analyzer, serve_subprocess, server_subprocess  # noqa: E402
 from scripts.benchmarks.peers.load import tree_cpu_seconds  # noqa: E402
+
+TRITON_BATCH = {"simple": 8, "mnist_convnet": 64}
+"""The models Triton serves beside deepr, with deepr's max_batch_size for each."""
 
 MODES = {
     "grpc": ["-i", "grpc"],
@@ -59,6 +67,25 @@ def write_repository(root: Path) -> Path:
     shutil.copytree(examples / "simple", repository / "simple")
     export_model("mnist_convnet", repository, max_batch_size=64)
     return repository
+
+
+@contextlib.contextmanager
+def served(code: str, checkout: Path | None, repository: Path, triton: Path | None) -> Iterator[tuple[str, str, int]]:
+    """(gRPC address, HTTP address, pid) of deepr (this checkout or `checkout`), or of NVIDIA
+    Triton started by `triton` (serve_triton.sh) on the same ONNX files."""
+    if code != "triton":
+        extra = ["--metrics-port", "-1"]
+        with serve_subprocess(repository, device="cpu", http_port=0, extra=extra, cwd=checkout) as (url, process):
+            yield url, process.http_url, process.pid
+        return
+    assert triton is not None
+    ports = [free_port() for _ in range(3)]
+    models = [f"{m}={repository / m / '1' / 'model.onnx'}:{TRITON_BATCH[m]}" for m in TRITON_BATCH]
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["bash", str(triton), folder, *map(str, ports), *models]
+        url = f"127.0.0.1:{ports[0]}"
+        with server_subprocess("triton", command, url, models=list(TRITON_BATCH), timeout=300) as process:
+            yield url, f"127.0.0.1:{ports[1]}", process.pid
 
 
 def run_cell(binary: str, env: dict, url: str, http_url: str, pid: int, model: str, mode: str, args) -> dict:
@@ -100,6 +127,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
     parser.add_argument("--models", default="simple,mnist_convnet")
     parser.add_argument("--against", type=Path, help="another deepr checkout, measured alternately")
+    parser.add_argument(
+        "--triton", type=Path, help="serve_triton.sh of ../shared/peers/triton: NVIDIA Triton measured alternately too"
+    )
     parser.add_argument("--out", type=Path, default=Path("perf_analyzer.json"))
     args = parser.parse_args()
     found = perf_analyzer()
@@ -107,6 +137,7 @@ def main() -> None:
         sys.exit("perf_analyzer cannot start here: run `sh scripts/tools/install_perf_analyzer.sh` first")
     binary, env = found
     codes = [("this", None)] + ([("against", args.against)] if args.against else [])
+    codes += [("triton", None)] if args.triton else []
     cells: dict[tuple, list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         repository = write_repository(Path(folder))
@@ -114,11 +145,9 @@ def main() -> None:
             for mode in args.modes.split(","):
                 for _ in range(args.rounds):
                     for code, checkout in codes:
-                        with serve_subprocess(
-                            repository, device="cpu", http_port=0, extra=["--metrics-port", "-1"], cwd=checkout
-                        ) as (url, process):
+                        with served(code, checkout, repository, args.triton) as (url, http_url, pid):
                             time.sleep(0.5)
-                            result = run_cell(binary, env, url, process.http_url, process.pid, model, mode, args)
+                            result = run_cell(binary, env, url, http_url, pid, model, mode, args)
                         cells.setdefault((model, mode, code), []).append(result)
                         print(f"{model:14} {mode:9} {code:8} {result}", flush=True)
     rows = []
