@@ -190,19 +190,7 @@ class DataPlane:
         names = [r.name for r in requested]
         rows = model.check_batch(inputs)
         if isinstance(model, EnsembleModel):
-            depth = _ENSEMBLE_DEPTH.get()
-            if depth >= MAX_ENSEMBLE_DEPTH:
-                raise InvalidInput(
-                    f"ensemble {model.name!r} runs inside {depth} ensembles already; at most {MAX_ENSEMBLE_DEPTH} "
-                    "nest (do the ensembles' steps name each other in a circle?)"
-                )
-            token = _ENSEMBLE_DEPTH.set(depth + 1)
-            try:
-                started = time.perf_counter_ns()
-                outputs = await model.run(inputs, names, self._step_runner(deadline))
-                spent = BatchTimings(0, time.perf_counter_ns() - started, rows)
-            finally:
-                _ENSEMBLE_DEPTH.reset(token)
+            outputs, spent = await self._run_ensemble(model, inputs, names, rows, deadline)
         elif (batcher := self._batcher(model)) is not None:
             outputs, spent = await batcher.infer(inputs, names, deadline)
         else:
@@ -214,6 +202,25 @@ class DataPlane:
                     outputs[r.name], r.class_count, labels.get(r.name), batched=model.max_batch_size > 0
                 )
         return outputs, spent
+
+    async def _run_ensemble(
+        self, model: EnsembleModel, inputs: dict[str, np.ndarray], names: list[str], rows: int, deadline: float | None
+    ) -> tuple[dict[str, np.ndarray], BatchTimings]:
+        """The ensemble's steps, each as its model runs; refused past MAX_ENSEMBLE_DEPTH nested
+        ensembles (steps naming each other in a circle)."""
+        depth = _ENSEMBLE_DEPTH.get()
+        if depth >= MAX_ENSEMBLE_DEPTH:
+            raise InvalidInput(
+                f"ensemble {model.name!r} runs inside {depth} ensembles already; at most {MAX_ENSEMBLE_DEPTH} "
+                "nest (do the ensembles' steps name each other in a circle?)"
+            )
+        token = _ENSEMBLE_DEPTH.set(depth + 1)
+        try:
+            started = time.perf_counter_ns()
+            outputs = await model.run(inputs, names, self._step_runner(deadline))
+            return outputs, BatchTimings(0, time.perf_counter_ns() - started, rows)
+        finally:
+            _ENSEMBLE_DEPTH.reset(token)
 
     def _step_runner(
         self, deadline: float | None

@@ -111,7 +111,8 @@ class LoadOverride:
 
     def prepare(self, name: str) -> PreparedOverride:
         """The config as protobuf text (named `name` when it names none; another name is refused),
-        and the files written to a new private folder."""
+        and the files written to a new private folder (the config is loaded from the text, not
+        written there)."""
         config = self.parse_config(name)
         text = text_format.MessageToString(config)
         if not self.files:
@@ -123,7 +124,6 @@ class LoadOverride:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "xb") as out:  # a path given twice, or through a link, fails
                     out.write(data)
-            (folder / "config.pbtxt").write_text(text)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise InvalidInput(f"failed to load {name!r}: cannot write the files sent: {exc}") from None

@@ -136,6 +136,19 @@ class ModelEntry:
         return self.versions[max(self.versions, key=int)]
 
 
+def _labels(name: str, model_dir: Path, config: mc.ModelConfig) -> dict[str, list[str]]:
+    """Class labels by output name, from the files the outputs' label_filename name."""
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
+            try:
+                labels[output.name] = read_labels(path)
+            except OSError as exc:
+                raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
+    return labels
+
+
 def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
     policy = config.version_policy
     choice = policy.WhichOneof("policy_choice")
@@ -313,15 +326,7 @@ class ModelRepository:
             versions[str(v)] = model
         if not versions:
             raise ModelLoadError(f"{name}: the version policy selects none of the versions on disk {available}")
-        labels = {}
-        for output in config.output:
-            if output.label_filename:
-                path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
-                try:
-                    labels[output.name] = read_labels(path)
-                except OSError as exc:
-                    raise ModelLoadError(f"{name}: cannot read labels {path}: {exc.strerror or exc}") from None
-        entry.config, entry.versions, entry.labels = config, versions, labels
+        entry.config, entry.versions, entry.labels = config, versions, _labels(name, model_dir, config)
         return entry
 
     def _ensemble(self, entry: ModelEntry, model_dir: Path, config: mc.ModelConfig) -> ModelEntry:
@@ -335,15 +340,8 @@ class ModelRepository:
             )
         on_disk = [] if self.single else [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()]
         chosen = _chosen_versions(config, sorted(v for v in on_disk if v > 0) or [1])
-        entry.config = config
+        entry.config, entry.labels = config, _labels(entry.name, model_dir, config)
         entry.versions = {str(v): EnsembleModel(entry.name, str(v), config) for v in chosen}  # type: ignore[misc]
-        for output in config.output:
-            if output.label_filename:
-                path = _inside(model_dir, output.label_filename, f"output {output.name!r}: label_filename")
-                try:
-                    entry.labels[output.name] = read_labels(path)
-                except OSError as exc:
-                    raise ModelLoadError(f"{entry.name}: cannot read labels {path}: {exc.strerror or exc}") from None
         return entry
 
     def expect(self, names: list[str], state: str, reason: str) -> None:

@@ -12,14 +12,7 @@ import pytest
 from triton_example_repository import write_example_repository
 
 from deepr.bench import perf_analyzer, serve_subprocess
-
-MODES = {
-    "grpc": ["-i", "grpc"],
-    "stream": ["-i", "grpc", "--streaming"],
-    "http": ["-i", "http"],
-    "grpc-shm": ["-i", "grpc", "--shared-memory", "system", "--output-shared-memory-size", "1024"],
-    "http-shm": ["-i", "http", "--shared-memory", "system", "--output-shared-memory-size", "1024"],
-}
+from scripts.benchmarks.bench_perf_analyzer import MODES
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +28,13 @@ def examples_server(tmp_path_factory):
         yield found, {"grpc": url, "http": process.http_url}
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", ["grpc", "stream", "http", "grpc-shm", "http-shm"])
 def test_perf_analyzer_runs_against_deepr(examples_server, mode, tmp_path):
     (binary, env), urls = examples_server
     report = tmp_path / "report.csv"
     command = [binary, "-m", "simple", *MODES[mode], "-u", urls["http" if mode.startswith("http") else "grpc"]]
-    command += ["--concurrency-range", "2", "--measurement-mode", "count_windows", "--measurement-request-count", "100"]
+    command += ["--concurrency-range", "2"]
+    command += ["--measurement-mode", "count_windows", "--measurement-request-count", "100"]
     command += ["--stability-percentage", "100", "-f", str(report)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
