@@ -206,6 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
 
+    if args.engine == "triton":
+        return _run_on_triton(settings, to_build)
     if settings.workers > 1:
         return _run_workers(settings, to_build)
     return _run_server(settings, to_build)
@@ -260,20 +262,37 @@ def _name_the_worker(index: int) -> None:
         handler.addFilter(named)
 
 
+def _build_first(settings: ServerSettings, to_build: list[str], why: str) -> None:
+    """Build the default models `to_build` before serving (a server that cannot load models
+    as they are written)."""
+    if not to_build:
+        return
+    from exporters.defaults import build_default_models
+
+    logger.info("building the default models before %s starts: %s", why, ", ".join(to_build))
+    build_default_models(settings.repository, to_build, progress=False, on_epoch=lambda r: logger.info("%s", r.line()))
+
+
+def _run_on_triton(settings: ServerSettings, to_build: list[str]) -> int:
+    """Triton's server on the repository, with deepr's runtime in its python backend."""
+    from serving.triton_engine.distribution import TritonUnavailable
+    from serving.triton_engine.launch import serve_on_triton
+
+    _build_first(settings, to_build, "Triton")
+    try:
+        return serve_on_triton(settings)
+    except TritonUnavailable as exc:
+        raise CLIError(str(exc)) from None
+    except ValueError as exc:  # flags Triton does not take
+        raise CLIError(str(exc), EXIT_USAGE) from None
+
+
 def _run_workers(settings: ServerSettings, to_build: list[str]) -> int:
     """The parent of `settings.workers` servers: the default models are built first (each
     worker would train them again), then the workers start."""
     from serving.server.workers import serve_workers
 
-    if to_build:
-        from exporters.defaults import build_default_models
-
-        logger.info(
-            "building the default models before the %d workers start: %s", settings.workers, ", ".join(to_build)
-        )
-        build_default_models(
-            settings.repository, to_build, progress=False, on_epoch=lambda r: logger.info("%s", r.line())
-        )
+    _build_first(settings, to_build, f"the {settings.workers} workers")
     return serve_workers(settings)
 
 
@@ -364,6 +383,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--build-defaults",
         action="store_true",
         help="if the repository does not exist, build the default models into it",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["deepr", "triton"],
+        default=os.environ.get(f"{ENV_PREFIX}ENGINE", "deepr"),
+        help="deepr: deepr's own server (default; the page, auth, TLS, explanations); triton: NVIDIA "
+        "Triton's C++ server from the nvidia-pytriton wheel in front of deepr's runtime, no Python per "
+        "request (pip install --no-deps nvidia-pytriton==0.7.0; Linux x86-64). Env: DEEPR_ENGINE",
     )
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=integer(0, 65535), help="gRPC port (default 8001; 0 picks a free port)")
