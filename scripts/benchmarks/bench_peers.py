@@ -1,18 +1,22 @@
 """deepr against the servers its users would pick instead, side by side in one run.
 
-    python scripts/benchmarks/bench_peers.py [--servers deepr,kserve,mlserver] [--clients threads,asyncio]
-        [--models cnn,mlp] [--grid 1x8,1x32,32x8,32x32] [--seconds 5] [--out bench_peers.json]
+    python scripts/benchmarks/bench_peers.py [--servers deepr,deepr-triton,triton,kserve,mlserver]
+        [--clients threads,asyncio] [--models cnn,mlp,mnist_convnet] [--grid 1x8,1x32,32x8,32x32]
+        [--seconds 5] [--no-h2load] [--out bench_peers.json]
 
-The same two ONNX files (the tutorial's MNIST convnet and dense net, random weights,
-written with onnx.helper) are served in turn by deepr (this checkout, its defaults, a
-Triton-layout repository), KServe's Python model server and MLServer (each with the
-least onnxruntime model class a user would write: scripts/benchmarks/peers/, in its own virtualenv
-under --peers-home, made on first use). One server runs at a time, on loopback; each
-point (model, batch rows x calls in flight, client) loads it for --warmup seconds, then
-measures --seconds. Prints one table per client and writes JSON: items/s, client p50/p99,
-the server's CPU per request (its processes' CPU over the window / requests answered),
-deepr's ratio to the best peer, and in-process onnxruntime (one caller, no server) as
-the ceiling. Not part of the test command: it installs the peers from PyPI.
+The same ONNX files (the tutorial's MNIST convnet and dense net written with onnx.helper,
+and the convnet as deepr's exporter writes it; random weights) are served in turn by deepr
+(this checkout, its defaults, a Triton-layout repository), by deepr on Triton's C++ front
+(`--engine triton`), by NVIDIA Triton itself (../shared/peers/triton/serve_triton.sh: its
+python backend running onnxruntime), KServe's Python model server and MLServer (each with the
+least onnxruntime model class a user would write: scripts/benchmarks/peers/, in its own
+virtualenv under --peers-home, made on first use). One server runs at a time, on loopback.
+First h2load (a C client) sends batch-1 requests over gRPC and REST for the server's CPU per
+request; then each point (model, batch rows x calls in flight, client) loads it for
+--warmup seconds and measures --seconds. Prints tables and writes JSON: items/s, client
+p50/p99, the server's CPU per request (its processes' CPU over the window / requests
+answered), the best deepr's ratio to the best peer, and in-process onnxruntime (one caller,
+no server) as the ceiling. Not part of the test command: it installs the peers from PyPI.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from deepr.bench import environment  # noqa: E402
+from scripts.benchmarks.peers.h2load import CONNECTIONS, STREAMS, grpc_point, h2load_available, rest_point  # noqa: E402
 from scripts.benchmarks.peers.load import CLIENTS, HTTP_CLIENTS, Window  # noqa: E402
 from scripts.benchmarks.peers.servers import FLOORS, MODELS, SERVERS, Server, deepr_with, served, write_models  # noqa: E402
 
@@ -77,9 +82,10 @@ def names(choices: dict | list) -> Callable[[str], list[str]]:
 def table(rows: list[dict], client: str, servers: list[str]) -> str:
     """Markdown: per model and point, each server's items/s, deepr's ratio to the best peer,
     each server's CPU per request and p50 / p99 latency, and the in-process ceiling."""
-    peers = [s for s in servers if s in SERVERS and s != "deepr"]
-    ratio = peers and "deepr" in servers
-    head = ["model", "rows x inflight", *servers, *(["deepr / best peer"] if ratio else []), "in-process"]
+    peers = [s for s in servers if s in SERVERS and not s.startswith("deepr")]
+    ours = [s for s in servers if s.startswith("deepr")]
+    ratio = peers and ours
+    head = ["model", "rows x inflight", *servers, *(["best deepr / best peer"] if ratio else []), "in-process"]
     lines = [
         "items/s; then server CPU ms per request; then p50 / p99 ms",
         "",
@@ -98,6 +104,7 @@ def table(rows: list[dict], client: str, servers: list[str]) -> str:
         point = [model, f"{batch} x {inflight}"]
         rate = each(lambda r: f"{r['items_per_second']:,.0f}")
         best = max((cell[p]["items_per_second"] for p in peers if p in cell), default=0)
+        ours_best = max((cell[p]["items_per_second"] for p in ours if p in cell), default=0)
         ceiling = f"{next(iter(cell.values()))['in_process_items_per_second']:,.0f}"
         lines.append(
             "| "
@@ -105,7 +112,7 @@ def table(rows: list[dict], client: str, servers: list[str]) -> str:
                 [
                     *point,
                     *rate,
-                    *([f"{cell['deepr']['items_per_second'] / best:.2f}x"] if ratio and best else []),
+                    *([f"{ours_best / best:.2f}x"] if ratio and best else []),
                     ceiling,
                 ]
             )
@@ -116,6 +123,49 @@ def table(rows: list[dict], client: str, servers: list[str]) -> str:
         latency = each(lambda r: f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}")
         lines.append("| " + " | ".join(["", "p50 / p99", *latency, *([""] if ratio else []), ""]) + " |")
     return "\n".join(lines)
+
+
+def h2load_table(rows: list[dict], servers: list[str]) -> str:
+    """Markdown: per model and transport, each server's batch-1 requests/s and CPU per request."""
+    lines = [
+        f"batch 1 under h2load (gRPC: {CONNECTIONS} connections x {STREAMS} streams; REST: {CONNECTIONS} "
+        "HTTP/1.1 connections, V2 JSON): requests/s, then server CPU ms per request",
+        "",
+        "| model | transport | " + " | ".join(servers) + " |",
+        "| --- | --- |" + " ---: |" * len(servers),
+    ]
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["transport"]), {})[r["server"]] = r
+    for (model, transport), cell in cells.items():
+        rate = [f"{cell[s]['requests_per_second']:,.0f}" if s in cell else "" for s in servers]
+        cpu = [f"{cell[s]['server_cpu_ms_per_request']:.3f} ms" if s in cell else "" for s in servers]
+        lines.append("| " + " | ".join([model, transport, *rate]) + " |")
+        lines.append("| " + " | ".join(["", "CPU/request", *cpu]) + " |")
+    return "\n".join(lines)
+
+
+def h2load_points(server: str, models: dict, url: str, http_url: str | None, pid: int, seconds: float) -> list[dict]:
+    rows = []
+    for model in models:
+        for transport in ("grpc", "rest"):
+            if transport == "rest" and http_url is None:
+                continue
+            try:
+                if transport == "grpc":
+                    point = grpc_point(int(url.rsplit(":", 1)[1]), model, pid, seconds)
+                else:
+                    x = np.random.default_rng(0).random((1, *MODELS[model]), dtype=np.float32)
+                    point = rest_point(http_url, model, x, pid, seconds)
+            except RuntimeError as exc:
+                log(f"{server:8} h2load {transport} {model}: failed: {exc}")
+                continue
+            rows.append({"server": server, "model": model, "transport": transport, **point})
+            log(
+                f"{server:8} h2load {transport:4} {model} b1: {point['requests_per_second']:,.0f} req/s, "
+                f"{point['server_cpu_ms_per_request']:.3f} ms server CPU/request"
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also serve deepr under NAME with these `deepr serve` flags and VAR=VALUE environment settings, "
         "e.g. 'one-thread=--intra-op-threads 1'",
     )
+    parser.add_argument(
+        "--h2load",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure batch-1 server CPU per request with h2load over gRPC and REST (default: on)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_peers.json"))
     args = parser.parse_args(argv)
 
@@ -156,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         servers[name] = Server(name, [], deepr_with(*serve_flags), tuple(env))
     args.servers = list(servers)
     rows: list[dict] = []
+    h2rows: list[dict] = []
+    if args.h2load and (why := h2load_available()):
+        log(f"no h2load points: {why}")
+        args.h2load = False
     with tempfile.TemporaryDirectory(prefix="deepr-peers-") as tmp:
         models = write_models(Path(tmp) / "models")
         models = {m: models[m] for m in args.models}
@@ -169,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for server in args.servers:
             with served(servers[server], models, Path(tmp) / server, args.peers_home, log) as (url, http_url, pid):
+                if args.h2load and server not in FLOORS:
+                    h2rows += h2load_points(server, models, url, http_url, pid, args.seconds)
                 for client in args.clients:
                     address = http_url if client in HTTP_CLIENTS else url
                     if address is None:
@@ -204,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{window.items_per_second:,.0f} items/s, "
                                 f"{window.server_cpu_ms_per_request:.3f} ms server CPU/request"
                             )
+    if h2rows:
+        print("\n### h2load\n")
+        print(h2load_table(h2rows, args.servers))
     for client in args.clients:
         print(f"\n### client: {client}\n")
         print(table(rows, client, args.servers))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"environment": environment("cpu"), "settings": settings, "rows": rows}, indent=1))
+    report = {"environment": environment("cpu"), "settings": settings, "rows": rows, "h2load": h2rows}
+    args.out.write_text(json.dumps(report, indent=1))
     log(f"wrote {args.out}")
     return 0
 

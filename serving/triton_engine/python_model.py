@@ -63,7 +63,12 @@ def _entry_dict(entry: mc.ModelInput | mc.ModelOutput) -> dict:
 
 def _config_from(triton_json: dict) -> mc.ModelConfig:
     """Triton's config (JSON, as the python backend hands it) as deepr's ModelConfig."""
-    return json_format.ParseDict(triton_json, mc.ModelConfig(), ignore_unknown_fields=True)
+    config = json_format.ParseDict(triton_json, mc.ModelConfig(), ignore_unknown_fields=True)
+    if "graph" not in triton_json.get("optimization", {}):
+        # Triton fills in an optimization block of its own (pinned memory, priority); its
+        # graph level would read as 0 (basic), and onnxruntime's default is all
+        config.ClearField("optimization")
+    return config
 
 
 class TritonPythonModel:

@@ -27,7 +27,7 @@ __all__ = ["MODELS", "SERVERS", "FLOORS", "Server", "deepr_with", "write_models"
 
 HERE = Path(__file__).resolve().parent
 
-MODELS = {"cnn": [1, 28, 28], "mlp": [784]}
+MODELS = {"cnn": [1, 28, 28], "mlp": [784], "mnist_convnet": [1, 28, 28]}
 """Each model's input shape after the batch dimension."""
 
 
@@ -62,8 +62,29 @@ def _graph(name: str, layers: list[tuple[str, list[int]]], input_shape: list[int
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
+def _exported_convnet(folder: Path) -> onnx.ModelProto:
+    """deepr's own export of the tutorial's MNIST convnet (PyTorch -> ONNX, untrained weights),
+    its tensors renamed to the `input` and `output` every server here is sent and asked for."""
+    import warnings
+
+    from exporters import UntrainedWeightsWarning, export_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWeightsWarning)
+        export_model("mnist_convnet", folder / "exported")
+    model = onnx.load(str(folder / "exported" / "mnist_convnet" / "1" / "model.onnx"))
+    renames = {model.graph.input[0].name: "input", model.graph.output[0].name: "output"}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    return model
+
+
 def write_models(folder: Path) -> dict[str, Path]:
-    """cnn: the tutorial's MNIST convnet (93,322 parameters); mlp: its dense MNIST net (407,050)."""
+    """cnn: the tutorial's MNIST convnet (93,322 parameters) written with onnx.helper; mlp: its
+    dense MNIST net (407,050); mnist_convnet: the convnet as deepr's exporter writes it."""
     cnn = [
         ("Conv", [32, 1, 3, 3]),
         ("MaxPool", []),
@@ -80,6 +101,8 @@ def write_models(folder: Path) -> dict[str, Path]:
     for name, layers in {"cnn": cnn, "mlp": mlp}.items():
         paths[name] = folder / f"{name}.onnx"
         onnx.save(_graph(name, layers, MODELS[name]), paths[name])
+    paths["mnist_convnet"] = folder / "mnist_convnet.onnx"
+    onnx.save(_exported_convnet(folder), paths["mnist_convnet"])
     return paths
 
 
@@ -163,6 +186,14 @@ def _kserve(*flags: str) -> Callable[[Path, dict[str, Path], Path, int, int], li
     return command
 
 
+def _triton(python: Path, models: dict[str, Path], work: Path, port: int, http_port: int) -> list[str]:
+    """NVIDIA Triton through ../shared/peers/triton/serve_triton.sh (its own virtualenv, made on
+    first use): Triton's C++ front and batcher, each ONNX file in a python-backend model."""
+    script = Path(__file__).resolve().parents[4] / "shared" / "peers" / "triton" / "serve_triton.sh"
+    specs = [f"{name}={path}:256" for name, path in models.items()]
+    return ["bash", str(script), str(work / "triton"), str(port), str(http_port), str(free_port()), *specs]
+
+
 def _floor(answer: str, api: str = "aio") -> Callable[[Path, dict[str, Path], Path, int, int], list[str]]:
     """scripts/benchmarks/peers/floor_server.py: what any Python gRPC server spends per call (gRPC only)."""
 
@@ -181,6 +212,9 @@ _KSERVE = ["kserve==0.21.0", _ORT]
 _MLSERVER = ["mlserver==1.7.1", _ORT, "uvloop<0.22"]
 SERVERS = {
     "deepr": Server("deepr", [], deepr_with()),
+    # the same repository on Triton's C++ front, deepr's runtime in its python backend
+    "deepr-triton": Server("deepr-triton", [], deepr_with("--engine", "triton")),
+    "triton": Server("triton", [], _triton),
     "kserve": Server("kserve", _KSERVE, _kserve()),
     # Both peers log a line per request by default; their quiet setups turn that off, and
     # MLServer's runs the model in the server process instead of a worker process.
