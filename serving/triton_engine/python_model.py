@@ -117,6 +117,7 @@ class TritonPythonModel:
         self.input_names = [s.name for s in self.model.inputs]
         self.output_names = [s.name for s in self.model.outputs]
         self.max_pixels = int(plan["max_picture_pixels"])
+        self.plain_inputs = not self.model.text_inputs and self.model.encoded_input is None
 
     def execute(self, requests: list) -> list:
         responses: list[Any] = [None] * len(requests)
@@ -131,6 +132,9 @@ class TritonPythonModel:
         return responses
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray]:
+        if self.plain_inputs:  # the common case, kept short: this runs once per request
+            get = pb_utils.get_input_tensor_by_name
+            return {n: t.as_numpy() for n in self.input_names if (t := get(request, n)) is not None}
         inputs = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -164,12 +168,16 @@ class TritonPythonModel:
             return [[each] for each in decoded]
         groups: dict[tuple, list] = {}
         for each in decoded:
-            key = tuple((n, a.shape[1:], a.dtype.str) for n, a in each[1].items())
+            # Triton has checked each input's datatype against the config: dims are what differ
+            key = tuple((n, a.shape[1:]) for n, a in each[1].items())
             groups.setdefault(key, []).append(each)
         return list(groups.values())
 
     def _run(self, group: list, responses: list) -> None:
-        wanted = sorted({n for _, _, names in group for n in names}, key=self.output_names.index)
+        if all(names is self.output_names for _, _, names in group):
+            wanted = self.output_names
+        else:
+            wanted = sorted({n for _, _, names in group for n in names}, key=self.output_names.index)
         try:
             if len(group) == 1:
                 inputs = group[0][1]

@@ -44,7 +44,14 @@ def grpc_point(port: int, model: str, pid: int, seconds: float) -> dict:
     """Batch-1 ModelInfer over gRPC: requests/s and the server's CPU ms per request."""
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "BENCH_PY": sys.executable, "CLIENTS": str(CONNECTIONS), "STREAMS": str(STREAMS)}
-        command = [str(SHARED / "h2load_grpc.sh"), str(port), model, f"{folder}/body", str(max(1, round(seconds))), str(pid)]
+        command = [
+            str(SHARED / "h2load_grpc.sh"),
+            str(port),
+            model,
+            f"{folder}/body",
+            str(max(1, round(seconds))),
+            str(pid),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
     out = done.stdout + done.stderr
     rate = re.search(r": ([\d,]+) req/s \(", out)
@@ -67,8 +74,11 @@ def rest_point(http_url: str, model: str, x: np.ndarray, pid: int, seconds: floa
     url = f"http://{http_url}/v2/models/{model}/infer"
     body = _json_body(model, x)
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as answer:  # raises on a non-2xx status
-        outputs = json.loads(answer.read())["outputs"]
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # raises on a non-2xx status
+            outputs = json.loads(answer.read())["outputs"]
+    except (OSError, ValueError, KeyError) as exc:  # HTTPError is an OSError
+        raise RuntimeError(f"{url} refused the V2 JSON request: {exc}") from None
     if not outputs or outputs[0]["shape"][0] != x.shape[0]:
         raise RuntimeError(f"{url} answered {outputs!r:.200}")
     with tempfile.NamedTemporaryFile(suffix=".json") as file:
@@ -77,7 +87,9 @@ def rest_point(http_url: str, model: str, x: np.ndarray, pid: int, seconds: floa
         h2 = ["h2load", "--h1", "-c", str(CONNECTIONS), "-d", file.name, "-H", "content-type: application/json"]
         subprocess.run([*h2, "-D", str(max(1, round(warmup))), url], capture_output=True, timeout=warmup + 60)
         cpu0, t0 = tree_cpu_seconds(pid), time.perf_counter()
-        done = subprocess.run([*h2, "-D", str(max(1, round(seconds))), url], capture_output=True, text=True, timeout=seconds + 60)
+        done = subprocess.run(
+            [*h2, "-D", str(max(1, round(seconds))), url], capture_output=True, text=True, timeout=seconds + 60
+        )
         cpu1, t1 = tree_cpu_seconds(pid), time.perf_counter()
     counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", done.stdout)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
