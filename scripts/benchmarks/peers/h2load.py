@@ -56,11 +56,17 @@ def grpc_point(port: int, model: str, pid: int, seconds: float) -> dict:
     out = done.stdout + done.stderr
     rate = re.search(r": ([\d,]+) req/s \(", out)
     cpu = re.search(r"= ([\d.]+) ms/request", out)
-    if done.returncode != 0 or rate is None or cpu is None or "(OK:" not in out:
+    counts = re.search(r"server ok (\d+) fail (\d+)", out)
+    # h2load stops with up to CONNECTIONS x STREAMS calls in flight: the server may count those
+    # it was still answering as failed (Triton does, as cancelled); any more is a real failure
+    if done.returncode != 0 or rate is None or cpu is None or counts is None:
         raise RuntimeError(f"h2load over gRPC failed (exit {done.returncode}): {out[-600:]}")
+    if int(counts.group(2)) > CONNECTIONS * STREAMS or "h2load" not in out:
+        raise RuntimeError(f"h2load over gRPC saw the server fail requests: {counts.group(0)}")
     return {
         "requests_per_second": float(rate.group(1).replace(",", "")),
         "server_cpu_ms_per_request": float(cpu.group(1)),
+        "failed_at_stop": int(counts.group(2)),
     }
 
 
