@@ -15,7 +15,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 from serving.runtime.providers import cuda_usable
 from serving.server.settings import ServerSettings
@@ -36,6 +38,8 @@ UNSUPPORTED = {
 """Settings deepr's own server honours and Triton's does not take; refused, not ignored."""
 
 _DEEPR_ROOT = Path(__file__).resolve().parents[2]
+
+RESTARTS_PER_MINUTE = 5
 
 
 def _refuse_unsupported(settings: ServerSettings) -> None:
@@ -185,14 +189,42 @@ def serve_on_triton(settings: ServerSettings) -> int:
         )
         command = triton_command(triton, work, settings, ports, cuda)
         environment = _environment(_stub_python(triton, work / "python"))
-        process = subprocess.Popen(
-            command, env=environment, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        threading.Thread(target=_forward_log, args=(process.stdout, cuda), name="triton-log", daemon=True).start()
+        return _supervise(lambda: _start(command, environment, work, cuda))
 
-        def forward(signum: int, _frame: object) -> None:
-            process.send_signal(signum)
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, forward)
-        return process.wait()
+def _start(command: list[str], environment: dict[str, str], work: Path, cuda: bool) -> subprocess.Popen:
+    process = subprocess.Popen(
+        command, env=environment, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    threading.Thread(target=_forward_log, args=(process.stdout, cuda), name="triton-log", daemon=True).start()
+    return process
+
+
+def _supervise(start: Callable[[], subprocess.Popen]) -> int:
+    """Run Triton until SIGTERM/SIGINT (forwarded to it; its exit code is returned), starting it
+    again when it dies of anything else, as deepr's own workers are: clients see the port
+    refuse for the seconds the models take to load, not a server gone for good. More than
+    RESTARTS_PER_MINUTE deaths in a minute is a crash loop, reported and given up."""
+    stopping = False
+    process = start()
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        process.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    deaths: list[float] = []
+    while True:
+        code = process.wait()
+        if stopping:
+            return code
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < 60] + [now]
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if len(deaths) > RESTARTS_PER_MINUTE:
+            logger.error("Triton died (%s) %d times within a minute; giving up", how, len(deaths))
+            return code if code > 0 else 1
+        logger.error("Triton died (%s); starting it again", how)
+        process = start()

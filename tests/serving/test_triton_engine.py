@@ -179,3 +179,36 @@ def test_flags_the_engine_does_not_take_are_refused(tmp_path, repository):
     )
     assert done.returncode == 2, done.stderr
     assert "--engine triton does not take --token-file" in done.stderr
+
+
+def test_triton_dying_is_started_again(tmp_path, triton_files):
+    """Triton killed under the engine comes back on the same ports, serving as before."""
+    import time
+
+    import psutil
+    from triton_example_repository import write_example_repository
+
+    examples = write_example_repository(tmp_path / "examples")
+    root = tmp_path / "repository"
+    root.mkdir()
+    os.symlink(examples / "simple", root / "simple")
+    with serve_subprocess(root, device="cpu", extra=["--engine", "triton"], timeout=120) as (url, process):
+        (triton,) = [p for p in psutil.Process(process.pid).children() if p.name() == "tritonserver"]
+        triton.kill()
+        triton.wait(10)
+        client = grpcclient.InferenceServerClient(url)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # refused while it starts again
+                pass
+            assert time.monotonic() < deadline, "Triton was not started again within 90 s"
+            time.sleep(0.5)
+        assert process.poll() is None
+        x = np.arange(16, dtype=np.int32).reshape(1, 16)
+        tensors = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for t in tensors:
+            t.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("simple", tensors).as_numpy("OUTPUT1"), 0 * x)
