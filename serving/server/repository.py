@@ -149,6 +149,17 @@ def _labels(name: str, model_dir: Path, config: mc.ModelConfig) -> dict[str, lis
     return labels
 
 
+def version_numbers(model_dir: Path, filename: str) -> list[int]:
+    """The version folders of `model_dir` that hold `filename` (which may not leave them), in order."""
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.name.isdigit()
+        and int(p.name) > 0
+        and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
+    )
+
+
 def _chosen_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
     policy = config.version_policy
     choice = policy.WhichOneof("policy_choice")
@@ -307,13 +318,7 @@ class ModelRepository:
                 raise ModelLoadError(f"{model_dir} has no {filename}")
             available = [1]
         else:
-            available = sorted(
-                int(p.name)
-                for p in model_dir.iterdir()
-                if p.name.isdigit()
-                and int(p.name) > 0
-                and _inside(model_dir, f"{p.name}/{filename}", "default_model_filename").is_file()
-            )
+            available = version_numbers(model_dir, filename)
         if not available:
             raise ModelLoadError(
                 f"{model_dir} has no version directory holding {filename} (expected {name}/1/{filename})"

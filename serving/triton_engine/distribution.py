@@ -20,6 +20,9 @@ from pathlib import Path
 
 __all__ = ["TritonDistribution", "TritonUnavailable", "find_triton", "install_triton", "engine_home", "PACKAGES"]
 
+_PYTHON = "%d.%d" % sys.version_info[:2]
+"""This interpreter's version: the stubs and numpy's wheel are built per version."""
+
 PACKAGES = ["nvidia-pytriton==0.7.0", "numpy==1.26.4", "ml_dtypes==0.5.4"]
 """Triton 2.51's server files, the numpy its python-backend stubs are built against, and the
 ml_dtypes (which onnx imports) that runs on that numpy."""
@@ -29,7 +32,7 @@ def engine_home() -> Path:
     """Where the files go: $DEEPR_TRITON_HOME, default ~/.cache/deepr-triton, one folder per
     Python version (the stubs and numpy's wheel are per version)."""
     root = Path(os.environ.get("DEEPR_TRITON_HOME", Path.home() / ".cache" / "deepr-triton"))
-    return root / ("py%d.%d" % sys.version_info[:2])
+    return root / f"py{_PYTHON}"
 
 
 def install_command(home: Path) -> list[str]:
@@ -55,11 +58,10 @@ class TritonDistribution:
     def backend_files(self) -> list[Path]:
         """What Triton's python backend folder must hold: the backend library, its Python
         utilities and the stub for this Python (the backend looks for the stub beside itself)."""
-        version = "%d.%d" % sys.version_info[:2]
         return [
             self.root / "backends" / "python" / "libtriton_python.so",
             self.root / "backends" / "python" / "triton_python_backend_utils.py",
-            self.root / "python_backend_stubs" / version / "triton_python_backend_stub",
+            self.root / "python_backend_stubs" / _PYTHON / "triton_python_backend_stub",
         ]
 
     @property
@@ -79,10 +81,9 @@ def _check_platform() -> None:
             f"--engine triton needs Linux on x86-64 (the nvidia-pytriton wheel's platform); this is "
             f"{sys.platform} on {platform.machine()}: serve with deepr's own engine (the default)"
         )
-    version = "%d.%d" % sys.version_info[:2]
-    if not any(libpython_dir().glob(f"libpython{version}*.so*")):
+    if not any(libpython_dir().glob(f"libpython{_PYTHON}*.so*")):
         raise TritonUnavailable(
-            f"--engine triton runs models in Triton's python-backend stub, which loads libpython{version}.so; "
+            f"--engine triton runs models in Triton's python-backend stub, which loads libpython{_PYTHON}.so; "
             f"there is none in {libpython_dir()} (a Python built without --enable-shared?)"
         )
 

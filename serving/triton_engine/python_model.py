@@ -27,9 +27,10 @@ from serving.protocol.codecs import as_text
 from serving.protocol.errors import InvalidInput, ServingError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.preprocessing import PictureError
-from serving.server.autocomplete import CompletionPolicy, complete_config
+from serving.server.autocomplete import CompletionPolicy
 from serving.server.model import OnnxModel, RuntimeOptions
 from serving.triton_engine import PLAN_FILE
+from serving.triton_engine.repository import complete_from_graph
 
 __all__ = ["TritonPythonModel"]
 
@@ -89,8 +90,7 @@ class TritonPythonModel:
         completed = mc.ModelConfig()
         completed.CopyFrom(config)
         graph = Path(plan["files"][max(plan["files"], key=int)])
-        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-        complete_config(completed, session.get_inputs(), session.get_outputs(), CompletionPolicy(**plan["completion"]))
+        complete_from_graph(completed, graph, CompletionPolicy(**plan["completion"]))
         if completed.max_batch_size != config.max_batch_size:
             auto_complete_model_config.set_max_batch_size(completed.max_batch_size)
         if completed.HasField("dynamic_batching") and not config.HasField("dynamic_batching"):

@@ -22,12 +22,13 @@ import onnxruntime as ort
 from serving.protocol.errors import ModelLoadError
 from serving.protocol.generated import model_config_pb2 as mc
 from serving.protocol.model_config import CONFIG_FILE, config_text, parse_config, read_config_text
+from serving.runtime.sessions import usable_cores
 from serving.server.autocomplete import CompletionPolicy, complete_config
 from serving.server.model import RuntimeOptions
-from serving.server.repository import MODEL_FILE, is_model_folder
+from serving.server.repository import MODEL_FILE, is_model_folder, version_numbers
 from serving.triton_engine import PLAN_FILE
 
-__all__ = ["translate_repository", "ENSEMBLE_PLATFORM"]
+__all__ = ["translate_repository", "complete_from_graph", "EngineOptions", "ENSEMBLE_PLATFORM"]
 
 logger = logging.getLogger("deepr.triton_engine")
 
@@ -51,14 +52,7 @@ class EngineOptions:
     python-backend model in a process of its own."""
 
 
-def _versions(model_dir: Path, filename: str) -> list[str]:
-    return sorted(
-        (p.name for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and (p / filename).is_file()),
-        key=int,
-    )
-
-
-def _completed(config: mc.ModelConfig, graph: Path, policy: CompletionPolicy) -> None:
+def complete_from_graph(config: mc.ModelConfig, graph: Path, policy: CompletionPolicy) -> None:
     """Fill what the config leaves out from the graph, as deepr's own server does at load."""
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     complete_config(config, session.get_inputs(), session.get_outputs(), policy)
@@ -102,16 +96,20 @@ def _translate_model(name: str, source: Path, target: Path, options: EngineOptio
         _link_extras(source, target)
         return
     filename = config.default_model_filename or MODEL_FILE
-    files = {"1": source / filename} if single else {v: source / v / filename for v in _versions(source, filename)}
+    files = (
+        {"1": source / filename}
+        if single
+        else {str(v): source / str(v) / filename for v in version_numbers(source, filename)}
+    )
     if not files:
         raise ModelLoadError(f"{source} has no version directory holding {filename} (expected {name}/1/{filename})")
-    _completed(config, files[max(files, key=int)], options.completion)
+    complete_from_graph(config, files[max(files, key=int)], options.completion)
     instances = sum(max(g.count, 1) for g in config.instance_group) or 1
     runtime = options.runtime
     if not runtime.intra_op_threads:
         # each instance is a process with its own session: the cores are shared out
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        runtime = dataclasses.replace(runtime, intra_op_threads=max(1, cores // (instances * options.instances)))
+        threads = max(1, usable_cores() // (instances * options.instances))
+        runtime = dataclasses.replace(runtime, intra_op_threads=threads)
     (target / CONFIG_FILE).write_text(config_text(_triton_config(config, options.instances)))
     for version in files:
         (target / version).mkdir()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.benchmarks.peers.load import tree_cpu_seconds
+from scripts.benchmarks.peers.load import tree_cpu_seconds, v2_json_body
 
 __all__ = ["h2load_available", "grpc_point", "rest_point", "CONNECTIONS", "STREAMS"]
 
@@ -70,15 +70,10 @@ def grpc_point(port: int, model: str, pid: int, seconds: float) -> dict:
     }
 
 
-def _json_body(model: str, x: np.ndarray) -> bytes:
-    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
-    return json.dumps({"inputs": [tensor]}).encode()
-
-
 def rest_point(http_url: str, model: str, x: np.ndarray, pid: int, seconds: float, warmup: float = 1.0) -> dict:
     """Batch-1 V2 JSON inference over HTTP/1.1: requests/s and the server's CPU ms per request."""
     url = f"http://{http_url}/v2/models/{model}/infer"
-    body = _json_body(model, x)
+    body = v2_json_body(x)
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:  # raises on a non-2xx status

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-__all__ = ["Window", "CLIENTS", "HTTP_CLIENTS", "tree_cpu_seconds"]
+__all__ = ["Window", "CLIENTS", "HTTP_CLIENTS", "tree_cpu_seconds", "v2_json_body"]
 
 
 @dataclass
@@ -181,6 +181,13 @@ def asyncio_tasks(
     return asyncio.run(main())
 
 
+def v2_json_body(x: np.ndarray) -> bytes:
+    """The V2 JSON request sending `x` as the tensor `input`."""
+    # an id: KServe 0.21 answers 500 to a request without one (its response model wants a string)
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    return json.dumps({"id": "1", "inputs": [tensor]}).encode()
+
+
 def http_json(
     url: str, model: str, x: np.ndarray, inflight: int, seconds: float, warmup: float, server_pid: int
 ) -> Window:
@@ -189,10 +196,7 @@ def http_json(
     with that many tasks; the body is encoded once, the answers are parsed."""
     import aiohttp
 
-    # an id: KServe 0.21 answers 500 to a request without one (its response model wants a string)
-    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
-    document = {"id": "1", "inputs": [tensor]}
-    body = json.dumps(document).encode()
+    body = v2_json_body(x)
 
     async def main() -> Window:
         connector = aiohttp.TCPConnector(limit=inflight)
